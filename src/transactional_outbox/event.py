@@ -1,0 +1,289 @@
+"""The event value type, its ids, validation and encoding.
+
+Everything here is pure: no I/O, shared by the write side, the relay and the
+consumer so the three agree byte for byte on what an event is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol, runtime_checkable
+
+from .exceptions import InvalidEventError, SerializationError
+
+__all__ = [
+    "MAX_NAME_LENGTH",
+    "RESERVED_HEADERS",
+    "JsonSerializer",
+    "OutboxEvent",
+    "Serializer",
+    "decode_headers",
+    "encode_headers",
+    "format_timestamp",
+    "kafka_headers",
+    "parse_timestamp",
+    "uuid7",
+]
+
+MAX_NAME_LENGTH = 255
+"""Longest aggregate type, aggregate id or event type (VARCHAR(255))."""
+
+MAX_HEADERS_BYTES = 65_535
+"""The ``headers`` column is TEXT: 64 KiB of encoded JSON."""
+
+RESERVED_HEADERS = frozenset({"id", "type", "aggregatetype", "aggregateid", "timestamp"})
+"""Kafka header names the relay sets from the event's own fields."""
+
+_uuid7_lock = threading.Lock()
+_uuid7_last = 0  # (ms << 12 | counter) of the last id, to stay monotonic within a process
+
+
+def uuid7() -> uuid.UUID:
+    """Return a new UUIDv7 (RFC 9562): 48-bit Unix ms, then a counter, then random bits.
+
+    Ids made in one process are strictly increasing, even within one millisecond
+    or if the wall clock steps back, so ids sort in creation order.
+    """
+    global _uuid7_last
+    with _uuid7_lock:
+        stamp = (time.time_ns() // 1_000_000) << 12
+        # The 12-bit rand_a field is used as a counter (RFC 9562 method 1).
+        _uuid7_last = stamp if stamp > _uuid7_last else _uuid7_last + 1
+        ms_and_counter = _uuid7_last
+    rand_b = int.from_bytes(os.urandom(8)) & ((1 << 62) - 1)
+    ms = ms_and_counter >> 12
+    counter = ms_and_counter & 0xFFF
+    value = (ms << 80) | (0x7 << 76) | (counter << 64) | (0b10 << 62) | rand_b
+    return uuid.UUID(int=value)
+
+
+@runtime_checkable
+class Serializer(Protocol):
+    """Turns a payload object into bytes. ``content_type`` becomes a header."""
+
+    content_type: str
+
+    def __call__(self, payload: Any) -> bytes:
+        """Serialise ``payload``; raise ``TypeError``/``ValueError`` if it cannot be."""
+        ...
+
+
+class JsonSerializer:
+    """Default serializer: compact UTF-8 JSON.
+
+    Dataclasses and pydantic models (anything with ``model_dump``) are converted
+    to plain data first. ``default`` is passed to :func:`json.dumps` for other
+    types (e.g. ``str`` for ``Decimal``).
+    """
+
+    content_type = "application/json"
+
+    def __init__(self, *, default: Any = None) -> None:
+        self._default = default
+
+    def __call__(self, payload: Any) -> bytes:
+        """Encode ``payload`` as JSON bytes."""
+        model_dump = getattr(payload, "model_dump", None)
+        if callable(model_dump):
+            payload = model_dump(mode="json")
+        elif dataclasses.is_dataclass(payload) and not isinstance(payload, type):
+            payload = dataclasses.asdict(payload)
+        return json.dumps(
+            payload,
+            separators=(",", ":"),
+            ensure_ascii=False,
+            allow_nan=False,
+            default=self._default,
+        ).encode()
+
+    def __repr__(self) -> str:
+        return "JsonSerializer()"
+
+
+DEFAULT_SERIALIZER = JsonSerializer()
+
+
+def encode_headers(headers: Mapping[str, str]) -> str:
+    """Encode headers as the ``headers`` column holds them: a compact JSON object."""
+    return json.dumps(dict(headers), separators=(",", ":"), ensure_ascii=False)
+
+
+def decode_headers(text: str | bytes | None) -> dict[str, str]:
+    """Decode the ``headers`` column. ``None`` or empty means no headers.
+
+    Raises :class:`InvalidEventError` if the text is not a JSON object of
+    strings to strings.
+    """
+    if text is None or text in ("", b""):
+        return {}
+    try:
+        value = json.loads(text)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidEventError("headers", text, f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        raise InvalidEventError("headers", text, "must be a JSON object of strings to strings")
+    return value
+
+
+def format_timestamp(value: datetime) -> str:
+    """The ``timestamp`` Kafka header: ISO 8601 in UTC with microseconds."""
+    return value.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def parse_timestamp(text: str) -> datetime:
+    """Inverse of :func:`format_timestamp` (any ISO 8601 text with an offset)."""
+    value = datetime.fromisoformat(text)
+    if value.tzinfo is None:
+        raise ValueError(f"timestamp {text!r} has no UTC offset")
+    return value.astimezone(UTC)
+
+
+def kafka_headers(event: OutboxEvent) -> list[tuple[str, bytes]]:
+    """The Kafka record headers of ``event`` (DESIGN §2): its own fields, then its headers.
+
+    ``id`` is the canonical UUID text, as Debezium's EventRouter writes it.
+    """
+    out = [
+        ("id", str(event.id).encode()),
+        ("type", event.event_type.encode()),
+        ("aggregatetype", event.aggregate_type.encode()),
+        ("aggregateid", event.aggregate_id.encode()),
+        ("timestamp", format_timestamp(event.timestamp).encode()),
+    ]
+    out.extend((k, v.encode()) for k, v in event.headers.items())
+    return out
+
+
+def _check_name(name: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidEventError(name, value, f"must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidEventError(name, value, "must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise InvalidEventError(
+            name, value, f"is {len(value)} characters, at most {MAX_NAME_LENGTH} allowed"
+        )
+    return value
+
+
+def _check_headers(headers: object) -> dict[str, str]:
+    if not isinstance(headers, Mapping):
+        raise InvalidEventError("headers", headers, "must be a mapping of str to str")
+    out: dict[str, str] = {}
+    for key, value in headers.items():
+        if not isinstance(key, str):
+            raise InvalidEventError("headers", key, "header names must be str")
+        if not isinstance(value, str):
+            raise InvalidEventError(f"headers[{key!r}]", value, "header values must be str")
+        if key in RESERVED_HEADERS:
+            raise InvalidEventError(
+                f"headers[{key!r}]", value, "this name is reserved for the event's own field"
+            )
+        out[key] = value
+    if len(encode_headers(out).encode()) > MAX_HEADERS_BYTES:
+        raise InvalidEventError("headers", "...", f"encode to more than {MAX_HEADERS_BYTES} bytes")
+    return out
+
+
+def _utc(value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise InvalidEventError("timestamp", value, "must be a datetime")
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)  # naive means UTC, as the DATETIME column stores it
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutboxEvent:
+    """One event, as stored in the outbox table and published to Kafka.
+
+    Build it with :meth:`create`, which validates and serialises; the plain
+    constructor trusts its arguments (it is what the relay uses for rows read
+    back from the binlog).
+    """
+
+    id: uuid.UUID
+    aggregate_type: str
+    aggregate_id: str
+    event_type: str
+    payload: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timestamp: datetime
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        aggregate_type: str,
+        aggregate_id: str | int,
+        event_type: str,
+        payload: Any,
+        headers: Mapping[str, str] | None = None,
+        id: uuid.UUID | None = None,
+        timestamp: datetime | None = None,
+        serializer: Serializer | None = None,
+    ) -> OutboxEvent:
+        """Validate the fields, serialise the payload and return the event.
+
+        ``payload`` may be ``bytes`` (kept as is), ``str`` (UTF-8 encoded) or
+        anything ``serializer`` accepts (default: JSON of dicts, lists,
+        dataclasses and pydantic models, adding ``content-type:
+        application/json`` unless the headers already name one). An int
+        ``aggregate_id`` is turned into its decimal text.
+
+        Raises :class:`InvalidEventError` (or :class:`SerializationError`)
+        naming the field and value.
+        """
+        if isinstance(aggregate_id, int) and not isinstance(aggregate_id, bool):
+            aggregate_id = str(aggregate_id)
+        hdrs = _check_headers({} if headers is None else headers)
+        body: bytes
+        if isinstance(payload, bytes | bytearray | memoryview):
+            body = bytes(payload)
+        elif isinstance(payload, str):
+            body = payload.encode()
+        else:
+            ser = DEFAULT_SERIALIZER if serializer is None else serializer
+            try:
+                body = ser(payload)
+            except (TypeError, ValueError, OverflowError) as exc:
+                raise SerializationError(
+                    "payload", payload, f"cannot be serialised: {exc}"
+                ) from exc
+            if not isinstance(body, bytes):
+                raise SerializationError(
+                    "payload", payload, f"serializer returned {type(body).__name__}, not bytes"
+                )
+            if not any(k.lower() == "content-type" for k in hdrs):
+                hdrs["content-type"] = ser.content_type
+        if id is None:
+            id = uuid7()
+        elif not isinstance(id, uuid.UUID):
+            raise InvalidEventError("id", id, "must be a uuid.UUID")
+        return cls(
+            id=id,
+            aggregate_type=_check_name("aggregate_type", aggregate_type),
+            aggregate_id=_check_name("aggregate_id", aggregate_id),
+            event_type=_check_name("event_type", event_type),
+            payload=body,
+            headers=hdrs,
+            timestamp=datetime.now(UTC) if timestamp is None else _utc(timestamp),
+        )
+
+    def __repr__(self) -> str:
+        # Payloads can be large or sensitive; show their size only.
+        return (
+            f"OutboxEvent(id={self.id}, aggregate_type={self.aggregate_type!r}, "
+            f"aggregate_id={self.aggregate_id!r}, event_type={self.event_type!r}, "
+            f"payload=<{len(self.payload)} bytes>, timestamp={self.timestamp.isoformat()})"
+        )

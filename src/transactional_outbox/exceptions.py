@@ -1,0 +1,94 @@
+"""Exceptions raised by transactional-outbox.
+
+Every exception the library raises on purpose derives from :class:`OutboxError`::
+
+    OutboxError
+    ├── InvalidEventError         an event field fails validation (names field and value)
+    │   └── SerializationError    the payload could not be turned into bytes
+    ├── ConfigurationError        a setting is missing or invalid (names the setting)
+    │   └── ServerConfigurationError   MySQL/MariaDB is not set up for the relay
+    ├── CheckpointError           the saved binlog position cannot be used
+    │   └── BinlogPurgedError     the checkpoint's binlog is gone: events may be lost
+    ├── PublishError              Kafka refused an event for good (names the event id)
+    ├── LeadershipLostError       this relay no longer holds the lease
+    └── ConsumerError             a consumed record cannot be handled
+        └── InvalidRecordError    a Kafka record lacks a valid ``id`` header
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BinlogPurgedError",
+    "CheckpointError",
+    "ConfigurationError",
+    "ConsumerError",
+    "InvalidEventError",
+    "InvalidRecordError",
+    "LeadershipLostError",
+    "OutboxError",
+    "PublishError",
+    "SerializationError",
+    "ServerConfigurationError",
+]
+
+
+class OutboxError(Exception):
+    """Base class of every error raised by transactional-outbox."""
+
+
+class InvalidEventError(OutboxError, ValueError):
+    """An event field is invalid. ``field`` and ``value`` say which and what."""
+
+    def __init__(self, field: str, value: object, reason: str) -> None:
+        self.field = field
+        self.value = value
+        self.reason = reason
+        shown = repr(value)
+        if len(shown) > 80:
+            shown = shown[:77] + "..."
+        super().__init__(f"invalid {field}={shown}: {reason}")
+
+
+class SerializationError(InvalidEventError):
+    """The payload could not be serialised to bytes."""
+
+
+class ConfigurationError(OutboxError, ValueError):
+    """A setting is missing or invalid; the message names the setting to change."""
+
+    def __init__(self, setting: str, message: str) -> None:
+        self.setting = setting
+        super().__init__(f"{setting}: {message}")
+
+
+class ServerConfigurationError(ConfigurationError):
+    """The MySQL/MariaDB server is not configured as the relay needs."""
+
+
+class CheckpointError(OutboxError):
+    """The stored checkpoint cannot be read or used."""
+
+
+class BinlogPurgedError(CheckpointError):
+    """The binlog at the checkpoint was purged; events after it may be lost."""
+
+
+class PublishError(OutboxError):
+    """Kafka rejected an event for good. ``event_id`` names it."""
+
+    def __init__(self, event_id: str, reason: str) -> None:
+        self.event_id = event_id
+        self.reason = reason
+        super().__init__(f"event {event_id} cannot be published: {reason}")
+
+
+class LeadershipLostError(OutboxError):
+    """This relay lost its lease; a newer leader owns the checkpoint."""
+
+
+class ConsumerError(OutboxError):
+    """A consumed record cannot be handled."""
+
+
+class InvalidRecordError(ConsumerError, ValueError):
+    """A Kafka record is not an outbox event (e.g. no valid ``id`` header)."""

@@ -1,0 +1,156 @@
+"""Fixtures that connect to the local stack of real servers (``dev/stack.py``).
+
+The stack is started if it is not up. Each test gets isolated resources: its
+own MariaDB database, Kafka topic prefix and Redis key prefix, so tests cannot
+see each other's data even though the servers (and the binlog) are shared.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pymysql
+import pytest
+import redis
+import redis.asyncio
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Stack:
+    """Where the servers of the local stack listen."""
+
+    mysql_url: URL  # pymysql URL of the default database
+    redis_url: str
+    kafka_bootstrap: str
+
+    def mysql_connect(self, database: str | None = None) -> pymysql.Connection:  # type: ignore[type-arg]
+        """A plain PyMySQL connection (autocommit) as the stack's admin user."""
+        return pymysql.connect(
+            host=self.mysql_url.host,
+            port=self.mysql_url.port or 3306,
+            user=self.mysql_url.username,
+            password=self.mysql_url.password or "",
+            database=database,
+            autocommit=True,
+        )
+
+
+def _stack_env() -> dict[str, str]:
+    sys.path.insert(0, str(ROOT / "dev"))
+    try:
+        import stack as stack_script  # type: ignore[import-not-found]
+    finally:
+        sys.path.pop(0)
+    return stack_script.env_vars()  # type: ignore[no-any-return]
+
+
+@pytest.fixture(scope="session")
+def stack() -> Stack:
+    """Start the local stack if needed and return its addresses."""
+    if not os.environ.get("OUTBOX_TEST_NO_STACK_START"):
+        subprocess.run(
+            [sys.executable, str(ROOT / "dev" / "stack.py"), "start"],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+    env = _stack_env()
+    return Stack(
+        mysql_url=make_url(env["OUTBOX_MYSQL_URL"]),
+        redis_url=env["OUTBOX_REDIS_URL"],
+        kafka_bootstrap=env["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"],
+    )
+
+
+def unique(prefix: str) -> str:
+    """A short unique name: safe as a database, topic or key prefix."""
+    return f"{prefix}{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def database(stack: Stack) -> Iterator[str]:
+    """A fresh MariaDB database for this test, dropped afterwards."""
+    name = unique("t_")
+    with stack.mysql_connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE `{name}`")
+    yield name
+    with stack.mysql_connect() as conn, conn.cursor() as cur:
+        cur.execute(f"DROP DATABASE IF EXISTS `{name}`")
+
+
+@pytest.fixture
+def mysql_url(stack: Stack, database: str) -> URL:
+    """A sync (PyMySQL) SQLAlchemy URL of this test's database."""
+    return stack.mysql_url.set(database=database)
+
+
+@pytest.fixture
+def async_mysql_url(mysql_url: URL) -> URL:
+    """An async (asyncmy) SQLAlchemy URL of this test's database."""
+    return mysql_url.set(drivername="mysql+asyncmy")
+
+
+@pytest.fixture
+def engine(mysql_url: URL) -> Iterator[sa.Engine]:
+    """A sync engine on this test's database."""
+    eng = sa.create_engine(mysql_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture
+async def async_engine(async_mysql_url: URL) -> AsyncIterator[AsyncEngine]:
+    """An async engine on this test's database."""
+    eng = create_async_engine(async_mysql_url)
+    yield eng
+    await eng.dispose()
+
+
+@pytest.fixture
+def redis_prefix(stack: Stack) -> Iterator[str]:
+    """A Redis key prefix for this test; its keys are deleted afterwards."""
+    prefix = unique("test:") + ":"
+    yield prefix
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
+
+
+@pytest.fixture
+def redis_url(stack: Stack) -> str:
+    """URL of the stack's Redis."""
+    return stack.redis_url
+
+
+@pytest.fixture
+async def aredis(stack: Stack) -> AsyncIterator[redis.asyncio.Redis]:
+    """An asyncio Redis client on the stack's Redis."""
+    client = redis.asyncio.Redis.from_url(stack.redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def kafka_bootstrap(stack: Stack) -> str:
+    """Bootstrap servers of the stack's Kafka-compatible broker."""
+    return stack.kafka_bootstrap
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A topic-name prefix unique to this test."""
+    return unique("t") + "."
