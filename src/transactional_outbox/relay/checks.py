@@ -1,0 +1,225 @@
+"""Startup checks against the MySQL/MariaDB server, each failing with the setting to change.
+
+Also answers the questions the relay asks the server before streaming: where
+the binlog ends now, where it starts, and the GTID state at a position.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import pymysql
+
+from ..exceptions import BinlogPurgedError, ServerConfigurationError
+from .decode import REQUIRED_COLUMNS
+from .position import BinlogPosition, StartPolicy
+
+__all__ = ["ServerInfo", "check_server", "resolve_start"]
+
+
+@dataclass(frozen=True, slots=True)
+class ServerInfo:
+    """What the checks learned about the server."""
+
+    version: str
+    is_mariadb: bool
+    gtid_enabled: bool
+    current: BinlogPosition
+    binlogs: tuple[str, ...]
+
+
+def _one(cur: Any, sql: str, args: Any = None) -> Any:
+    cur.execute(sql, args)
+    return cur.fetchone()
+
+
+def _variable(cur: Any, name: str) -> str | None:
+    row = _one(cur, "SHOW GLOBAL VARIABLES LIKE %s", (name,))
+    return None if row is None else str(row[1])
+
+
+def _require(cur: Any, name: str, expected: str, hint: str) -> None:
+    value = _variable(cur, name)
+    if value is None or value.upper() != expected.upper():
+        raise ServerConfigurationError(
+            name,
+            f"is {value!r} on the server, the relay needs {expected}: {hint}",
+        )
+
+
+def _privileges_error(user: str, needed: str, exc: Exception) -> ServerConfigurationError:
+    return ServerConfigurationError(
+        "mysql_url",
+        f"user {user!r} lacks a privilege: {exc.args[-1] if exc.args else exc}. Grant it: "
+        f"GRANT {needed} ON *.* TO '{user}'@'%';",
+    )
+
+
+def _gtid_at(cur: Any, info_is_mariadb: bool, file: str, pos: int) -> str | None:
+    if not info_is_mariadb:
+        return None
+    row = _one(cur, "SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+    return None if row is None or row[0] is None else str(row[0])
+
+
+def check_server(conn: pymysql.Connection, *, schema: str, table: str) -> ServerInfo:
+    """Check binlog settings, privileges and the outbox table; describe the server.
+
+    Raises :class:`ServerConfigurationError` naming the server variable,
+    privilege or table to fix.
+    """
+    user = str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
+    with conn.cursor() as cur:
+        version = str(_one(cur, "SELECT VERSION()")[0])
+        is_mariadb = "mariadb" in version.lower()
+        log_bin = _variable(cur, "log_bin")
+        if log_bin is None or log_bin.upper() not in ("ON", "1"):
+            raise ServerConfigurationError(
+                "log_bin",
+                f"binary logging is {log_bin!r}: start the server with --log-bin "
+                "(MySQL 8 has it on by default)",
+            )
+        _require(cur, "binlog_format", "ROW", "set binlog_format=ROW")
+        _require(cur, "binlog_row_image", "FULL", "set binlog_row_image=FULL")
+        _require(
+            cur,
+            "binlog_row_metadata",
+            "FULL",
+            "set binlog_row_metadata=FULL (without it column names are not in the binlog)",
+        )
+        # Privileges: try what the relay will do rather than parse SHOW GRANTS,
+        # whose wording differs across servers and versions.
+        status_sql = "SHOW MASTER STATUS"
+        if not is_mariadb and _mysql_at_least(version, 8, 2):
+            status_sql = "SHOW BINARY LOG STATUS"
+        try:
+            status = _one(cur, status_sql)
+            cur.execute("SHOW BINARY LOGS")
+            binlogs = tuple(str(r[0]) for r in cur.fetchall())
+        except pymysql.err.OperationalError as exc:
+            needed = "BINLOG MONITOR" if is_mariadb else "REPLICATION CLIENT"
+            raise _privileges_error(user, needed, exc) from None
+        if status is None:
+            raise ServerConfigurationError("log_bin", "SHOW MASTER STATUS is empty: binlog off")
+        grants = " ".join(str(r[0]) for r in _all(cur, "SHOW GRANTS")).upper()
+        if not re.search(r"ALL PRIVILEGES ON \*\.\*|REPLICATION (SLAVE|REPLICA)\b", grants):
+            raise ServerConfigurationError(
+                "mysql_url",
+                f"user {user!r} cannot stream the binlog: GRANT REPLICATION SLAVE ON *.* "
+                f"TO '{user}'@'%';",
+            )
+        try:
+            cur.execute(
+                "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH FROM "
+                "information_schema.COLUMNS WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
+                (schema, table),
+            )
+            columns = {str(r[0]).lower(): (str(r[1]).lower(), r[2]) for r in cur.fetchall()}
+        except pymysql.err.OperationalError as exc:
+            raise _privileges_error(user, f"SELECT ON `{schema}`.`{table}`", exc) from None
+        if not columns:
+            raise ServerConfigurationError(
+                "outbox_table",
+                f"table `{schema}`.`{table}` does not exist or is not visible to {user!r}: run "
+                "`alembic upgrade head` (or grant SELECT on it), or set --outbox-schema/"
+                "--outbox-table",
+            )
+        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        if missing:
+            raise ServerConfigurationError(
+                "outbox_table",
+                f"`{schema}`.`{table}` lacks column(s) {', '.join(missing)}; "
+                f"expected {', '.join(REQUIRED_COLUMNS)}",
+            )
+        id_type, id_len = columns["id"]
+        if id_type != "binary" or id_len != 16:
+            raise ServerConfigurationError(
+                "outbox_table",
+                f"`{schema}`.`{table}`.id is {id_type}({id_len}), expected binary(16)",
+            )
+        if is_mariadb:
+            gtid_enabled = True
+        else:
+            gtid_enabled = (_variable(cur, "gtid_mode") or "OFF").upper() == "ON"
+        file, pos = str(status[0]), int(status[1])
+        if is_mariadb:
+            gtid = _gtid_at(cur, True, file, pos)
+        elif gtid_enabled:
+            gtid = str(status[4]).replace("\n", "") if len(status) > 4 else None
+        else:
+            gtid = None
+        return ServerInfo(
+            version=version,
+            is_mariadb=is_mariadb,
+            gtid_enabled=gtid_enabled,
+            current=BinlogPosition(file=file, pos=pos, gtid=gtid or None),
+            binlogs=binlogs,
+        )
+
+
+def _all(cur: Any, sql: str) -> list[Any]:
+    cur.execute(sql)
+    return list(cur.fetchall())
+
+
+def _mysql_at_least(version: str, major: int, minor: int) -> bool:
+    m = re.match(r"(\d+)\.(\d+)", version)
+    return bool(m) and (int(m.group(1)), int(m.group(2))) >= (major, minor)  # type: ignore[union-attr]
+
+
+def resolve_start(
+    conn: pymysql.Connection,
+    info: ServerInfo,
+    *,
+    checkpoint: BinlogPosition | None,
+    policy: StartPolicy,
+    ignore_checkpoint: bool,
+) -> tuple[BinlogPosition, str]:
+    """Decide where to start streaming; return the position and why it was chosen.
+
+    A checkpoint wins unless ``ignore_checkpoint``. A checkpoint whose binlog
+    file was purged raises :class:`BinlogPurgedError` unless ``policy`` is an
+    explicit position, which is then used.
+    """
+    if checkpoint is not None and not ignore_checkpoint:
+        if checkpoint.file in info.binlogs:
+            return checkpoint, "checkpoint"
+        if not policy.explicit:
+            oldest = info.binlogs[0] if info.binlogs else "none"
+            raise BinlogPurgedError(
+                f"the checkpoint {checkpoint} names a binlog the server no longer has (oldest: "
+                f"{oldest}); events between them may be lost. Restart with --start-position "
+                "FILE:POS or a GTID set to accept that and start there."
+            )
+    with conn.cursor() as cur:
+        if policy.kind == "latest":
+            return info.current, "start_position=latest"
+        if policy.kind == "earliest":
+            if not info.binlogs:
+                return info.current, "start_position=earliest (no binlogs listed)"
+            first = info.binlogs[0]
+            return (
+                BinlogPosition(file=first, pos=4, gtid=_gtid_at(cur, info.is_mariadb, first, 4)),
+                "start_position=earliest",
+            )
+        if policy.kind == "position":
+            assert policy.file is not None and policy.pos is not None
+            if policy.file not in info.binlogs:
+                raise BinlogPurgedError(
+                    f"start_position {policy.file}:{policy.pos}: the server has no binlog "
+                    f"{policy.file!r} (it has {', '.join(info.binlogs) or 'none'})"
+                )
+            return (
+                BinlogPosition(
+                    file=policy.file,
+                    pos=policy.pos,
+                    gtid=_gtid_at(cur, info.is_mariadb, policy.file, policy.pos),
+                ),
+                "start_position",
+            )
+        # A GTID set: MariaDB maps it to a file/pos itself on connect; we need a
+        # file/pos for the checkpoint, so stream by GTID until the first commit.
+        assert policy.gtid is not None
+        return BinlogPosition(file="", pos=4, gtid=policy.gtid), "start_position (GTID)"

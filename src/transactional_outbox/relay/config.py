@@ -1,0 +1,340 @@
+"""Relay settings: one typed, keyword-only object, from ``OUTBOX_*`` variables and flags.
+
+Every field documents itself (``help``); the CLI and the environment loader
+are generated from the fields, so ``--help`` always lists every option, its
+environment variable and its default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import ssl
+import zlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from sqlalchemy.engine import make_url
+
+from ..exceptions import ConfigurationError
+from .position import StartPolicy
+from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
+
+__all__ = ["RelaySettings", "mask_url"]
+
+_SECRET = "secret"
+
+
+def _opt(default: Any, help: str, *, secret: bool = False, choices: Sequence[str] = ()) -> Any:
+    return field(
+        default=default,
+        repr=not secret,
+        metadata={"help": help, _SECRET: secret, "choices": tuple(choices)},
+    )
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe to log)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RelaySettings:
+    """Everything the relay can be told.
+
+    Build it with keywords, :meth:`from_env` or :meth:`from_cli`.
+    """
+
+    mysql_url: str = _opt(
+        "mysql+pymysql://outbox:outbox@127.0.0.1:13306/outbox",
+        "MySQL/MariaDB URL of a user with REPLICATION SLAVE, REPLICATION CLIENT (MariaDB: "
+        "BINLOG MONITOR) and SELECT on the outbox table; its database is the outbox schema "
+        "unless --outbox-schema says otherwise",
+    )
+    server_id: int = _opt(
+        0,
+        "replica server_id for the binlog connection; must be unique among the server's "
+        "replicas (0 = derived from relay_name)",
+    )
+    outbox_schema: str = _opt("", "schema (database) of the outbox table; default: the URL's")
+    outbox_table: str = _opt("outbox", "name of the outbox table")
+    kafka_bootstrap_servers: str = _opt(
+        "127.0.0.1:19092", "Kafka bootstrap servers, comma-separated"
+    )
+    kafka_security_protocol: str = _opt(
+        "PLAINTEXT",
+        "Kafka security protocol",
+        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    )
+    kafka_sasl_mechanism: str = _opt(
+        "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+    )
+    kafka_sasl_username: str = _opt("", "SASL user name")
+    kafka_sasl_password: str = _opt("", "SASL password", secret=True)
+    kafka_ssl_cafile: str = _opt("", "CA bundle to verify the brokers (SSL)")
+    kafka_ssl_certfile: str = _opt("", "client certificate (SSL)")
+    kafka_ssl_keyfile: str = _opt("", "client key (SSL)")
+    kafka_acks: str = _opt("all", "producer acks", choices=("all", "1", "0"))
+    enable_idempotence: bool = _opt(
+        True,
+        "idempotent producer (Kafka keeps order and drops retried duplicates); turn off "
+        "only for brokers without it",
+    )
+    compression_type: str = _opt(
+        "none", "producer compression", choices=("none", "gzip", "snappy", "lz4", "zstd")
+    )
+    linger_ms: int = _opt(5, "producer linger: how long a batch waits to fill (ms)")
+    max_batch_size: int = _opt(262_144, "producer batch size per partition (bytes)")
+    max_request_size: int = _opt(
+        1_048_576, "largest record the producer sends (bytes); match the topic's max.message.bytes"
+    )
+    request_timeout_ms: int = _opt(40_000, "Kafka request timeout (ms)")
+    redis_url: str = _opt("redis://127.0.0.1:16379/0", "Redis URL for the checkpoint")
+    relay_name: str = _opt("default", "relay name: namespaces the checkpoint key")
+    key_prefix: str = _opt("outbox:relay:", "prefix of the relay's Redis keys")
+    topic_template: str = _opt(
+        DEFAULT_TOPIC_TEMPLATE, "topic of an event; {aggregatetype} is replaced"
+    )
+    topic_overrides: Mapping[str, str] = _opt(
+        None,
+        "per-aggregate-type topics, 'order=orders,customer=crm.customers'",
+    )
+    start_position: str = _opt(
+        "latest",
+        "where to start without a checkpoint: latest, earliest, FILE:POS or a GTID set "
+        "(gtid:SET or a MariaDB D-S-N list); FILE:POS or a GTID set also overrides a purged "
+        "checkpoint",
+    )
+    ignore_checkpoint: bool = _opt(False, "start at --start-position even if a checkpoint exists")
+    resume_by_gtid: bool = _opt(
+        False, "reconnect and resume by GTID rather than FILE:POS (needs GTIDs on the server)"
+    )
+    checkpoint_interval_ms: int = _opt(1000, "save the checkpoint at most this often (ms)")
+    queue_max_events: int = _opt(20_000, "events read ahead of Kafka acks before reading pauses")
+    heartbeat_seconds: float = _opt(
+        2.0, "replication heartbeat; a stream silent for 3x this is reconnected"
+    )
+    reconnect_max_seconds: float = _opt(30.0, "longest wait between reconnect attempts (s)")
+    progress_interval_seconds: float = _opt(10.0, "seconds between progress lines (0 = off)")
+    log_level: str = _opt("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+    def __post_init__(self) -> None:
+        if self.topic_overrides is None:
+            object.__setattr__(self, "topic_overrides", {})
+        try:
+            url = make_url(self.mysql_url)
+        except Exception:
+            raise ConfigurationError("mysql_url", "is not a valid URL") from None
+        if not url.host:
+            raise ConfigurationError("mysql_url", f"{mask_url(self.mysql_url)} has no host")
+        if not (self.outbox_schema or url.database):
+            raise ConfigurationError("outbox_schema", "not set and mysql_url names no database")
+        if self.server_id < 0 or self.server_id > 2**32 - 1:
+            raise ConfigurationError("server_id", f"{self.server_id} is not in 0..4294967295")
+        StartPolicy.parse(self.start_position)
+        self.router()  # validates the template and overrides
+        for name in ("checkpoint_interval_ms", "queue_max_events", "max_request_size"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
+        if self.heartbeat_seconds <= 0:
+            raise ConfigurationError("heartbeat_seconds", "must be positive")
+        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+            raise ConfigurationError(
+                "kafka_sasl_username", f"required with {self.kafka_security_protocol}"
+            )
+
+    # -- derived values --------------------------------------------------------
+
+    @property
+    def schema(self) -> str:
+        """The outbox table's schema."""
+        return self.outbox_schema or str(make_url(self.mysql_url).database)
+
+    @property
+    def effective_server_id(self) -> int:
+        """``server_id``, or a stable id derived from the relay name."""
+        return self.server_id or 1_000_000 + zlib.crc32(self.relay_name.encode()) % 1_000_000
+
+    @property
+    def checkpoint_key(self) -> str:
+        """The Redis key of this relay's checkpoint."""
+        return f"{self.key_prefix}{self.relay_name}:checkpoint"
+
+    def start_policy(self) -> StartPolicy:
+        """:attr:`start_position` parsed."""
+        return StartPolicy.parse(self.start_position)
+
+    def router(self) -> TopicRouter:
+        """The topic router these settings describe."""
+        return TopicRouter(template=self.topic_template, overrides=self.topic_overrides)
+
+    def mysql_connection_args(self) -> dict[str, Any]:
+        """PyMySQL connection arguments from :attr:`mysql_url`."""
+        url = make_url(self.mysql_url)
+        args: dict[str, Any] = {
+            "host": url.host,
+            "port": url.port or 3306,
+            "user": url.username or "",
+            "password": url.password or "",
+        }
+        return args
+
+    def producer_args(self) -> dict[str, Any]:
+        """Keyword arguments for ``aiokafka.AIOKafkaProducer``."""
+        args: dict[str, Any] = {
+            "bootstrap_servers": self.kafka_bootstrap_servers,
+            "client_id": f"outbox-relay-{self.relay_name}",
+            "acks": "all" if self.kafka_acks == "all" else int(self.kafka_acks),
+            "enable_idempotence": self.enable_idempotence,
+            "compression_type": None if self.compression_type == "none" else self.compression_type,
+            "linger_ms": self.linger_ms,
+            "max_batch_size": self.max_batch_size,
+            "max_request_size": self.max_request_size,
+            "request_timeout_ms": self.request_timeout_ms,
+            "security_protocol": self.kafka_security_protocol,
+        }
+        if self.kafka_security_protocol.startswith("SASL"):
+            args.update(
+                sasl_mechanism=self.kafka_sasl_mechanism,
+                sasl_plain_username=self.kafka_sasl_username,
+                sasl_plain_password=self.kafka_sasl_password,
+            )
+        if self.kafka_security_protocol.endswith("SSL"):
+            ctx = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
+            if self.kafka_ssl_certfile:
+                ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
+            args["ssl_context"] = ctx
+        return args
+
+    def __repr__(self) -> str:
+        shown = []
+        for f in dataclasses.fields(self):
+            if f.metadata.get(_SECRET):
+                value = getattr(self, f.name)
+                shown.append(f"{f.name}={'***' if value else ''!r}")
+            elif f.name in ("mysql_url", "redis_url"):
+                shown.append(f"{f.name}={mask_url(getattr(self, f.name))!r}")
+            else:
+                shown.append(f"{f.name}={getattr(self, f.name)!r}")
+        return f"RelaySettings({', '.join(shown)})"
+
+    # -- loading -----------------------------------------------------------------
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelaySettings:
+        """Settings from ``OUTBOX_<FIELD>`` variables (``OUTBOX_MYSQL_URL``…), then overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            var = env_var(f.name)
+            if var in env:
+                values[f.name] = _convert(f, env[var], var)
+        values.update(overrides)
+        return cls(**values)
+
+    @classmethod
+    def from_cli(
+        cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
+    ) -> RelaySettings:
+        """Settings from the environment with command-line flags on top."""
+        parser = build_parser()
+        ns = parser.parse_args(argv)
+        given = {
+            f.name: _convert(f, getattr(ns, f.name), "--" + f.name.replace("_", "-"))
+            for f in dataclasses.fields(cls)
+            if getattr(ns, f.name) is not None
+        }
+        return cls.from_env(environ, **given)
+
+
+def env_var(name: str) -> str:
+    """The environment variable of setting ``name``."""
+    return "OUTBOX_" + name.upper()
+
+
+def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
+    if not isinstance(raw, str):
+        return raw
+    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
+    try:
+        if kind == "bool":
+            low = raw.strip().lower()
+            if low in ("1", "true", "yes", "on"):
+                return True
+            if low in ("0", "false", "no", "off"):
+                return False
+            raise ValueError("expected true/false")
+        if kind == "int":
+            return int(raw)
+        if kind == "float":
+            return float(raw)
+        if kind.startswith("Mapping"):
+            out: dict[str, str] = {}
+            for item in filter(None, (p.strip() for p in raw.split(","))):
+                key, sep, value = item.partition("=")
+                if not sep or not key or not value:
+                    raise ValueError(f"{item!r} is not NAME=TOPIC")
+                out[key.strip()] = value.strip()
+            return out
+    except ValueError as exc:
+        shown = "***" if f.metadata.get(_SECRET) else repr(raw)
+        raise ConfigurationError(f.name, f"{source}={shown}: {exc}") from None
+    choices = f.metadata.get("choices")
+    if choices and raw not in choices:
+        raise ConfigurationError(f.name, f"{source}={raw!r}: choose one of {', '.join(choices)}")
+    return raw
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The relay's argument parser; every setting is a flag."""
+    parser = argparse.ArgumentParser(
+        prog="python -m transactional_outbox.relay",
+        description=(
+            "Tail the MySQL/MariaDB binlog and publish committed outbox events to Kafka, "
+            "checkpointing the binlog position in Redis. Every flag can also be set with the "
+            "environment variable shown; flags win."
+        ),
+        epilog=(
+            "exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 unexpected error; "
+            "2 invalid setting or server misconfigured; 3 checkpoint unusable (e.g. binlog "
+            "purged); 4 an event was rejected by Kafka for good"
+        ),
+    )
+    for f in dataclasses.fields(RelaySettings):
+        flag = "--" + f.name.replace("_", "-")
+        help_text = f"{f.metadata['help']} [env {env_var(f.name)}]"
+        kind = f.type if isinstance(f.type, str) else ""
+        default = f.default
+        if f.metadata.get(_SECRET):
+            default = "(unset)"
+        elif kind.startswith("Mapping"):
+            default = "(none)"
+        if kind == "bool":
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                action=argparse.BooleanOptionalAction,
+                default=None,
+                help=f"{help_text} (default: {default})",
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=f.name,
+                default=None,
+                metavar=f.name.upper() if not f.metadata.get("choices") else None,
+                choices=f.metadata.get("choices") or None,
+                help=f"{help_text} (default: {default})",
+            )
+    return parser

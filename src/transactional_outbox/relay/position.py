@@ -1,0 +1,204 @@
+"""Binlog positions, GTID state and the checkpoint's stored form. Pure.
+
+A checkpoint is always the position *after* a transaction's commit, so
+resuming from it starts at the next transaction's first event.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from ..exceptions import CheckpointError, ConfigurationError
+
+__all__ = [
+    "BinlogPosition",
+    "MariaDBGtidState",
+    "MySQLGtidSet",
+    "StartPolicy",
+    "decode_checkpoint",
+    "encode_checkpoint",
+]
+
+CHECKPOINT_VERSION = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BinlogPosition:
+    """A resumable place in the binlog: file and offset, plus the GTID state there.
+
+    ``gtid`` is the GTID set executed up to this point (MySQL ``uuid:1-5``
+    form, or MariaDB ``domain-server-seq`` list), or ``None`` if not known.
+    """
+
+    file: str
+    pos: int
+    gtid: str | None = None
+
+    def __str__(self) -> str:
+        base = f"{self.file}:{self.pos}"
+        return f"{base} (gtid {self.gtid})" if self.gtid else base
+
+
+_MARIADB_GTID = re.compile(r"^\d+-\d+-\d+$")
+
+
+@dataclass(slots=True)
+class MariaDBGtidState:
+    """MariaDB GTID position: the last GTID seen per replication domain."""
+
+    domains: dict[int, str] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str | None) -> MariaDBGtidState:
+        """Parse ``@@gtid_binlog_pos`` text, e.g. ``0-1-42,1-2-7``."""
+        state = cls()
+        for part in (text or "").split(","):
+            part = part.strip()
+            if not part:
+                continue
+            if not _MARIADB_GTID.match(part):
+                raise ValueError(f"not a MariaDB GTID: {part!r}")
+            state.domains[int(part.split("-", 1)[0])] = part
+        return state
+
+    def update(self, gtid: str) -> None:
+        """Record that the transaction ``gtid`` (``domain-server-seq``) committed."""
+        self.domains[int(gtid.split("-", 1)[0])] = gtid
+
+    def __str__(self) -> str:
+        return ",".join(self.domains[d] for d in sorted(self.domains))
+
+
+_MYSQL_UUID = re.compile(r"^[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}(?::[\w]+)?$")
+
+
+@dataclass(slots=True)
+class MySQLGtidSet:
+    """MySQL GTID set, ``uuid:1-5:7,uuid2:1-3``, as intervals per source uuid.
+
+    Tagged GTIDs (MySQL 8.3+, ``uuid:tag:n``) are kept with the tag as part of
+    the source key.
+    """
+
+    intervals: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+
+    @classmethod
+    def parse(cls, text: str | None) -> MySQLGtidSet:
+        """Parse ``@@gtid_executed`` text."""
+        out = cls()
+        for member in (text or "").replace("\n", "").split(","):
+            member = member.strip()
+            if not member:
+                continue
+            parts = member.split(":")
+            source = parts[0].lower()
+            rest = parts[1:]
+            if rest and not rest[0][:1].isdigit():  # a tag
+                source = f"{source}:{rest[0]}"
+                rest = rest[1:]
+            for rng in rest:
+                lo, _, hi = rng.partition("-")
+                out._add(source, int(lo), int(hi or lo))
+        return out
+
+    def _add(self, source: str, lo: int, hi: int) -> None:
+        ranges = sorted([*self.intervals.get(source, []), (lo, hi)])
+        merged: list[tuple[int, int]] = []
+        for a, b in ranges:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self.intervals[source] = merged
+
+    def update(self, gtid: str) -> None:
+        """Record that ``gtid`` (``uuid:n`` or ``uuid:tag:n``) committed."""
+        source, _, gno = gtid.rpartition(":")
+        self._add(source.lower(), int(gno), int(gno))
+
+    def __str__(self) -> str:
+        return ",".join(
+            source + "".join(f":{a}" if a == b else f":{a}-{b}" for a, b in self.intervals[source])
+            for source in sorted(self.intervals)
+        )
+
+
+def encode_checkpoint(position: BinlogPosition, *, saved_at: datetime | None = None) -> str:
+    """The checkpoint value stored in Redis: a small, versioned JSON object."""
+    return json.dumps(
+        {
+            "v": CHECKPOINT_VERSION,
+            "file": position.file,
+            "pos": position.pos,
+            "gtid": position.gtid,
+            "saved_at": (saved_at or datetime.now(UTC)).isoformat(timespec="milliseconds"),
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode_checkpoint(raw: str | bytes) -> BinlogPosition:
+    """Parse a stored checkpoint. Raises :class:`CheckpointError` for anything foreign."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise CheckpointError(
+            f"stored checkpoint is not valid JSON: {raw[:100]!r}; delete the key or give "
+            "an explicit start position"
+        ) from None
+    if not isinstance(data, dict) or data.get("v") != CHECKPOINT_VERSION:
+        raise CheckpointError(
+            f"stored checkpoint has an unknown format: {str(raw)[:100]!r}; delete the key or "
+            "give an explicit start position"
+        )
+    file, pos, gtid = data.get("file"), data.get("pos"), data.get("gtid")
+    if not isinstance(file, str) or not file or not isinstance(pos, int) or pos < 4:
+        raise CheckpointError(f"stored checkpoint has an invalid file/pos: {str(raw)[:100]!r}")
+    if gtid is not None and not isinstance(gtid, str):
+        raise CheckpointError(f"stored checkpoint has an invalid gtid: {str(raw)[:100]!r}")
+    return BinlogPosition(file=file, pos=pos, gtid=gtid or None)
+
+
+@dataclass(frozen=True, slots=True)
+class StartPolicy:
+    """Where to start when there is no checkpoint, or when told to ignore it.
+
+    ``kind`` is ``latest`` (the server's current end: only new events),
+    ``earliest`` (the oldest binlog still on the server), ``position``
+    (``file:pos``) or ``gtid`` (a GTID set).
+    """
+
+    kind: str
+    file: str | None = None
+    pos: int | None = None
+    gtid: str | None = None
+
+    @property
+    def explicit(self) -> bool:
+        """True for a start the user named exactly (file:pos or a GTID set)."""
+        return self.kind in ("position", "gtid")
+
+    @classmethod
+    def parse(cls, text: str) -> StartPolicy:
+        """Parse ``latest``, ``earliest``, ``mysql-bin.000003:1234`` or a GTID set."""
+        value = text.strip()
+        if value in ("latest", "earliest"):
+            return cls(value)
+        if value.startswith("gtid:"):
+            return cls("gtid", gtid=value[5:])
+        m = re.fullmatch(r"([^:\s]+):(\d+)", value)
+        if m and not _MARIADB_GTID.match(value):
+            if int(m.group(2)) < 4:
+                raise ConfigurationError("start_position", f"binlog offset must be >= 4: {text!r}")
+            return cls("position", file=m.group(1), pos=int(m.group(2)))
+        if all(_MARIADB_GTID.match(p.strip()) for p in value.split(",")) or all(
+            _MYSQL_UUID.match(p.strip().split(":")[0] + ":x") and ":" in p for p in value.split(",")
+        ):
+            return cls("gtid", gtid=value)
+        raise ConfigurationError(
+            "start_position",
+            f"{text!r} is not 'latest', 'earliest', 'FILE:POS' or a GTID set",
+        )

@@ -1,0 +1,90 @@
+"""Routing and the Kafka record built from an event (DESIGN §2). Pure."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from ..event import OutboxEvent, kafka_headers
+from ..exceptions import ConfigurationError
+
+__all__ = ["KafkaRecord", "TopicRouter", "build_record"]
+
+DEFAULT_TOPIC_TEMPLATE = "outbox.event.{aggregatetype}"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+
+
+def invalid_topic_reason(topic: str) -> str | None:
+    """Why Kafka would refuse ``topic`` as a name, or ``None`` if it is legal."""
+    if topic in (".", ".."):
+        return "topic name cannot be '.' or '..'"
+    if not _LEGAL_TOPIC.match(topic):
+        return (
+            f"topic name {topic!r} is not legal in Kafka "
+            "(1-249 characters of ASCII letters, digits, '.', '_' and '-')"
+        )
+    return None
+
+
+class TopicRouter:
+    """Maps an aggregate type to its topic: an override if one is set, else the template.
+
+    The template may use ``{aggregatetype}`` (alias ``{aggregate_type}``).
+    """
+
+    def __init__(
+        self,
+        *,
+        template: str = DEFAULT_TOPIC_TEMPLATE,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        try:
+            template.format(aggregatetype="x", aggregate_type="x")
+        except (KeyError, IndexError, ValueError) as exc:
+            raise ConfigurationError(
+                "topic_template",
+                f"{template!r} may only use the placeholder {{aggregatetype}} ({exc})",
+            ) from None
+        self.template = template
+        self.overrides = dict(overrides or {})
+        for agg, topic in self.overrides.items():
+            reason = invalid_topic_reason(topic)
+            if reason:
+                raise ConfigurationError("topic_overrides", f"for {agg!r}: {reason}")
+        self._cache: dict[str, str] = {}
+
+    def topic(self, aggregate_type: str) -> str:
+        """The topic for ``aggregate_type`` (not validated; see :func:`invalid_topic_reason`)."""
+        topic = self._cache.get(aggregate_type)
+        if topic is None:
+            topic = self.overrides.get(aggregate_type) or self.template.format(
+                aggregatetype=aggregate_type, aggregate_type=aggregate_type
+            )
+            if len(self._cache) < 10_000:
+                self._cache[aggregate_type] = topic
+        return topic
+
+
+@dataclass(frozen=True, slots=True)
+class KafkaRecord:
+    """What the relay sends for one event."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    headers: list[tuple[str, bytes]]
+    timestamp_ms: int
+
+
+def build_record(event: OutboxEvent, router: TopicRouter) -> KafkaRecord:
+    """The Kafka record of ``event``: key aggregate id, value payload bytes unchanged."""
+    return KafkaRecord(
+        topic=router.topic(event.aggregate_type),
+        key=event.aggregate_id.encode(),
+        value=event.payload,
+        headers=kafka_headers(event),
+        timestamp_ms=(event.timestamp - _EPOCH) // timedelta(milliseconds=1),
+    )

@@ -1,0 +1,285 @@
+"""Helpers for relay tests: write outbox rows, run a relay, read what reached Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pymysql
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from transactional_outbox.event import OutboxEvent, encode_headers
+from transactional_outbox.relay import Relay, RelaySettings
+
+ROOT = Path(__file__).resolve().parent.parent
+
+OUTBOX_DDL = """
+CREATE TABLE IF NOT EXISTS `{table}` (
+  id BINARY(16) NOT NULL PRIMARY KEY,
+  aggregatetype VARCHAR(255) NOT NULL,
+  aggregateid VARCHAR(255) NOT NULL,
+  type VARCHAR(255) NOT NULL,
+  payload LONGBLOB NOT NULL,
+  headers TEXT NULL,
+  `timestamp` DATETIME(6) NOT NULL
+) ENGINE=InnoDB
+"""
+
+INSERT = (
+    "INSERT INTO `{table}` (id, aggregatetype, aggregateid, type, payload, headers, `timestamp`)"
+    " VALUES (%s, %s, %s, %s, %s, %s, %s)"
+)
+
+
+def make_event(
+    aggregate_type: str = "order",
+    aggregate_id: str = "1",
+    event_type: str = "Happened",
+    payload: bytes = b"{}",
+    *,
+    id: uuid.UUID | None = None,
+    headers: dict[str, str] | None = None,
+) -> OutboxEvent:
+    """An event with a microsecond timestamp, as the table stores it."""
+    return OutboxEvent(
+        id=id or uuid.uuid4(),
+        aggregate_type=aggregate_type,
+        aggregate_id=aggregate_id,
+        event_type=event_type,
+        payload=payload,
+        headers=headers or {},
+        timestamp=datetime.now(UTC),
+    )
+
+
+def write_events(
+    conn: pymysql.Connection,
+    events: Sequence[OutboxEvent],
+    *,
+    table: str = "outbox",
+    rollback: bool = False,
+    also: Callable[[Any], None] | None = None,
+) -> None:
+    """Insert then delete ``events`` in one transaction (the SDK's write pattern)."""
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")
+        if also is not None:
+            also(cur)
+        if events:
+            cur.executemany(
+                INSERT.format(table=table),
+                [
+                    (
+                        e.id.bytes,
+                        e.aggregate_type,
+                        e.aggregate_id,
+                        e.event_type,
+                        e.payload,
+                        encode_headers(e.headers),
+                        e.timestamp.replace(tzinfo=None),
+                    )
+                    for e in events
+                ],
+            )
+            cur.execute(
+                f"DELETE FROM `{table}` WHERE id IN ({','.join(['%s'] * len(events))})",
+                [e.id.bytes for e in events],
+            )
+        cur.execute("ROLLBACK" if rollback else "COMMIT")
+
+
+def relay_settings(
+    *,
+    mysql_url: Any,
+    redis_url: str,
+    kafka_bootstrap: str,
+    topic_prefix: str,
+    redis_prefix: str,
+    **overrides: Any,
+) -> RelaySettings:
+    """Settings for a relay isolated to one test's database, topics and keys."""
+    values: dict[str, Any] = {
+        "mysql_url": mysql_url.render_as_string(hide_password=False),
+        "redis_url": redis_url,
+        "kafka_bootstrap_servers": kafka_bootstrap,
+        "topic_template": topic_prefix + "{aggregatetype}",
+        "key_prefix": redis_prefix,
+        "relay_name": "test",
+        "server_id": 100_000 + (uuid.uuid4().int % 1_000_000),
+        "enable_idempotence": False,  # tansu has no idempotent producer (DESIGN §5)
+        "checkpoint_interval_ms": 100,
+        "heartbeat_seconds": 1.0,
+        "progress_interval_seconds": 0,
+        "start_position": "earliest",
+        "linger_ms": 1,
+    }
+    values.update(overrides)
+    return RelaySettings(**values)
+
+
+@contextlib.asynccontextmanager
+async def running_relay(settings: RelaySettings) -> AsyncIterator[Relay]:
+    """Run a relay in this event loop; stop it cleanly on exit."""
+    relay = Relay(settings)
+    task = asyncio.create_task(relay.run())
+    try:
+        yield relay
+    finally:
+        relay.stop()
+        await asyncio.wait_for(task, 30)
+
+
+async def wait_until(
+    condition: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll ``condition`` until true; fail the test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+class Collector:
+    """Reads every partition of some topics from the start, without a group."""
+
+    def __init__(self, bootstrap: str) -> None:
+        self.bootstrap = bootstrap
+        self.records: list[ConsumerRecord[bytes, bytes]] = []
+        self._consumer: AIOKafkaConsumer | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._assigned: set[TopicPartition] = set()
+
+    async def __aenter__(self) -> Collector:
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap,
+            auto_offset_reset="earliest",
+            enable_auto_commit=False,
+            fetch_max_wait_ms=50,
+        )
+        await self._consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        assert self._consumer is not None
+        await self._consumer.stop()
+
+    async def watch(self, topics: Iterable[str]) -> None:
+        """Start reading ``topics`` (created if missing) from offset 0."""
+        assert self._consumer is not None
+        topics = list(topics)
+        await ensure_topics(self.bootstrap, topics)
+        parts: set[TopicPartition] = set(self._assigned)
+        for topic in topics:
+            found = None
+            for _ in range(100):
+                await self._consumer._client.force_metadata_update()
+                found = self._consumer.partitions_for_topic(topic)
+                if found:
+                    break
+                await asyncio.sleep(0.05)
+            assert found, f"topic {topic} not found"
+            parts |= {TopicPartition(topic, p) for p in found}
+        new = parts - self._assigned
+        self._consumer.assign(sorted(parts))
+        for tp in new:
+            self._consumer.seek(tp, 0)
+        self._assigned = parts
+        if self._task is None:
+            self._task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        assert self._consumer is not None
+        while True:
+            batch = await self._consumer.getmany(timeout_ms=100)
+            for tp in sorted(batch):
+                self.records.extend(batch[tp])
+
+    def ids(self) -> list[str]:
+        """The ``id`` header of every record read, in read order."""
+        return [dict(r.headers)["id"].decode() for r in self.records]
+
+    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
+        """Wait until at least ``count`` records were read."""
+        await wait_until(
+            lambda: len(self.records) >= count,
+            timeout=timeout,
+            what=f"{count} records (have {len(self.records)})",
+        )
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[str], partitions: int = 4) -> None:
+    """Create topics (several partitions, so per-key order is really tested)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [NewTopic(t, partitions, 1) for t in topics if t not in existing]
+        if new:
+            await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+class RelayProcess:
+    """``python -m transactional_outbox.relay`` as a child process, for kill tests."""
+
+    def __init__(self, settings: RelaySettings, log_path: Path) -> None:
+        self.settings = settings
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def env(self) -> dict[str, str]:
+        from transactional_outbox.relay.config import env_var
+
+        env = dict(os.environ)
+        s = self.settings
+        for name in (
+            "mysql_url",
+            "redis_url",
+            "kafka_bootstrap_servers",
+            "topic_template",
+            "key_prefix",
+            "relay_name",
+            "server_id",
+            "checkpoint_interval_ms",
+            "heartbeat_seconds",
+            "start_position",
+            "linger_ms",
+            "progress_interval_seconds",
+        ):
+            env[env_var(name)] = str(getattr(s, name))
+        env[env_var("enable_idempotence")] = "false"
+        return env
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "transactional_outbox.relay"],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+
+    def kill(self, sig: int = signal.SIGKILL) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        return self.proc.wait(30)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
