@@ -176,6 +176,8 @@ class Service:
 
 
 class MariaDB(Service):
+    flags: list[str] = MARIADB_FLAGS
+
     def start(self) -> None:
         mariadbd = find_binary("mariadbd", "mysqld")
         if mariadbd is None or find_binary("mariadb-install-db", "mysql_install_db") is None:
@@ -212,7 +214,7 @@ class MariaDB(Service):
             f"--socket={self.dir / 'mysqld.sock'}",
             f"--pid-file={self.dir / 'mariadbd.pid'}",
             f"--log-error={self.log}",
-            *MARIADB_FLAGS,
+            *self.flags,
         ]
         spawn(args, self.dir / "stdout.log", self.pid_file)
         wait_for("MariaDB", lambda: (self.dir / "mysqld.sock").exists(), log=self.log)

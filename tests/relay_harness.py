@@ -106,6 +106,7 @@ def relay_settings(
     kafka_bootstrap: str,
     topic_prefix: str,
     redis_prefix: str,
+    start_position: str = "earliest",
     **overrides: Any,
 ) -> RelaySettings:
     """Settings for a relay isolated to one test's database, topics and keys."""
@@ -121,7 +122,7 @@ def relay_settings(
         "checkpoint_interval_ms": 100,
         "heartbeat_seconds": 1.0,
         "progress_interval_seconds": 0,
-        "start_position": "earliest",
+        "start_position": start_position,
         "linger_ms": 1,
     }
     values.update(overrides)
@@ -141,13 +142,13 @@ async def running_relay(settings: RelaySettings) -> AsyncIterator[Relay]:
 
 
 async def wait_until(
-    condition: Callable[[], bool], *, timeout: float = 20.0, what: str = "condition"
+    condition: Callable[[], bool], *, within: float = 20.0, what: str = "condition"
 ) -> None:
-    """Poll ``condition`` until true; fail the test after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
+    """Poll ``condition`` until true; fail the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)
 
 
@@ -188,17 +189,19 @@ class Collector:
         for topic in topics:
             found = None
             for _ in range(100):
-                await self._consumer._client.force_metadata_update()
-                found = self._consumer.partitions_for_topic(topic)
+                # The consumer's own metadata covers only assigned topics.
+                metadata = await self._consumer._client.fetch_all_metadata()
+                found = metadata.partitions_for_topic(topic)
                 if found:
                     break
                 await asyncio.sleep(0.05)
             assert found, f"topic {topic} not found"
             parts |= {TopicPartition(topic, p) for p in found}
-        new = parts - self._assigned
+        # Re-assigning forgets positions: keep the old partitions where they were.
+        kept = {tp: await self._consumer.position(tp) for tp in self._assigned}
         self._consumer.assign(sorted(parts))
-        for tp in new:
-            self._consumer.seek(tp, 0)
+        for tp in parts:
+            self._consumer.seek(tp, kept.get(tp, 0))
         self._assigned = parts
         if self._task is None:
             self._task = asyncio.create_task(self._loop())
@@ -214,11 +217,11 @@ class Collector:
         """The ``id`` header of every record read, in read order."""
         return [dict(r.headers)["id"].decode() for r in self.records]
 
-    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
+    async def wait_for(self, count: int, within: float = 30.0) -> None:
         """Wait until at least ``count`` records were read."""
         await wait_until(
             lambda: len(self.records) >= count,
-            timeout=timeout,
+            within=within,
             what=f"{count} records (have {len(self.records)})",
         )
 

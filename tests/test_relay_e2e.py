@@ -33,13 +33,20 @@ def conn(stack: Stack, database: str) -> pymysql.Connection:
 
 
 @pytest.fixture
-def settings_kw(stack: Stack, mysql_url: URL, topic_prefix: str, redis_prefix: str) -> dict:
+def settings_kw(
+    stack: Stack, conn: pymysql.Connection, mysql_url: URL, topic_prefix: str, redis_prefix: str
+) -> dict:
+    # Start where this test begins, not at the shared server's first binlog.
+    with conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
     return dict(
         mysql_url=mysql_url,
         redis_url=stack.redis_url,
         kafka_bootstrap=stack.kafka_bootstrap,
         topic_prefix=topic_prefix,
         redis_prefix=redis_prefix,
+        start_position=f"{file}:{pos}",
     )
 
 

@@ -19,8 +19,11 @@ from .exceptions import (
     SerializationError,
     ServerConfigurationError,
 )
+from .session import AsyncOutboxSession, OutboxSession, enable_outbox
+from .table import OutboxMixin, outbox_table
 
 __all__ = [
+    "AsyncOutboxSession",
     "BinlogPurgedError",
     "CheckpointError",
     "ConfigurationError",
@@ -31,10 +34,14 @@ __all__ = [
     "LeadershipLostError",
     "OutboxError",
     "OutboxEvent",
+    "OutboxMixin",
+    "OutboxSession",
     "PublishError",
     "SerializationError",
     "Serializer",
     "ServerConfigurationError",
+    "enable_outbox",
+    "outbox_table",
     "uuid7",
 ]
 

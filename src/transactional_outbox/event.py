@@ -173,7 +173,17 @@ def _check_name(name: str, value: object) -> str:
         raise InvalidEventError(
             name, value, f"is {len(value)} characters, at most {MAX_NAME_LENGTH} allowed"
         )
+    _check_utf8(name, value)
     return value
+
+
+def _check_utf8(name: str, value: str) -> None:
+    # Lone surrogates pass every str check but fail in the driver, after the
+    # transaction has begun; catch them here instead.
+    try:
+        value.encode()
+    except UnicodeEncodeError as exc:
+        raise InvalidEventError(name, value, f"is not encodable as UTF-8 ({exc.reason})") from None
 
 
 def _check_headers(headers: object) -> dict[str, str]:
@@ -185,6 +195,8 @@ def _check_headers(headers: object) -> dict[str, str]:
             raise InvalidEventError("headers", key, "header names must be str")
         if not isinstance(value, str):
             raise InvalidEventError(f"headers[{key!r}]", value, "header values must be str")
+        _check_utf8("headers", key)
+        _check_utf8(f"headers[{key!r}]", value)
         if key in RESERVED_HEADERS:
             raise InvalidEventError(
                 f"headers[{key!r}]", value, "this name is reserved for the event's own field"
@@ -251,7 +263,12 @@ class OutboxEvent:
         if isinstance(payload, bytes | bytearray | memoryview):
             body = bytes(payload)
         elif isinstance(payload, str):
-            body = payload.encode()
+            try:
+                body = payload.encode()
+            except UnicodeEncodeError as exc:
+                raise SerializationError(
+                    "payload", payload, f"is not encodable as UTF-8 ({exc.reason})"
+                ) from None
         else:
             ser = DEFAULT_SERIALIZER if serializer is None else serializer
             try:

@@ -15,7 +15,6 @@ import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from sqlalchemy.engine import make_url
 
@@ -37,16 +36,21 @@ def _opt(default: Any, help: str, *, secret: bool = False, choices: Sequence[str
 
 
 def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe to log)."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "<unparseable url>"
-    if parts.password is None:
+    """``url`` with its password replaced by ``***`` (safe to log).
+
+    Not ``urlsplit``: SQLAlchemy accepts unescaped ``/``, ``#``, ``?`` and ``@`` in a
+    password, which ``urlsplit`` reads as the path, fragment or query and would leave
+    visible. Everything up to the last ``@`` after the user name is masked instead
+    (masking too much is safe; too little is not).
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
         return url
-    netloc = parts.netloc.rsplit("@", 1)
-    user = parts.username or ""
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[-1]}"))
+    user, colon, _ = rest[:at].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -288,8 +292,9 @@ def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
                 out[key.strip()] = value.strip()
             return out
     except ValueError as exc:
-        shown = "***" if f.metadata.get(_SECRET) else repr(raw)
-        raise ConfigurationError(f.name, f"{source}={shown}: {exc}") from None
+        if f.metadata.get(_SECRET):  # int()/float() errors quote the value: hide them too
+            raise ConfigurationError(f.name, f"{source}=***: not a valid {kind}") from None
+        raise ConfigurationError(f.name, f"{source}={raw!r}: {exc}") from None
     choices = f.metadata.get("choices")
     if choices and raw not in choices:
         raise ConfigurationError(f.name, f"{source}={raw!r}: choose one of {', '.join(choices)}")
@@ -333,8 +338,14 @@ def build_parser() -> argparse.ArgumentParser:
                 flag,
                 dest=f.name,
                 default=None,
-                metavar=f.name.upper() if not f.metadata.get("choices") else None,
-                choices=f.metadata.get("choices") or None,
+                # Choices are checked by _convert, not argparse, so a bad value is a
+                # ConfigurationError naming the setting (exit code 2 from main()), not
+                # a SystemExit out of parse_args.
+                metavar=(
+                    "{" + ",".join(f.metadata["choices"]) + "}"
+                    if f.metadata.get("choices")
+                    else f.name.upper()
+                ),
                 help=f"{help_text} (default: {default})",
             )
     return parser

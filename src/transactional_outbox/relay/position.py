@@ -72,7 +72,21 @@ class MariaDBGtidState:
         return ",".join(self.domains[d] for d in sorted(self.domains))
 
 
-_MYSQL_UUID = re.compile(r"^[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}(?::[\w]+)?$")
+_UUID = r"[0-9a-fA-F]{8}-?(?:[0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}"
+_TAG = r"[A-Za-z_][A-Za-z0-9_]{0,31}"
+_INTERVAL = r"\d+(?:-\d+)?"
+# One member of a MySQL GTID set as the server prints it (8.3+ may add tags, several
+# per uuid: ``uuid:1-4:tag_a:1-3:tag_b:7``).
+_MYSQL_GTID_MEMBER = re.compile(
+    rf"{_UUID}(?::{_TAG})?(?::{_INTERVAL})+(?::{_TAG}(?::{_INTERVAL})+)*"
+)
+
+
+def _is_gtid_set(value: str) -> bool:
+    members = [p.strip() for p in value.split(",")]
+    return all(_MARIADB_GTID.match(p) for p in members) or all(
+        _MYSQL_GTID_MEMBER.fullmatch(p) for p in members
+    )
 
 
 @dataclass(slots=True)
@@ -93,14 +107,13 @@ class MySQLGtidSet:
             member = member.strip()
             if not member:
                 continue
-            parts = member.split(":")
-            source = parts[0].lower()
-            rest = parts[1:]
-            if rest and not rest[0][:1].isdigit():  # a tag
-                source = f"{source}:{rest[0]}"
-                rest = rest[1:]
-            for rng in rest:
-                lo, _, hi = rng.partition("-")
+            uuid, *rest = member.split(":")
+            source = uuid.lower()
+            for item in rest:
+                if not item[:1].isdigit():  # a tag: applies to the intervals after it
+                    source = f"{uuid.lower()}:{item.lower()}"  # MySQL tags are case-blind
+                    continue
+                lo, _, hi = item.partition("-")
                 out._add(source, int(lo), int(hi or lo))
         return out
 
@@ -188,16 +201,18 @@ class StartPolicy:
         if value in ("latest", "earliest"):
             return cls(value)
         if value.startswith("gtid:"):
-            return cls("gtid", gtid=value[5:])
+            gtid = value[5:].strip()
+            if not _is_gtid_set(gtid):
+                raise ConfigurationError("start_position", f"{text!r} is not a GTID set")
+            return cls("gtid", gtid=gtid)
+        # Before FILE:POS: a one-GTID MySQL set, ``uuid:23``, has the same shape.
+        if _is_gtid_set(value):
+            return cls("gtid", gtid=value)
         m = re.fullmatch(r"([^:\s]+):(\d+)", value)
-        if m and not _MARIADB_GTID.match(value):
+        if m:
             if int(m.group(2)) < 4:
                 raise ConfigurationError("start_position", f"binlog offset must be >= 4: {text!r}")
             return cls("position", file=m.group(1), pos=int(m.group(2)))
-        if all(_MARIADB_GTID.match(p.strip()) for p in value.split(",")) or all(
-            _MYSQL_UUID.match(p.strip().split(":")[0] + ":x") and ":" in p for p in value.split(",")
-        ):
-            return cls("gtid", gtid=value)
         raise ConfigurationError(
             "start_position",
             f"{text!r} is not 'latest', 'earliest', 'FILE:POS' or a GTID set",

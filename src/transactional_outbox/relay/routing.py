@@ -14,14 +14,14 @@ __all__ = ["KafkaRecord", "TopicRouter", "build_record"]
 
 DEFAULT_TOPIC_TEMPLATE = "outbox.event.{aggregatetype}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_LEGAL_TOPIC = re.compile(r"^[a-zA-Z0-9._-]{1,249}$")
+_LEGAL_TOPIC = re.compile(r"[a-zA-Z0-9._-]{1,249}")
 
 
 def invalid_topic_reason(topic: str) -> str | None:
     """Why Kafka would refuse ``topic`` as a name, or ``None`` if it is legal."""
     if topic in (".", ".."):
         return "topic name cannot be '.' or '..'"
-    if not _LEGAL_TOPIC.match(topic):
+    if not _LEGAL_TOPIC.fullmatch(topic):  # fullmatch: "$" would let "name\n" through
         return (
             f"topic name {topic!r} is not legal in Kafka "
             "(1-249 characters of ASCII letters, digits, '.', '_' and '-')"
@@ -42,12 +42,15 @@ class TopicRouter:
         overrides: Mapping[str, str] | None = None,
     ) -> None:
         try:
-            template.format(aggregatetype="x", aggregate_type="x")
-        except (KeyError, IndexError, ValueError) as exc:
+            sample = template.format(aggregatetype="x", aggregate_type="x")
+        except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise ConfigurationError(
                 "topic_template",
                 f"{template!r} may only use the placeholder {{aggregatetype}} ({exc})",
             ) from None
+        reason = invalid_topic_reason(sample)
+        if reason:
+            raise ConfigurationError("topic_template", f"{template!r} gives bad topics: {reason}")
         self.template = template
         self.overrides = dict(overrides or {})
         for agg, topic in self.overrides.items():

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -209,9 +210,16 @@ class BinlogSource:
         self._thread.start()
 
     def stop(self) -> None:
-        """Ask the thread to stop; it exits at its next packet or heartbeat."""
+        """Ask the thread to stop, waking it from a blocking read."""
         self._stop.set()
         self._channel.close()
+        reader = self._reader
+        sock = getattr(getattr(reader, "_stream_connection", None), "_sock", None)
+        if sock is not None:
+            # shutdown() (unlike close()) is safe while another thread is in recv():
+            # the read returns at once and the thread sees the stop flag.
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the thread to exit."""

@@ -55,7 +55,14 @@ class Watermark:
 
     def ack(self, ticket: int, count: int = 1) -> None:
         """Acknowledge ``count`` events of segment ``ticket``."""
-        seg = self._segments[ticket - self._first_id]
+        index = ticket - self._first_id
+        if count < 0 or index >= len(self._segments) or (index < 0 and count):
+            # index < 0: a retired segment, every event of which was already acked
+            # (a negative index must never wrap round to a live segment).
+            raise ValueError(f"segment {ticket} acked {count} events: no such open events")
+        if index < 0:
+            return
+        seg = self._segments[index]
         if count > seg.outstanding:
             raise ValueError(f"segment {ticket} acked {count} events, only {seg.outstanding} open")
         seg.outstanding -= count

@@ -1,0 +1,167 @@
+"""The consuming side's view of an event: a decoded Kafka record from the relay."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from ..event import RESERVED_HEADERS, OutboxEvent, parse_timestamp
+from ..exceptions import InvalidRecordError
+
+__all__ = ["ReceivedEvent", "RecordLike"]
+
+
+class RecordLike(Protocol):
+    """What is read from a Kafka record; aiokafka's ``ConsumerRecord`` fits it."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def timestamp(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReceivedEvent:
+    """An outbox event as a consumer receives it (DESIGN §2), with where it was read.
+
+    Build one from a Kafka record with :meth:`from_record`, or from an
+    :class:`~transactional_outbox.OutboxEvent` with :meth:`from_event` (handy in
+    handler unit tests).
+
+    ``headers`` holds the user headers only (e.g. ``content-type``, trace
+    context): the event's own fields are attributes. ``topic``, ``partition``
+    and ``offset`` say where the record was read (``""``/``-1`` when not read
+    from Kafka).
+    """
+
+    id: uuid.UUID
+    event_type: str
+    aggregate_type: str
+    aggregate_id: str
+    timestamp: datetime
+    payload: bytes
+    headers: Mapping[str, str] = field(default_factory=dict)
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+
+    def json(self, **kwargs: Any) -> Any:
+        """Decode the payload as JSON (``kwargs`` go to :func:`json.loads`)."""
+        return json.loads(self.payload, **kwargs)
+
+    @classmethod
+    def from_record(cls, record: RecordLike) -> ReceivedEvent:
+        """Decode a record published by the relay (or by Debezium's outbox EventRouter).
+
+        The ``id`` header is required: a record without a valid one raises
+        :class:`~transactional_outbox.InvalidRecordError`, so it is never
+        processed without deduplication. Other fields fall back for records
+        from producers that set only ``id`` (Debezium's default): the aggregate
+        id to the record key, the timestamp to the record timestamp, the type
+        and aggregate type to ``""``.
+        """
+        where = f"record {record.topic}/{record.partition}@{record.offset}"
+        own: dict[str, bytes] = {}
+        user: dict[str, str] = {}
+        for name, raw in record.headers or ():
+            if raw is None:
+                continue  # Kafka allows null header values: treat them as absent
+            if name in RESERVED_HEADERS:
+                if name in own and own[name] != raw:
+                    raise InvalidRecordError(f"{where} has conflicting {name!r} headers")
+                own[name] = raw
+            else:
+                # User headers are a convenience; a stray binary one should not
+                # send an otherwise valid event to the dead-letter topic.
+                user[name] = raw.decode("utf-8", "replace")
+        return cls(
+            id=_event_id(where, own.get("id")),
+            event_type=_text(where, own, "type", b""),
+            aggregate_type=_text(where, own, "aggregatetype", b""),
+            aggregate_id=_text(where, own, "aggregateid", record.key or b""),
+            timestamp=_timestamp(where, own.get("timestamp"), record.timestamp),
+            payload=record.value if record.value is not None else b"",
+            headers=user,
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+        )
+
+    @classmethod
+    def from_event(
+        cls, event: OutboxEvent, *, topic: str = "", partition: int = -1, offset: int = -1
+    ) -> ReceivedEvent:
+        """The event a consumer would receive for ``event`` (no Kafka involved)."""
+        return cls(
+            id=event.id,
+            event_type=event.event_type,
+            aggregate_type=event.aggregate_type,
+            aggregate_id=event.aggregate_id,
+            timestamp=event.timestamp.astimezone(UTC),
+            payload=event.payload,
+            headers=dict(event.headers),
+            topic=topic,
+            partition=partition,
+            offset=offset,
+        )
+
+    def __repr__(self) -> str:
+        # Payloads can be large or sensitive; show their size only.
+        return (
+            f"ReceivedEvent(id={self.id}, event_type={self.event_type!r}, "
+            f"aggregate_type={self.aggregate_type!r}, aggregate_id={self.aggregate_id!r}, "
+            f"timestamp={self.timestamp.isoformat()}, payload=<{len(self.payload)} bytes>, "
+            f"topic={self.topic!r}, partition={self.partition}, offset={self.offset})"
+        )
+
+
+def _event_id(where: str, raw: bytes | None) -> uuid.UUID:
+    if raw is None:
+        raise InvalidRecordError(
+            f"{where} has no 'id' header: not an outbox event, cannot be deduplicated"
+        )
+    if len(raw) == 16:
+        # Raw id bytes (a BINARY(16) column passed through as is); UUID text is
+        # at least 32 characters, so the two cannot be confused.
+        return uuid.UUID(bytes=bytes(raw))
+    try:
+        return uuid.UUID(raw.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        shown = repr(raw[:60])
+        raise InvalidRecordError(
+            f"{where} has an invalid 'id' header {shown}: not a UUID"
+        ) from None
+
+
+def _text(where: str, own: Mapping[str, bytes], name: str, default: bytes) -> str:
+    raw = own.get(name, default)
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidRecordError(f"{where} has a {name!r} header that is not UTF-8") from None
+
+
+def _timestamp(where: str, raw: bytes | None, record_ms: int) -> datetime:
+    if raw is None:
+        return datetime.fromtimestamp(record_ms / 1000, UTC)
+    try:
+        return parse_timestamp(raw.decode())
+    except (UnicodeDecodeError, ValueError):
+        shown = repr(raw[:60])
+        raise InvalidRecordError(
+            f"{where} has an invalid 'timestamp' header {shown}: not ISO 8601 with an offset"
+        ) from None

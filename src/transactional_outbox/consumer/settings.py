@@ -1,0 +1,137 @@
+"""Settings of :class:`ConsumerRunner`: one keyword-only, validated, immutable object."""
+
+from __future__ import annotations
+
+import re
+import ssl
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ..exceptions import ConfigurationError
+
+__all__ = ["RunnerSettings"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunnerSettings:
+    """How a :class:`ConsumerRunner` consumes, retries and dead-letters.
+
+    Subscription: exactly one of ``topics`` (names) or ``topic_pattern`` (a
+    regular expression, e.g. ``r"outbox\\.event\\..*"``).
+
+    Retries: a failing record is retried up to ``max_attempts`` times in all,
+    waiting ``backoff_initial`` seconds, doubling up to ``backoff_max`` (with
+    jitter: each wait is 50-100 % of that). Attempts are counted in memory: a
+    restart starts the count again.
+
+    ``dead_letter_topic``: where a record goes after its last failed attempt,
+    or at once when it has no valid ``id`` header; ``{topic}`` in it is
+    replaced by the record's topic (e.g. ``"{topic}.dlq"``). Without one, such
+    a record stops the runner with an error instead of being skipped.
+
+    ``session_timeout_ms`` / ``heartbeat_interval_ms``: group membership; small
+    values make group joins fast (e.g. 1000/300 in tests). ``consumer_options``
+    and ``producer_options`` are passed to aiokafka as extra keyword arguments
+    (they and the SASL password are left out of ``repr``).
+    """
+
+    bootstrap_servers: str | Sequence[str]
+    group_id: str
+    topics: Sequence[str] = ()
+    topic_pattern: str | None = None
+    max_attempts: int = 5
+    backoff_initial: float = 0.5
+    backoff_max: float = 30.0
+    dead_letter_topic: str | None = None
+    auto_offset_reset: Literal["earliest", "latest"] = "earliest"
+    session_timeout_ms: int = 10_000
+    heartbeat_interval_ms: int = 3_000
+    max_poll_records: int | None = 500
+    client_id: str | None = None
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_plain_username: str | None = None
+    sasl_plain_password: str | None = field(default=None, repr=False)
+    ssl_context: ssl.SSLContext | None = None
+    consumer_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+    producer_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.topics, str):
+            # A bare string would be read as a list of one-letter topics.
+            object.__setattr__(self, "topics", (self.topics,))
+        if bool(self.topics) == (self.topic_pattern is not None):
+            raise ConfigurationError("topics", "give exactly one of topics or topic_pattern")
+        if not self.group_id:
+            raise ConfigurationError("group_id", "must not be empty")
+        if self.max_attempts < 1:
+            raise ConfigurationError("max_attempts", "must be at least 1")
+        if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
+            raise ConfigurationError(
+                "backoff_initial", "must be >= 0 and not more than backoff_max"
+            )
+        if self.dead_letter_topic is not None:
+            self._check_dead_letter_topic(self.dead_letter_topic)
+
+    def _check_dead_letter_topic(self, template: str) -> None:
+        try:
+            sample = template.format(topic="t")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigurationError(
+                "dead_letter_topic", "the only placeholder allowed is {topic}"
+            ) from None
+        if not sample:
+            raise ConfigurationError("dead_letter_topic", "must not be empty")
+        # Consuming our own dead letters would retry them forever.
+        plain = "{topic}" not in template
+        if plain and (
+            template in self.topics
+            or (self.topic_pattern is not None and re.fullmatch(self.topic_pattern, template))
+        ):
+            raise ConfigurationError("dead_letter_topic", "must not be a consumed topic")
+
+    def dead_letter_topic_for(self, topic: str) -> str | None:
+        """The dead-letter topic of records read from ``topic`` (``None``: none set)."""
+        if self.dead_letter_topic is None:
+            return None
+        return self.dead_letter_topic.format(topic=topic)
+
+    def _security(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.ssl_context is not None:
+            out["ssl_context"] = self.ssl_context
+        if self.sasl_mechanism is not None:
+            out["sasl_mechanism"] = self.sasl_mechanism
+            out["sasl_plain_username"] = self.sasl_plain_username
+            out["sasl_plain_password"] = self.sasl_plain_password
+        return out
+
+    def _consumer_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "group_id": self.group_id,
+            "enable_auto_commit": False,
+            "auto_offset_reset": self.auto_offset_reset,
+            "session_timeout_ms": self.session_timeout_ms,
+            "heartbeat_interval_ms": self.heartbeat_interval_ms,
+            "max_poll_records": self.max_poll_records,
+            **self._security(),
+        }
+        if self.client_id is not None:
+            kwargs["client_id"] = self.client_id
+        kwargs.update(self.consumer_options)
+        # Committing before handling would lose events on a crash.
+        kwargs["enable_auto_commit"] = False
+        return kwargs
+
+    def _producer_kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "bootstrap_servers": self.bootstrap_servers,
+            "acks": "all",
+            **self._security(),
+        }
+        if self.client_id is not None:
+            kwargs["client_id"] = self.client_id
+        kwargs.update(self.producer_options)
+        return kwargs

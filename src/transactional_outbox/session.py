@@ -1,0 +1,380 @@
+"""Session integration: ``session.add_event(...)`` and insert-then-delete at flush.
+
+Events are buffered on the session in call order and written when the session
+flushes (explicitly, by autoflush, before a SAVEPOINT, or at commit) as one
+executemany ``INSERT`` plus one ``DELETE ... WHERE id IN (...)`` on the
+session's own connection, so they commit or roll back with the business rows
+and the table stays empty while the binlog keeps every INSERT.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import uuid
+import warnings
+import weakref
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime
+from typing import Any, cast, overload
+
+import sqlalchemy as sa
+from sqlalchemy import event as sa_event
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
+
+from ._otel import trace_headers
+from .event import OutboxEvent, Serializer, encode_headers
+from .exceptions import ConfigurationError, InvalidEventError
+from .table import outbox_table
+
+__all__ = ["AsyncOutboxSession", "OutboxSession", "enable_outbox"]
+
+DELETE_CHUNK = 50_000
+"""Most ids in one ``DELETE ... IN``: ~1.6 MB of SQL, far below ``max_allowed_packet``."""
+
+_DEFAULT_TABLE = outbox_table(sa.MetaData())
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """The statements for one outbox table.
+
+    Built once per table: a session per transaction would otherwise rebuild
+    and re-key them every time (a measurable part of a one-event write).
+    """
+
+    table: sa.Table
+    keys: tuple[str, ...]  # the table's column keys, in _ROW_COLUMNS order
+    insert: sa.Insert
+    delete: sa.Delete
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Settings:
+    plan: _Plan
+    keep_rows: bool
+    serializer: Serializer | None
+
+
+class OutboxSession(Session):
+    """A :class:`~sqlalchemy.orm.Session` with :meth:`add_event` / :meth:`add_events`.
+
+    Use it as ``sessionmaker(engine, class_=OutboxSession)`` or turn an
+    existing factory into one with :func:`enable_outbox`. Keyword-only
+    settings, also accepted by ``sessionmaker``:
+
+    - ``outbox_table``: the :class:`~sqlalchemy.Table` to write (default: ``outbox``
+      from :func:`~transactional_outbox.outbox_table`);
+    - ``outbox_keep_rows``: keep the rows instead of deleting them in the same
+      transaction (for debugging; the relay only needs the binlog);
+    - ``outbox_serializer``: serializer for non-bytes payloads (default JSON).
+    """
+
+    def __init__(
+        self,
+        bind: Any = None,
+        *,
+        outbox_table: sa.Table | None = None,
+        outbox_keep_rows: bool = False,
+        outbox_serializer: Serializer | None = None,
+        **kw: Any,
+    ) -> None:
+        super().__init__(bind, **kw)
+        table = _DEFAULT_TABLE if outbox_table is None else outbox_table
+        if not isinstance(table, sa.Table):
+            raise ConfigurationError("outbox_table", f"must be a sqlalchemy Table, not {table!r}")
+        self._outbox = _Settings(_plan(table), bool(outbox_keep_rows), outbox_serializer)
+        self._outbox_pending: list[OutboxEvent] = []
+
+    def add_event(
+        self,
+        *,
+        aggregate_type: str,
+        aggregate_id: str | int,
+        event_type: str,
+        payload: Any,
+        headers: Mapping[str, str] | None = None,
+        id: uuid.UUID | None = None,
+        timestamp: datetime | None = None,
+        serializer: Serializer | None = None,
+    ) -> OutboxEvent:
+        """Validate an event and write it with this session's transaction.
+
+        Takes the arguments of :meth:`OutboxEvent.create` (``serializer``
+        defaults to the session's). The event is written at the next flush
+        (at the latest, at commit); a rollback discards it. Raises
+        :class:`InvalidEventError` / :class:`SerializationError` at once.
+        """
+        event = OutboxEvent.create(
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            event_type=event_type,
+            payload=payload,
+            headers=headers,
+            id=id,
+            timestamp=timestamp,
+            serializer=self._outbox.serializer if serializer is None else serializer,
+        )
+        event = _with_trace(event)
+        self._outbox_buffer([event])
+        return event
+
+    def add_events(self, events: Iterable[OutboxEvent]) -> None:
+        """Add already built events, in order. All are validated before any is buffered."""
+        checked = [_with_trace(_revalidate(e)) for e in events]
+        self._outbox_buffer(checked)
+
+    def flush(self, objects: Any = None) -> None:
+        """Flush ORM changes, then write the buffered events.
+
+        Session.flush() skips a session with no ORM changes; events must be
+        written anyway.
+        """
+        if objects is None:
+            super().flush()
+        else:
+            super().flush(objects)
+        self._outbox_write()
+
+    def _outbox_buffer(self, events: list[OutboxEvent]) -> None:
+        if events:
+            # Begin the session transaction as Session.add() does, so a
+            # rollback() right after add_event() clears the buffer.
+            self._autobegin_t()
+            self._outbox_pending.extend(events)
+
+    def _outbox_write(self) -> None:
+        events = self._outbox_pending
+        if not events:
+            return
+        self._outbox_pending = []
+        plan = self._outbox.plan
+        try:
+            conn = self.connection(bind_arguments={"clause": plan.table})
+            # One executemany: PyMySQL/asyncmy send it as multi-row INSERTs of
+            # at most ~1 MB each, in list order, which is the binlog order.
+            conn.execute(plan.insert, [dict(zip(plan.keys, _row(e), strict=True)) for e in events])
+            if not self._outbox.keep_rows:
+                ids = [e.id.bytes for e in events]
+                for start in range(0, len(ids), DELETE_CHUNK):
+                    conn.execute(plan.delete, {"ids": ids[start : start + DELETE_CHUNK]})
+        except BaseException:
+            # Put them back: a commit after a caught error retries (and fails
+            # again, e.g. on a duplicate id) instead of silently dropping them.
+            self._outbox_pending[:0] = events
+            raise
+
+
+class AsyncOutboxSession(AsyncSession):
+    """An :class:`~sqlalchemy.ext.asyncio.AsyncSession` with :meth:`add_event`.
+
+    Its ``sync_session_class`` is :class:`OutboxSession`, which takes the
+    ``outbox_*`` settings (pass them to ``async_sessionmaker`` or here).
+    """
+
+    sync_session_class: type[Session] = OutboxSession
+
+    def __init__(self, bind: Any = None, **kw: Any) -> None:
+        super().__init__(bind, **kw)
+        if not isinstance(self.sync_session, OutboxSession):
+            raise ConfigurationError(
+                "sync_session_class",
+                f"must be a subclass of OutboxSession, not {type(self.sync_session).__name__}",
+            )
+        self._outbox_sync: OutboxSession = self.sync_session
+
+    def add_event(
+        self,
+        *,
+        aggregate_type: str,
+        aggregate_id: str | int,
+        event_type: str,
+        payload: Any,
+        headers: Mapping[str, str] | None = None,
+        id: uuid.UUID | None = None,
+        timestamp: datetime | None = None,
+        serializer: Serializer | None = None,
+    ) -> OutboxEvent:
+        """Same as :meth:`OutboxSession.add_event` (no I/O, so not a coroutine)."""
+        return self._outbox_sync.add_event(
+            aggregate_type=aggregate_type,
+            aggregate_id=aggregate_id,
+            event_type=event_type,
+            payload=payload,
+            headers=headers,
+            id=id,
+            timestamp=timestamp,
+            serializer=serializer,
+        )
+
+    def add_events(self, events: Iterable[OutboxEvent]) -> None:
+        """Same as :meth:`OutboxSession.add_events`."""
+        self._outbox_sync.add_events(events)
+
+
+@overload
+def enable_outbox(
+    factory: sessionmaker[Any],
+    *,
+    table: sa.Table | None = None,
+    keep_rows: bool = False,
+    serializer: Serializer | None = None,
+) -> sessionmaker[OutboxSession]: ...
+@overload
+def enable_outbox(
+    factory: async_sessionmaker[Any],
+    *,
+    table: sa.Table | None = None,
+    keep_rows: bool = False,
+    serializer: Serializer | None = None,
+) -> async_sessionmaker[AsyncOutboxSession]: ...
+def enable_outbox(
+    factory: sessionmaker[Any] | async_sessionmaker[Any],
+    *,
+    table: sa.Table | None = None,
+    keep_rows: bool = False,
+    serializer: Serializer | None = None,
+) -> sessionmaker[OutboxSession] | async_sessionmaker[AsyncOutboxSession]:
+    """Make an existing ``sessionmaker`` / ``async_sessionmaker`` produce outbox sessions.
+
+    The factory is changed in place (its session class gains
+    ``add_event``/``add_events``; its own class and settings are kept) and
+    returned, typed accordingly. ``table``, ``keep_rows`` and ``serializer``
+    are the ``outbox_*`` settings of :class:`OutboxSession`.
+    """
+    if isinstance(factory, async_sessionmaker):
+        # Read the sync class before wrapping: AsyncOutboxSession's own would win.
+        sync_class = factory.kw.get("sync_session_class") or factory.class_.sync_session_class
+        factory.class_ = _with_base(factory.class_, AsyncOutboxSession)
+        factory.kw["sync_session_class"] = _with_base(sync_class, OutboxSession)
+    elif isinstance(factory, sessionmaker):
+        factory.class_ = _with_base(factory.class_, OutboxSession)
+    else:
+        raise ConfigurationError(
+            "factory", f"must be a sessionmaker or async_sessionmaker, not {factory!r}"
+        )
+    factory.kw.update(outbox_table=table, outbox_keep_rows=keep_rows, outbox_serializer=serializer)
+    return cast("sessionmaker[OutboxSession] | async_sessionmaker[AsyncOutboxSession]", factory)
+
+
+def _with_base(cls: type[Any], base: type[Any]) -> type[Any]:
+    if issubclass(cls, base):
+        return cls
+    # Outbox class first, so its flush()/__init__ wrap the user's class.
+    return type(cls.__name__, (base, cls), {})
+
+
+_ROW_COLUMNS = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
+
+_plans: weakref.WeakKeyDictionary[sa.Table, _Plan] = weakref.WeakKeyDictionary()
+
+
+def _plan(table: sa.Table) -> _Plan:
+    plan = _plans.get(table)
+    if plan is None:  # a race builds it twice, harmlessly
+        keys = _column_keys(table)
+        id_column = table.c[keys[0]]
+        plan = _Plan(
+            table=table,
+            keys=keys,
+            insert=sa.insert(table),
+            delete=sa.delete(table).where(id_column.in_(sa.bindparam("ids", expanding=True))),
+        )
+        _plans[table] = plan
+    return plan
+
+
+def _column_keys(table: sa.Table) -> tuple[str, ...]:
+    # Insert parameters are keyed by Column.key: snake_case in outbox_table(),
+    # the column names in a declarative OutboxMixin class. Look them up by name.
+    by_name = {c.name: c.key for c in table.columns}
+    missing = [n for n in _ROW_COLUMNS if n not in by_name]
+    if missing:
+        raise ConfigurationError(
+            "outbox_table", f"table {table.fullname!r} has no column(s) {', '.join(missing)}"
+        )
+    return tuple(by_name[n] for n in _ROW_COLUMNS)
+
+
+def _row(event: OutboxEvent) -> tuple[Any, ...]:
+    return (
+        event.id.bytes,
+        event.aggregate_type,
+        event.aggregate_id,
+        event.event_type,
+        event.payload,
+        encode_headers(event.headers),
+        # DATETIME has no zone: store naive UTC (OutboxEvent timestamps are UTC).
+        event.timestamp.astimezone(UTC).replace(tzinfo=None),
+    )
+
+
+def _revalidate(event: object) -> OutboxEvent:
+    # The plain constructor trusts its arguments; nothing unchecked may reach the table.
+    if not isinstance(event, OutboxEvent):
+        raise InvalidEventError("event", event, "must be an OutboxEvent")
+    if not isinstance(event.payload, bytes):
+        raise InvalidEventError("payload", event.payload, "must be bytes in a built OutboxEvent")
+    return OutboxEvent.create(
+        id=event.id,
+        aggregate_type=event.aggregate_type,
+        aggregate_id=event.aggregate_id,
+        event_type=event.event_type,
+        payload=event.payload,
+        headers=event.headers,
+        timestamp=event.timestamp,
+    )
+
+
+def _with_trace(event: OutboxEvent) -> OutboxEvent:
+    if any(k.lower() == "traceparent" for k in event.headers):
+        return event  # the caller's trace context wins
+    extra = trace_headers()
+    if not extra:
+        return event
+    return dataclasses.replace(event, headers={**event.headers, **extra})
+
+
+def _pending(session: Session) -> list[OutboxEvent] | None:
+    return session._outbox_pending if isinstance(session, OutboxSession) else None
+
+
+@sa_event.listens_for(OutboxSession, "before_commit")
+def _write_before_commit(session: Session) -> None:
+    # commit() only flushes a session with ORM changes; a session that only
+    # added events would otherwise commit without them.
+    if isinstance(session, OutboxSession):
+        session._outbox_write()
+
+
+@sa_event.listens_for(OutboxSession, "after_rollback")
+def _discard_on_rollback(session: Session) -> None:
+    # Fires for the root transaction and for a rolled-back SAVEPOINT. Events
+    # buffered before a SAVEPOINT were written when it began (begin_nested()
+    # flushes), so everything still buffered belongs to what was rolled back;
+    # rows already written inside it are rolled back by the database.
+    pending = _pending(session)
+    if pending:
+        pending.clear()
+
+
+@sa_event.listens_for(OutboxSession, "after_commit")
+def _check_nothing_left(session: Session) -> None:
+    pending = _pending(session)
+    if pending and not session.in_nested_transaction():
+        warnings.warn(
+            f"{len(pending)} outbox event(s) were added during commit, after the outbox "
+            "wrote its rows, and were NOT written; add events before commit() or in a "
+            "before_flush hook",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+        pending.clear()
+
+
+@sa_event.listens_for(OutboxSession, "after_transaction_end")
+def _discard_at_end(session: Session, transaction: Any) -> None:
+    # close() without commit() ends the transaction without after_rollback.
+    pending = _pending(session)
+    if pending and transaction.parent is None:
+        pending.clear()

@@ -1,0 +1,526 @@
+"""RelaySettings: defaults, environment, flags, help, secrets (no servers)."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import ssl
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from transactional_outbox.exceptions import ConfigurationError
+from transactional_outbox.relay.__main__ import main
+from transactional_outbox.relay.config import (
+    RelaySettings,
+    _convert,
+    _opt,
+    build_parser,
+    env_var,
+    mask_url,
+)
+from transactional_outbox.relay.position import StartPolicy
+
+MYSQL_SECRET = "Hunter2#MyS/ql?Pw"  # characters urlsplit misreads as fragment/path/query
+REDIS_SECRET = "R3disS3cretXYZ"
+SASL_SECRET = "SaslS3cretQQQ"
+MYSQL_URL = f"mysql+pymysql://outbox:{MYSQL_SECRET}@db.example:3307/shop"
+REDIS_URL = f"redis://default:{REDIS_SECRET}@cache.example:6380/2"
+
+FIELDS = [f.name for f in dataclasses.fields(RelaySettings)]
+
+
+@pytest.fixture(autouse=True)
+def _no_outbox_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("OUTBOX_"):
+            monkeypatch.delenv(name)
+
+
+def secret_settings(**kw: Any) -> RelaySettings:
+    return RelaySettings(
+        mysql_url=MYSQL_URL,
+        redis_url=REDIS_URL,
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_username="relay",
+        kafka_sasl_password=SASL_SECRET,
+        **kw,
+    )
+
+
+# -- defaults and derived values ----------------------------------------------------------
+
+
+def test_defaults() -> None:
+    s = RelaySettings()
+    assert s.mysql_url == "mysql+pymysql://outbox:outbox@127.0.0.1:13306/outbox"
+    assert s.schema == "outbox"
+    assert s.outbox_table == "outbox"
+    assert s.kafka_bootstrap_servers == "127.0.0.1:19092"
+    assert s.kafka_acks == "all"
+    assert s.enable_idempotence is True
+    assert s.redis_url == "redis://127.0.0.1:16379/0"
+    assert s.topic_template == "outbox.event.{aggregatetype}"
+    assert s.topic_overrides == {}
+    assert s.start_position == "latest"
+    assert s.start_policy() == StartPolicy("latest")
+    assert s.ignore_checkpoint is False
+    assert s.queue_max_events == 20_000
+    assert s.heartbeat_seconds == 2.0
+    assert s.router().topic("order") == "outbox.event.order"
+
+
+def test_keyword_only_and_frozen() -> None:
+    with pytest.raises(TypeError):
+        RelaySettings("mysql+pymysql://a:b@h/db")  # type: ignore[call-arg]
+    s = RelaySettings()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        s.relay_name = "x"  # type: ignore[misc]
+
+
+def test_schema_from_url_or_setting() -> None:
+    assert RelaySettings(mysql_url="mysql+pymysql://u:p@h/app").schema == "app"
+    s = RelaySettings(mysql_url="mysql+pymysql://u:p@h/app", outbox_schema="events")
+    assert s.schema == "events"
+    assert RelaySettings(mysql_url="mysql+pymysql://u:p@h", outbox_schema="events").schema == (
+        "events"
+    )
+
+
+def test_mysql_connection_args() -> None:
+    assert RelaySettings(mysql_url=MYSQL_URL).mysql_connection_args() == {
+        "host": "db.example",
+        "port": 3307,
+        "user": "outbox",
+        "password": MYSQL_SECRET,
+    }
+    args = RelaySettings(mysql_url="mysql+pymysql://h/db").mysql_connection_args()
+    assert args == {"host": "h", "port": 3306, "user": "", "password": ""}
+
+
+def test_effective_server_id() -> None:
+    # zlib.crc32 of the relay name: stable across processes (unlike hash())
+    assert RelaySettings().effective_server_id == 1_588_639
+    assert RelaySettings(relay_name="billing").effective_server_id == 1_670_826
+    assert RelaySettings(relay_name="billing").effective_server_id == 1_670_826
+    for name in ("a", "b", "default", "x" * 300, "ünïcode"):
+        sid = RelaySettings(relay_name=name).effective_server_id
+        assert 1_000_000 <= sid < 2_000_000
+    assert RelaySettings(server_id=77, relay_name="billing").effective_server_id == 77
+
+
+def test_effective_server_id_is_the_same_in_another_process() -> None:
+    code = (
+        "from transactional_outbox.relay.config import RelaySettings;"
+        "print(RelaySettings(relay_name='billing').effective_server_id)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert int(out.stdout) == RelaySettings(relay_name="billing").effective_server_id
+
+
+def test_checkpoint_key() -> None:
+    assert RelaySettings().checkpoint_key == "outbox:relay:default:checkpoint"
+    s = RelaySettings(key_prefix="p:", relay_name="billing")
+    assert s.checkpoint_key == "p:billing:checkpoint"
+
+
+# -- validation ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kw", "setting"),
+    [
+        ({"mysql_url": "not a url"}, "mysql_url"),
+        ({"mysql_url": "mysql+pymysql:///db"}, "mysql_url"),
+        ({"mysql_url": "mysql+pymysql://u:p@h"}, "outbox_schema"),
+        ({"server_id": -1}, "server_id"),
+        ({"server_id": 2**32}, "server_id"),
+        ({"start_position": "somewhere"}, "start_position"),
+        ({"start_position": "mysql-bin.000001:3"}, "start_position"),
+        ({"topic_template": "x.{nope}"}, "topic_template"),
+        ({"topic_overrides": {"order": "bad topic"}}, "topic_overrides"),
+        ({"checkpoint_interval_ms": 0}, "checkpoint_interval_ms"),
+        ({"queue_max_events": 0}, "queue_max_events"),
+        ({"max_request_size": -1}, "max_request_size"),
+        ({"heartbeat_seconds": 0.0}, "heartbeat_seconds"),
+        ({"kafka_security_protocol": "SASL_PLAINTEXT"}, "kafka_sasl_username"),
+    ],
+)
+def test_invalid_values_name_the_setting(kw: dict[str, Any], setting: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RelaySettings(**kw)
+    assert info.value.setting == setting
+    assert str(info.value).startswith(f"{setting}: ")
+
+
+def test_server_id_bounds_are_inclusive() -> None:
+    assert RelaySettings(server_id=2**32 - 1).effective_server_id == 2**32 - 1
+
+
+@pytest.mark.parametrize(
+    "url", [f"mysql+pymysql://u:{MYSQL_SECRET}@/db", f"mysql+pymysql://u:{MYSQL_SECRET}@"]
+)
+def test_mysql_url_errors_do_not_echo_the_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RelaySettings(mysql_url=url)
+    assert info.value.setting == "mysql_url"
+    assert MYSQL_SECRET not in str(info.value)
+    assert "Hunter2" not in str(info.value)
+
+
+# -- from_env ---------------------------------------------------------------------------------
+
+
+def test_env_var_names() -> None:
+    assert env_var("mysql_url") == "OUTBOX_MYSQL_URL"
+    assert env_var("topic_overrides") == "OUTBOX_TOPIC_OVERRIDES"
+
+
+def test_from_env_reads_every_kind() -> None:
+    s = RelaySettings.from_env(
+        {
+            "OUTBOX_MYSQL_URL": "mysql+pymysql://u:p@h:3310/app",
+            "OUTBOX_SERVER_ID": "4242",
+            "OUTBOX_ENABLE_IDEMPOTENCE": "false",
+            "OUTBOX_IGNORE_CHECKPOINT": "YES",
+            "OUTBOX_HEARTBEAT_SECONDS": "0.5",
+            "OUTBOX_TOPIC_OVERRIDES": "order=orders,customer=crm.customers",
+            "OUTBOX_KAFKA_ACKS": "1",
+            "OUTBOX_START_POSITION": "mysql-bin.000003:1234",
+            "OUTBOX_RELAY_NAME": "billing",
+            "OTHER_VAR": "ignored",
+            "OUTBOX_UNKNOWN": "ignored",
+        }
+    )
+    assert s.mysql_url == "mysql+pymysql://u:p@h:3310/app"
+    assert s.server_id == 4242
+    assert s.enable_idempotence is False
+    assert s.ignore_checkpoint is True
+    assert s.heartbeat_seconds == 0.5
+    assert s.topic_overrides == {"order": "orders", "customer": "crm.customers"}
+    assert s.router().topic("customer") == "crm.customers"
+    assert s.kafka_acks == "1"
+    assert s.start_policy() == StartPolicy("position", file="mysql-bin.000003", pos=1234)
+    assert s.relay_name == "billing"
+
+
+def test_from_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OUTBOX_RELAY_NAME", "from-os")
+    assert RelaySettings.from_env().relay_name == "from-os"
+    assert RelaySettings.from_env({}).relay_name == "default"
+
+
+def test_from_env_keyword_overrides_win() -> None:
+    s = RelaySettings.from_env({"OUTBOX_RELAY_NAME": "env"}, relay_name="kw")
+    assert s.relay_name == "kw"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("1", True),
+        ("true", True),
+        ("Yes", True),
+        (" on ", True),
+        ("0", False),
+        ("FALSE", False),
+        ("no", False),
+        ("off", False),
+    ],
+)
+def test_from_env_bool(raw: str, expected: bool) -> None:
+    assert RelaySettings.from_env({"OUTBOX_RESUME_BY_GTID": raw}).resume_by_gtid is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("", {}),
+        ("order=orders", {"order": "orders"}),
+        (
+            " order = orders , ,customer=crm.customers,",
+            {"order": "orders", "customer": "crm.customers"},
+        ),
+    ],
+)
+def test_from_env_mapping(raw: str, expected: dict[str, str]) -> None:
+    assert RelaySettings.from_env({"OUTBOX_TOPIC_OVERRIDES": raw}).topic_overrides == expected
+
+
+@pytest.mark.parametrize(
+    ("var", "raw", "setting"),
+    [
+        ("OUTBOX_SERVER_ID", "abc", "server_id"),
+        ("OUTBOX_SERVER_ID", "1.5", "server_id"),
+        ("OUTBOX_LINGER_MS", "", "linger_ms"),
+        ("OUTBOX_ENABLE_IDEMPOTENCE", "maybe", "enable_idempotence"),
+        ("OUTBOX_HEARTBEAT_SECONDS", "fast", "heartbeat_seconds"),
+        ("OUTBOX_TOPIC_OVERRIDES", "order", "topic_overrides"),
+        ("OUTBOX_TOPIC_OVERRIDES", "=orders", "topic_overrides"),
+        ("OUTBOX_TOPIC_OVERRIDES", "order=", "topic_overrides"),
+        ("OUTBOX_LOG_LEVEL", "LOUD", "log_level"),
+        ("OUTBOX_KAFKA_ACKS", "2", "kafka_acks"),
+        ("OUTBOX_COMPRESSION_TYPE", "brotli", "compression_type"),
+        ("OUTBOX_KAFKA_SECURITY_PROTOCOL", "plaintext", "kafka_security_protocol"),
+    ],
+)
+def test_from_env_bad_values_name_field_variable_and_value(
+    var: str, raw: str, setting: str
+) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RelaySettings.from_env({var: raw})
+    assert info.value.setting == setting
+    message = str(info.value)
+    assert message.startswith(f"{setting}: ")
+    assert f"{var}={raw!r}" in message
+
+
+def test_conversion_errors_of_secret_fields_do_not_echo_the_value() -> None:
+    @dataclass
+    class Secretive:
+        pin: int = _opt(0, "a secret number", secret=True)
+        count: int = _opt(0, "a plain number")
+
+    pin, count = dataclasses.fields(Secretive)
+    with pytest.raises(ConfigurationError) as info:
+        _convert(pin, "not-a-number-S3CRET", "OUTBOX_PIN")
+    assert info.value.setting == "pin"
+    assert "S3CRET" not in str(info.value)
+    assert "OUTBOX_PIN=***" in str(info.value)
+    with pytest.raises(ConfigurationError, match="OUTBOX_COUNT='not-a-number'"):
+        _convert(count, "not-a-number", "OUTBOX_COUNT")
+
+
+def test_from_env_bad_secret_urls_do_not_echo_secrets() -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RelaySettings.from_env({"OUTBOX_MYSQL_URL": f"mysql+pymysql://u:{MYSQL_SECRET}@/db"})
+    assert "Hunter2" not in str(info.value)
+
+
+# -- from_cli -----------------------------------------------------------------------------------
+
+
+def test_from_cli_flags_override_env() -> None:
+    env = {"OUTBOX_RELAY_NAME": "env-name", "OUTBOX_LINGER_MS": "9", "OUTBOX_SERVER_ID": "5"}
+    s = RelaySettings.from_cli(["--relay-name", "cli-name", "--server-id", "6"], env)
+    assert s.relay_name == "cli-name"
+    assert s.server_id == 6
+    assert s.linger_ms == 9  # env, no flag
+
+
+def test_from_cli_kinds() -> None:
+    s = RelaySettings.from_cli(
+        [
+            "--no-enable-idempotence",
+            "--ignore-checkpoint",
+            "--topic-overrides",
+            "order=orders",
+            "--heartbeat-seconds",
+            "1.25",
+            "--log-level",
+            "DEBUG",
+            "--start-position",
+            "gtid:0-1-42",
+        ],
+        {"OUTBOX_ENABLE_IDEMPOTENCE": "true", "OUTBOX_IGNORE_CHECKPOINT": "false"},
+    )
+    assert s.enable_idempotence is False
+    assert s.ignore_checkpoint is True
+    assert s.topic_overrides == {"order": "orders"}
+    assert s.heartbeat_seconds == 1.25
+    assert s.log_level == "DEBUG"
+    assert s.start_policy() == StartPolicy("gtid", gtid="0-1-42")
+
+
+def test_from_cli_without_flags_is_from_env() -> None:
+    assert RelaySettings.from_cli([], {"OUTBOX_RELAY_NAME": "x"}) == RelaySettings.from_env(
+        {"OUTBOX_RELAY_NAME": "x"}
+    )
+
+
+@pytest.mark.parametrize(
+    ("argv", "setting"),
+    [
+        (["--server-id", "abc"], "server_id"),
+        (["--log-level", "LOUD"], "log_level"),
+        (["--kafka-acks", "2"], "kafka_acks"),
+        (["--topic-overrides", "nonsense"], "topic_overrides"),
+        (["--start-position", "nowhere"], "start_position"),
+    ],
+)
+def test_from_cli_bad_values_name_the_setting_and_flag(argv: list[str], setting: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RelaySettings.from_cli(argv, {})
+    assert info.value.setting == setting
+
+
+def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("COLUMNS", "10000")  # no wrapping inside a flag's help
+    text = " ".join(build_parser().format_help().split())
+    for f in dataclasses.fields(RelaySettings):
+        flag = "--" + f.name.replace("_", "-")
+        assert flag in text
+        assert f"[env {env_var(f.name)}]" in text
+        if f.name == "kafka_sasl_password":
+            default = "(unset)"
+        elif f.name == "topic_overrides":
+            default = "(none)"
+        else:
+            default = str(f.default)
+        assert f"{f.metadata['help']} [env {env_var(f.name)}] (default: {default})" in text, f.name
+    assert "--no-enable-idempotence" in text
+    assert "{DEBUG,INFO,WARNING,ERROR}" in text  # choices shown
+    assert "exit codes:" in text
+
+
+def test_help_in_a_subprocess_lists_exit_codes() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    out = subprocess.run(
+        [sys.executable, "-m", "transactional_outbox.relay", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stderr
+    text = " ".join(out.stdout.split())
+    assert text.startswith("usage: python -m transactional_outbox.relay")
+    for code in ("0 stopped cleanly", "1 unexpected error", "2 invalid setting", "3 checkpoint"):
+        assert code in text
+    assert "4 an event was rejected by Kafka" in text
+    for name in FIELDS:
+        assert "--" + name.replace("_", "-") in text
+
+
+@pytest.mark.parametrize(
+    ("argv", "setting"),
+    [
+        (["--server-id", "abc"], "server_id"),
+        (["--log-level", "LOUD"], "log_level"),
+        (["--queue-max-events", "0"], "queue_max_events"),
+        (["--start-position", "mysql-bin.000001:2"], "start_position"),
+    ],
+)
+def test_main_returns_2_on_invalid_flag(
+    argv: list[str], setting: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"configuration error: {setting}: " in err
+
+
+def test_main_invalid_env_returns_2(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("OUTBOX_HEARTBEAT_SECONDS", "soon")
+    assert main([]) == 2
+    assert "heartbeat_seconds: OUTBOX_HEARTBEAT_SECONDS='soon'" in capsys.readouterr().err
+
+
+def test_main_error_does_not_echo_the_mysql_password(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--mysql-url", f"mysql+pymysql://u:{MYSQL_SECRET}@/db"]) == 2
+    err = capsys.readouterr().err
+    assert "mysql_url" in err
+    assert "Hunter2" not in err
+
+
+# -- secrets in repr/str ------------------------------------------------------------------------
+
+
+def test_repr_and_str_hide_every_secret() -> None:
+    s = secret_settings()
+    for text in (repr(s), str(s), f"{s}", f"{s!r}", repr([s])):
+        assert "Hunter2" not in text
+        assert "MyS/ql" not in text
+        assert REDIS_SECRET not in text
+        assert SASL_SECRET not in text
+        assert "mysql_url='mysql+pymysql://outbox:***@db.example:3307/shop'" in text
+        assert "redis_url='redis://default:***@cache.example:6380/2'" in text
+        assert "kafka_sasl_password='***'" in text
+        assert "kafka_sasl_username='relay'" in text
+
+
+def test_repr_lists_every_field() -> None:
+    text = repr(RelaySettings())
+    assert text.startswith("RelaySettings(")
+    for name in FIELDS:
+        assert f"{name}=" in text
+    assert "kafka_sasl_password=''" in text  # unset: nothing to hide
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:pw@h:6379/0", "redis://:***@h:6379/0"),
+        ("redis://user:pw@h:6379/0", "redis://user:***@h:6379/0"),
+        ("mysql+pymysql://u:p@h/db?charset=utf8mb4", "mysql+pymysql://u:***@h/db?charset=utf8mb4"),
+        (MYSQL_URL, "mysql+pymysql://outbox:***@db.example:3307/shop"),
+        ("mysql+pymysql://u:p@ss@h/db", "mysql+pymysql://u:***@h/db"),
+        ("redis://h:6379/0", "redis://h:6379/0"),
+        ("redis://user@h:6379/0", "redis://user@h:6379/0"),
+        ("redis://h/0?client_name=a@b", "redis://h/0?client_name=a@b"),
+        ("not a url", "not a url"),
+        ("", ""),
+    ],
+)
+def test_mask_url(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+
+
+# -- producer arguments --------------------------------------------------------------------------
+
+
+def test_producer_args_plaintext() -> None:
+    args = RelaySettings(relay_name="billing").producer_args()
+    assert args == {
+        "bootstrap_servers": "127.0.0.1:19092",
+        "client_id": "outbox-relay-billing",
+        "acks": "all",
+        "enable_idempotence": True,
+        "compression_type": None,
+        "linger_ms": 5,
+        "max_batch_size": 262_144,
+        "max_request_size": 1_048_576,
+        "request_timeout_ms": 40_000,
+        "security_protocol": "PLAINTEXT",
+    }
+
+
+def test_producer_args_acks_and_compression() -> None:
+    args = RelaySettings(kafka_acks="1", compression_type="zstd").producer_args()
+    assert args["acks"] == 1
+    assert args["compression_type"] == "zstd"
+    assert RelaySettings(kafka_acks="0").producer_args()["acks"] == 0
+
+
+def test_producer_args_sasl_ssl() -> None:
+    s = secret_settings(kafka_sasl_mechanism="SCRAM-SHA-512")
+    args = s.producer_args()
+    assert args["security_protocol"] == "SASL_SSL"
+    assert args["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert args["sasl_plain_username"] == "relay"
+    assert args["sasl_plain_password"] == SASL_SECRET
+    ctx = args["ssl_context"]
+    assert isinstance(ctx, ssl.SSLContext)
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.check_hostname is True
+
+
+def test_producer_args_sasl_plaintext_has_no_ssl() -> None:
+    s = RelaySettings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u")
+    args = s.producer_args()
+    assert args["sasl_mechanism"] == "PLAIN"
+    assert args["sasl_plain_username"] == "u"
+    assert args["sasl_plain_password"] == ""
+    assert "ssl_context" not in args
+
+
+def test_producer_args_ssl_has_no_sasl() -> None:
+    args = RelaySettings(kafka_security_protocol="SSL").producer_args()
+    assert isinstance(args["ssl_context"], ssl.SSLContext)
+    assert not any(k.startswith("sasl") for k in args)
