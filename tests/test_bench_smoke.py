@@ -28,3 +28,23 @@ def test_write_overhead_smoke(stack: Stack) -> None:
     rows = [line.split() for line in lines[header + 2 :]]
     assert [r[0] for r in rows] == ["sync"] * 4 + ["async"] * 4
     assert all(r[-1] == "1.00" for r in rows if r[1:3] == ["no", "outbox"])
+
+
+def test_relay_throughput_smoke(stack: Stack) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "relay_throughput.py"), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    assert "relay throughput: 1000 events of 200 B" in out
+    for label in (
+        "(a) pymysqlreplication alone",
+        "(b) aiokafka alone",
+        "relay, start to all acked",
+    ):
+        line = next(line for line in out.splitlines() if line.startswith(label))
+        assert float(line.split()[-1]) > 0
+    assert "relay / min(a, b) =" in out and "peak RSS" in out

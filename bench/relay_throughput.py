@@ -1,0 +1,234 @@
+"""Relay throughput: committed events → acknowledged by Kafka, against its two limits.
+
+    .venv/bin/python bench/relay_throughput.py [--events 100000] [--size 200] [--quick]
+
+Against the local stack (./dev/stack start). Writes N events (insert-then-delete,
+1,000 per transaction), then measures on the same binlog:
+
+  (a) python-mysql-replication alone reading the rows (no Kafka),
+  (b) aiokafka alone producing the same records, pipelined (no MySQL),
+  relay: ``python -m transactional_outbox.relay`` from the first event until its
+         checkpoint passes the last one (every event acknowledged), and its peak RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pymysql
+import redis
+from aiokafka import AIOKafkaProducer
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.row_event import WriteRowsEvent
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "dev"))
+import stack as stack_script  # noqa: E402
+
+from transactional_outbox.event import OutboxEvent, encode_headers  # noqa: E402
+from transactional_outbox.relay.position import decode_checkpoint  # noqa: E402
+from transactional_outbox.relay.routing import TopicRouter, build_record  # noqa: E402
+
+HOST, PORT = "127.0.0.1", stack_script.MYSQL_PORT
+USER, PASSWORD = stack_script.MYSQL_USER, stack_script.MYSQL_PASSWORD
+DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
+ aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
+ headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
+
+
+def connect(db: str | None = None) -> pymysql.Connection:
+    return pymysql.connect(
+        host=HOST, port=PORT, user=USER, password=PASSWORD, database=db, autocommit=True
+    )
+
+
+def make_events(n: int, size: int) -> list[OutboxEvent]:
+    body = (b'{"data":"' + b"x" * max(size - 11, 0) + b'"}')[:size]
+    now = datetime.now(UTC)
+    return [
+        OutboxEvent(
+            id=uuid.uuid4(),
+            aggregate_type="order",
+            aggregate_id=f"order-{i % 1000}",
+            event_type="OrderPlaced",
+            payload=body,
+            headers={"content-type": "application/json"},
+            timestamp=now,
+        )
+        for i in range(n)
+    ]
+
+
+def write(db: str, events: list[OutboxEvent]) -> tuple[tuple[str, int], tuple[str, int], float]:
+    conn = connect(db)
+    cur = conn.cursor()
+    cur.execute("SHOW MASTER STATUS")
+    start = cur.fetchone()[:2]
+    t0 = time.perf_counter()
+    for k in range(0, len(events), 1000):
+        chunk = events[k : k + 1000]
+        cur.execute("BEGIN")
+        cur.executemany(
+            "INSERT INTO outbox VALUES (%s,%s,%s,%s,%s,%s,%s)",
+            [
+                (
+                    e.id.bytes,
+                    e.aggregate_type,
+                    e.aggregate_id,
+                    e.event_type,
+                    e.payload,
+                    encode_headers(e.headers),
+                    e.timestamp.replace(tzinfo=None),
+                )
+                for e in chunk
+            ],
+        )
+        cur.execute(
+            f"DELETE FROM outbox WHERE id IN ({','.join(['%s'] * len(chunk))})",
+            [e.id.bytes for e in chunk],
+        )
+        cur.execute("COMMIT")
+    elapsed = time.perf_counter() - t0
+    cur.execute("SHOW MASTER STATUS")
+    end = cur.fetchone()[:2]
+    conn.close()
+    return (start[0], start[1]), (end[0], end[1]), elapsed
+
+
+def read_alone(db: str, start: tuple[str, int], n: int) -> float:
+    reader = BinLogStreamReader(
+        connection_settings={"host": HOST, "port": PORT, "user": USER, "password": PASSWORD},
+        server_id=990_001,
+        log_file=start[0],
+        log_pos=start[1],
+        resume_stream=True,
+        blocking=False,
+        only_schemas=[db],
+        only_tables=["outbox"],
+        only_events=[WriteRowsEvent],
+    )
+    t0 = time.perf_counter()
+    rows = 0
+    for ev in reader:
+        rows += len(ev.rows)
+    elapsed = time.perf_counter() - t0
+    reader.close()
+    assert rows == n, f"read {rows} rows, expected {n}"
+    return rows / elapsed
+
+
+async def produce_alone(events: list[OutboxEvent], topic_prefix: str) -> float:
+    router = TopicRouter(template=topic_prefix + "{aggregatetype}")
+    records = [build_record(e, router) for e in events]
+    producer = AIOKafkaProducer(
+        bootstrap_servers=stack_script.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"],
+        acks="all",
+        linger_ms=5,
+        max_batch_size=262_144,
+    )
+    await producer.start()
+    await producer.send_and_wait(records[0].topic, b"warm-up")
+    t0 = time.perf_counter()
+    futures = [
+        await producer.send(
+            r.topic, r.value, key=r.key, headers=r.headers, timestamp_ms=r.timestamp_ms
+        )
+        for r in records
+    ]
+    await asyncio.gather(*futures)
+    elapsed = time.perf_counter() - t0
+    await producer.stop()
+    return len(records) / elapsed
+
+
+def peak_rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def run_relay(
+    db: str, start: tuple[str, int], end: tuple[str, int], run_id: str
+) -> tuple[float, float]:
+    env = dict(os.environ)
+    env.update(
+        OUTBOX_MYSQL_URL=f"mysql+pymysql://{USER}:{PASSWORD}@{HOST}:{PORT}/{db}",
+        OUTBOX_REDIS_URL=stack_script.env_vars()["OUTBOX_REDIS_URL"],
+        OUTBOX_KAFKA_BOOTSTRAP_SERVERS=stack_script.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"],
+        OUTBOX_ENABLE_IDEMPOTENCE="false",
+        OUTBOX_START_POSITION=f"{start[0]}:{start[1]}",
+        OUTBOX_TOPIC_TEMPLATE=f"bench{run_id}.relay.{{aggregatetype}}",
+        OUTBOX_RELAY_NAME=f"bench-{run_id}",
+        OUTBOX_CHECKPOINT_INTERVAL_MS="50",
+        OUTBOX_PROGRESS_INTERVAL_SECONDS="0",
+    )
+    key = f"outbox:relay:bench-{run_id}:checkpoint"
+    client = redis.Redis.from_url(env["OUTBOX_REDIS_URL"])
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "transactional_outbox.relay"], env=env)
+    try:
+        while True:
+            raw = client.get(key)
+            if raw is not None:
+                cp = decode_checkpoint(raw)
+                if (cp.file, cp.pos) >= end:
+                    break
+            if proc.poll() is not None:
+                raise SystemExit(f"relay exited with {proc.returncode}")
+            if time.perf_counter() - t0 > 600:
+                raise SystemExit("relay did not finish in 600 s")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - t0
+        rss = peak_rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+        client.delete(key)
+        client.close()
+    return elapsed, rss
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--size", type=int, default=200, help="payload bytes")
+    parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    args = parser.parse_args()
+    n = 1_000 if args.quick else args.events
+    run_id = uuid.uuid4().hex[:8]
+    db = f"bench_{run_id}"
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    try:
+        with connect(db) as conn, conn.cursor() as cur:
+            cur.execute(DDL)
+        events = make_events(n, args.size)
+        start, end, write_s = write(db, events)
+        read_rate = read_alone(db, start, n)
+        produce_rate = asyncio.run(produce_alone(events, f"bench{run_id}.alone."))
+        relay_s, rss = run_relay(db, start, end, run_id)
+    finally:
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE {db}")
+    relay_rate = n / relay_s
+    limit = min(read_rate, produce_rate)
+    print(f"relay throughput: {n} events of {args.size} B, {os.cpu_count()} cores")
+    print(f"{'measure':44} {'events/s':>10}")
+    print(f"{'writes (insert+delete, 1000/txn)':44} {n / write_s:>10.0f}")
+    print(f"{'(a) pymysqlreplication alone, read':44} {read_rate:>10.0f}")
+    print(f"{'(b) aiokafka alone, produce':44} {produce_rate:>10.0f}")
+    print(f"{'relay, start to all acked (incl. startup)':44} {relay_rate:>10.0f}")
+    print(f"relay / min(a, b) = {relay_rate / limit:.2f}; relay peak RSS {rss:.0f} MB")
+
+
+if __name__ == "__main__":
+    main()
