@@ -48,6 +48,9 @@ class RelayStats:
     redis_errors: int = 0
     checkpoints_saved: int = 0
     last_event_at: datetime | None = None
+    # When Kafka last made progress while events were outstanding: an outage
+    # shows as outstanding events and no acks, since aiokafka retries silently.
+    last_progress_at: float = field(default_factory=time.monotonic)
     checkpoint: BinlogPosition | None = None
     checkpoint_saved_at: float | None = None
     mysql: str = "starting"
@@ -260,6 +263,10 @@ class Relay:
             await self._pump(channel, publisher)
         except ChannelClosed:
             pass  # stop() was called
+        except Exception as exc:
+            if exc is not self._failure:
+                raise  # the source's own error: fatal
+            # else a publish failure woke the pump; handled below
         finally:
             source.stop()
             await asyncio.to_thread(source.join, s.heartbeat_seconds * 3 + 5)
@@ -289,6 +296,8 @@ class Relay:
                     return
                 events = batch.events
                 if events:
+                    if wm.outstanding == 0:
+                        stats.last_progress_at = time.monotonic()
                     ticket = wm.add_events(len(events))
                     on_done = partial(self._on_done, wm, ticket)
                     for event in events:
@@ -310,6 +319,10 @@ class Relay:
         if error is None:
             wm.ack(ticket)
             self.stats.published += 1
+            self.stats.last_progress_at = time.monotonic()
+            if self.stats.kafka == "degraded":
+                self.stats.kafka = "ok"
+                log.info("Kafka acknowledges events again")
             return
         if self._failure is None:
             self._failure = error
@@ -335,10 +348,25 @@ class Relay:
         self.stats.checkpoints_saved += 1
         self.stats.redis = "ok"
 
+    def _check_kafka_progress(self) -> None:
+        wm, st = self._watermark, self.stats
+        if wm is None or wm.outstanding == 0 or st.kafka == "degraded":
+            return
+        stalled = time.monotonic() - st.last_progress_at
+        if stalled > self.settings.request_timeout_ms / 1000:
+            st.kafka = "degraded"
+            log.warning(
+                "Kafka has acknowledged nothing for %.1fs with %d events outstanding; "
+                "the producer keeps retrying, the checkpoint holds",
+                stalled,
+                wm.outstanding,
+            )
+
     async def _save_loop(self) -> None:
         interval = self.settings.checkpoint_interval_ms / 1000
         while True:
             await asyncio.sleep(interval)
+            self._check_kafka_progress()
             try:
                 await self._save_once()
             except (RedisError, OSError) as exc:

@@ -36,7 +36,7 @@ _PERMANENT = (
 
 def is_permanent(exc: BaseException) -> bool:
     """True for errors that retrying the same record cannot fix."""
-    return isinstance(exc, _PERMANENT | PublishError)
+    return isinstance(exc, (*_PERMANENT, PublishError))
 
 
 class KafkaPublisher:

