@@ -265,6 +265,10 @@ class RelayProcess:
             "start_position",
             "linger_ms",
             "progress_interval_seconds",
+            "lease_ttl_ms",
+            "lease_renew_ms",
+            "metrics_port",
+            "reconnect_max_seconds",
         ):
             env[env_var(name)] = str(getattr(s, name))
         env[env_var("enable_idempotence")] = "false"

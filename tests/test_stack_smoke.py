@@ -103,3 +103,60 @@ def test_docker_compose_parses_and_matches_the_stack(path: str) -> None:
     command = " ".join(services["mysql"]["command"])
     for flag in ("--binlog-format=ROW", "--binlog-row-image=FULL", "--binlog-row-metadata=FULL"):
         assert flag in command
+
+
+def test_docker_compose_example_services_use_the_dockerfile_and_known_settings() -> None:
+    import dataclasses
+    import re
+
+    import yaml
+
+    from transactional_outbox.relay import RelaySettings
+    from transactional_outbox.relay.config import env_var
+
+    from .conftest import ROOT
+
+    doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = doc["services"]
+    apps = ("migrate", "relay", "api-server", "consumer")
+    assert set(apps) <= set(services)
+    dockerfile = ROOT / "Dockerfile"
+    assert dockerfile.is_file()
+    assert "FROM python:3.11-slim" in dockerfile.read_text()
+    assert ".[relay,consumer,async,examples]" in dockerfile.read_text()
+    for name in apps:
+        service = services[name]
+        assert service["build"]["context"] == "."
+        assert service["build"]["dockerfile"] == "Dockerfile"
+        assert "ports" not in service or name == "api-server"
+    # The servers are reached by their compose hostnames, not the host's ports.
+    env = {name: services[name]["environment"] for name in apps}
+    for values in env.values():
+        for value in values.values():
+            assert "127.0.0.1" not in str(value) and "localhost" not in str(value)
+
+    # The relay: every variable is a real setting; real Kafka gets the idempotent producer.
+    relay_vars = {env_var(f.name) for f in dataclasses.fields(RelaySettings)}
+    assert set(env["relay"]) <= relay_vars
+    assert env["relay"]["OUTBOX_MYSQL_URL"].startswith("mysql+pymysql://")
+    assert "@mysql:3306/" in env["relay"]["OUTBOX_MYSQL_URL"]
+    assert env["relay"]["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    assert env["relay"]["OUTBOX_REDIS_URL"].startswith("redis://redis:6379")
+    assert str(env["relay"]["OUTBOX_ENABLE_IDEMPOTENCE"]).lower() == "true"
+    RelaySettings.from_env(env["relay"])  # valid as a whole
+
+    # The examples: the variables are the ones their code reads.
+    def reads(path: str) -> set[str]:
+        return set(re.findall(r'os\.environ\.get\(\s*"([A-Z_]+)"', (ROOT / path).read_text()))
+
+    migrate = (ROOT / "examples/migrate.py").read_text()
+    assert set(env["migrate"]) == {"ORDERS_DATABASE_URL", "STATS_DATABASE_URL"}
+    assert all(f'"{name}"' in migrate for name in env["migrate"])
+    assert set(env["api-server"]) <= reads("examples/api-server/app.py")
+    assert set(env["consumer"]) <= reads("examples/consumer/consumer.py")
+    assert env["consumer"]["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+    # The app waits for the one-shot migration.
+    for name in ("relay", "api-server", "consumer"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == (
+            "service_completed_successfully"
+        )

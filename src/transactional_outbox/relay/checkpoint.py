@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
+from .leadership import Lease
 from .position import BinlogPosition, decode_checkpoint, encode_checkpoint
 
 __all__ = ["RedisCheckpointStore"]
@@ -25,9 +26,17 @@ class RedisCheckpointStore:
         raw = await self._client.get(self.key)
         return None if raw is None else decode_checkpoint(raw)
 
-    async def save(self, position: BinlogPosition) -> None:
-        """Store ``position`` (the end of a fully acknowledged transaction)."""
-        await self._client.set(self.key, encode_checkpoint(position))
+    async def save(self, position: BinlogPosition, *, fence: Lease | None = None) -> bool:
+        """Store ``position`` (the end of a fully acknowledged transaction).
+
+        With ``fence``, the write happens only if no newer leader took a
+        fencing token since that lease's; returns False if refused.
+        """
+        value = encode_checkpoint(position)
+        if fence is not None:
+            return await fence.fenced_set(self.key, value)
+        await self._client.set(self.key, value)
+        return True
 
     async def delete(self) -> None:
         """Forget the checkpoint."""

@@ -131,6 +131,22 @@ class RelaySettings:
     )
     reconnect_max_seconds: float = _opt(30.0, "longest wait between reconnect attempts (s)")
     progress_interval_seconds: float = _opt(10.0, "seconds between progress lines (0 = off)")
+    lease_ttl_ms: int = _opt(
+        10_000, "leader lease TTL (ms): a standby takes over this long after the leader dies"
+    )
+    lease_renew_ms: int = _opt(3_000, "how often the leader renews its lease (ms)")
+    on_rejected: str = _opt(
+        "stop",
+        "what to do with an event Kafka refuses for good (too large, illegal topic): stop "
+        "(exit 4 naming the event, checkpoint before it) or dead-letter (publish a small "
+        "record to --dead-letter-topic and go on)",
+        choices=("stop", "dead-letter"),
+    )
+    dead_letter_topic: str = _opt("outbox.deadletter", "topic for rejected events' dead letters")
+    metrics_port: int = _opt(
+        0, "port for /metrics (Prometheus), /healthz and /readyz over HTTP (0 = off)"
+    )
+    metrics_host: str = _opt("127.0.0.1", "address the metrics/health server binds")
     log_level: str = _opt("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def __post_init__(self) -> None:
@@ -151,6 +167,12 @@ class RelaySettings:
         for name in ("checkpoint_interval_ms", "queue_max_events", "max_request_size"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
+        if self.lease_renew_ms <= 0 or self.lease_renew_ms * 2 > self.lease_ttl_ms:
+            raise ConfigurationError(
+                "lease_renew_ms",
+                f"{self.lease_renew_ms} must be positive and at most half of lease_ttl_ms "
+                f"({self.lease_ttl_ms}), so one missed renewal does not lose the lease",
+            )
         if self.heartbeat_seconds <= 0:
             raise ConfigurationError("heartbeat_seconds", "must be positive")
         if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:

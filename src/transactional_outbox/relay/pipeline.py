@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import partial
@@ -23,13 +25,16 @@ import pymysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..exceptions import OutboxError
+from ..event import OutboxEvent, kafka_headers
+from ..exceptions import LeadershipLostError, PublishError
 from .checkpoint import RedisCheckpointStore
 from .checks import ServerInfo, check_server, resolve_start
 from .config import RelaySettings, mask_url
+from .health import HealthServer, RelayMetrics
+from .leadership import Lease, LeaseKeys
 from .position import BinlogPosition
 from .publisher import KafkaPublisher, is_permanent
-from .routing import build_record
+from .routing import KafkaRecord, build_record
 from .source import BinlogSource, Channel, ChannelClosed, SourceSettings
 from .watermark import Watermark
 
@@ -53,6 +58,8 @@ class RelayStats:
     last_progress_at: float = field(default_factory=time.monotonic)
     checkpoint: BinlogPosition | None = None
     checkpoint_saved_at: float | None = None
+    dead_lettered: int = 0
+    role: str = "starting"
     mysql: str = "starting"
     kafka: str = "starting"
     redis: str = "starting"
@@ -82,6 +89,14 @@ class Relay:
         self._failure: BaseException | None = None
         self._channel: Channel | None = None
         self._router = settings.router()
+        self._publisher: KafkaPublisher | None = None
+        self._lease: Lease | None = None
+        self._lost = asyncio.Event()
+        self._lost_reason = ""
+        self._dead_letter_tasks: set[asyncio.Future[None]] = set()
+        self._loop_tick = time.monotonic()
+        self._health_server: HealthServer | None = None
+        self.metrics = RelayMetrics()
         self.server: ServerInfo | None = None
 
     def __repr__(self) -> str:
@@ -94,6 +109,9 @@ class Relay:
         if not self._stopping.is_set():
             log.info("stopping: flushing in-flight events and saving the checkpoint")
         self._stopping.set()
+        self._end_session()
+
+    def _end_session(self) -> None:
         if self._source is not None:
             self._source.stop()
         if self._channel is not None:
@@ -104,31 +122,126 @@ class Relay:
         """The newest position whose events are all acknowledged."""
         return None if self._watermark is None else self._watermark.position
 
+    @property
+    def health_port(self) -> int | None:
+        """The port of the metrics/health server, if it runs."""
+        return None if self._health_server is None else self._health_server.port
+
     async def run(self) -> None:
-        """Check the servers, resolve the start, then relay until stopped."""
+        """Wait for leadership, check the servers, resolve the start, relay until stopped.
+
+        A relay that loses its lease stops publishing at once and waits to lead
+        again; :meth:`stop` ends it cleanly.
+        """
         s = self.settings
         self._redis = aioredis.from_url(s.redis_url)
-        self._store = RedisCheckpointStore(self._redis, key=s.checkpoint_key)
-        saver: asyncio.Task[None] | None = None
-        progress: asyncio.Task[None] | None = None
+        keys = LeaseKeys.for_relay(s.key_prefix, s.relay_name)
+        self._store = RedisCheckpointStore(self._redis, key=keys.checkpoint)
+        self._lease = Lease(self._redis, keys, ttl_ms=s.lease_ttl_ms)
+        background = [asyncio.create_task(self._tick_loop(), name="outbox-tick")]
+        if s.progress_interval_seconds > 0:
+            background.append(asyncio.create_task(self._progress_loop(), name="outbox-progress"))
+        if s.metrics_port:
+            self._health_server = HealthServer(
+                host=s.metrics_host,
+                port=s.metrics_port,
+                metrics=self.metrics,
+                health=self.health,
+                loop_tick=lambda: self._loop_tick,
+            )
+            self._health_server.start()
         try:
-            start = await self._prepare()
-            if start is None:
+            while await self._become_leader():
+                try:
+                    await self._lead()
+                    return
+                except LeadershipLostError as exc:
+                    log.warning("lost leadership (%s): stopped publishing, now standby", exc)
+                    self.stats.role = "standby"
+        finally:
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self._health_server is not None:
+                self._health_server.stop()
+            with contextlib.suppress(RedisError, OSError):
+                await self._lease.release()
+            await self._redis.aclose()
+
+    # -- leadership ------------------------------------------------------------
+
+    async def _become_leader(self) -> bool:
+        """Wait until this relay holds the lease (True) or is stopped (False)."""
+        assert self._lease is not None
+        s = self.settings
+        announced = False
+        while not self._stopping.is_set():
+            try:
+                if await self._lease.try_acquire():
+                    self.stats.role = "leader"
+                    self.stats.redis = "ok"
+                    log.info(
+                        "leader of relay %r (fencing token %s)", s.relay_name, self._lease.token
+                    )
+                    return True
+                self.stats.redis = "ok"
+                if not announced:
+                    log.info("standby: another relay named %r leads", s.relay_name)
+                    announced = True
+            except (RedisError, OSError) as exc:
+                self.stats.redis = "degraded"
+                log.warning("cannot reach Redis for the lease (%s)", exc)
+            self.stats.role = "standby"
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), s.lease_renew_ms / 1000)
+        return False
+
+    async def _renew_loop(self) -> None:
+        assert self._lease is not None
+        lease = self._lease
+        interval = self.settings.lease_renew_ms / 1000
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                if not await lease.renew():
+                    self._lose_lease("another relay holds the lease")
+                    return
+            except (RedisError, OSError) as exc:
+                self.stats.redis = "degraded"
+                log.warning("lease not renewed (%s)", exc)
+            if not lease.held():
+                self._lose_lease("the lease expired before it could be renewed")
                 return
-            self._watermark = Watermark(start)
-            saver = asyncio.create_task(self._save_loop(), name="outbox-checkpoint")
-            if s.progress_interval_seconds > 0:
-                progress = asyncio.create_task(self._progress_loop(), name="outbox-progress")
+
+    def _lose_lease(self, why: str) -> None:
+        if not self._lost.is_set():
+            self._lost_reason = why
+            self._lost.set()
+            self._end_session()
+
+    async def _lead(self) -> None:
+        self._lost = asyncio.Event()
+        self._lost_reason = ""
+        start = await self._prepare()
+        if start is None:
+            return
+        self._watermark = Watermark(start)
+        tasks = [
+            asyncio.create_task(self._renew_loop(), name="outbox-lease"),
+            asyncio.create_task(self._save_loop(), name="outbox-checkpoint"),
+        ]
+        try:
             await self._supervise(start)
         finally:
-            for task in (saver, progress):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
-            if self._watermark is not None:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if not self._lost.is_set():
                 await self._final_save()
-            await self._redis.aclose()
+        if self._lost.is_set():
+            raise LeadershipLostError(self._lost_reason)
 
     # -- startup ---------------------------------------------------------------
 
@@ -196,13 +309,14 @@ class Relay:
     async def _supervise(self, start: BinlogPosition) -> None:
         delay = 0.5
         position = start
-        while not self._stopping.is_set():
+        while not self._stopping.is_set() and not self._lost.is_set():
             try:
                 await self._session(position)
                 return
             except _SessionFailed as exc:
                 self.stats.kafka = "degraded"
                 self.stats.kafka_errors += 1
+                self.metrics.retries.inc()
                 assert self._watermark is not None
                 position = self._watermark.position or position
                 log.warning(
@@ -214,6 +328,8 @@ class Relay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, self.settings.reconnect_max_seconds)
+                if self._lost.is_set():
+                    return
 
     def _source_settings(self) -> SourceSettings:
         s = self.settings
@@ -246,6 +362,7 @@ class Relay:
         except Exception as exc:
             raise _SessionFailed(str(exc)) from exc
         self.stats.kafka = "ok"
+        self._publisher = publisher
         loop = asyncio.get_running_loop()
         channel = self._channel = Channel(loop, max_events=s.queue_max_events)
         use_gtid = s.resume_by_gtid or (start.file == "" and start.gtid is not None)
@@ -278,6 +395,7 @@ class Relay:
                 log.warning("flush at session end failed: %s", exc)
             with contextlib.suppress(Exception):
                 await publisher.stop()
+            self._publisher = None
         failure = self._failure
         if failure is not None:
             if is_permanent(failure):
@@ -286,28 +404,39 @@ class Relay:
 
     async def _pump(self, channel: Channel, publisher: KafkaPublisher) -> None:
         wm = self._watermark
-        assert wm is not None
+        lease = self._lease
+        assert wm is not None and lease is not None
         router = self._router
         stats = self.stats
+        dead_letter = self.settings.on_rejected == "dead-letter"
+        observe = self.metrics.batch_size.observe
         while True:
             batches = await channel.get()
             for batch in batches:
                 if self._failure is not None:
                     return
+                if not lease.held():
+                    # Checked before every batch: a paused leader resuming past its
+                    # lease publishes nothing more.
+                    self._lose_lease("the lease expired")
+                    return
                 events = batch.events
                 if events:
+                    observe(len(events))
                     if wm.outstanding == 0:
                         stats.last_progress_at = time.monotonic()
                     ticket = wm.add_events(len(events))
-                    on_done = partial(self._on_done, wm, ticket)
                     for event in events:
+                        on_done = partial(self._on_done, wm, ticket, event)
                         try:
                             await publisher.send(
                                 build_record(event, router), str(event.id), on_done
                             )
-                        except OutboxError as exc:
-                            self._failure = exc
-                            return
+                        except PublishError as exc:
+                            if not dead_letter:
+                                self._failure = exc
+                                return
+                            await self._dead_letter(event, exc.reason, on_done)
                         except Exception as exc:
                             self._failure = exc
                             return
@@ -315,7 +444,9 @@ class Relay:
                 if batch.commit is not None:
                     wm.commit(batch.commit)
 
-    def _on_done(self, wm: Watermark, ticket: int, error: BaseException | None) -> None:
+    def _on_done(
+        self, wm: Watermark, ticket: int, event: OutboxEvent, error: BaseException | None
+    ) -> None:
         if error is None:
             wm.ack(ticket)
             self.stats.published += 1
@@ -324,10 +455,76 @@ class Relay:
                 self.stats.kafka = "ok"
                 log.info("Kafka acknowledges events again")
             return
+        self.metrics.publish_errors.inc()
+        if is_permanent(error) and self.settings.on_rejected == "dead-letter":
+            reason = f"{type(error).__name__}: {error}"
+            task = asyncio.ensure_future(
+                self._dead_letter(event, reason, partial(self._on_done, wm, ticket, event))
+            )
+            self._dead_letter_tasks.add(task)
+            task.add_done_callback(self._dead_letter_tasks.discard)
+            return
+        if is_permanent(error) and not isinstance(error, PublishError):
+            error = PublishError(str(event.id), f"{type(error).__name__}: {error}")
         if self._failure is None:
             self._failure = error
             if self._channel is not None:
                 self._channel.fail(error)
+
+    async def _dead_letter(
+        self,
+        event: OutboxEvent,
+        reason: str,
+        on_done: Callable[[BaseException | None], None],
+    ) -> None:
+        """Publish a small record describing a rejected event; ``on_done`` acks the event."""
+        s = self.settings
+        publisher = self._publisher
+        assert publisher is not None
+        log.warning(
+            "event %s (%s %s/%s) rejected by Kafka for good: %s; sent to %s",
+            event.id,
+            event.event_type,
+            event.aggregate_type,
+            event.aggregate_id,
+            reason,
+            s.dead_letter_topic,
+        )
+        body = {
+            "id": str(event.id),
+            "aggregatetype": event.aggregate_type,
+            "aggregateid": event.aggregate_id,
+            "type": event.event_type,
+            "timestamp": event.timestamp.isoformat(),
+            "payload_bytes": len(event.payload),
+            "reason": reason,
+            "topic": self._router.topic(event.aggregate_type),
+        }
+        record = KafkaRecord(
+            topic=s.dead_letter_topic,
+            key=event.aggregate_id.encode(),
+            value=json.dumps(body).encode(),
+            headers=[*kafka_headers(event), ("dlq.reason", reason.encode())],
+            timestamp_ms=int(time.time() * 1000),
+        )
+
+        def counted(error: BaseException | None) -> None:
+            if error is None:
+                self.stats.dead_lettered += 1
+                self.metrics.dead_lettered.inc()
+                on_done(None)
+            elif self._failure is None:
+                # The dead-letter topic itself refused: stop rather than skip.
+                self._failure = PublishError(
+                    str(event.id), f"{reason}; dead letter failed: {error}"
+                )
+                if self._channel is not None:
+                    self._channel.fail(self._failure)
+
+        try:
+            await publisher.send(record, str(event.id), counted)
+        except PublishError as exc:
+            counted(exc)
 
     def _on_source_state(self, state: str) -> None:
         self.stats.mysql = "ok" if state == "connected" else "degraded"
@@ -342,7 +539,10 @@ class Relay:
         position = wm.position
         if position == self.stats.checkpoint:
             return
-        await self._store.save(position)
+        assert self._lease is not None
+        if not await self._store.save(position, fence=self._lease):
+            self._lose_lease("a newer leader took over: checkpoint write refused")
+            return
         self.stats.checkpoint = position
         self.stats.checkpoint_saved_at = time.monotonic()
         self.stats.checkpoints_saved += 1
@@ -412,13 +612,43 @@ class Relay:
             f"mysql {st.mysql}, kafka {st.kafka}, redis {st.redis}"
         )
 
+    async def _tick_loop(self) -> None:
+        # Proves the loop runs (for /healthz) and moves counters into metrics in
+        # bulk, keeping per-event work off the hot path.
+        m, st = self.metrics, self.stats
+        published = 0
+        while True:
+            self._loop_tick = time.monotonic()
+            m.published.inc(st.published - published)
+            published = st.published
+            m.leader.set(1 if st.role == "leader" else 0)
+            wm = self._watermark
+            m.outstanding.set(wm.outstanding if wm is not None else 0)
+            m.queue_depth.set(self._channel.depth if self._channel is not None else 0)
+            if st.last_event_at is not None:
+                m.lag.set((datetime.now(UTC) - st.last_event_at).total_seconds())
+            if st.checkpoint_saved_at is not None:
+                m.checkpoint_age.set(time.monotonic() - st.checkpoint_saved_at)
+            if st.checkpoint is not None:
+                suffix = st.checkpoint.file.rsplit(".", 1)[-1]
+                if suffix.isdigit():
+                    m.binlog_file.set(int(suffix))
+                m.binlog_pos.set(st.checkpoint.pos)
+            for name in ("mysql", "kafka", "redis"):
+                m.server_up.labels(name).set(1 if getattr(st, name) == "ok" else 0)
+            await asyncio.sleep(0.5)
+
     def health(self) -> dict[str, Any]:
-        """A snapshot of the relay's state for health endpoints."""
+        """A snapshot of the relay's state; ``ready`` as ``/readyz`` reports it."""
         st = self.stats
+        connected = st.mysql == st.kafka == st.redis == "ok"
         return {
+            "ready": st.role == "standby" or (st.role == "leader" and connected),
+            "role": st.role,
             "mysql": st.mysql,
             "kafka": st.kafka,
             "redis": st.redis,
             "published": st.published,
+            "dead_lettered": st.dead_lettered,
             "checkpoint": str(st.checkpoint) if st.checkpoint else None,
         }

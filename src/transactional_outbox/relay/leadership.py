@@ -1,0 +1,142 @@
+"""Leadership: one relay of a name publishes; the others wait. A thin Redis adapter.
+
+The leader holds a lease (a key with a TTL) and renews it. Each new leader
+takes a fencing token from a counter that only grows; the checkpoint is
+written by a Lua script that compares the writer's token with the counter, so
+a stale leader (paused, partitioned) can never move the checkpoint after a
+newer one took over, even if it still believes it leads.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+
+import redis.asyncio as aioredis
+
+__all__ = ["Lease", "LeaseKeys"]
+
+# KEYS[1] lease, KEYS[2] fence counter; ARGV[1] holder id, ARGV[2] ttl ms.
+# Returns the token held (new or renewed), or nil if another holder has it.
+_ACQUIRE = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, ':', 1, true)
+  if string.sub(cur, sep + 1) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[1], ARGV[2])
+    return tonumber(string.sub(cur, 1, sep - 1))
+  end
+  return nil
+end
+local token = redis.call('INCR', KEYS[2])
+redis.call('SET', KEYS[1], token .. ':' .. ARGV[1], 'PX', ARGV[2])
+return token
+"""
+
+# KEYS[1] lease; ARGV[1] token:holder, ARGV[2] ttl ms. 1 if renewed, 0 if lost.
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+# KEYS[1] lease; ARGV[1] token:holder. Delete only our own lease.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# KEYS[1] fence counter, KEYS[2] checkpoint; ARGV[1] token, ARGV[2] value.
+# 1 if written; 0 if a newer leader exists (the counter moved past our token).
+_FENCED_SET = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') == tonumber(ARGV[1]) then
+  redis.call('SET', KEYS[2], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseKeys:
+    """Redis keys of one relay name."""
+
+    lease: str
+    fence: str
+    checkpoint: str
+
+    @classmethod
+    def for_relay(cls, prefix: str, name: str) -> LeaseKeys:
+        """Keys under ``{prefix}{name}:``."""
+        base = f"{prefix}{name}:"
+        return cls(lease=base + "leader", fence=base + "fence", checkpoint=base + "checkpoint")
+
+
+class Lease:
+    """This process's claim on a relay name's leadership."""
+
+    def __init__(
+        self, client: aioredis.Redis, keys: LeaseKeys, *, ttl_ms: int, holder: str | None = None
+    ) -> None:
+        self._client = client
+        self.keys = keys
+        self.ttl_ms = ttl_ms
+        self.holder = holder or uuid.uuid4().hex[:12]
+        self.token: int | None = None
+        # Local deadline: after it, assume the lease is gone even if Redis is
+        # unreachable (monotonic, so a paused process sees it passed on resume).
+        self.valid_until = 0.0
+
+    @property
+    def _value(self) -> str:
+        return f"{self.token}:{self.holder}"
+
+    def held(self) -> bool:
+        """True while the lease is ours and not past its local deadline."""
+        return self.token is not None and time.monotonic() < self.valid_until
+
+    async def try_acquire(self) -> bool:
+        """Take the lease if it is free (or already ours); True if we hold it now."""
+        started = time.monotonic()
+        token = await self._client.eval(
+            _ACQUIRE, 2, self.keys.lease, self.keys.fence, self.holder, self.ttl_ms
+        )
+        if token is None:
+            self.token = None
+            return False
+        self.token = int(token)
+        self.valid_until = started + self.ttl_ms / 1000
+        return True
+
+    async def renew(self) -> bool:
+        """Extend the lease; False if it is no longer ours."""
+        if self.token is None:
+            return False
+        started = time.monotonic()
+        ok = await self._client.eval(_RENEW, 1, self.keys.lease, self._value, self.ttl_ms)
+        if ok:
+            self.valid_until = started + self.ttl_ms / 1000
+            return True
+        self.token = None
+        return False
+
+    async def release(self) -> None:
+        """Give the lease up (at shutdown) so a standby takes over at once."""
+        if self.token is not None:
+            await self._client.eval(_RELEASE, 1, self.keys.lease, self._value)
+            self.token = None
+
+    async def fenced_set(self, key: str, value: str) -> bool:
+        """Write ``key`` only if no newer leader has taken a token since ours."""
+        if self.token is None:
+            return False
+        ok = await self._client.eval(_FENCED_SET, 2, self.keys.fence, key, self.token, value)
+        return bool(ok)
+
+    def __repr__(self) -> str:
+        return f"Lease(key={self.keys.lease!r}, holder={self.holder!r}, token={self.token})"

@@ -1,0 +1,262 @@
+"""Several relays of one name: one leads, a standby takes over, a stale leader is fenced."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import urllib.request
+from collections import Counter
+from pathlib import Path
+
+import pymysql
+import pytest
+import redis.asyncio as aioredis
+from sqlalchemy.engine import URL
+
+from transactional_outbox.relay.leadership import Lease, LeaseKeys
+
+from . import _binlog
+from .conftest import Stack
+from .relay_harness import (
+    OUTBOX_DDL,
+    Collector,
+    RelayProcess,
+    make_event,
+    relay_settings,
+    running_relay,
+    wait_until,
+    write_events,
+)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+    except OSError:
+        return 0, b""
+
+
+def role(port: int) -> str | None:
+    code, body = get(port, "/readyz")
+    return json.loads(body)["role"] if code in (200, 503) and body else None
+
+
+@pytest.fixture
+def conn(stack: Stack, database: str) -> pymysql.Connection:
+    c = stack.mysql_connect(database)
+    with c.cursor() as cur:
+        cur.execute(OUTBOX_DDL.format(table="outbox"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def settings_kw(stack: Stack, conn, mysql_url: URL, topic_prefix: str, redis_prefix: str) -> dict:
+    file, pos = _binlog.position(stack)
+    return dict(
+        mysql_url=mysql_url,
+        redis_url=stack.redis_url,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        redis_prefix=redis_prefix,
+        start_position=f"{file}:{pos}",
+        lease_ttl_ms=1500,
+        lease_renew_ms=300,
+        reconnect_max_seconds=0.5,
+    )
+
+
+def two_relays(settings_kw: dict, tmp_path: Path) -> list[tuple[RelayProcess, int]]:
+    out = []
+    for n in range(2):
+        port = free_port()
+        proc = RelayProcess(
+            relay_settings(**settings_kw, metrics_port=port), tmp_path / f"relay{n}.log"
+        )
+        proc.start()
+        out.append((proc, port))
+    return out
+
+
+async def leader_and_standby(
+    relays: list[tuple[RelayProcess, int]],
+) -> tuple[tuple[RelayProcess, int], tuple[RelayProcess, int]]:
+    await wait_until(
+        lambda: sorted(str(role(p)) for _, p in relays) == ["leader", "standby"],
+        within=30,
+        what="one leader and one standby",
+    )
+    a, b = relays
+    return (a, b) if role(a[1]) == "leader" else (b, a)
+
+
+async def test_one_publishes_and_a_standby_takes_over_after_kill_9(
+    stack: Stack, conn, settings_kw, topic_prefix, tmp_path: Path
+) -> None:
+    relays = two_relays(settings_kw, tmp_path)
+    try:
+        async with Collector(stack.kafka_bootstrap) as col:
+            await col.watch([topic_prefix + "order"])
+            (leader, lport), (_standby, sport) = await leader_and_standby(relays)
+            first = [make_event(aggregate_id=str(i % 3)) for i in range(30)]
+            for k in range(0, 30, 3):
+                write_events(conn, first[k : k + 3])
+            await col.wait_for(30)
+            # Only the leader published: no event came twice.
+            assert Counter(col.ids()).most_common(1)[0][1] == 1
+            # Metrics are refreshed every half second: wait for them, don't race.
+            await wait_until(
+                lambda: b"outbox_relay_leader 1.0" in get(lport, "/metrics")[1],
+                what="leader gauge",
+            )
+            await wait_until(
+                lambda: b"outbox_relay_events_published_total 30.0" in get(lport, "/metrics")[1],
+                what="published counter at 30",
+            )
+            await wait_until(
+                lambda: b"outbox_relay_leader 0.0" in get(sport, "/metrics")[1],
+                what="standby gauge",
+            )
+            assert get(lport, "/healthz")[0] == 200
+
+            leader.kill(signal.SIGKILL)
+            second = [make_event(aggregate_id=str(i % 3)) for i in range(30)]
+            for k in range(0, 30, 3):
+                write_events(conn, second[k : k + 3])
+            await wait_until(lambda: role(sport) == "leader", within=10, what="takeover")
+            await wait_until(
+                lambda: {str(e.id) for e in first + second} <= set(col.ids()),
+                within=30,
+                what="every event after the takeover",
+            )
+    finally:
+        for proc, _ in relays:
+            if proc.proc and proc.proc.poll() is None:
+                proc.kill(signal.SIGTERM)
+    assert set(col.ids()) == {str(e.id) for e in first + second}
+
+
+async def test_paused_leader_is_fenced_after_resuming(
+    stack: Stack, conn, settings_kw, topic_prefix, tmp_path: Path
+) -> None:
+    relays = two_relays(settings_kw, tmp_path)
+    client = aioredis.from_url(stack.redis_url)
+    try:
+        async with Collector(stack.kafka_bootstrap) as col:
+            await col.watch([topic_prefix + "order"])
+            (old, oport), (_new, nport) = await leader_and_standby(relays)
+            write_events(conn, [make_event(aggregate_id="before")])
+            await col.wait_for(1)
+            assert old.proc is not None
+            old.proc.send_signal(signal.SIGSTOP)
+            try:
+                await wait_until(lambda: role(nport) == "leader", within=10, what="takeover")
+                after = [make_event(aggregate_id=str(i % 4)) for i in range(20)]
+                write_events(conn, after)
+                await wait_until(
+                    lambda: {str(e.id) for e in after} <= set(col.ids()),
+                    what="new leader publishes",
+                )
+            finally:
+                old.proc.send_signal(signal.SIGCONT)
+            await wait_until(
+                lambda: role(oport) == "standby", within=10, what="old leader steps down"
+            )
+            later = [make_event(aggregate_id=str(i % 4)) for i in range(20)]
+            write_events(conn, later)
+            await wait_until(
+                lambda: {str(e.id) for e in later} <= set(col.ids()), what="later events"
+            )
+            settings = relay_settings(**settings_kw)
+            checkpoint = await client.get(settings.checkpoint_key)
+    finally:
+        for proc, _ in relays:
+            if proc.proc and proc.proc.poll() is None:
+                proc.kill(signal.SIGTERM)
+        await client.aclose()
+    assert "lost leadership" in old.log()
+    counts = Counter(col.ids())
+    # Nothing of what came after the takeover was sent twice: the old leader sent none.
+    assert all(counts[str(e.id)] == 1 for e in after + later)
+    assert checkpoint is not None
+
+
+async def test_stale_token_cannot_move_the_checkpoint(stack: Stack, redis_prefix: str) -> None:
+    client = aioredis.from_url(stack.redis_url)
+    keys = LeaseKeys.for_relay(redis_prefix, "fence")
+    old = Lease(client, keys, ttl_ms=200)
+    new = Lease(client, keys, ttl_ms=5000)
+    try:
+        assert await old.try_acquire()
+        assert await old.fenced_set(keys.checkpoint, "old-1")
+        assert not await new.try_acquire()  # held
+        await wait_until(lambda: not old.held(), what="old lease expiry")
+        await client.delete(keys.lease)  # as Redis expires it
+        assert await new.try_acquire()
+        assert new.token == (old.token or 0) + 1
+        assert await new.fenced_set(keys.checkpoint, "new-1")
+        # The old leader still believes it has token 1: refused, value unchanged.
+        assert not await old.fenced_set(keys.checkpoint, "old-2")
+        assert await client.get(keys.checkpoint) == b"new-1"
+        assert not await old.renew()
+    finally:
+        await client.aclose()
+
+
+@pytest.mark.parametrize("policy", ["stop", "dead-letter"])
+async def test_oversized_event_follows_the_policy(
+    stack: Stack, conn, settings_kw, topic_prefix, policy: str
+) -> None:
+    from transactional_outbox import PublishError
+
+    dlq = topic_prefix + "dlq"
+    settings = relay_settings(
+        **settings_kw, max_request_size=4000, on_rejected=policy, dead_letter_topic=dlq
+    )
+    before = make_event(aggregate_id="1")
+    big = make_event(aggregate_id="2", payload=b"x" * 10_000)
+    bad_topic = make_event("bad/type", aggregate_id="3")
+    after = make_event(aggregate_id="4")
+    write_events(conn, [before])
+    mid = _binlog.position(stack)
+    write_events(conn, [big])
+    write_events(conn, [bad_topic])
+    write_events(conn, [after])
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order", dlq])
+        if policy == "stop":
+            from transactional_outbox.relay import Relay
+
+            relay = Relay(settings)
+            with pytest.raises(PublishError) as info:
+                await relay.run()
+            assert str(big.id) in str(info.value) and "MessageSizeTooLarge" in str(info.value)
+            await col.wait_for(1)
+            assert col.ids() == [str(before.id)]
+            assert relay.stats.checkpoint is not None
+            assert (relay.stats.checkpoint.file, relay.stats.checkpoint.pos) <= mid
+        else:
+            async with running_relay(settings) as relay:
+                await col.wait_for(4)
+                await wait_until(lambda: relay.stats.dead_lettered == 2, what="2 dead letters")
+            main = [r for r in col.records if r.topic == topic_prefix + "order"]
+            dead = [r for r in col.records if r.topic == dlq]
+            assert sorted(dict(r.headers)["id"].decode() for r in main) == sorted(
+                [str(before.id), str(after.id)]
+            )
+            bodies = {json.loads(r.value)["id"]: json.loads(r.value) for r in dead}
+            assert set(bodies) == {str(big.id), str(bad_topic.id)}
+            assert "MessageSizeTooLarge" in bodies[str(big.id)]["reason"]
+            assert "not legal" in bodies[str(bad_topic.id)]["reason"]
+            assert bodies[str(big.id)]["payload_bytes"] == 10_000
+            assert all(dict(r.headers)["dlq.reason"] for r in dead)
