@@ -143,3 +143,19 @@ async def test_order_per_aggregate_with_interleaved_transactions(
     for rec in col.records:
         got[rec.key.decode()].append(dict(rec.headers)["id"].decode())
     assert got == expected
+
+
+async def test_table_with_extra_columns_of_other_types_is_decoded_by_the_library(
+    conn, settings_kw, topic_prefix
+) -> None:
+    # An INT column has no fast-decoder plan: the relay falls back, same records.
+    with conn.cursor() as cur:
+        cur.execute("ALTER TABLE outbox ADD COLUMN seq INT NULL, ADD COLUMN note JSON NULL")
+    events = [make_event(aggregate_id=str(i), payload=b"\x00\x01") for i in range(5)]
+    write_events(conn, events)
+    async with Collector(settings_kw["kafka_bootstrap"]) as col:
+        await col.watch([topic_prefix + "order"])
+        async with running_relay(relay_settings(**settings_kw)):
+            await col.wait_for(5)
+    assert sorted(col.ids()) == sorted(str(e.id) for e in events)
+    assert {r.value for r in col.records} == {b"\x00\x01"}

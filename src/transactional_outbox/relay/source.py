@@ -31,6 +31,7 @@ from ..event import OutboxEvent
 from ..exceptions import BinlogPurgedError, InvalidEventError, OutboxError
 from .decode import row_to_event
 from .position import BinlogPosition, MariaDBGtidState, MySQLGtidSet
+from .rowdecoder import ColumnSpec, RowPlan, decode_rows, plan_for
 
 __all__ = ["BinlogSource", "Channel", "ChannelClosed", "SourceBatch", "SourceSettings"]
 
@@ -56,6 +57,25 @@ class _StreamConnection(pymysql.connections.Connection):
             if exc.args and exc.args[0] in _CONNECTION_LOST:
                 raise StreamLost(str(exc)) from exc
             raise
+
+
+def _remaining_body(ev: WriteRowsEvent) -> bytes | None:
+    """The undecoded rows of ``ev``: the library has parsed its header, not its rows.
+
+    Reads the library's packet internals; returns None if they are not as
+    expected (another library version), and the caller falls back.
+    """
+    wrapper = ev.packet
+    packet = getattr(wrapper, "packet", None)
+    data = getattr(packet, "_data", None)
+    position = getattr(packet, "_position", None)
+    buffered = getattr(wrapper, "_BinLogPacketWrapper__data_buffer", None)
+    if not isinstance(data, bytes) or not isinstance(position, int) or buffered is None:
+        return None
+    remaining = ev.event_size - wrapper.read_bytes
+    if remaining < 0:
+        return None
+    return bytes(buffered) + data[position : position + remaining - len(buffered)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +216,7 @@ class BinlogSource:
         self._thread = threading.Thread(target=self._run, name="outbox-binlog", daemon=True)
         self._on_state = on_state or (lambda state: None)
         self._pushed_in_txn = 0
+        self._plans: dict[int, tuple[Any, RowPlan | None]] = {}
         self.connected = False
         self.reconnects = 0
         self.last_packet_at = time.monotonic()
@@ -310,6 +331,40 @@ class BinlogSource:
                     with contextlib.suppress(Exception):  # already broken; nothing to release
                         reader.close()
 
+    def _decode(self, ev: WriteRowsEvent) -> list[OutboxEvent]:
+        """The events of one WRITE_ROWS event: the fast decoder when the table allows."""
+        plan = self._plan(ev)
+        if plan is not None:
+            data = _remaining_body(ev)
+            if data is not None:
+                return decode_rows(data, plan)
+        return [row_to_event(row["values"]) for row in ev.rows]
+
+    def _plan(self, ev: WriteRowsEvent) -> RowPlan | None:
+        columns = ev.columns
+        cached = self._plans.get(ev.table_id)
+        if cached is not None and cached[0] is columns:
+            return cached[1]
+        plan = None
+        if ev.complete and ev.number_of_columns == len(columns):
+            plan = plan_for(
+                [
+                    ColumnSpec(
+                        name=str(c.name or ""),
+                        type=int(c.type),
+                        max_length=int(getattr(c, "max_length", 0) or 0),
+                        length_size=int(getattr(c, "length_size", 0) or 0),
+                        fsp=int(getattr(c, "fsp", 0) or 0),
+                    )
+                    for c in columns
+                ]
+            )
+            present = ev.columns_present_bitmap
+            if plan is not None and int.from_bytes(present, "little") != (1 << len(columns)) - 1:
+                plan = None  # not a FULL row image: let the library handle it
+        self._plans[ev.table_id] = (columns, plan)
+        return plan
+
     def _stream(self, reader: BinLogStreamReader) -> None:
         s = self._s
         pending: list[OutboxEvent] = []
@@ -331,18 +386,18 @@ class BinlogSource:
             if isinstance(ev, WriteRowsEvent):
                 if ev.schema != s.schema or ev.table != s.table:
                     continue
-                for row in ev.rows:
+                try:
+                    rows = self._decode(ev)
+                except InvalidEventError as exc:
+                    raise InvalidEventError(
+                        exc.field,
+                        exc.value,
+                        f"{exc.reason} (outbox row in the transaction after {self._position})",
+                    ) from None
+                for event in rows:
                     seen += 1
-                    if seen <= skip:
-                        continue
-                    try:
-                        pending.append(row_to_event(row["values"]))
-                    except InvalidEventError as exc:
-                        raise InvalidEventError(
-                            exc.field,
-                            exc.value,
-                            f"{exc.reason} (outbox row in the transaction after {self._position})",
-                        ) from None
+                    if seen > skip:
+                        pending.append(event)
                 if len(pending) >= s.chunk_events:
                     if not self._channel.put(SourceBatch(pending, None)):
                         return

@@ -1,0 +1,231 @@
+"""The outbox row decoder: synthetic rows, and the library's own decoding as the oracle."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+
+import pymysql
+import pytest
+from pymysqlreplication import BinLogStreamReader
+from pymysqlreplication.row_event import WriteRowsEvent
+
+from transactional_outbox import InvalidEventError
+from transactional_outbox.relay.decode import row_to_event
+from transactional_outbox.relay.rowdecoder import (
+    BLOB,
+    DATETIME2,
+    STRING,
+    VARCHAR,
+    ColumnSpec,
+    decode_rows,
+    plan_for,
+)
+from transactional_outbox.relay.source import _remaining_body
+
+from . import _binlog
+from .conftest import Stack
+from .relay_harness import OUTBOX_DDL, make_event, write_events
+
+COLUMNS = [
+    ColumnSpec("id", STRING, max_length=16),
+    ColumnSpec("aggregatetype", VARCHAR, max_length=1020),
+    ColumnSpec("aggregateid", VARCHAR, max_length=1020),
+    ColumnSpec("type", VARCHAR, max_length=1020),
+    ColumnSpec("payload", BLOB, length_size=4),
+    ColumnSpec("headers", BLOB, length_size=2),
+    ColumnSpec("timestamp", DATETIME2, fsp=6),
+]
+
+
+def pack_datetime(ts: datetime, fsp: int) -> bytes:
+    packed = (1 << 39) | ((ts.year * 13 + ts.month) << 22) | (ts.day << 17)
+    packed |= (ts.hour << 12) | (ts.minute << 6) | ts.second
+    out = packed.to_bytes(5, "big")
+    if fsp:
+        digits = ts.microsecond // 10 ** (6 - fsp)
+        if fsp % 2:
+            digits *= 10
+        out += digits.to_bytes((fsp + 1) // 2, "big")
+    return out
+
+
+def encode_row(values: dict[str, object], columns: list[ColumnSpec]) -> bytes:
+    """Encode one row as the server writes it into a WRITE_ROWS event."""
+    nulls = 0
+    body = b""
+    for i, col in enumerate(columns):
+        value = values[col.name]
+        if value is None:
+            nulls |= 1 << i
+            continue
+        if col.type == DATETIME2:
+            assert isinstance(value, datetime)
+            body += pack_datetime(value, col.fsp)
+            continue
+        raw = value.encode() if isinstance(value, str) else bytes(value)  # type: ignore[arg-type]
+        if col.type == STRING:
+            raw = raw.rstrip(b"\x00")  # the server strips fixed-width padding
+        size = col.length_size if col.type == BLOB else (1 if col.max_length <= 255 else 2)
+        body += len(raw).to_bytes(size, "little") + raw
+    return nulls.to_bytes((len(columns) + 7) // 8, "little") + body
+
+
+def row(**over: object) -> dict[str, object]:
+    base: dict[str, object] = {
+        "id": uuid.uuid4().bytes,
+        "aggregatetype": "order",
+        "aggregateid": "o-1",
+        "type": "Placed",
+        "payload": b'{"a":1}',
+        "headers": '{"k":"v"}',
+        "timestamp": datetime(2026, 11, 27, 20, 1, 2, 345678, tzinfo=UTC),
+    }
+    base.update(over)
+    return base
+
+
+def test_decodes_a_run_of_varied_rows() -> None:
+    plan = plan_for(COLUMNS)
+    assert plan is not None
+    rows = [
+        row(),
+        row(id=b"\x00" * 16),
+        row(id=b"\xff" * 15 + b"\x00"),
+        row(payload=b""),
+        row(payload=bytes(range(256)) * 300),
+        row(headers=None),
+        row(aggregateid="ü" * 255, type="Ünïcødé"),
+        row(timestamp=datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
+        row(timestamp=datetime(1970, 1, 1, tzinfo=UTC)),
+    ]
+    data = b"".join(encode_row(r, COLUMNS) for r in rows)
+    events = decode_rows(data, plan)
+    assert len(events) == len(rows)
+    for ev, r in zip(events, rows, strict=True):
+        assert ev.id.bytes == r["id"]
+        assert ev.aggregate_type == r["aggregatetype"]
+        assert ev.aggregate_id == r["aggregateid"]
+        assert ev.event_type == r["type"]
+        assert ev.payload == r["payload"]
+        assert dict(ev.headers) == ({} if r["headers"] is None else {"k": "v"})
+        assert ev.timestamp == r["timestamp"]
+
+
+@pytest.mark.parametrize("fsp", range(7))
+def test_every_fractional_precision(fsp: int) -> None:
+    cols = [*COLUMNS[:-1], ColumnSpec("timestamp", DATETIME2, fsp=fsp)]
+    plan = plan_for(cols)
+    assert plan is not None
+    ts = datetime(2025, 2, 28, 1, 2, 3, 123456, tzinfo=UTC)
+    [ev] = decode_rows(encode_row(row(timestamp=ts), cols), plan)
+    kept = 123456 // 10 ** (6 - fsp) * 10 ** (6 - fsp)
+    assert ev.timestamp == ts.replace(microsecond=kept)
+
+
+def test_short_varchar_uses_a_one_byte_length_and_columns_can_be_reordered() -> None:
+    cols = [
+        ColumnSpec("timestamp", DATETIME2, fsp=6),
+        ColumnSpec("type", VARCHAR, max_length=200),
+        ColumnSpec("payload", BLOB, length_size=3),
+        ColumnSpec("id", STRING, max_length=16),
+        ColumnSpec("aggregateid", VARCHAR, max_length=100),
+        ColumnSpec("headers", BLOB, length_size=2),
+        ColumnSpec("aggregatetype", VARCHAR, max_length=300),
+        ColumnSpec("note", VARCHAR, max_length=40),
+    ]
+    plan = plan_for(cols)
+    assert plan is not None
+    r = row(note="extra columns are skipped")
+    [ev] = decode_rows(encode_row(r, cols), plan)
+    assert (ev.event_type, ev.aggregate_id, ev.payload) == ("Placed", "o-1", b'{"a":1}')
+
+
+def test_no_plan_for_unknown_types_or_missing_columns() -> None:
+    assert plan_for([*COLUMNS, ColumnSpec("seq", 3)]) is None  # INT: library decodes
+    assert plan_for(COLUMNS[:-1]) is None  # no timestamp column
+    assert plan_for([ColumnSpec("id", BLOB, length_size=2), *COLUMNS[1:]]) is None
+
+
+@pytest.mark.parametrize(
+    ("over", "field"),
+    [
+        ({"headers": "{not json"}, "headers"),
+        ({"headers": '{"a": 1}'}, "headers"),
+        ({"aggregatetype": None}, "aggregatetype"),
+        ({"type": b"\xff\xfe"}, "type"),
+        ({"payload": None}, "payload"),
+    ],
+)
+def test_invalid_values_name_the_column(over: dict[str, object], field: str) -> None:
+    plan = plan_for(COLUMNS)
+    assert plan is not None
+    with pytest.raises(InvalidEventError) as info:
+        decode_rows(encode_row(row(**over), COLUMNS), plan)
+    assert info.value.field == field
+
+
+def test_truncated_row_is_an_error() -> None:
+    plan = plan_for(COLUMNS)
+    assert plan is not None
+    with pytest.raises(InvalidEventError):
+        decode_rows(encode_row(row(), COLUMNS)[:-3], plan)
+
+
+def test_matches_the_library_on_real_binlog_rows(stack: Stack, database: str) -> None:
+    conn: pymysql.Connection = stack.mysql_connect(database)
+    with conn.cursor() as cur:
+        cur.execute(OUTBOX_DDL.format(table="outbox"))
+    start = _binlog.position(stack)
+    events = [
+        make_event(id=uuid.UUID(bytes=b"\x00" * 16)),
+        make_event(id=uuid.UUID(bytes=b"\x12" * 8 + b"\x00" * 8), payload=b""),
+        make_event(aggregate_id="ä" * 200, headers={"x": "ÿ" * 1000}),
+        make_event(payload=bytes(range(256)) * 1000),
+        *[make_event(aggregate_id=str(i)) for i in range(200)],
+    ]
+    for k in range(0, len(events), 50):
+        write_events(conn, events[k : k + 50])
+    conn.close()
+    url = stack.mysql_url
+    reader = BinLogStreamReader(
+        connection_settings={
+            "host": url.host,
+            "port": url.port,
+            "user": url.username,
+            "password": url.password,
+        },
+        server_id=4999,
+        log_file=start[0],
+        log_pos=start[1],
+        resume_stream=True,
+        blocking=False,
+        only_schemas=[database],
+        only_tables=["outbox"],
+        only_events=[WriteRowsEvent],
+    )
+    fast, slow = [], []
+    try:
+        for ev in reader:
+            plan = plan_for(
+                [
+                    ColumnSpec(
+                        str(c.name),
+                        int(c.type),
+                        int(getattr(c, "max_length", 0) or 0),
+                        int(getattr(c, "length_size", 0) or 0),
+                        int(getattr(c, "fsp", 0) or 0),
+                    )
+                    for c in ev.columns
+                ]
+            )
+            assert plan is not None
+            body = _remaining_body(ev)
+            assert body is not None
+            fast.extend(decode_rows(body, plan))
+            slow.extend(row_to_event(r["values"]) for r in ev.rows)
+    finally:
+        reader.close()
+    assert fast == slow
+    assert [e.id for e in fast] == [e.id for e in events]
+    assert [e.payload for e in fast] == [e.payload for e in events]
