@@ -225,7 +225,9 @@ class RelaySettings:
             "enable_idempotence": self.enable_idempotence,
             "compression_type": None if self.compression_type == "none" else self.compression_type,
             "linger_ms": self.linger_ms,
-            "max_batch_size": self.max_batch_size,
+            # A record that fits no batch is sent alone, where max_request_size is
+            # enforced; so batches must not be larger than a request may be.
+            "max_batch_size": min(self.max_batch_size, self.max_request_size),
             "max_request_size": self.max_request_size,
             "request_timeout_ms": self.request_timeout_ms,
             "security_protocol": self.kafka_security_protocol,

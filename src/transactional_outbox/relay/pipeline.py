@@ -15,10 +15,8 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import pymysql
@@ -408,76 +406,77 @@ class Relay:
         assert wm is not None and lease is not None
         router = self._router
         stats = self.stats
-        dead_letter = self.settings.on_rejected == "dead-letter"
         observe = self.metrics.batch_size.observe
         while True:
             batches = await channel.get()
+            if self._failure is not None:
+                return
+            if not lease.held():
+                # Checked before every drain: a paused leader resuming past its
+                # lease publishes nothing more.
+                self._lose_lease("the lease expired")
+                return
+            items: list[tuple[OutboxEvent, KafkaRecord, int]] = []
+            if wm.outstanding == 0:
+                stats.last_progress_at = time.monotonic()
             for batch in batches:
-                if self._failure is not None:
-                    return
-                if not lease.held():
-                    # Checked before every batch: a paused leader resuming past its
-                    # lease publishes nothing more.
-                    self._lose_lease("the lease expired")
-                    return
                 events = batch.events
                 if events:
                     observe(len(events))
-                    if wm.outstanding == 0:
-                        stats.last_progress_at = time.monotonic()
                     ticket = wm.add_events(len(events))
-                    for event in events:
-                        on_done = partial(self._on_done, wm, ticket, event)
-                        try:
-                            await publisher.send(
-                                build_record(event, router), str(event.id), on_done
-                            )
-                        except PublishError as exc:
-                            if not dead_letter:
-                                self._failure = exc
-                                return
-                            await self._dead_letter(event, exc.reason, on_done)
-                        except Exception as exc:
-                            self._failure = exc
-                            return
+                    items.extend((e, build_record(e, router), ticket) for e in events)
                     stats.last_event_at = events[-1].timestamp
                 if batch.commit is not None:
                     wm.commit(batch.commit)
+            if items:
+                try:
+                    await publisher.publish(items, self._on_batch_done, self._on_rejected)
+                except Exception as exc:
+                    self._failure = exc
+                    return
 
-    def _on_done(
-        self, wm: Watermark, ticket: int, event: OutboxEvent, error: BaseException | None
+    def _on_batch_done(
+        self, runs: list[list[int]], events: list[OutboxEvent], error: BaseException | None
     ) -> None:
+        wm = self._watermark
+        if wm is None:
+            return
         if error is None:
-            wm.ack(ticket)
-            self.stats.published += 1
+            for ticket, count in runs:
+                wm.ack(ticket, count)
+            self.stats.published += len(events)
             self.stats.last_progress_at = time.monotonic()
             if self.stats.kafka == "degraded":
                 self.stats.kafka = "ok"
                 log.info("Kafka acknowledges events again")
             return
         self.metrics.publish_errors.inc()
-        if is_permanent(error) and self.settings.on_rejected == "dead-letter":
-            reason = f"{type(error).__name__}: {error}"
-            task = asyncio.ensure_future(
-                self._dead_letter(event, reason, partial(self._on_done, wm, ticket, event))
+        if is_permanent(error):
+            if len(events) == 1 and self.settings.on_rejected == "dead-letter":
+                ticket = runs[0][0]
+                task = asyncio.ensure_future(
+                    self._on_rejected(events[0], ticket, f"{type(error).__name__}: {error}")
+                )
+                self._dead_letter_tasks.add(task)
+                task.add_done_callback(self._dead_letter_tasks.discard)
+                return
+            what = (
+                f"{type(error).__name__}: {error}"
+                if len(events) == 1
+                else f"Kafka refused a batch of {len(events)} events starting with this one "
+                f"({type(error).__name__}: {error}); set max_request_size to the topic's "
+                "max.message.bytes so oversized events are found before sending"
             )
-            self._dead_letter_tasks.add(task)
-            task.add_done_callback(self._dead_letter_tasks.discard)
-            return
-        if is_permanent(error) and not isinstance(error, PublishError):
-            error = PublishError(str(event.id), f"{type(error).__name__}: {error}")
+            error = PublishError(str(events[0].id), what)
         if self._failure is None:
             self._failure = error
             if self._channel is not None:
                 self._channel.fail(error)
 
-    async def _dead_letter(
-        self,
-        event: OutboxEvent,
-        reason: str,
-        on_done: Callable[[BaseException | None], None],
-    ) -> None:
-        """Publish a small record describing a rejected event; ``on_done`` acks the event."""
+    async def _on_rejected(self, event: OutboxEvent, ticket: int, reason: str) -> None:
+        """An event Kafka refuses for good: stop (raise) or dead-letter it, by policy."""
+        if self.settings.on_rejected != "dead-letter":
+            raise PublishError(str(event.id), reason)
         s = self.settings
         publisher = self._publisher
         assert publisher is not None
@@ -508,23 +507,23 @@ class Relay:
             timestamp_ms=int(time.time() * 1000),
         )
 
-        def counted(error: BaseException | None) -> None:
+        def sent(error: BaseException | None) -> None:
             if error is None:
                 self.stats.dead_lettered += 1
                 self.metrics.dead_lettered.inc()
-                on_done(None)
-            elif self._failure is None:
-                # The dead-letter topic itself refused: stop rather than skip.
-                self._failure = PublishError(
-                    str(event.id), f"{reason}; dead letter failed: {error}"
-                )
+                self._on_batch_done([[ticket, 1]], [event], None)
+                return
+            # The dead-letter topic itself refused: stop rather than skip.
+            failure = PublishError(str(event.id), f"{reason}; dead letter failed: {error}")
+            if self._failure is None:
+                self._failure = failure
                 if self._channel is not None:
-                    self._channel.fail(self._failure)
+                    self._channel.fail(failure)
 
         try:
-            await publisher.send(record, str(event.id), counted)
+            await publisher.send_record(record, sent)
         except PublishError as exc:
-            counted(exc)
+            sent(exc)
 
     def _on_source_state(self, state: str) -> None:
         self.stats.mysql = "ok" if state == "connected" else "degraded"

@@ -1,13 +1,18 @@
 """Kafka publisher: a thin adapter over aiokafka's producer.
 
-Records are handed to the producer with ``send()`` (which batches and keeps
-per-partition order) and acknowledged through callbacks, never one
-``send_and_wait`` per event.
+Records are grouped per partition and handed over as whole batches
+(``create_batch`` / ``send_batch``): one future and one callback per batch
+instead of per event, which is most of the relay's per-event cost otherwise.
+Partitions are chosen with the Java client's murmur2 partitioner, as
+``send()`` would, so keys land where any other Kafka producer puts them.
+Within a partition, batches are queued in order and aiokafka sends one at a
+time, so per-key order holds across retries.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
+from functools import partial
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -19,11 +24,14 @@ from aiokafka.errors import (
     TopicAuthorizationFailedError,
     UnsupportedForMessageFormatError,
 )
+from aiokafka.partitioner import murmur2
+from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
+from ..event import OutboxEvent
 from ..exceptions import PublishError
 from .routing import KafkaRecord, invalid_topic_reason
 
-__all__ = ["KafkaPublisher", "is_permanent"]
+__all__ = ["KafkaPublisher", "OnBatchDone", "OnRejected", "is_permanent"]
 
 _PERMANENT = (
     MessageSizeTooLargeError,
@@ -33,18 +41,34 @@ _PERMANENT = (
     UnsupportedForMessageFormatError,
 )
 
+Item = tuple[OutboxEvent, KafkaRecord, int]  # event, its record, its watermark ticket
+Runs = list[list[int]]  # [ticket, count] runs, in order
+OnBatchDone = Callable[[Runs, list[OutboxEvent], BaseException | None], None]
+OnRejected = Callable[[OutboxEvent, int, str], Awaitable[None]]
+
 
 def is_permanent(exc: BaseException) -> bool:
     """True for errors that retrying the same record cannot fix."""
     return isinstance(exc, (*_PERMANENT, PublishError))
 
 
+def _outcome(fut: Any) -> BaseException | None:
+    if fut.cancelled():
+        cancelled: BaseException = KafkaError("send cancelled")
+        return cancelled
+    exc = fut.exception()
+    return exc if isinstance(exc, BaseException) else None
+
+
 class KafkaPublisher:
-    """Sends records; calls ``on_done(error_or_None)`` once per record when Kafka answers."""
+    """Publishes records in per-partition batches and reports each batch's outcome."""
 
     def __init__(self, producer_args: dict[str, Any]) -> None:
         self._args = producer_args
         self._producer: AIOKafkaProducer | None = None
+        self._partition_cache: dict[tuple[str, bytes], tuple[int, int]] = {}
+        self._topic_checked: dict[str, str | None] = {}
+        self._max_request_size = int(producer_args.get("max_request_size", 1_048_576))
 
     async def start(self) -> None:
         """Connect to the cluster."""
@@ -56,21 +80,163 @@ class KafkaPublisher:
             self._producer = None
             raise
 
-    async def send(
-        self,
-        record: KafkaRecord,
-        event_id: str,
-        on_done: Callable[[BaseException | None], None],
-    ) -> None:
-        """Queue ``record``; may wait while the producer's buffer is full.
+    def _partition(self, topic: str, key: bytes, partitions: list[int]) -> int:
+        cache_key = (topic, key)
+        hit = self._partition_cache.get(cache_key)
+        if hit is not None and hit[0] == len(partitions):
+            return int(hit[1])
+        # The Java client's default: positive murmur2 of the key, modulo all partitions.
+        part = partitions[int(murmur2(key) & 0x7FFFFFFF) % len(partitions)]
+        if len(self._partition_cache) > 200_000:
+            self._partition_cache.clear()
+        self._partition_cache[cache_key] = (len(partitions), part)
+        return part
 
-        Raises :class:`PublishError` at once for a record Kafka would refuse
-        whatever happens (bad topic name, too large).
+    async def publish(
+        self, items: Sequence[Item], on_done: OnBatchDone, on_rejected: OnRejected
+    ) -> None:
+        """Queue ``items`` in order per partition; may wait while the producer is full.
+
+        ``on_done(runs, events, error)`` is called once per batch when Kafka
+        answers. A record Kafka would refuse whatever happens (illegal topic,
+        larger than ``max_request_size``) goes to ``on_rejected(event, ticket,
+        reason)`` instead, which may raise to stop.
         """
+        producer = self._producer
+        assert producer is not None, "start() first"
+        groups: dict[tuple[str, int], list[Item]] = {}
+        partitions: dict[str, list[int]] = {}
+        stop: BaseException | None = None
+        limit = self._max_request_size
+        for item in items:
+            record = item[1]
+            topic = record.topic
+            if topic not in self._topic_checked:
+                self._topic_checked[topic] = invalid_topic_reason(topic)
+            reason = self._topic_checked[topic]
+            if not reason and len(record.value) + len(record.key) + 1024 > limit:
+                size = DefaultRecordBatchBuilder.estimate_size_in_bytes(
+                    record.key, record.value, record.headers
+                )
+                if size > limit:
+                    reason = (
+                        f"MessageSizeTooLargeError: the record is {size} bytes, more than "
+                        f"max_request_size={limit}"
+                    )
+            if reason:
+                try:
+                    await on_rejected(item[0], item[2], reason)
+                except Exception as exc:
+                    # Stop here, but first send what comes before it, so the
+                    # checkpoint can reach the rejected event.
+                    stop = exc
+                    break
+                continue
+            parts = partitions.get(topic)
+            if parts is None:
+                parts = partitions[topic] = sorted(await producer.partitions_for(topic))
+            part = self._partition(topic, record.key, parts)
+            group = groups.get((topic, part))
+            if group is None:
+                groups[(topic, part)] = [item]
+            else:
+                group.append(item)
+        for (topic, part), group in groups.items():
+            await self._publish_partition(producer, topic, part, group, on_done, on_rejected)
+        if stop is not None:
+            raise stop
+
+    async def _publish_partition(
+        self,
+        producer: AIOKafkaProducer,
+        topic: str,
+        part: int,
+        group: list[Item],
+        on_done: OnBatchDone,
+        on_rejected: OnRejected,
+    ) -> None:
+        batch = producer.create_batch()
+        runs: Runs = []
+        events: list[OutboxEvent] = []
+        for event, record, ticket in group:
+            appended = batch.append(
+                timestamp=record.timestamp_ms,
+                key=record.key,
+                value=record.value,
+                headers=record.headers,
+            )
+            if appended is None and batch.record_count() > 0:
+                await self._submit(producer, batch, topic, part, runs, events, on_done)
+                batch, runs, events = producer.create_batch(), [], []
+                appended = batch.append(
+                    timestamp=record.timestamp_ms,
+                    key=record.key,
+                    value=record.value,
+                    headers=record.headers,
+                )
+            if appended is None:
+                # Larger than a batch: alone through send(), which enforces
+                # max_request_size. Earlier records of this partition are queued.
+                batch = producer.create_batch()
+                await self._send_one(
+                    producer, topic, part, event, record, ticket, on_done, on_rejected
+                )
+                continue
+            if runs and runs[-1][0] == ticket:
+                runs[-1][1] += 1
+            else:
+                runs.append([ticket, 1])
+            events.append(event)
+        if batch.record_count() > 0:
+            await self._submit(producer, batch, topic, part, runs, events, on_done)
+
+    @staticmethod
+    async def _submit(
+        producer: AIOKafkaProducer,
+        batch: Any,
+        topic: str,
+        part: int,
+        runs: Runs,
+        events: list[OutboxEvent],
+        on_done: OnBatchDone,
+    ) -> None:
+        fut = await producer.send_batch(batch, topic, partition=part)
+        fut.add_done_callback(lambda f: on_done(runs, events, _outcome(f)))
+
+    @staticmethod
+    async def _send_one(
+        producer: AIOKafkaProducer,
+        topic: str,
+        part: int,
+        event: OutboxEvent,
+        record: KafkaRecord,
+        ticket: int,
+        on_done: OnBatchDone,
+        on_rejected: OnRejected,
+    ) -> None:
+        try:
+            fut = await producer.send(
+                topic,
+                value=record.value,
+                key=record.key,
+                partition=part,
+                headers=record.headers,
+                timestamp_ms=record.timestamp_ms,
+            )
+        except _PERMANENT as exc:
+            await on_rejected(event, ticket, f"{type(exc).__name__}: {exc}")
+            return
+        done = partial(on_done, [[ticket, 1]], [event])
+        fut.add_done_callback(lambda f: done(_outcome(f)))
+
+    async def send_record(
+        self, record: KafkaRecord, on_done: Callable[[BaseException | None], None]
+    ) -> None:
+        """Send one record through ``send()`` (dead letters); raises PublishError if refused."""
         assert self._producer is not None, "start() first"
         reason = invalid_topic_reason(record.topic)
         if reason:
-            raise PublishError(event_id, reason)
+            raise PublishError("-", reason)
         try:
             fut = await self._producer.send(
                 record.topic,
@@ -80,15 +246,8 @@ class KafkaPublisher:
                 timestamp_ms=record.timestamp_ms,
             )
         except _PERMANENT as exc:
-            raise PublishError(event_id, f"{type(exc).__name__}: {exc}") from exc
-
-        def done(f: Any) -> None:
-            if f.cancelled():
-                on_done(KafkaError("send cancelled"))
-            else:
-                on_done(f.exception())
-
-        fut.add_done_callback(done)
+            raise PublishError("-", f"{type(exc).__name__}: {exc}") from exc
+        fut.add_done_callback(lambda f: on_done(_outcome(f)))
 
     async def flush(self) -> None:
         """Wait until every queued record is answered."""

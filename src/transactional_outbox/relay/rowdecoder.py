@@ -40,6 +40,7 @@ VAR_STRING = 253
 STRING = 254
 
 _STR, _BLOB, _DT = 0, 1, 2
+_headers_cache: dict[bytes, dict[str, str]] = {}
 _NEEDED = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
 
 
@@ -169,7 +170,10 @@ def _event(
         raise InvalidEventError("timestamp", ts[0], "is not a valid date") from None
     raw_headers = values[i_hd]
     headers: dict[str, str] = {}
-    if raw_headers:
+    cached = _headers_cache.get(raw_headers) if raw_headers else None
+    if cached is not None:
+        headers = cached
+    elif raw_headers:
         try:
             parsed = json.loads(raw_headers)
         except ValueError as exc:
@@ -181,6 +185,12 @@ def _event(
                 "headers", raw_headers, "must be a JSON object of strings to strings"
             )
         headers = parsed
+        # Most events carry one of a few header sets (content type, tenant...):
+        # parse each once. The dicts are shared, and never mutated by the relay.
+        if len(raw_headers) < 512:
+            if len(_headers_cache) >= 4096:
+                _headers_cache.clear()
+            _headers_cache[raw_headers] = parsed
     return OutboxEvent(
         id=uuid.UUID(bytes=raw_id.ljust(16, b"\x00")),
         aggregate_type=_text(values[i_at], "aggregatetype"),
