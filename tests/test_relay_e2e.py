@@ -7,6 +7,7 @@ import uuid
 
 import pymysql
 import pytest
+from aiokafka.partitioner import DefaultPartitioner
 from sqlalchemy.engine import URL
 
 from transactional_outbox.event import format_timestamp
@@ -143,6 +144,11 @@ async def test_order_per_aggregate_with_interleaved_transactions(
     for rec in col.records:
         got[rec.key.decode()].append(dict(rec.headers)["id"].decode())
     assert got == expected
+    # Keys land on the partition the Java client (and aiokafka's send()) would pick.
+    partitioner = DefaultPartitioner()
+    parts = sorted({rec.partition for rec in col.records})
+    assert len(parts) == 4
+    assert all(rec.partition == partitioner(rec.key, parts, parts) for rec in col.records)
 
 
 async def test_table_with_extra_columns_of_other_types_is_decoded_by_the_library(
