@@ -214,3 +214,24 @@ async def test_mysql_restart_reconnects_from_the_last_position(
                 await col.wait_for(10)
                 assert relay.stats.mysql == "ok"
     assert sorted(col.ids()) == sorted(str(e.id) for e in before + after)
+
+
+async def test_progress_lines_report_rate_lag_and_checkpoint(
+    conn, settings_kw, topic_prefix, stack: Stack, tmp_path: Path
+) -> None:
+    settings = relay_settings(**settings_kw, progress_interval_seconds=0.2)
+    proc = RelayProcess(settings, tmp_path / "relay.log")
+    proc.start()
+    try:
+        async with Collector(stack.kafka_bootstrap) as col:
+            await col.watch([topic_prefix + "order"])
+            write_events(conn, [make_event(aggregate_id=str(i)) for i in range(10)])
+            await col.wait_for(10)
+            await wait_until(
+                lambda: "10 published" in proc.log() and "checkpoint mysql-bin." in proc.log(),
+                what="a progress line after the events",
+            )
+    finally:
+        assert proc.kill(signal.SIGTERM) == 0
+    line = next(x for x in proc.log().splitlines() if "10 published" in x)
+    assert "events/s" in line and "lag " in line and "kafka ok" in line
