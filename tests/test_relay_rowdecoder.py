@@ -10,7 +10,7 @@ import pytest
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
 
-from transactional_outbox import InvalidEventError
+from transactional_outbox import InvalidEventError, OutboxEvent
 from transactional_outbox.relay.decode import row_to_event
 from transactional_outbox.relay.rowdecoder import (
     BLOB,
@@ -18,6 +18,7 @@ from transactional_outbox.relay.rowdecoder import (
     STRING,
     VARCHAR,
     ColumnSpec,
+    RejectedRow,
     decode_rows,
     plan_for,
 )
@@ -157,12 +158,18 @@ def test_no_plan_for_unknown_types_or_missing_columns() -> None:
         ({"payload": None}, "payload"),
     ],
 )
-def test_invalid_values_name_the_column(over: dict[str, object], field: str) -> None:
+def test_invalid_values_become_rejected_rows_naming_the_column(
+    over: dict[str, object], field: str
+) -> None:
     plan = plan_for(COLUMNS)
     assert plan is not None
-    with pytest.raises(InvalidEventError) as info:
-        decode_rows(encode_row(row(**over), COLUMNS), plan)
-    assert info.value.field == field
+    good = row()
+    bad = row(**over)
+    out = decode_rows(encode_row(good, COLUMNS) + encode_row(bad, COLUMNS), plan)
+    assert isinstance(out[0], OutboxEvent)
+    assert isinstance(out[1], RejectedRow)
+    assert out[1].event_id == str(uuid.UUID(bytes=bad["id"]))  # type: ignore[arg-type]
+    assert f"invalid {field}=" in out[1].reason
 
 
 def test_truncated_row_is_an_error() -> None:

@@ -33,6 +33,7 @@ from .leadership import Lease, LeaseKeys
 from .position import BinlogPosition
 from .publisher import KafkaPublisher, is_permanent
 from .routing import KafkaRecord, build_record
+from .rowdecoder import RejectedRow
 from .source import BinlogSource, Channel, ChannelClosed, SourceSettings
 from .watermark import Watermark
 
@@ -419,21 +420,30 @@ class Relay:
             items: list[tuple[OutboxEvent, KafkaRecord, int]] = []
             if wm.outstanding == 0:
                 stats.last_progress_at = time.monotonic()
-            for batch in batches:
-                events = batch.events
-                if events:
-                    observe(len(events))
-                    ticket = wm.add_events(len(events))
-                    items.extend((e, build_record(e, router), ticket) for e in events)
-                    stats.last_event_at = events[-1].timestamp
-                if batch.commit is not None:
-                    wm.commit(batch.commit)
-            if items:
-                try:
+            try:
+                for batch in batches:
+                    events = batch.events
+                    if events:
+                        observe(len(events))
+                        ticket = wm.add_events(len(events))
+                        for e in events:
+                            if isinstance(e, RejectedRow):
+                                # In stream order: what comes before it goes out first.
+                                await publisher.publish(
+                                    items, self._on_batch_done, self._on_rejected
+                                )
+                                items = []
+                                await self._on_rejected(e, ticket, e.reason)
+                            else:
+                                items.append((e, build_record(e, router), ticket))
+                                stats.last_event_at = e.timestamp
+                    if batch.commit is not None:
+                        wm.commit(batch.commit)
+                if items:
                     await publisher.publish(items, self._on_batch_done, self._on_rejected)
-                except Exception as exc:
-                    self._failure = exc
-                    return
+            except Exception as exc:
+                self._failure = exc
+                return
 
     def _on_batch_done(
         self, runs: list[list[int]], events: list[OutboxEvent], error: BaseException | None
@@ -473,37 +483,48 @@ class Relay:
             if self._channel is not None:
                 self._channel.fail(error)
 
-    async def _on_rejected(self, event: OutboxEvent, ticket: int, reason: str) -> None:
-        """An event Kafka refuses for good: stop (raise) or dead-letter it, by policy."""
-        if self.settings.on_rejected != "dead-letter":
-            raise PublishError(str(event.id), reason)
+    async def _on_rejected(
+        self, event: OutboxEvent | RejectedRow, ticket: int, reason: str
+    ) -> None:
+        """An event Kafka refuses for good, or a row that is no valid event: stop
+        (raise) or dead-letter it, by policy."""
         s = self.settings
+        if isinstance(event, RejectedRow):
+            event_id = event.event_id or "(no valid id)"
+            reason = f"invalid outbox row {event.where}: {reason}"
+        else:
+            event_id = str(event.id)
+        if s.on_rejected != "dead-letter":
+            raise PublishError(event_id, reason)
         publisher = self._publisher
         assert publisher is not None
         log.warning(
-            "event %s (%s %s/%s) rejected by Kafka for good: %s; sent to %s",
-            event.id,
-            event.event_type,
-            event.aggregate_type,
-            event.aggregate_id,
-            reason,
-            s.dead_letter_topic,
+            "event %s rejected for good: %s; sent to %s", event_id, reason, s.dead_letter_topic
         )
-        body = {
-            "id": str(event.id),
-            "aggregatetype": event.aggregate_type,
-            "aggregateid": event.aggregate_id,
-            "type": event.event_type,
-            "timestamp": event.timestamp.isoformat(),
-            "payload_bytes": len(event.payload),
-            "reason": reason,
-            "topic": self._router.topic(event.aggregate_type),
+        body: dict[str, Any] = {
+            "id": event.event_id if isinstance(event, RejectedRow) else event_id
         }
+        if isinstance(event, RejectedRow):
+            key = (event.aggregate_id or event.event_id or "").encode()
+            headers = [("dlq.reason", reason.encode())]
+            body.update(aggregateid=event.aggregate_id)
+        else:
+            key = event.aggregate_id.encode()
+            headers = [*kafka_headers(event), ("dlq.reason", reason.encode())]
+            body.update(
+                aggregatetype=event.aggregate_type,
+                aggregateid=event.aggregate_id,
+                type=event.event_type,
+                timestamp=event.timestamp.isoformat(),
+                payload_bytes=len(event.payload),
+                topic=self._router.topic(event.aggregate_type),
+            )
+        body["reason"] = reason
         record = KafkaRecord(
             topic=s.dead_letter_topic,
-            key=event.aggregate_id.encode(),
+            key=key,
             value=json.dumps(body).encode(),
-            headers=[*kafka_headers(event), ("dlq.reason", reason.encode())],
+            headers=headers,
             timestamp_ms=int(time.time() * 1000),
         )
 
@@ -511,10 +532,10 @@ class Relay:
             if error is None:
                 self.stats.dead_lettered += 1
                 self.metrics.dead_lettered.inc()
-                self._on_batch_done([[ticket, 1]], [event], None)
+                self._on_batch_done([[ticket, 1]], [], None)
                 return
             # The dead-letter topic itself refused: stop rather than skip.
-            failure = PublishError(str(event.id), f"{reason}; dead letter failed: {error}")
+            failure = PublishError(event_id, f"{reason}; dead letter failed: {error}")
             if self._failure is None:
                 self._failure = failure
                 if self._channel is not None:

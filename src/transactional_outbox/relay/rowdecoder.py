@@ -30,7 +30,7 @@ from typing import Any
 from ..event import OutboxEvent
 from ..exceptions import InvalidEventError
 
-__all__ = ["ColumnSpec", "RowPlan", "decode_rows", "plan_for"]
+__all__ = ["ColumnSpec", "RejectedRow", "RowPlan", "decode_rows", "plan_for", "rejected"]
 
 # MySQL field type codes as they appear in the table map.
 VARCHAR = 15
@@ -42,6 +42,35 @@ STRING = 254
 _STR, _BLOB, _DT = 0, 1, 2
 _headers_cache: dict[bytes, dict[str, str]] = {}
 _NEEDED = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
+
+
+@dataclass(frozen=True, slots=True)
+class RejectedRow:
+    """An outbox row that is not a valid event (written by a foreign writer, say).
+
+    It takes its place in the stream, so the relay's policy decides: stop, or
+    dead-letter it and go on. Never skipped silently.
+    """
+
+    reason: str
+    event_id: str | None = None
+    aggregate_id: str | None = None
+    where: str = ""
+
+
+def rejected(exc: InvalidEventError, raw_id: Any = None, aggregate_id: Any = None) -> RejectedRow:
+    """A :class:`RejectedRow` for a row that failed with ``exc``, keeping what is known."""
+    event_id = None
+    if isinstance(raw_id, str):
+        raw_id = raw_id.encode()
+    if isinstance(raw_id, bytes) and len(raw_id) <= 16:
+        event_id = str(uuid.UUID(bytes=raw_id.ljust(16, b"\x00")))
+    agg = None
+    if isinstance(aggregate_id, bytes):
+        agg = aggregate_id.decode(errors="replace")
+    elif isinstance(aggregate_id, str):
+        agg = aggregate_id
+    return RejectedRow(reason=str(exc), event_id=event_id, aggregate_id=agg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +131,12 @@ def _datetime(packed: int, fraction: int, fsp: int) -> datetime:
     )
 
 
-def decode_rows(data: bytes, plan: RowPlan) -> list[OutboxEvent]:
+def decode_rows(data: bytes, plan: RowPlan) -> list[OutboxEvent | RejectedRow]:
     """Decode every row of a WRITE_ROWS body (after the columns-present bitmap).
 
-    Raises :class:`InvalidEventError` naming the column for values that are
-    not a valid event (NULL where a value is needed, bad UTF-8, bad headers).
+    A row that is not a valid event (NULL where a value is needed, bad UTF-8,
+    bad headers) becomes a :class:`RejectedRow` naming the column. A body that
+    cannot be cut into rows raises :class:`InvalidEventError`.
     """
     readers = plan.readers
     ncols = len(readers)
@@ -115,7 +145,7 @@ def decode_rows(data: bytes, plan: RowPlan) -> list[OutboxEvent]:
     i_id, i_at, i_ai, i_ty = ix["id"], ix["aggregatetype"], ix["aggregateid"], ix["type"]
     i_pl, i_hd, i_ts = ix["payload"], ix["headers"], ix["timestamp"]
     from_bytes = int.from_bytes
-    out: list[OutboxEvent] = []
+    out: list[OutboxEvent | RejectedRow] = []
     pos, end = 0, len(data)
     while pos < end:
         nulls = from_bytes(data[pos : pos + nb], "little")
@@ -139,7 +169,10 @@ def decode_rows(data: bytes, plan: RowPlan) -> list[OutboxEvent]:
                 pos += length
         if pos > end:
             raise InvalidEventError("row", len(data), "row image is truncated")
-        out.append(_event(values, i_id, i_at, i_ai, i_ty, i_pl, i_hd, i_ts))
+        try:
+            out.append(_event(values, i_id, i_at, i_ai, i_ty, i_pl, i_hd, i_ts))
+        except InvalidEventError as exc:
+            out.append(rejected(exc, values[i_id], values[i_ai]))
     return out
 
 

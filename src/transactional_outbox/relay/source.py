@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import socket
 import threading
@@ -31,7 +32,7 @@ from ..event import OutboxEvent
 from ..exceptions import BinlogPurgedError, InvalidEventError, OutboxError
 from .decode import row_to_event
 from .position import BinlogPosition, MariaDBGtidState, MySQLGtidSet
-from .rowdecoder import ColumnSpec, RowPlan, decode_rows, plan_for
+from .rowdecoder import ColumnSpec, RejectedRow, RowPlan, decode_rows, plan_for, rejected
 
 __all__ = ["BinlogSource", "Channel", "ChannelClosed", "SourceBatch", "SourceSettings"]
 
@@ -87,7 +88,7 @@ class SourceBatch:
     batches, all but the last with ``commit=None``.
     """
 
-    events: list[OutboxEvent]
+    events: list[OutboxEvent | RejectedRow]
     commit: BinlogPosition | None
 
 
@@ -331,14 +332,21 @@ class BinlogSource:
                     with contextlib.suppress(Exception):  # already broken; nothing to release
                         reader.close()
 
-    def _decode(self, ev: WriteRowsEvent) -> list[OutboxEvent]:
+    def _decode(self, ev: WriteRowsEvent) -> list[OutboxEvent | RejectedRow]:
         """The events of one WRITE_ROWS event: the fast decoder when the table allows."""
         plan = self._plan(ev)
         if plan is not None:
             data = _remaining_body(ev)
             if data is not None:
                 return decode_rows(data, plan)
-        return [row_to_event(row["values"]) for row in ev.rows]
+        out: list[OutboxEvent | RejectedRow] = []
+        for row in ev.rows:
+            values = row["values"]
+            try:
+                out.append(row_to_event(values))
+            except InvalidEventError as exc:
+                out.append(rejected(exc, values.get("id"), values.get("aggregateid")))
+        return out
 
     def _plan(self, ev: WriteRowsEvent) -> RowPlan | None:
         columns = ev.columns
@@ -367,7 +375,7 @@ class BinlogSource:
 
     def _stream(self, reader: BinLogStreamReader) -> None:
         s = self._s
-        pending: list[OutboxEvent] = []
+        pending: list[OutboxEvent | RejectedRow] = []
         # After a reconnect the open transaction is read again from its start;
         # its rows already handed over are skipped, not sent twice.
         skip = self._pushed_in_txn
@@ -386,18 +394,15 @@ class BinlogSource:
             if isinstance(ev, WriteRowsEvent):
                 if ev.schema != s.schema or ev.table != s.table:
                     continue
-                try:
-                    rows = self._decode(ev)
-                except InvalidEventError as exc:
-                    raise InvalidEventError(
-                        exc.field,
-                        exc.value,
-                        f"{exc.reason} (outbox row in the transaction after {self._position})",
-                    ) from None
-                for event in rows:
+                for event in self._decode(ev):
                     seen += 1
-                    if seen > skip:
-                        pending.append(event)
+                    if seen <= skip:
+                        continue
+                    if isinstance(event, RejectedRow):
+                        event = dataclasses.replace(
+                            event, where=f"in the transaction after {self._position}"
+                        )
+                    pending.append(event)
                 if len(pending) >= s.chunk_events:
                     if not self._channel.put(SourceBatch(pending, None)):
                         return
