@@ -14,6 +14,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pymysql
 import pytest
@@ -24,6 +25,19 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 ROOT = Path(__file__).resolve().parent.parent
+
+# The outbox table as the SDK creates it on MySQL/MariaDB (DESIGN §1).
+OUTBOX_DDL = """
+CREATE TABLE IF NOT EXISTS `{table}` (
+  id BINARY(16) NOT NULL PRIMARY KEY,
+  aggregatetype VARCHAR(255) NOT NULL,
+  aggregateid VARCHAR(255) NOT NULL,
+  type VARCHAR(255) NOT NULL,
+  payload LONGBLOB NOT NULL,
+  headers TEXT NULL,
+  `timestamp` DATETIME(6) NOT NULL
+) ENGINE=InnoDB
+"""
 
 
 @dataclass(frozen=True)
@@ -154,3 +168,32 @@ def kafka_bootstrap(stack: Stack) -> str:
 def topic_prefix() -> str:
     """A topic-name prefix unique to this test."""
     return unique("t") + "."
+
+
+@pytest.fixture
+def conn(stack: Stack, database: str) -> Iterator[pymysql.Connection]:
+    """A connection to this test's database, with an outbox table in it."""
+    c = stack.mysql_connect(database)
+    with c.cursor() as cur:
+        cur.execute(OUTBOX_DDL.format(table="outbox"))
+    yield c
+    c.close()
+
+
+@pytest.fixture
+def settings_kw(
+    stack: Stack, conn: pymysql.Connection, mysql_url: URL, topic_prefix: str, redis_prefix: str
+) -> dict[str, Any]:
+    """Keywords for ``relay_harness.relay_settings``: this test's database, topics and keys,
+    starting where the test begins rather than at the shared server's first binlog."""
+    with conn.cursor() as cur:
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+    return {
+        "mysql_url": mysql_url,
+        "redis_url": stack.redis_url,
+        "kafka_bootstrap": stack.kafka_bootstrap,
+        "topic_prefix": topic_prefix,
+        "redis_prefix": redis_prefix,
+        "start_position": f"{file}:{pos}",
+    }

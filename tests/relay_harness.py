@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,24 +23,22 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from transactional_outbox.event import OutboxEvent, encode_headers
 from transactional_outbox.relay import Relay, RelaySettings
 
+from .conftest import OUTBOX_DDL as OUTBOX_DDL  # re-exported for test modules
+
 ROOT = Path(__file__).resolve().parent.parent
 
-OUTBOX_DDL = """
-CREATE TABLE IF NOT EXISTS `{table}` (
-  id BINARY(16) NOT NULL PRIMARY KEY,
-  aggregatetype VARCHAR(255) NOT NULL,
-  aggregateid VARCHAR(255) NOT NULL,
-  type VARCHAR(255) NOT NULL,
-  payload LONGBLOB NOT NULL,
-  headers TEXT NULL,
-  `timestamp` DATETIME(6) NOT NULL
-) ENGINE=InnoDB
-"""
 
 INSERT = (
     "INSERT INTO `{table}` (id, aggregatetype, aggregateid, type, payload, headers, `timestamp`)"
     " VALUES (%s, %s, %s, %s, %s, %s, %s)"
 )
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def make_event(

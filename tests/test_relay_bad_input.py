@@ -9,7 +9,6 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 import redis
-from sqlalchemy.engine import URL
 
 from transactional_outbox import CheckpointError, PublishError
 from transactional_outbox.relay import Relay
@@ -42,17 +41,8 @@ def conn(stack: Stack, database: str) -> Iterator[pymysql.Connection]:
 
 
 @pytest.fixture
-def settings_kw(stack: Stack, conn, mysql_url: URL, topic_prefix: str, redis_prefix: str) -> dict:
-    file, pos = _binlog.position(stack)
-    return dict(
-        mysql_url=mysql_url,
-        redis_url=stack.redis_url,
-        kafka_bootstrap=stack.kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        redis_prefix=redis_prefix,
-        start_position=f"{file}:{pos}",
-        dead_letter_topic=topic_prefix + "dlq",
-    )
+def settings_kw(settings_kw: dict, topic_prefix: str) -> dict:
+    return {**settings_kw, "dead_letter_topic": topic_prefix + "dlq"}
 
 
 def foreign_insert(conn: pymysql.Connection, **values: object) -> uuid.UUID:

@@ -5,14 +5,10 @@ from __future__ import annotations
 import json
 import uuid
 
-import pymysql
-import pytest
 from aiokafka.partitioner import DefaultPartitioner
-from sqlalchemy.engine import URL
 
 from transactional_outbox.event import format_timestamp
 
-from .conftest import Stack
 from .relay_harness import (
     OUTBOX_DDL,
     Collector,
@@ -22,33 +18,6 @@ from .relay_harness import (
     wait_until,
     write_events,
 )
-
-
-@pytest.fixture
-def conn(stack: Stack, database: str) -> pymysql.Connection:
-    c = stack.mysql_connect(database)
-    with c.cursor() as cur:
-        cur.execute(OUTBOX_DDL.format(table="outbox"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def settings_kw(
-    stack: Stack, conn: pymysql.Connection, mysql_url: URL, topic_prefix: str, redis_prefix: str
-) -> dict:
-    # Start where this test begins, not at the shared server's first binlog.
-    with conn.cursor() as cur:
-        cur.execute("SHOW MASTER STATUS")
-        file, pos = cur.fetchone()[:2]
-    return dict(
-        mysql_url=mysql_url,
-        redis_url=stack.redis_url,
-        kafka_bootstrap=stack.kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        redis_prefix=redis_prefix,
-        start_position=f"{file}:{pos}",
-    )
 
 
 async def test_record_shape_matches_the_contract(conn, settings_kw, topic_prefix) -> None:

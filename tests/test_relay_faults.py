@@ -7,18 +7,16 @@ import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
-import pymysql
 import pytest
 import redis
-from sqlalchemy.engine import URL
 
 from transactional_outbox.relay.position import decode_checkpoint
 
 from . import _binlog
 from .conftest import Stack
 from .relay_harness import (
-    OUTBOX_DDL,
     Collector,
+    free_port,
     make_event,
     relay_settings,
     running_relay,
@@ -26,12 +24,6 @@ from .relay_harness import (
     write_events,
 )
 from .tcp_proxy import TcpProxy
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
@@ -73,26 +65,8 @@ def kafka_proxy(tmp_path: Path) -> Iterator[TcpProxy]:
 
 
 @pytest.fixture
-def conn(stack: Stack, database: str) -> Iterator[pymysql.Connection]:
-    c = stack.mysql_connect(database)
-    with c.cursor() as cur:
-        cur.execute(OUTBOX_DDL.format(table="outbox"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def settings_kw(stack: Stack, conn, mysql_url: URL, topic_prefix: str, redis_prefix: str) -> dict:
-    file, pos = _binlog.position(stack)
-    return dict(
-        mysql_url=mysql_url,
-        redis_url=stack.redis_url,
-        kafka_bootstrap=stack.kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        redis_prefix=redis_prefix,
-        start_position=f"{file}:{pos}",
-        reconnect_max_seconds=0.5,
-    )
+def settings_kw(settings_kw: dict) -> dict:
+    return {**settings_kw, "reconnect_max_seconds": 0.5}
 
 
 def saved_checkpoint(stack: Stack, key: str) -> tuple[str, int] | None:

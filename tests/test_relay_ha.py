@@ -4,36 +4,27 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import urllib.request
 from collections import Counter
 from pathlib import Path
 
-import pymysql
 import pytest
 import redis.asyncio as aioredis
-from sqlalchemy.engine import URL
 
 from transactional_outbox.relay.leadership import Lease, LeaseKeys
 
 from . import _binlog
 from .conftest import Stack
 from .relay_harness import (
-    OUTBOX_DDL,
     Collector,
     RelayProcess,
+    free_port,
     make_event,
     relay_settings,
     running_relay,
     wait_until,
     write_events,
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def get(port: int, path: str) -> tuple[int, bytes]:
@@ -52,28 +43,13 @@ def role(port: int) -> str | None:
 
 
 @pytest.fixture
-def conn(stack: Stack, database: str) -> pymysql.Connection:
-    c = stack.mysql_connect(database)
-    with c.cursor() as cur:
-        cur.execute(OUTBOX_DDL.format(table="outbox"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def settings_kw(stack: Stack, conn, mysql_url: URL, topic_prefix: str, redis_prefix: str) -> dict:
-    file, pos = _binlog.position(stack)
-    return dict(
-        mysql_url=mysql_url,
-        redis_url=stack.redis_url,
-        kafka_bootstrap=stack.kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        redis_prefix=redis_prefix,
-        start_position=f"{file}:{pos}",
-        lease_ttl_ms=1500,
-        lease_renew_ms=300,
-        reconnect_max_seconds=0.5,
-    )
+def settings_kw(settings_kw: dict) -> dict:
+    return {
+        **settings_kw,
+        "lease_ttl_ms": 1500,
+        "lease_renew_ms": 300,
+        "reconnect_max_seconds": 0.5,
+    }
 
 
 def two_relays(settings_kw: dict, tmp_path: Path) -> list[tuple[RelayProcess, int]]:

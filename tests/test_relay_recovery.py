@@ -11,10 +11,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-import pymysql
-import pytest
 import redis
-from sqlalchemy.engine import URL
 
 from transactional_outbox.relay.position import decode_checkpoint
 
@@ -30,28 +27,6 @@ from .relay_harness import (
     wait_until,
     write_events,
 )
-
-
-@pytest.fixture
-def conn(stack: Stack, database: str) -> pymysql.Connection:
-    c = stack.mysql_connect(database)
-    with c.cursor() as cur:
-        cur.execute(OUTBOX_DDL.format(table="outbox"))
-    yield c
-    c.close()
-
-
-@pytest.fixture
-def settings_kw(stack: Stack, mysql_url: URL, topic_prefix: str, redis_prefix: str) -> dict:
-    file, pos = _binlog.position(stack)
-    return dict(
-        mysql_url=mysql_url,
-        redis_url=stack.redis_url,
-        kafka_bootstrap=stack.kafka_bootstrap,
-        topic_prefix=topic_prefix,
-        redis_prefix=redis_prefix,
-        start_position=f"{file}:{pos}",
-    )
 
 
 async def test_graceful_restart_resumes_without_loss_or_duplicates(

@@ -1,0 +1,347 @@
+"""Least privilege and secrets.
+
+The relay runs end to end with a MySQL user holding only the replication grants and
+SELECT on the outbox table, with a password-protected Redis, and no password (MySQL,
+Redis, Kafka SASL) ever reaches its output, its reprs or its error messages.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pymysql
+import pytest
+import redis
+from sqlalchemy.engine import make_url
+
+from transactional_outbox.relay import RelaySettings
+from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint
+
+from . import _binlog
+from .chaos_helpers import RelayChild, ScratchRedis, free_port
+from .conftest import Stack, unique
+from .relay_harness import (
+    OUTBOX_DDL,
+    Collector,
+    make_event,
+    relay_settings,
+    running_relay,
+    wait_until,
+    write_events,
+)
+
+# What the README's "Relay: least-privilege user" section tells users to grant.
+GRANTS = {
+    # MariaDB 10.5+: REPLICATION CLIENT is an alias of BINLOG MONITOR
+    "MariaDB": "REPLICATION SLAVE, BINLOG MONITOR",
+    "MySQL": "REPLICATION SLAVE, REPLICATION CLIENT",
+}
+
+
+@pytest.fixture
+def outbox_db(stack: Stack, database: str) -> str:
+    """This test's database with an outbox table and one other table."""
+    with stack.mysql_connect(database) as conn, conn.cursor() as cur:
+        cur.execute(OUTBOX_DDL.format(table="outbox"))
+        cur.execute("CREATE TABLE orders (id INT PRIMARY KEY)")
+    return database
+
+
+@contextmanager
+def relay_user(stack: Stack, database: str, password: str, grants: str) -> Iterator[str]:
+    """A MySQL user with ``grants`` on ``*.*`` and SELECT on the outbox only; dropped after."""
+    user = unique("relay_")
+    with stack.mysql_connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
+        cur.execute(f"GRANT {grants} ON *.* TO '{user}'@'%'")
+        cur.execute(f"GRANT SELECT ON `{database}`.`outbox` TO '{user}'@'%'")
+    try:
+        yield user
+    finally:
+        with stack.mysql_connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
+
+
+def checkpoint(client: redis.Redis, key: str) -> BinlogPosition | None:
+    raw = client.get(key)
+    return None if raw is None else decode_checkpoint(raw)
+
+
+@pytest.mark.parametrize("server_flavour", list(GRANTS))
+async def test_relay_runs_with_replication_grants_and_select_on_the_outbox_only(
+    stack: Stack,
+    outbox_db: str,
+    topic_prefix: str,
+    redis_prefix: str,
+    server_flavour: str,
+) -> None:
+    password = "pw-" + uuid.uuid4().hex
+    with relay_user(stack, outbox_db, password, GRANTS[server_flavour]) as user:
+        with stack.mysql_connect() as conn, conn.cursor() as cur:
+            cur.execute(f"SHOW GRANTS FOR '{user}'@'%'")
+            grants = sorted(str(r[0]).split(" TO ")[0] for r in cur.fetchall())
+        # Both statements give the same two grants on MariaDB: nothing more.
+        assert grants == [
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.*",
+            f"GRANT SELECT ON `{outbox_db}`.`outbox`",
+        ]
+        url = stack.mysql_url.set(database=outbox_db, username=user, password=password)
+        with (
+            pymysql.connect(
+                host=url.host, port=url.port, user=user, password=password, database=outbox_db
+            ) as conn,
+            conn.cursor() as cur,
+        ):
+            with pytest.raises(pymysql.err.OperationalError) as denied:
+                cur.execute("SELECT * FROM orders")  # the business tables stay out of reach
+            assert denied.value.args[0] == 1142
+
+        file, pos = _binlog.position(stack)
+        settings = relay_settings(
+            mysql_url=url,
+            redis_url=stack.redis_url,
+            kafka_bootstrap=stack.kafka_bootstrap,
+            topic_prefix=topic_prefix,
+            redis_prefix=redis_prefix,
+            start_position=f"{file}:{pos}",
+        )
+        events = [make_event(aggregate_id=str(i % 3)) for i in range(6)]
+        client = redis.Redis.from_url(stack.redis_url)
+        async with Collector(stack.kafka_bootstrap) as col:
+            await col.watch([topic_prefix + "order"])
+            async with running_relay(settings) as relay:
+                with stack.mysql_connect(outbox_db) as conn:
+                    write_events(conn, events[:3])
+                    with conn.cursor() as cur:
+                        cur.execute("INSERT INTO orders VALUES (1)")  # not an outbox row
+                    write_events(conn, events[3:])
+                end = _binlog.position(stack)
+                await col.wait_for(6)
+                await wait_until(
+                    lambda: (
+                        (cp := checkpoint(client, settings.checkpoint_key)) is not None
+                        and (cp.file, cp.pos) >= end
+                    ),
+                    what="checkpoint past the events",
+                )
+                assert relay.stats.mysql == "ok"
+        client.close()
+    assert sorted(col.ids()) == sorted(str(e.id) for e in events)
+
+
+@pytest.fixture
+def redis_with_password(tmp_path: Path) -> Iterator[ScratchRedis]:
+    server = ScratchRedis(tmp_path / "redis", password="redis-pw-" + uuid.uuid4().hex)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+async def test_relay_with_redis_auth_publishes_and_checkpoints(
+    stack: Stack,
+    outbox_db: str,
+    topic_prefix: str,
+    redis_with_password: ScratchRedis,
+    tmp_path: Path,
+) -> None:
+    with pytest.raises(redis.exceptions.AuthenticationError):  # AUTH really is required
+        redis.Redis(port=redis_with_password.port).ping()
+    assert redis_with_password.url.startswith(f"redis://:{redis_with_password.password}@")
+    file, pos = _binlog.position(stack)
+    settings = relay_settings(
+        mysql_url=stack.mysql_url.set(database=outbox_db),
+        redis_url=redis_with_password.url,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        redis_prefix="auth:",
+        start_position=f"{file}:{pos}",
+        relay_name="auth",
+    )
+    relay = RelayChild(
+        {
+            "mysql_url": settings.mysql_url,
+            "redis_url": settings.redis_url,
+            "kafka_bootstrap_servers": settings.kafka_bootstrap_servers,
+            "topic_template": settings.topic_template,
+            "key_prefix": settings.key_prefix,
+            "server_id": settings.server_id,
+            "start_position": settings.start_position,
+            "enable_idempotence": False,
+            "checkpoint_interval_ms": 100,
+            "linger_ms": 1,
+        },
+        tmp_path / "relay.log",
+        ["--relay-name", settings.relay_name],
+    )
+    events = [make_event(aggregate_id=str(i)) for i in range(5)]
+    client = redis.Redis.from_url(redis_with_password.url)
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        relay.start()
+        try:
+            with stack.mysql_connect(outbox_db) as conn:
+                write_events(conn, events)
+            end = _binlog.position(stack)
+            await col.wait_for(5)
+            await wait_until(
+                lambda: (
+                    (cp := checkpoint(client, settings.checkpoint_key)) is not None
+                    and (cp.file, cp.pos) >= end
+                ),
+                what="checkpoint saved in the password-protected Redis",
+            )
+        finally:
+            rc = relay.signal(signal.SIGTERM)
+    client.close()
+    assert rc == 0, relay.log()[-3000:]
+    assert sorted(col.ids()) == sorted(str(e.id) for e in events)
+    assert redis_with_password.password not in relay.log()
+
+
+# -- secrets ---------------------------------------------------------------------------
+
+
+def poll_until(condition: Callable[[], bool], *, within: float = 30.0, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        time.sleep(0.05)
+
+
+MODES = [
+    "wrong MySQL password",
+    "Redis unreachable",
+    "Kafka SASL, broker unreachable",
+    "normal run at DEBUG with progress lines",
+    "invalid MySQL URL",
+    "--help",
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_no_password_reaches_the_relays_output(
+    stack: Stack,
+    outbox_db: str,
+    redis_with_password: ScratchRedis,
+    topic_prefix: str,
+    tmp_path: Path,
+    mode: str,
+) -> None:
+    mysql_secret = "mysql-pw-" + uuid.uuid4().hex
+    sasl_secret = "sasl-pw-" + uuid.uuid4().hex
+    redis_secret = redis_with_password.password
+    secrets = {"MySQL": mysql_secret, "Redis": redis_secret, "SASL": sasl_secret}
+    with relay_user(stack, outbox_db, mysql_secret, GRANTS["MariaDB"]) as user:
+        url = stack.mysql_url.set(database=outbox_db, username=user, password=mysql_secret)
+        file, pos = _binlog.position(stack)
+        env: dict[str, object] = {
+            "mysql_url": url.render_as_string(hide_password=False),
+            "redis_url": redis_with_password.url,
+            "kafka_bootstrap_servers": stack.kafka_bootstrap,
+            "kafka_sasl_password": sasl_secret,  # set in every mode; used with SASL only
+            "topic_template": topic_prefix + "{aggregatetype}",
+            "key_prefix": "secrets:",
+            "start_position": f"{file}:{pos}",
+            "enable_idempotence": False,
+            "log_level": "DEBUG",
+            "progress_interval_seconds": 0.2,
+            "reconnect_max_seconds": 0.5,
+            "request_timeout_ms": 2000,
+            "lease_ttl_ms": 2000,
+            "lease_renew_ms": 300,
+        }
+        args = ["--relay-name", "secrets"]
+        client = redis.Redis.from_url(redis_with_password.url)
+        cp_key = "secrets:secrets:checkpoint"
+        if mode == "wrong MySQL password":
+            env["mysql_url"] = url.set(password="wrong-" + mysql_secret).render_as_string(
+                hide_password=False
+            )
+            secrets["MySQL (wrong)"] = "wrong-" + mysql_secret
+        elif mode == "Redis unreachable":
+            env["redis_url"] = f"redis://:{redis_secret}@127.0.0.1:{free_port()}/0"
+        elif mode == "Kafka SASL, broker unreachable":
+            env.update(
+                kafka_security_protocol="SASL_PLAINTEXT",
+                kafka_sasl_mechanism="PLAIN",
+                kafka_sasl_username="relay",
+                kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+            )
+        elif mode == "invalid MySQL URL":
+            env["mysql_url"] = f"mysql+pymysql://{user}:{mysql_secret}@/{outbox_db}"  # no host
+        elif mode == "--help":
+            args.append("--help")
+        relay = RelayChild(env, tmp_path / "relay.log", args)
+        relay.start()
+        assert relay.proc is not None
+        try:
+            if mode == "wrong MySQL password":
+                assert relay.proc.wait(60) == 1
+                assert "Access denied" in relay.log()
+            elif mode == "Redis unreachable":
+                poll_until(
+                    lambda: relay.log().count("cannot reach Redis") >= 3, what="Redis retries"
+                )
+            elif mode == "Kafka SASL, broker unreachable":
+                poll_until(lambda: relay.log().count("Kafka error") >= 2, what="Kafka retries")
+            elif mode == "normal run at DEBUG with progress lines":
+                events = [make_event(aggregate_id=str(i)) for i in range(5)]
+                poll_until(lambda: "progress:" in relay.log(), what="a first progress line")
+                with stack.mysql_connect(outbox_db) as conn:
+                    write_events(conn, events)
+                end = _binlog.position(stack)
+                poll_until(
+                    lambda: (
+                        (cp := checkpoint(client, cp_key)) is not None and (cp.file, cp.pos) >= end
+                    ),
+                    what="the events published and checkpointed",
+                )
+                poll_until(lambda: relay.log().count("progress:") >= 5, what="progress lines")
+                assert " DEBUG " in relay.log()
+            elif mode == "invalid MySQL URL":
+                assert relay.proc.wait(60) == 2
+                assert "mysql_url" in relay.log()
+            else:
+                assert relay.proc.wait(60) == 0
+                assert "OUTBOX_KAFKA_SASL_PASSWORD" in relay.log()
+        finally:
+            rc = relay.signal(signal.SIGTERM)
+            client.close()
+        if rc is not None:
+            assert rc == 0, relay.log()[-3000:]
+    output = relay.log()
+    assert output
+    leaked = [name for name, secret in secrets.items() if secret in output]
+    assert not leaked, f"{leaked} password(s) in the relay's output ({mode}):\n{output[-3000:]}"
+
+
+def test_settings_repr_hides_every_password() -> None:
+    mysql_secret, redis_secret, sasl_secret = (uuid.uuid4().hex for _ in range(3))
+    settings = RelaySettings(
+        mysql_url=f"mysql+pymysql://relay:{mysql_secret}@db.example:3306/app",
+        redis_url=f"redis://:{redis_secret}@cache.example:6379/0",
+        kafka_security_protocol="SASL_SSL",
+        kafka_sasl_mechanism="SCRAM-SHA-512",
+        kafka_sasl_username="relay",
+        kafka_sasl_password=sasl_secret,
+    )
+    for text in (repr(settings), str(settings), f"{settings!r}"):
+        for secret in (mysql_secret, redis_secret, sasl_secret):
+            assert secret not in text
+    assert "relay:***@db.example:3306/app" in repr(settings)
+    assert "redis://:***@cache.example:6379/0" in repr(settings)
+    assert "kafka_sasl_password='***'" in repr(settings)
+    # A setting that fails validation does not quote the URL's password either.
+    with pytest.raises(Exception) as info:
+        RelaySettings(mysql_url=f"mysql+pymysql://relay:{mysql_secret}@/app")
+    assert mysql_secret not in str(info.value)
+    assert "mysql_url" in str(info.value)
+    assert make_url(settings.mysql_url).password == mysql_secret  # still usable
