@@ -11,6 +11,7 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
+import pytest
 import redis
 
 from transactional_outbox.relay.position import decode_checkpoint
@@ -29,10 +30,11 @@ from .relay_harness import (
 )
 
 
+@pytest.mark.parametrize("by_gtid", [False, True], ids=["file-pos", "gtid"])
 async def test_graceful_restart_resumes_without_loss_or_duplicates(
-    conn, settings_kw, topic_prefix, stack: Stack
+    conn, settings_kw, topic_prefix, stack: Stack, by_gtid: bool
 ) -> None:
-    settings = relay_settings(**settings_kw)
+    settings = relay_settings(**settings_kw, resume_by_gtid=by_gtid)
     first = [make_event(aggregate_id=str(i % 7)) for i in range(40)]
     second = [make_event(aggregate_id=str(i % 7)) for i in range(40)]
     async with Collector(stack.kafka_bootstrap) as col:
@@ -43,6 +45,7 @@ async def test_graceful_restart_resumes_without_loss_or_duplicates(
             await col.wait_for(40)
         saved = redis.Redis.from_url(stack.redis_url).get(settings.checkpoint_key)
         assert saved is not None
+        assert decode_checkpoint(saved).gtid  # MariaDB always records the GTID state
         for k in range(0, 40, 8):
             write_events(conn, second[k : k + 8])
         async with running_relay(settings) as relay:
