@@ -123,6 +123,9 @@ def relay_settings(
         "progress_interval_seconds": 0,
         "start_position": start_position,
         "linger_ms": 1,
+        # A killed relay holds its lease until the TTL: keep restarts in tests quick.
+        "lease_ttl_ms": 2000,
+        "lease_renew_ms": 500,
     }
     values.update(overrides)
     return RelaySettings(**values)
