@@ -241,6 +241,7 @@ def plot(path: Path, phases: list[dict[str, Any]], settings: RelaySettings) -> N
             ax.plot(wx, [percentile(w, 50) for w in w_sorted], color="C1", label="p50 (0.5 s)")
             ax.plot(wx, [percentile(w, 99) for w in w_sorted], color="C3", label="p99 (0.5 s)")
             ax.set_yscale("log")
+            ax.yaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
             ax.yaxis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
             ax.yaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(

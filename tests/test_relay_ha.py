@@ -109,7 +109,8 @@ async def test_one_publishes_and_a_standby_takes_over_after_kill_9(
             second = [make_event(aggregate_id=str(i % 3)) for i in range(30)]
             for k in range(0, 30, 3):
                 write_events(conn, second[k : k + 3])
-            await wait_until(lambda: role(sport) == "leader", within=10, what="takeover")
+            # Within the lease TTL (1.5 s) plus one retry and the probe's own latency.
+            await wait_until(lambda: role(sport) == "leader", within=3, what="takeover")
             await wait_until(
                 lambda: {str(e.id) for e in first + second} <= set(col.ids()),
                 within=30,

@@ -113,6 +113,11 @@ class Lease:
         self.valid_until = started + self.ttl_ms / 1000
         return True
 
+    async def remaining_ms(self) -> int:
+        """Milliseconds until the current holder's lease expires (0 if none)."""
+        ttl = int(await self._client.pttl(self.keys.lease))
+        return max(ttl, 0)
+
     async def renew(self) -> bool:
         """Extend the lease; False if it is no longer ours."""
         if self.token is None:

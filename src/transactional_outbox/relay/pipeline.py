@@ -176,6 +176,7 @@ class Relay:
         s = self.settings
         announced = False
         while not self._stopping.is_set():
+            wait = s.lease_renew_ms / 1000
             try:
                 if await self._lease.try_acquire():
                     self.stats.role = "leader"
@@ -188,12 +189,15 @@ class Relay:
                 if not announced:
                     log.info("standby: another relay named %r leads", s.relay_name)
                     announced = True
+                # Try again as soon as the leader's lease would lapse (a killed
+                # leader cannot renew it), not a whole renew interval later.
+                wait = min(wait, (await self._lease.remaining_ms() + 20) / 1000)
             except (RedisError, OSError) as exc:
                 self.stats.redis = "degraded"
                 log.warning("cannot reach Redis for the lease (%s)", exc)
             self.stats.role = "standby"
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), s.lease_renew_ms / 1000)
+                await asyncio.wait_for(self._stopping.wait(), wait)
         return False
 
     async def _renew_loop(self) -> None:

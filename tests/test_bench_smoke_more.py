@@ -1,0 +1,64 @@
+"""The latency and recovery benchmarks run end to end (``--quick``) against the local stack.
+
+Smoke tests only: they check that each script exits 0 and prints its table, never how
+fast anything was.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from .conftest import ROOT, Stack
+
+
+def run_bench(script: str, *args: str) -> list[str]:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--quick", *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.splitlines()
+
+
+def table(lines: list[str], header: str) -> list[list[str]]:
+    """The rows under ``header`` (after its dashed rule), split on whitespace."""
+    at = next(i for i, line in enumerate(lines) if line.split() == header.split())
+    assert set(lines[at + 1]) == {"-"}
+    rows = []
+    for line in lines[at + 2 :]:
+        if not line.strip() or ":" in line:
+            break
+        rows.append(line.split())
+    return rows
+
+
+def test_latency_smoke(stack: Stack, tmp_path: Path) -> None:
+    png = tmp_path / "latency.png"
+    lines = run_bench("latency.py", "--plot", str(png))
+    rows = table(lines, "target/s achieved/s ev/txn events p50 ms p95 ms p99 ms max ms missing")
+    assert [r[0] for r in rows] == ["100", "500"]
+    for row in rows:
+        assert len(row) == 9
+        values = [float(v) for v in row]  # every column numeric
+        assert values[3] > 0  # events written at that rate
+    assert any(line.startswith("relay: linger_ms=") for line in lines)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_recovery_smoke(stack: Stack) -> None:
+    lines = run_bench("recovery.py")
+    rows = table(
+        lines,
+        "scenario backlog at kill lease s first s all s ckpt s resent events/s received dups lost",
+    )
+    assert [" ".join(r[:2]) for r in rows] == ["killed idle", "killed mid-backlog"]
+    for row in rows:
+        assert len(row) == 13
+        assert int(row[2]) == 2000  # backlog
+        for v in row[3:]:
+            float(v)  # every column numeric
+    assert any(line.startswith("relay: checkpoint_interval_ms=") for line in lines)
