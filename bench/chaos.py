@@ -570,11 +570,27 @@ class Chaos:
                     misrouted += 1
                 first[(kind, key)].append(eid)
         misordered = []
+        where: dict[str, list[tuple[int, int]]] = defaultdict(list)  # id -> (partition, offset)
+        for tp, recs in col.records.items():
+            for offset, (eid, _) in recs.items():
+                if eid is not None:
+                    where[eid].append((tp.partition, offset))
+        details: list[str] = []
         for agg, items in expected.items():
             want = [e for _, e in items if e in received_ids]
             got = [e for e in first.get(agg, []) if e in ledger]
             if got != want:
                 misordered.append(agg)
+                k = next(i for i, (x, y) in enumerate(zip(got, want, strict=False)) if x != y)
+                details.append(
+                    f"{agg[0]}/{agg[1]}: first occurrences diverge at #{k}: "
+                    + ", ".join(
+                        f"seq {ledger[e][2]} at {sorted(where[e])}"
+                        for e in got[max(k - 2, 0) : k + 4]
+                    )
+                )
+        if details:
+            (self.workdir / "misordered.txt").write_text("\n".join(details) + "\n")
         duplicates = col.count - len(received_ids)
         return {
             "committed": len(ledger),
@@ -589,7 +605,7 @@ class Chaos:
             "ledger_errors": ledger_errors,
             "lost_sample": sorted(lost)[:10],
             "invented_sample": sorted(invented)[:10],
-            "misordered_sample": [f"{k}/{a}" for k, a in misordered[:10]],
+            "misordered_sample": details[:5],
         }
 
     # -- main ------------------------------------------------------------------
@@ -723,9 +739,11 @@ class Chaos:
         )
         rate = 100 * result["duplicate_rate"]
         print(f"duplicates={result['duplicates']} duplicate_rate={rate:.2f}%")
-        for label in ("lost_sample", "invented_sample", "misordered_sample"):
+        for label in ("lost_sample", "invented_sample"):
             if result[label]:
                 print(f"{label}: {result[label]}")
+        for line in result["misordered_sample"]:
+            print(f"misordered: {line}")
         for err in result["ledger_errors"]:
             print(f"ledger error: {err}")
         for text_ in fatal:
@@ -779,6 +797,8 @@ def main(argv: list[str] | None = None) -> int:
     # The collector's consumer retries through every fault; its connection errors are noise.
     logging.basicConfig(level=logging.WARNING, format="%(name)s %(levelname)s: %(message)s")
     logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
+    # Writers' pooled connections die with every MariaDB restart; the pool says so loudly.
+    logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
     rc = 1
     try:
         rc = asyncio.run(Chaos(args, workdir).run())

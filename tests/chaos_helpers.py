@@ -239,6 +239,7 @@ class RelayChild:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self.starts = 0
+        self._log_start = 0
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
@@ -249,6 +250,7 @@ class RelayChild:
 
     def start(self) -> None:
         with open(self.log_path, "ab") as log:
+            self._log_start = log.tell()
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "transactional_outbox.relay", *self.args],
                 env=self.env(),
@@ -276,3 +278,8 @@ class RelayChild:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def last_run_log(self) -> str:
+        """What the latest process wrote."""
+        with open(self.log_path, "rb") as f:
+            f.seek(self._log_start)
+            return f.read().decode(errors="replace")

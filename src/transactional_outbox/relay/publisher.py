@@ -11,6 +11,7 @@ time, so per-key order holds across retries.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable, Sequence
 from functools import partial
 from typing import Any
@@ -69,6 +70,8 @@ class KafkaPublisher:
         self._partition_cache: dict[tuple[str, bytes], tuple[int, int]] = {}
         self._topic_checked: dict[str, str | None] = {}
         self._max_request_size = int(producer_args.get("max_request_size", 1_048_576))
+        self._strict_order = not producer_args.get("enable_idempotence", False)
+        self._last: dict[tuple[str, int], asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
         """Connect to the cluster."""
@@ -190,8 +193,24 @@ class KafkaPublisher:
         if batch.record_count() > 0:
             await self._submit(producer, batch, topic, part, runs, events, on_done)
 
-    @staticmethod
+    async def _in_order(self, topic: str, part: int) -> None:
+        """Without the idempotent producer, wait for the partition's previous batch.
+
+        aiokafka then expires a batch that waited too long (Kafka unreachable)
+        but would still send the partition's younger batches: B would land
+        before the resent A. One batch in flight per partition rules that out.
+        (With idempotence aiokafka never expires batches, so it pipelines.)
+        """
+        if not self._strict_order:
+            return
+        previous = self._last.get((topic, part))
+        if previous is not None and not previous.done():
+            await asyncio.wait([previous])
+        if previous is not None and _outcome(previous) is not None:
+            raise KafkaError(f"an earlier batch for {topic}[{part}] failed; not sending later ones")
+
     async def _submit(
+        self,
         producer: AIOKafkaProducer,
         batch: Any,
         topic: str,
@@ -200,11 +219,13 @@ class KafkaPublisher:
         events: list[OutboxEvent],
         on_done: OnBatchDone,
     ) -> None:
+        await self._in_order(topic, part)
         fut = await producer.send_batch(batch, topic, partition=part)
+        self._last[(topic, part)] = fut
         fut.add_done_callback(lambda f: on_done(runs, events, _outcome(f)))
 
-    @staticmethod
     async def _send_one(
+        self,
         producer: AIOKafkaProducer,
         topic: str,
         part: int,
@@ -214,6 +235,7 @@ class KafkaPublisher:
         on_done: OnBatchDone,
         on_rejected: OnRejected,
     ) -> None:
+        await self._in_order(topic, part)
         try:
             fut = await producer.send(
                 topic,
@@ -226,6 +248,7 @@ class KafkaPublisher:
         except _PERMANENT as exc:
             await on_rejected(event, ticket, f"{type(exc).__name__}: {exc}")
             return
+        self._last[(topic, part)] = fut
         done = partial(on_done, [[ticket, 1]], [event])
         fut.add_done_callback(lambda f: done(_outcome(f)))
 

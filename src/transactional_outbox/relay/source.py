@@ -431,3 +431,11 @@ class BinlogSource:
                 skip = seen = 0
             elif isinstance(ev, MariadbGtidEvent | GtidEvent):
                 pending_gtid = ev.gtid
+            elif isinstance(ev, RotateEvent):
+                # Table ids are per server lifetime, and a restart starts a new
+                # binlog file: forget them at every file change. The library
+                # only does so for some rotates, and never overwrites the id of
+                # a table it filters out, so a stale id could make another
+                # table's rows look like outbox rows.
+                reader.table_map = {}
+                self._plans.clear()
