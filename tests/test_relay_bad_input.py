@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Iterator
@@ -122,8 +123,25 @@ async def test_dead_letter_policy_sends_bad_rows_aside_and_goes_on(
         assert field in by_id[str(bad_id)]
 
 
-async def test_dropping_a_column_while_running_stops_with_the_column_named(
-    stack: Stack, database: str, settings_kw, topic_prefix
+@pytest.mark.parametrize(
+    ("alter", "column", "insert"),
+    [
+        (
+            "DROP COLUMN type",
+            "type",
+            "INSERT INTO outbox (id, aggregatetype, aggregateid, payload, headers, `timestamp`)"
+            " VALUES (%s, 'order', '2', 'x', '{}', NOW(6))",
+        ),
+        (
+            "MODIFY aggregateid INT NOT NULL",
+            "aggregateid",
+            "INSERT INTO outbox VALUES (%s, 'order', 2, 'Placed', 'x', '{}', NOW(6))",
+        ),
+    ],
+    ids=["dropped", "retyped"],
+)
+async def test_altering_the_table_while_running_stops_with_the_column_named(
+    stack: Stack, database: str, settings_kw, topic_prefix, alter: str, column: str, insert: str
 ) -> None:
     conn = stack.mysql_connect(database)
     with conn.cursor() as cur:
@@ -133,23 +151,18 @@ async def test_dropping_a_column_while_running_stops_with_the_column_named(
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
         relay = Relay(settings)
-        import asyncio
-
         task = asyncio.create_task(relay.run())
         first = make_event(aggregate_id="1")
         write_events(conn, [first])
         await col.wait_for(1)
+        bad_id = uuid.uuid4()
         with conn.cursor() as cur:
-            cur.execute("ALTER TABLE outbox DROP COLUMN type")
-            cur.execute(
-                "INSERT INTO outbox (id, aggregatetype, aggregateid, payload, headers, `timestamp`)"
-                " VALUES (%s, 'order', '2', 'x', '{}', NOW(6))",
-                (uuid.uuid4().bytes,),
-            )
+            cur.execute(f"ALTER TABLE outbox {alter}")
+            cur.execute(insert, (bad_id.bytes,))
         with pytest.raises(PublishError) as info:
             await asyncio.wait_for(task, 30)
     conn.close()
-    assert "type" in str(info.value)
+    assert column in str(info.value) and str(bad_id) in str(info.value)
     assert col.ids() == [str(first.id)]
 
 
