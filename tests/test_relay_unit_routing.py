@@ -222,3 +222,20 @@ def test_build_record_timestamp_matches_integer_arithmetic() -> None:
         ts = base.replace(microsecond=us)
         record = build_record(event(timestamp=ts), TopicRouter())
         assert record.timestamp_ms == 981173106000 + us // 1000
+
+
+def test_router_headers_equal_kafka_headers_with_memoised_parts() -> None:
+    from transactional_outbox.event import kafka_headers
+
+    router = TopicRouter()
+    shared = {"content-type": "application/json", "tenant": "t-1"}
+    events = [
+        event(headers=shared),
+        event(headers=shared),
+        event(headers={"content-type": "application/json", "tenant": "t-2"}),
+        event(headers={}),
+        event(headers=shared),
+    ]
+    for _ in range(2):  # the second pass is served from the memo
+        for ev in events:
+            assert router.headers(ev) == kafka_headers(ev)

@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from ..event import OutboxEvent, kafka_headers
+from ..event import OutboxEvent, format_timestamp
 from ..exceptions import ConfigurationError
 
 __all__ = ["KafkaRecord", "TopicRouter", "build_record"]
@@ -58,6 +58,46 @@ class TopicRouter:
             if reason:
                 raise ConfigurationError("topic_overrides", f"for {agg!r}: {reason}")
         self._cache: dict[str, str] = {}
+        # Per-relay memo of header pieces that repeat from event to event.
+        self._field_cache: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._user_cache: dict[int, tuple[Mapping[str, str], list[tuple[str, bytes]]]] = {}
+
+    def headers(self, event: OutboxEvent) -> list[tuple[str, bytes]]:
+        """``kafka_headers(event)``, memoising the parts many events share.
+
+        Event types, aggregate types and header sets repeat; encoding them once
+        is a measurable share of the relay's per-event cost. User header
+        mappings are remembered by identity (the relay's decoder shares one
+        mapping per distinct header text and never mutates it).
+        """
+        h = event.id.bytes.hex()
+        fields = self._field_cache
+        type_h = fields.get(("type", event.event_type))
+        if type_h is None:
+            type_h = fields[("type", event.event_type)] = ("type", event.event_type.encode())
+        agg_h = fields.get(("aggregatetype", event.aggregate_type))
+        if agg_h is None:
+            agg_h = ("aggregatetype", event.aggregate_type.encode())
+            fields[("aggregatetype", event.aggregate_type)] = agg_h
+        if len(fields) > 20_000:
+            fields.clear()
+        out = [
+            ("id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()),
+            type_h,
+            agg_h,
+            ("aggregateid", event.aggregate_id.encode()),
+            ("timestamp", format_timestamp(event.timestamp).encode()),
+        ]
+        user = event.headers
+        if user:
+            memo = self._user_cache.get(id(user))
+            if memo is None or memo[0] is not user:
+                if len(self._user_cache) > 4096:
+                    self._user_cache.clear()
+                memo = (user, [(k, v.encode()) for k, v in user.items()])
+                self._user_cache[id(user)] = memo
+            out.extend(memo[1])
+        return out
 
     def topic(self, aggregate_type: str) -> str:
         """The topic for ``aggregate_type`` (not validated; see :func:`invalid_topic_reason`)."""
@@ -87,6 +127,6 @@ def build_record(event: OutboxEvent, router: TopicRouter) -> KafkaRecord:
         topic=router.topic(event.aggregate_type),
         key=event.aggregate_id.encode(),
         value=event.payload,
-        headers=kafka_headers(event),
+        headers=router.headers(event),
         timestamp_ms=(event.timestamp - _EPOCH) // timedelta(milliseconds=1),
     )

@@ -41,6 +41,12 @@ STRING = 254
 
 _STR, _BLOB, _DT = 0, 1, 2
 _headers_cache: dict[bytes, dict[str, str]] = {}
+# uuid.UUID(bytes=...) validates its arguments at length; 16 bytes are always a
+# valid UUID, so build it as the uuid module itself does in UUID.__setstate__.
+_UUID = uuid.UUID
+_new_uuid = object.__new__
+_set = object.__setattr__
+_UNKNOWN = uuid.SafeUUID.unknown
 _NEEDED = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
 
 
@@ -224,8 +230,11 @@ def _event(
             if len(_headers_cache) >= 4096:
                 _headers_cache.clear()
             _headers_cache[raw_headers] = parsed
+    event_id = _new_uuid(_UUID)
+    _set(event_id, "int", int.from_bytes(raw_id.ljust(16, b"\x00")))
+    _set(event_id, "is_safe", _UNKNOWN)
     return OutboxEvent(
-        id=uuid.UUID(bytes=raw_id.ljust(16, b"\x00")),
+        id=event_id,
         aggregate_type=_text(values[i_at], "aggregatetype"),
         aggregate_id=_text(values[i_ai], "aggregateid"),
         event_type=_text(values[i_ty], "type"),
