@@ -17,7 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 
-from alembic import context, op
+from alembic import op
+from transactional_outbox.migrations.settings import setting
 
 revision: str = "outbox_0002"
 down_revision: str | None = "outbox_0001"
@@ -27,18 +28,8 @@ depends_on: str | None = None
 _MYSQL = ("mysql", "mariadb")
 
 
-def _setting(key: str) -> str | None:
-    config = context.config
-    value = config.attributes.get(key)
-    if value is None:
-        value = context.get_x_argument(as_dictionary=True).get(key)
-    if value is None:
-        value = config.get_main_option(key)
-    return str(value) if value else None
-
-
 def _name() -> tuple[str, str | None]:
-    return _setting("outbox_inbox_table") or "outbox_inbox", _setting("outbox_schema")
+    return setting("outbox_inbox_table") or "outbox_inbox", setting("outbox_schema")
 
 
 def upgrade() -> None:
