@@ -42,21 +42,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import redis
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from _common import (
+    BOOTSTRAP,
+    REDIS_URL,
+    ROOT,
+    assign_from_start,
+    connect,
+    mysql_url,
+)
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "dev"))
-import stack as stack_script  # noqa: E402
+from transactional_outbox.relay.config import RelaySettings
 
-from transactional_outbox.relay.config import RelaySettings  # noqa: E402
-
-HOST, PORT = "127.0.0.1", stack_script.MYSQL_PORT
-USER, PASSWORD = stack_script.MYSQL_USER, stack_script.MYSQL_PASSWORD
-BOOTSTRAP = stack_script.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
-REDIS_URL = stack_script.env_vars()["OUTBOX_REDIS_URL"]
 DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
  aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
  headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
@@ -66,12 +65,6 @@ HEADER = (
     f"{'target/s':>8} {'achieved/s':>10} {'ev/txn':>6} {'events':>7} {'p50 ms':>7}"
     f" {'p95 ms':>7} {'p99 ms':>7} {'max ms':>7} {'missing':>7}"
 )
-
-
-def connect(db: str | None = None) -> pymysql.Connection:
-    return pymysql.connect(
-        host=HOST, port=PORT, user=USER, password=PASSWORD, database=db, autocommit=True
-    )
 
 
 def write_txn(cur: Any, ids: list[bytes], seq: int) -> None:
@@ -132,18 +125,7 @@ class Receiver:
 
     async def start(self) -> None:
         await self.consumer.start()
-        parts = None
-        for _ in range(200):
-            metadata = await self.consumer._client.fetch_all_metadata()
-            parts = metadata.partitions_for_topic(self.topic)
-            if parts:
-                break
-            await asyncio.sleep(0.05)
-        if not parts:
-            raise SystemExit(f"topic {self.topic} not found")
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
+        await assign_from_start(self.consumer, self.topic)
         self.task = asyncio.create_task(self._loop())
 
     async def _loop(self) -> None:
@@ -190,7 +172,7 @@ def relay_env(
     if linger_ms is not None:
         env["OUTBOX_LINGER_MS"] = str(linger_ms)
     env.update(
-        OUTBOX_MYSQL_URL=f"mysql+pymysql://{USER}:{PASSWORD}@{HOST}:{PORT}/{db}",
+        OUTBOX_MYSQL_URL=mysql_url(db),
         OUTBOX_REDIS_URL=REDIS_URL,
         OUTBOX_KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
         OUTBOX_ENABLE_IDEMPOTENCE="false",  # tansu has no idempotent producer (DESIGN §5)

@@ -38,22 +38,20 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import redis.asyncio
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from _common import (
+    BOOTSTRAP,
+    REDIS_URL,
+    assign_from_start,
+    connect,
+    mysql_url,
+)
+from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "dev"))
-import stack as stack_script  # noqa: E402
+from transactional_outbox.relay.config import RelaySettings
+from transactional_outbox.relay.position import decode_checkpoint
 
-from transactional_outbox.relay.config import RelaySettings  # noqa: E402
-from transactional_outbox.relay.position import decode_checkpoint  # noqa: E402
-
-HOST, PORT = "127.0.0.1", stack_script.MYSQL_PORT
-USER, PASSWORD = stack_script.MYSQL_USER, stack_script.MYSQL_PASSWORD
-BOOTSTRAP = stack_script.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
-REDIS_URL = stack_script.env_vars()["OUTBOX_REDIS_URL"]
 DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
  aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
  headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
@@ -77,12 +75,6 @@ LEGEND = (
     "dups: records - distinct ids over the whole scenario; lost: committed, never received",
 )
 Position = tuple[str, int]
-
-
-def connect(db: str | None = None) -> pymysql.Connection:
-    return pymysql.connect(
-        host=HOST, port=PORT, user=USER, password=PASSWORD, database=db, autocommit=True
-    )
 
 
 def master_position(cur: Any) -> Position:
@@ -131,18 +123,7 @@ class Receiver:
         finally:
             await admin.close()
         await self.consumer.start()
-        parts = None
-        for _ in range(200):
-            metadata = await self.consumer._client.fetch_all_metadata()
-            parts = metadata.partitions_for_topic(self.topic)
-            if parts:
-                break
-            await asyncio.sleep(0.05)
-        if not parts:
-            raise SystemExit(f"topic {self.topic} not found")
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
+        await assign_from_start(self.consumer, self.topic)
         self.task = asyncio.create_task(self._loop())
 
     async def _loop(self) -> None:
@@ -221,7 +202,7 @@ async def scenario(
     start = master_position(cur)
     env = dict(os.environ)
     env.update(
-        OUTBOX_MYSQL_URL=f"mysql+pymysql://{USER}:{PASSWORD}@{HOST}:{PORT}/{db}",
+        OUTBOX_MYSQL_URL=mysql_url(db),
         OUTBOX_REDIS_URL=REDIS_URL,
         OUTBOX_KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
         OUTBOX_ENABLE_IDEMPOTENCE="false",  # tansu has no idempotent producer (DESIGN §5)

@@ -25,32 +25,20 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-import pymysql
 import redis
+from _common import HOST, PASSWORD, PORT, USER, connect, mysql_url, stack_script
 from aiokafka import AIOKafkaProducer
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "dev"))
-import stack as stack_script  # noqa: E402
+from transactional_outbox.event import OutboxEvent, encode_headers
+from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint
+from transactional_outbox.relay.routing import TopicRouter, build_record
+from transactional_outbox.relay.source import BinlogSource, Channel, SourceSettings
 
-from transactional_outbox.event import OutboxEvent, encode_headers  # noqa: E402
-from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint  # noqa: E402
-from transactional_outbox.relay.routing import TopicRouter, build_record  # noqa: E402
-from transactional_outbox.relay.source import BinlogSource, Channel, SourceSettings  # noqa: E402
-
-HOST, PORT = "127.0.0.1", stack_script.MYSQL_PORT
-USER, PASSWORD = stack_script.MYSQL_USER, stack_script.MYSQL_PASSWORD
 DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
  aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
  headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
-
-
-def connect(db: str | None = None) -> pymysql.Connection:
-    return pymysql.connect(
-        host=HOST, port=PORT, user=USER, password=PASSWORD, database=db, autocommit=True
-    )
 
 
 def make_events(n: int, size: int) -> list[OutboxEvent]:
@@ -193,7 +181,7 @@ def run_relay(
 ) -> tuple[float, float]:
     env = dict(os.environ)
     env.update(
-        OUTBOX_MYSQL_URL=f"mysql+pymysql://{USER}:{PASSWORD}@{HOST}:{PORT}/{db}",
+        OUTBOX_MYSQL_URL=mysql_url(db),
         OUTBOX_REDIS_URL=stack_script.env_vars()["OUTBOX_REDIS_URL"],
         OUTBOX_KAFKA_BOOTSTRAP_SERVERS=stack_script.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"],
         OUTBOX_ENABLE_IDEMPOTENCE="false",
