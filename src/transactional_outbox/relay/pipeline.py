@@ -17,6 +17,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import pymysql
@@ -424,6 +425,10 @@ class Relay:
             items: list[tuple[OutboxEvent, KafkaRecord, int]] = []
             if wm.outstanding == 0:
                 stats.last_progress_at = time.monotonic()
+            # Callbacks carry this session's watermark: a late answer to a batch
+            # of a failed session must not ack tickets of the next one.
+            on_done = partial(self._on_batch_done, wm)
+            on_rejected = partial(self._on_rejected, wm)
             try:
                 for batch in batches:
                     events = batch.events
@@ -433,28 +438,29 @@ class Relay:
                         for e in events:
                             if isinstance(e, RejectedRow):
                                 # In stream order: what comes before it goes out first.
-                                await publisher.publish(
-                                    items, self._on_batch_done, self._on_rejected
-                                )
+                                await publisher.publish(items, on_done, on_rejected)
                                 items = []
-                                await self._on_rejected(e, ticket, e.reason)
+                                await on_rejected(e, ticket, e.reason)
                             else:
                                 items.append((e, build_record(e, router), ticket))
                                 stats.last_event_at = e.timestamp
                     if batch.commit is not None:
                         wm.commit(batch.commit)
                 if items:
-                    await publisher.publish(items, self._on_batch_done, self._on_rejected)
+                    await publisher.publish(items, on_done, on_rejected)
             except Exception as exc:
                 self._failure = exc
                 return
 
     def _on_batch_done(
-        self, runs: list[list[int]], events: list[OutboxEvent], error: BaseException | None
+        self,
+        wm: Watermark,
+        runs: list[list[int]],
+        events: list[OutboxEvent],
+        error: BaseException | None,
     ) -> None:
-        wm = self._watermark
-        if wm is None:
-            return
+        if wm is not self._watermark:
+            return  # a batch of an earlier session: its events are being sent again
         if error is None:
             for ticket, count in runs:
                 wm.ack(ticket, count)
@@ -469,7 +475,7 @@ class Relay:
             if len(events) == 1 and self.settings.on_rejected == "dead-letter":
                 ticket = runs[0][0]
                 task = asyncio.ensure_future(
-                    self._on_rejected(events[0], ticket, f"{type(error).__name__}: {error}")
+                    self._on_rejected(wm, events[0], ticket, f"{type(error).__name__}: {error}")
                 )
                 self._dead_letter_tasks.add(task)
                 task.add_done_callback(self._dead_letter_tasks.discard)
@@ -488,7 +494,7 @@ class Relay:
                 self._channel.fail(error)
 
     async def _on_rejected(
-        self, event: OutboxEvent | RejectedRow, ticket: int, reason: str
+        self, wm: Watermark, event: OutboxEvent | RejectedRow, ticket: int, reason: str
     ) -> None:
         """An event Kafka refuses for good, or a row that is no valid event: stop
         (raise) or dead-letter it, by policy."""
@@ -536,7 +542,7 @@ class Relay:
             if error is None:
                 self.stats.dead_lettered += 1
                 self.metrics.dead_lettered.inc()
-                self._on_batch_done([[ticket, 1]], [], None)
+                self._on_batch_done(wm, [[ticket, 1]], [], None)
                 return
             # The dead-letter topic itself refused: stop rather than skip.
             failure = PublishError(event_id, f"{reason}; dead letter failed: {error}")

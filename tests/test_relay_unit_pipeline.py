@@ -1,0 +1,32 @@
+"""Pipeline callbacks, without servers."""
+
+from __future__ import annotations
+
+from transactional_outbox.relay import BinlogPosition, Relay, RelaySettings
+from transactional_outbox.relay.watermark import Watermark
+
+P1 = BinlogPosition(file="mysql-bin.000001", pos=100)
+P2 = BinlogPosition(file="mysql-bin.000001", pos=200)
+
+
+async def test_a_late_answer_from_an_earlier_session_does_not_ack_the_current_one() -> None:
+    relay = Relay(RelaySettings())
+    old, new = Watermark(P1), Watermark(P1)
+    old.add_events(1)
+    ticket = new.add_events(1)
+    new.commit(P2)
+    relay._watermark = new
+    # The earlier session's batch (same ticket number) is answered late.
+    relay._on_batch_done(old, [[ticket, 1]], [], None)
+    assert (new.outstanding, new.position) == (1, P1)
+    assert relay.stats.published == 0
+    relay._on_batch_done(new, [[ticket, 1]], [], None)
+    assert (new.outstanding, new.position) == (0, P2)
+
+
+async def test_an_error_from_an_earlier_session_is_not_this_sessions_failure() -> None:
+    relay = Relay(RelaySettings())
+    old, new = Watermark(P1), Watermark(P1)
+    relay._watermark = new
+    relay._on_batch_done(old, [[0, 1]], [], TimeoutError("late"))
+    assert relay._failure is None
