@@ -30,3 +30,19 @@ async def test_an_error_from_an_earlier_session_is_not_this_sessions_failure() -
     relay._watermark = new
     relay._on_batch_done(old, [[0, 1]], [], TimeoutError("late"))
     assert relay._failure is None
+
+
+async def test_a_taken_metrics_port_is_a_configuration_error_naming_it() -> None:
+    import socket
+
+    import pytest
+
+    from transactional_outbox import ConfigurationError
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(ConfigurationError) as info:
+            await Relay(RelaySettings(metrics_port=port)).run()
+    assert info.value.setting == "metrics_port" and str(port) in str(info.value)

@@ -25,7 +25,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..event import OutboxEvent, kafka_headers
-from ..exceptions import LeadershipLostError, PublishError
+from ..exceptions import ConfigurationError, LeadershipLostError, PublishError
 from .checkpoint import RedisCheckpointStore
 from .checks import ServerInfo, check_server, resolve_start
 from .config import RelaySettings, mask_url
@@ -138,18 +138,24 @@ class Relay:
         keys = LeaseKeys.for_relay(s.key_prefix, s.relay_name)
         self._store = RedisCheckpointStore(self._redis, key=keys.checkpoint)
         self._lease = Lease(self._redis, keys, ttl_ms=s.lease_ttl_ms)
+        if s.metrics_port:
+            try:
+                self._health_server = HealthServer(
+                    host=s.metrics_host,
+                    port=s.metrics_port,
+                    metrics=self.metrics,
+                    health=self.health,
+                    loop_tick=lambda: self._loop_tick,
+                )
+            except OSError as exc:
+                await self._redis.aclose()
+                raise ConfigurationError(
+                    "metrics_port", f"cannot serve on {s.metrics_host}:{s.metrics_port}: {exc}"
+                ) from None
+            self._health_server.start()
         background = [asyncio.create_task(self._tick_loop(), name="outbox-tick")]
         if s.progress_interval_seconds > 0:
             background.append(asyncio.create_task(self._progress_loop(), name="outbox-progress"))
-        if s.metrics_port:
-            self._health_server = HealthServer(
-                host=s.metrics_host,
-                port=s.metrics_port,
-                metrics=self.metrics,
-                health=self.health,
-                loop_tick=lambda: self._loop_tick,
-            )
-            self._health_server.start()
         try:
             while await self._become_leader():
                 try:
