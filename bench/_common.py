@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pymysql
@@ -19,6 +21,26 @@ HOST, PORT = "127.0.0.1", stack_script.MYSQL_PORT
 USER, PASSWORD = stack_script.MYSQL_USER, stack_script.MYSQL_PASSWORD
 BOOTSTRAP = stack_script.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
 REDIS_URL = stack_script.env_vars()["OUTBOX_REDIS_URL"]
+
+
+OUTBOX_DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
+ aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
+ headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
+INSERT_OUTBOX = "INSERT INTO outbox VALUES (%s,%s,%s,%s,%s,%s,%s)"
+
+
+@contextlib.contextmanager
+def bench_database(db: str) -> Iterator[None]:
+    """Database ``db`` with an outbox table for one run, dropped afterwards."""
+    with connect() as conn, conn.cursor() as cur:
+        cur.execute(f"CREATE DATABASE {db}")
+    try:
+        with connect(db) as conn, conn.cursor() as cur:
+            cur.execute(OUTBOX_DDL)
+        yield
+    finally:
+        with connect() as conn, conn.cursor() as cur:
+            cur.execute(f"DROP DATABASE {db}")
 
 
 def mysql_url(db: str) -> str:

@@ -45,6 +45,8 @@ from typing import Any
 import redis
 from _common import (
     BOOTSTRAP,
+    INSERT_OUTBOX,
+    OUTBOX_DDL,
     REDIS_URL,
     ROOT,
     assign_from_start,
@@ -56,10 +58,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from transactional_outbox.relay.config import RelaySettings
 
-DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
- aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
- headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
-INSERT = "INSERT INTO outbox VALUES (%s,%s,%s,%s,%s,%s,%s)"
 PARTITIONS = 4
 HEADER = (
     f"{'target/s':>8} {'achieved/s':>10} {'ev/txn':>6} {'events':>7} {'p50 ms':>7}"
@@ -80,7 +78,7 @@ def write_txn(cur: Any, ids: list[bytes], seq: int) -> None:
             (eid, "order", f"order-{random.randrange(100)}", "OrderPlaced", body, "{}", now)
         )
     cur.execute("BEGIN")
-    cur.executemany(INSERT, rows)
+    cur.executemany(INSERT_OUTBOX, rows)
     cur.execute(f"DELETE FROM outbox WHERE id IN ({','.join(['%s'] * len(ids))})", ids)
     cur.execute("COMMIT")
 
@@ -257,7 +255,7 @@ async def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], RelaySett
     try:
         conn = connect(db)
         cur = conn.cursor()
-        cur.execute(DDL)
+        cur.execute(OUTBOX_DDL)
         cur.execute("SHOW MASTER STATUS")
         file, pos = cur.fetchone()[:2]
         env = relay_env(db, (file, pos), run_id, args.linger_ms)

@@ -41,8 +41,10 @@ from typing import Any
 import redis.asyncio
 from _common import (
     BOOTSTRAP,
+    INSERT_OUTBOX,
     REDIS_URL,
     assign_from_start,
+    bench_database,
     connect,
     mysql_url,
 )
@@ -52,10 +54,6 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from transactional_outbox.relay.config import RelaySettings
 from transactional_outbox.relay.position import decode_checkpoint
 
-DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
- aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
- headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
-INSERT = "INSERT INTO outbox VALUES (%s,%s,%s,%s,%s,%s,%s)"
 PER_TXN = 1000
 PARTITIONS = 4
 BODY = b'{"data":"' + b"x" * 189 + b'"}'  # 200 B
@@ -91,7 +89,7 @@ def write(cur: Any, n: int) -> tuple[set[bytes], Position]:
         chunk = [uuid.uuid4().bytes for _ in range(min(PER_TXN, n - k))]
         cur.execute("BEGIN")
         cur.executemany(
-            INSERT,
+            INSERT_OUTBOX,
             [
                 (i, "order", f"order-{j % 1000}", "OrderPlaced", BODY, "{}", now)
                 for j, i in enumerate(chunk)
@@ -294,18 +292,11 @@ async def scenario(
 async def run(n: int, overrides: dict[str, int | None]) -> list[dict[str, Any]]:
     run_id = uuid.uuid4().hex[:8]
     db = f"bench_{run_id}"
-    with connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    try:
-        with connect(db) as conn, conn.cursor() as cur:
-            cur.execute(DDL)
+    with bench_database(db):
         return [
             await scenario(name, db, n, run_id, overrides)
             for name in ("killed idle", "killed mid-backlog")
         ]
-    finally:
-        with connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE {db}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,7 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import redis
-from _common import HOST, PASSWORD, PORT, USER, connect, mysql_url, stack_script
+from _common import (
+    HOST,
+    INSERT_OUTBOX,
+    PASSWORD,
+    PORT,
+    USER,
+    bench_database,
+    connect,
+    mysql_url,
+    stack_script,
+)
 from aiokafka import AIOKafkaProducer
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
@@ -35,10 +45,6 @@ from transactional_outbox.event import OutboxEvent, encode_headers
 from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint
 from transactional_outbox.relay.routing import TopicRouter, build_record
 from transactional_outbox.relay.source import BinlogSource, Channel, SourceSettings
-
-DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
- aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
- headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
 
 
 def make_events(n: int, size: int) -> list[OutboxEvent]:
@@ -68,7 +74,7 @@ def write(db: str, events: list[OutboxEvent]) -> tuple[tuple[str, int], tuple[st
         chunk = events[k : k + 1000]
         cur.execute("BEGIN")
         cur.executemany(
-            "INSERT INTO outbox VALUES (%s,%s,%s,%s,%s,%s,%s)",
+            INSERT_OUTBOX,
             [
                 (
                     e.id.bytes,
@@ -252,20 +258,13 @@ def main() -> None:
     n = 1_000 if args.quick else args.events
     run_id = uuid.uuid4().hex[:8]
     db = f"bench_{run_id}"
-    with connect() as conn, conn.cursor() as cur:
-        cur.execute(f"CREATE DATABASE {db}")
-    try:
-        with connect(db) as conn, conn.cursor() as cur:
-            cur.execute(DDL)
+    with bench_database(db):
         events = make_events(n, args.size)
         start, end, write_s = write(db, events)
         read_rate = read_alone(db, start, n)
         source_rate = asyncio.run(source_alone(db, start, n))
         produce_rate = asyncio.run(produce_alone(events, f"bench{run_id}.alone."))
         relay_s, steady_s, rss = run_relay(db, start, end, run_id)
-    finally:
-        with connect() as conn, conn.cursor() as cur:
-            cur.execute(f"DROP DATABASE {db}")
     relay_rate = n / relay_s
     steady_rate = n / steady_s
     limit = min(read_rate, produce_rate)
