@@ -22,7 +22,7 @@ import sys
 import time
 import urllib.request
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import redis
@@ -58,7 +58,8 @@ def make_events(n: int, size: int) -> list[OutboxEvent]:
             event_type="OrderPlaced",
             payload=body,
             headers={"content-type": "application/json"},
-            timestamp=now,
+            # Distinct, as in real use: one event every 40 µs (25k/s).
+            timestamp=now + timedelta(microseconds=40 * i),
         )
         for i in range(n)
     ]
@@ -138,13 +139,14 @@ async def source_alone(db: str, start: tuple[str, int], n: int) -> float:
         ),
         channel,
         BinlogPosition(file=start[0], pos=start[1]),
+        router=TopicRouter(template="bench.{aggregatetype}"),
     )
     t0 = time.perf_counter()
     source.start()
     got = 0
     while got < n:
         for batch in await channel.get():
-            got += len(batch.events)
+            got += len(batch.records)
     elapsed = time.perf_counter() - t0
     source.stop()
     await asyncio.to_thread(source.join, 10)
@@ -182,10 +184,18 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_relay(
-    db: str, start: tuple[str, int], end: tuple[str, int], run_id: str
-) -> tuple[float, float]:
+    db: str, start: tuple[str, int], end: tuple[str, int], run_id: str, relay_src: str | None
+) -> tuple[float, float, float, float]:
     env = dict(os.environ)
+    if relay_src:
+        env["PYTHONPATH"] = relay_src  # ahead of the installed package
     env.update(
         OUTBOX_MYSQL_URL=mysql_url(db),
         OUTBOX_REDIS_URL=stack_script.env_vars()["OUTBOX_REDIS_URL"],
@@ -204,10 +214,12 @@ def run_relay(
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "transactional_outbox.relay"], env=env)
     first_ack: float | None = None
+    cpu_at_first_ack = 0.0
     try:
         while True:
             if first_ack is None and published(metrics_port) > 0:
                 first_ack = time.perf_counter()
+                cpu_at_first_ack = cpu_seconds(proc.pid)
             raw = client.get(key)
             if raw is not None:
                 cp = decode_checkpoint(raw)
@@ -221,13 +233,14 @@ def run_relay(
         done = time.perf_counter()
         elapsed = done - t0
         steady = done - (first_ack or t0)
+        steady_cpu = cpu_seconds(proc.pid) - cpu_at_first_ack
         rss = peak_rss_mb(proc.pid)
     finally:
         proc.terminate()
         proc.wait(30)
         client.delete(key)
         client.close()
-    return elapsed, steady, rss
+    return elapsed, steady, steady_cpu, rss
 
 
 def free_port() -> int:
@@ -254,6 +267,11 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
+    parser.add_argument(
+        "--relay-src",
+        metavar="DIR",
+        help="run the relay from another checkout's src/ (before/after comparisons)",
+    )
     args = parser.parse_args()
     n = 1_000 if args.quick else args.events
     run_id = uuid.uuid4().hex[:8]
@@ -264,7 +282,7 @@ def main() -> None:
         read_rate = read_alone(db, start, n)
         source_rate = asyncio.run(source_alone(db, start, n))
         produce_rate = asyncio.run(produce_alone(events, f"bench{run_id}.alone."))
-        relay_s, steady_s, rss = run_relay(db, start, end, run_id)
+        relay_s, steady_s, steady_cpu, rss = run_relay(db, start, end, run_id, args.relay_src)
     relay_rate = n / relay_s
     steady_rate = n / steady_s
     limit = min(read_rate, produce_rate)
@@ -280,6 +298,10 @@ def main() -> None:
         f"relay steady / min(a, b) = {steady_rate / limit:.2f}; "
         f"/ min(a2, b) = {steady_rate / min(source_rate, produce_rate):.2f}; "
         f"relay peak RSS {rss:.0f} MB"
+    )
+    print(
+        f"relay CPU while steady: {steady_cpu:.2f} s = {steady_cpu / steady_s:.2f} cores, "
+        f"{steady_cpu * 1e6 / n:.1f} µs per event"
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from datetime import UTC, datetime
 
@@ -12,6 +13,7 @@ from pymysqlreplication.row_event import WriteRowsEvent
 
 from transactional_outbox import InvalidEventError, OutboxEvent
 from transactional_outbox.relay.decode import row_to_event
+from transactional_outbox.relay.routing import KafkaRecord, TopicRouter, build_record, event_of
 from transactional_outbox.relay.rowdecoder import (
     BLOB,
     DATETIME2,
@@ -86,6 +88,26 @@ def row(**over: object) -> dict[str, object]:
     return base
 
 
+ROUTER = TopicRouter(template="t.{aggregatetype}")
+
+
+def expected(r: dict[str, object]) -> KafkaRecord:
+    """The record the relay must send for row ``r``: built the slow, obvious way."""
+    raw_headers = r["headers"]
+    return build_record(
+        OutboxEvent(
+            id=uuid.UUID(bytes=r["id"]),  # type: ignore[arg-type]
+            aggregate_type=str(r["aggregatetype"]),
+            aggregate_id=str(r["aggregateid"]),
+            event_type=str(r["type"]),
+            payload=r["payload"],  # type: ignore[arg-type]
+            headers={} if raw_headers is None else json.loads(raw_headers),  # type: ignore[arg-type]
+            timestamp=r["timestamp"],  # type: ignore[arg-type]
+        ),
+        ROUTER,
+    )
+
+
 def test_decodes_a_run_of_varied_rows() -> None:
     plan = plan_for(COLUMNS)
     assert plan is not None
@@ -99,17 +121,23 @@ def test_decodes_a_run_of_varied_rows() -> None:
         row(aggregateid="ü" * 255, type="Ünïcødé"),
         row(timestamp=datetime(2026, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)),
         row(timestamp=datetime(1970, 1, 1, tzinfo=UTC)),
+        row(timestamp=datetime(1969, 12, 31, 23, 59, 59, 999500, tzinfo=UTC)),
+        row(timestamp=datetime(1000, 1, 1, tzinfo=UTC)),
+        row(headers='{"b":"2","a":"ü"}'),
+        *[row(timestamp=datetime(2026, 11, 27, 20, 1, 2, us, tzinfo=UTC)) for us in (0, 1, 999)],
     ]
     data = b"".join(encode_row(r, COLUMNS) for r in rows)
-    events = decode_rows(data, plan)
-    assert len(events) == len(rows)
-    for ev, r in zip(events, rows, strict=True):
+    records = decode_rows(data, plan, ROUTER)
+    assert records == [expected(r) for r in rows]
+    for rec, r in zip(records, rows, strict=True):
+        assert isinstance(rec, KafkaRecord)
+        ev = event_of(rec)
         assert ev.id.bytes == r["id"]
         assert ev.aggregate_type == r["aggregatetype"]
         assert ev.aggregate_id == r["aggregateid"]
         assert ev.event_type == r["type"]
         assert ev.payload == r["payload"]
-        assert dict(ev.headers) == ({} if r["headers"] is None else {"k": "v"})
+        assert dict(ev.headers) == ({} if r["headers"] is None else json.loads(r["headers"]))  # type: ignore[arg-type]
         assert ev.timestamp == r["timestamp"]
 
 
@@ -119,9 +147,10 @@ def test_every_fractional_precision(fsp: int) -> None:
     plan = plan_for(cols)
     assert plan is not None
     ts = datetime(2025, 2, 28, 1, 2, 3, 123456, tzinfo=UTC)
-    [ev] = decode_rows(encode_row(row(timestamp=ts), cols), plan)
+    r = row(timestamp=ts)
+    [rec] = decode_rows(encode_row(r, cols), plan, ROUTER)
     kept = 123456 // 10 ** (6 - fsp) * 10 ** (6 - fsp)
-    assert ev.timestamp == ts.replace(microsecond=kept)
+    assert rec == expected({**r, "timestamp": ts.replace(microsecond=kept)})
 
 
 def test_short_varchar_uses_a_one_byte_length_and_columns_can_be_reordered() -> None:
@@ -138,8 +167,8 @@ def test_short_varchar_uses_a_one_byte_length_and_columns_can_be_reordered() -> 
     plan = plan_for(cols)
     assert plan is not None
     r = row(note="extra columns are skipped")
-    [ev] = decode_rows(encode_row(r, cols), plan)
-    assert (ev.event_type, ev.aggregate_id, ev.payload) == ("Placed", "o-1", b'{"a":1}')
+    [rec] = decode_rows(encode_row(r, cols), plan, ROUTER)
+    assert rec == expected(r)
 
 
 def test_no_plan_for_unknown_types_or_missing_columns() -> None:
@@ -155,7 +184,10 @@ def test_no_plan_for_unknown_types_or_missing_columns() -> None:
         ({"headers": '{"a": 1}'}, "headers"),
         ({"aggregatetype": None}, "aggregatetype"),
         ({"type": b"\xff\xfe"}, "type"),
+        ({"aggregateid": b"\xc3"}, "aggregateid"),
+        ({"aggregateid": ""}, "aggregateid"),
         ({"payload": None}, "payload"),
+        ({"id": b"\x01" * 17}, "id"),
     ],
 )
 def test_invalid_values_become_rejected_rows_naming_the_column(
@@ -165,10 +197,15 @@ def test_invalid_values_become_rejected_rows_naming_the_column(
     assert plan is not None
     good = row()
     bad = row(**over)
-    out = decode_rows(encode_row(good, COLUMNS) + encode_row(bad, COLUMNS), plan)
-    assert isinstance(out[0], OutboxEvent)
+    out = decode_rows(
+        encode_row(good, COLUMNS) + encode_row(bad, COLUMNS) + encode_row(good, COLUMNS),
+        plan,
+        ROUTER,
+    )
+    assert out[0] == out[2] == expected(good)
     assert isinstance(out[1], RejectedRow)
-    assert out[1].event_id == str(uuid.UUID(bytes=bad["id"]))  # type: ignore[arg-type]
+    if field != "id":
+        assert out[1].event_id == str(uuid.UUID(bytes=bad["id"]))  # type: ignore[arg-type]
     assert f"invalid {field}=" in out[1].reason
 
 
@@ -176,7 +213,7 @@ def test_truncated_row_is_an_error() -> None:
     plan = plan_for(COLUMNS)
     assert plan is not None
     with pytest.raises(InvalidEventError):
-        decode_rows(encode_row(row(), COLUMNS)[:-3], plan)
+        decode_rows(encode_row(row(), COLUMNS)[:-3], plan, ROUTER)
 
 
 def test_matches_the_library_on_real_binlog_rows(stack: Stack, database: str) -> None:
@@ -229,10 +266,9 @@ def test_matches_the_library_on_real_binlog_rows(stack: Stack, database: str) ->
             assert plan is not None
             body = _remaining_body(ev)
             assert body is not None
-            fast.extend(decode_rows(body, plan))
-            slow.extend(row_to_event(r["values"]) for r in ev.rows)
+            fast.extend(decode_rows(body, plan, ROUTER))
+            slow.extend(build_record(row_to_event(r["values"]), ROUTER) for r in ev.rows)
     finally:
         reader.close()
     assert fast == slow
-    assert [e.id for e in fast] == [e.id for e in events]
-    assert [e.payload for e in fast] == [e.payload for e in events]
+    assert fast == [build_record(e, ROUTER) for e in events]

@@ -13,13 +13,15 @@ import pytest
 
 from transactional_outbox.event import OutboxEvent
 from transactional_outbox.relay.position import BinlogPosition
+from transactional_outbox.relay.routing import KafkaRecord, TopicRouter, build_record, record_id
+from transactional_outbox.relay.rowdecoder import RejectedRow
 from transactional_outbox.relay.source import Channel, ChannelClosed, SourceBatch
 
 WAIT = 10.0  # upper bound for anything that must happen; never reached when correct
 
 
-def ev(n: int) -> OutboxEvent:
-    return OutboxEvent(
+def ev(n: int) -> KafkaRecord:
+    event = OutboxEvent(
         id=uuid.UUID(int=n),
         aggregate_type="order",
         aggregate_id=str(n),
@@ -27,11 +29,18 @@ def ev(n: int) -> OutboxEvent:
         payload=b"{}",
         timestamp=datetime(2024, 1, 1, tzinfo=UTC),
     )
+    return build_record(event, TopicRouter())
+
+
+def num(record: KafkaRecord | RejectedRow) -> int:
+    """The number ``ev(n)`` was made from."""
+    assert isinstance(record, KafkaRecord)
+    return uuid.UUID(record_id(record)).int
 
 
 def batch(*ns: int, commit: int | None = None) -> SourceBatch:
     end = None if commit is None else BinlogPosition(file="mysql-bin.000001", pos=commit)
-    return SourceBatch(events=[ev(n) for n in ns], commit=end)
+    return SourceBatch(records=[ev(n) for n in ns], commit=end)
 
 
 def in_thread(fn: Callable[[], Any]) -> threading.Thread:
@@ -83,11 +92,11 @@ async def test_successive_gets_see_successive_puts() -> None:
         t = in_thread(lambda: [ch.put(x) for x in items])  # noqa: B023 (joined in-loop)
         # the get may wake after the first put: drain until the round is complete
         got = await asyncio.wait_for(task, WAIT)
-        while sum(len(b.events) for b in got) < 3:
+        while sum(len(b.records) for b in got) < 3:
             got += await asyncio.wait_for(ch.get(), WAIT)
         await join(t)
         assert got == items
-        seen.extend(e.id.int for b in got for e in b.events)
+        seen.extend(num(e) for b in got for e in b.records)
     assert seen == [r * 10 + i for r in range(5) for i in range(3)]
 
 
@@ -110,12 +119,12 @@ async def test_producer_blocks_when_full_and_resumes_after_get() -> None:
     assert not await asyncio.to_thread(fourth_in.wait, 0.3)
     assert ch.depth == 3
     first = await asyncio.wait_for(ch.get(), WAIT)
-    assert [b.events[0].id.int for b in first] == [0, 1, 2]
+    assert [num(b.records[0]) for b in first] == [0, 1, 2]
     assert await asyncio.to_thread(fourth_in.wait, WAIT)
     await join(t)
     assert results == [True] * 4
     second = await asyncio.wait_for(ch.get(), WAIT)
-    assert [b.events[0].id.int for b in second] == [3]
+    assert [num(b.records[0]) for b in second] == [3]
 
 
 async def test_commit_only_batches_count_towards_the_limit() -> None:
@@ -237,7 +246,7 @@ async def test_many_batches_through_a_small_channel_keep_order() -> None:
             got = await asyncio.wait_for(ch.get(), WAIT)
         except ChannelClosed:
             break
-        assert sum(len(b.events) for b in got) <= 7
-        seen.extend(b.events[0].id.int for b in got)
+        assert sum(len(b.records) for b in got) <= 7
+        seen.extend(num(b.records[0]) for b in got)
     await join(t)
     assert seen == list(range(total))

@@ -14,7 +14,9 @@ from transactional_outbox.relay.routing import (
     KafkaRecord,
     TopicRouter,
     build_record,
+    event_of,
     invalid_topic_reason,
+    record_id,
 )
 
 # -- TopicRouter ---------------------------------------------------------------------
@@ -239,3 +241,33 @@ def test_router_headers_equal_kafka_headers_with_memoised_parts() -> None:
     for _ in range(2):  # the second pass is served from the memo
         for ev in events:
             assert router.headers(ev) == kafka_headers(ev)
+
+
+@pytest.mark.parametrize(
+    "event",
+    [
+        OutboxEvent(
+            id=uuid.UUID(int=0),
+            aggregate_type="order",
+            aggregate_id="o-1",
+            event_type="Placed",
+            payload=b"",
+            timestamp=datetime(2026, 11, 27, tzinfo=UTC),
+        ),
+        OutboxEvent(
+            id=uuid.uuid4(),
+            aggregate_type="Kundenbestellung",
+            aggregate_id="ä" * 255,
+            event_type="Geändert",
+            payload=bytes(range(256)),
+            headers={"z": "1", "content-type": "application/json", "a": "ü"},
+            timestamp=datetime(1969, 12, 31, 23, 59, 59, 999999, tzinfo=UTC),
+        ),
+    ],
+)
+def test_event_of_inverts_build_record(event: OutboxEvent) -> None:
+    record = build_record(event, TopicRouter())
+    back = event_of(record)
+    assert back == event
+    assert list(back.headers) == list(event.headers)  # order kept
+    assert record_id(record) == str(event.id)

@@ -16,7 +16,6 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from functools import partial
 from typing import Any
 
@@ -24,7 +23,6 @@ import pymysql
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..event import OutboxEvent, kafka_headers
 from ..exceptions import ConfigurationError, LeadershipLostError, PublishError
 from .checkpoint import RedisCheckpointStore
 from .checks import ServerInfo, check_server, resolve_start
@@ -33,7 +31,7 @@ from .health import HealthServer, RelayMetrics
 from .leadership import Lease, LeaseKeys
 from .position import BinlogPosition
 from .publisher import KafkaPublisher, is_permanent
-from .routing import KafkaRecord, build_record
+from .routing import KafkaRecord, event_of, record_id
 from .rowdecoder import RejectedRow
 from .source import BinlogSource, Channel, ChannelClosed, SourceSettings
 from .watermark import Watermark
@@ -52,7 +50,7 @@ class RelayStats:
     kafka_errors: int = 0
     redis_errors: int = 0
     checkpoints_saved: int = 0
-    last_event_at: datetime | None = None
+    last_event_ms: int | None = None  # timestamp of the newest event handed to Kafka
     # When Kafka last made progress while events were outstanding: an outage
     # shows as outstanding events and no acks, since aiokafka retries silently.
     last_progress_at: float = field(default_factory=time.monotonic)
@@ -382,6 +380,7 @@ class Relay:
             start,
             use_gtid=use_gtid,
             on_state=self._on_source_state,
+            router=self._router,
         )
         if self._stopping.is_set():
             channel.close()
@@ -416,7 +415,6 @@ class Relay:
         wm = self._watermark
         lease = self._lease
         assert wm is not None and lease is not None
-        router = self._router
         stats = self.stats
         observe = self.metrics.batch_size.observe
         while True:
@@ -428,7 +426,7 @@ class Relay:
                 # lease publishes nothing more.
                 self._lose_lease("the lease expired")
                 return
-            items: list[tuple[OutboxEvent, KafkaRecord, int]] = []
+            items: list[tuple[KafkaRecord, int]] = []
             if wm.outstanding == 0:
                 stats.last_progress_at = time.monotonic()
             # Callbacks carry this session's watermark: a late answer to a batch
@@ -437,19 +435,20 @@ class Relay:
             on_rejected = partial(self._on_rejected, wm)
             try:
                 for batch in batches:
-                    events = batch.events
-                    if events:
-                        observe(len(events))
-                        ticket = wm.add_events(len(events))
-                        for e in events:
-                            if isinstance(e, RejectedRow):
+                    records = batch.records
+                    if records:
+                        observe(len(records))
+                        ticket = wm.add_events(len(records))
+                        for r in records:
+                            if isinstance(r, RejectedRow):
                                 # In stream order: what comes before it goes out first.
                                 await publisher.publish(items, on_done, on_rejected)
                                 items = []
-                                await on_rejected(e, ticket, e.reason)
+                                await on_rejected(r, ticket, r.reason)
                             else:
-                                items.append((e, build_record(e, router), ticket))
-                                stats.last_event_at = e.timestamp
+                                items.append((r, ticket))
+                        if items:
+                            stats.last_event_ms = items[-1][0].timestamp_ms
                     if batch.commit is not None:
                         wm.commit(batch.commit)
                 if items:
@@ -462,7 +461,7 @@ class Relay:
         self,
         wm: Watermark,
         runs: list[list[int]],
-        events: list[OutboxEvent],
+        records: list[KafkaRecord],
         error: BaseException | None,
     ) -> None:
         if wm is not self._watermark:
@@ -470,7 +469,7 @@ class Relay:
         if error is None:
             for ticket, count in runs:
                 wm.ack(ticket, count)
-            self.stats.published += len(events)
+            self.stats.published += len(records)
             self.stats.last_progress_at = time.monotonic()
             if self.stats.kafka == "degraded":
                 self.stats.kafka = "ok"
@@ -478,38 +477,38 @@ class Relay:
             return
         self.metrics.publish_errors.inc()
         if is_permanent(error):
-            if len(events) == 1 and self.settings.on_rejected == "dead-letter":
+            if len(records) == 1 and self.settings.on_rejected == "dead-letter":
                 ticket = runs[0][0]
                 task = asyncio.ensure_future(
-                    self._on_rejected(wm, events[0], ticket, f"{type(error).__name__}: {error}")
+                    self._on_rejected(wm, records[0], ticket, f"{type(error).__name__}: {error}")
                 )
                 self._dead_letter_tasks.add(task)
                 task.add_done_callback(self._dead_letter_tasks.discard)
                 return
             what = (
                 f"{type(error).__name__}: {error}"
-                if len(events) == 1
-                else f"Kafka refused a batch of {len(events)} events starting with this one "
+                if len(records) == 1
+                else f"Kafka refused a batch of {len(records)} events starting with this one "
                 f"({type(error).__name__}: {error}); set max_request_size to the topic's "
                 "max.message.bytes so oversized events are found before sending"
             )
-            error = PublishError(str(events[0].id), what)
+            error = PublishError(record_id(records[0]), what)
         if self._failure is None:
             self._failure = error
             if self._channel is not None:
                 self._channel.fail(error)
 
     async def _on_rejected(
-        self, wm: Watermark, event: OutboxEvent | RejectedRow, ticket: int, reason: str
+        self, wm: Watermark, rejected: KafkaRecord | RejectedRow, ticket: int, reason: str
     ) -> None:
         """An event Kafka refuses for good, or a row that is no valid event: stop
         (raise) or dead-letter it, by policy."""
         s = self.settings
-        if isinstance(event, RejectedRow):
-            event_id = event.event_id or "(no valid id)"
-            reason = f"invalid outbox row {event.where}: {reason}"
+        if isinstance(rejected, RejectedRow):
+            event_id = rejected.event_id or "(no valid id)"
+            reason = f"invalid outbox row {rejected.where}: {reason}"
         else:
-            event_id = str(event.id)
+            event_id = record_id(rejected)
         if s.on_rejected != "dead-letter":
             raise PublishError(event_id, reason)
         publisher = self._publisher
@@ -518,22 +517,23 @@ class Relay:
             "event %s rejected for good: %s; sent to %s", event_id, reason, s.dead_letter_topic
         )
         body: dict[str, Any] = {
-            "id": event.event_id if isinstance(event, RejectedRow) else event_id
+            "id": rejected.event_id if isinstance(rejected, RejectedRow) else event_id
         }
-        if isinstance(event, RejectedRow):
-            key = (event.aggregate_id or event.event_id or "").encode()
+        if isinstance(rejected, RejectedRow):
+            key = (rejected.aggregate_id or rejected.event_id or "").encode()
             headers = [("dlq.reason", reason.encode())]
-            body.update(aggregateid=event.aggregate_id)
+            body.update(aggregateid=rejected.aggregate_id)
         else:
-            key = event.aggregate_id.encode()
-            headers = [*kafka_headers(event), ("dlq.reason", reason.encode())]
+            event = event_of(rejected)
+            key = rejected.key
+            headers = [*rejected.headers, ("dlq.reason", reason.encode())]
             body.update(
                 aggregatetype=event.aggregate_type,
                 aggregateid=event.aggregate_id,
                 type=event.event_type,
                 timestamp=event.timestamp.isoformat(),
                 payload_bytes=len(event.payload),
-                topic=self._router.topic(event.aggregate_type),
+                topic=rejected.topic,
             )
         body["reason"] = reason
         record = KafkaRecord(
@@ -639,8 +639,8 @@ class Relay:
         """One line: rate, lag, checkpoint, queue, server states."""
         st = self.stats
         lag = "-"
-        if st.last_event_at is not None:
-            lag = f"{(datetime.now(UTC) - st.last_event_at).total_seconds():.2f}s"
+        if st.last_event_ms is not None:
+            lag = f"{time.time() - st.last_event_ms / 1000:.2f}s"
         depth = self._channel.depth if self._channel is not None else 0
         return (
             f"{rate:.0f} events/s, {st.published} published, lag {lag}, "
@@ -661,8 +661,8 @@ class Relay:
             wm = self._watermark
             m.outstanding.set(wm.outstanding if wm is not None else 0)
             m.queue_depth.set(self._channel.depth if self._channel is not None else 0)
-            if st.last_event_at is not None:
-                m.lag.set((datetime.now(UTC) - st.last_event_at).total_seconds())
+            if st.last_event_ms is not None:
+                m.lag.set(time.time() - st.last_event_ms / 1000)
             if st.checkpoint_saved_at is not None:
                 m.checkpoint_age.set(time.monotonic() - st.checkpoint_saved_at)
             if st.checkpoint is not None:

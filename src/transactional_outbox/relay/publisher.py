@@ -28,7 +28,6 @@ from aiokafka.errors import (
 from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
-from ..event import OutboxEvent
 from ..exceptions import PublishError
 from .routing import KafkaRecord, invalid_topic_reason
 
@@ -42,10 +41,10 @@ _PERMANENT = (
     UnsupportedForMessageFormatError,
 )
 
-Item = tuple[OutboxEvent, KafkaRecord, int]  # event, its record, its watermark ticket
+Item = tuple[KafkaRecord, int]  # a record and its watermark ticket
 Runs = list[list[int]]  # [ticket, count] runs, in order
-OnBatchDone = Callable[[Runs, list[OutboxEvent], BaseException | None], None]
-OnRejected = Callable[[OutboxEvent, int, str], Awaitable[None]]
+OnBatchDone = Callable[[Runs, list[KafkaRecord], BaseException | None], None]
+OnRejected = Callable[[KafkaRecord, int, str], Awaitable[None]]
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -100,9 +99,9 @@ class KafkaPublisher:
     ) -> None:
         """Queue ``items`` in order per partition; may wait while the producer is full.
 
-        ``on_done(runs, events, error)`` is called once per batch when Kafka
+        ``on_done(runs, records, error)`` is called once per batch when Kafka
         answers. A record Kafka would refuse whatever happens (illegal topic,
-        larger than ``max_request_size``) goes to ``on_rejected(event, ticket,
+        larger than ``max_request_size``) goes to ``on_rejected(record, ticket,
         reason)`` instead, which may raise to stop.
         """
         producer = self._producer
@@ -112,7 +111,7 @@ class KafkaPublisher:
         stop: BaseException | None = None
         limit = self._max_request_size
         for item in items:
-            record = item[1]
+            record = item[0]
             topic = record.topic
             if topic not in self._topic_checked:
                 self._topic_checked[topic] = invalid_topic_reason(topic)
@@ -128,7 +127,7 @@ class KafkaPublisher:
                     )
             if reason:
                 try:
-                    await on_rejected(item[0], item[2], reason)
+                    await on_rejected(record, item[1], reason)
                 except Exception as exc:
                     # Stop here, but first send what comes before it, so the
                     # checkpoint can reach the rejected event.
@@ -160,8 +159,8 @@ class KafkaPublisher:
     ) -> None:
         batch = producer.create_batch()
         runs: Runs = []
-        events: list[OutboxEvent] = []
-        for event, record, ticket in group:
+        records: list[KafkaRecord] = []
+        for record, ticket in group:
             appended = batch.append(
                 timestamp=record.timestamp_ms,
                 key=record.key,
@@ -169,8 +168,8 @@ class KafkaPublisher:
                 headers=record.headers,
             )
             if appended is None and batch.record_count() > 0:
-                await self._submit(producer, batch, topic, part, runs, events, on_done)
-                batch, runs, events = producer.create_batch(), [], []
+                await self._submit(producer, batch, topic, part, runs, records, on_done)
+                batch, runs, records = producer.create_batch(), [], []
                 appended = batch.append(
                     timestamp=record.timestamp_ms,
                     key=record.key,
@@ -181,17 +180,15 @@ class KafkaPublisher:
                 # Larger than a batch: alone through send(), which enforces
                 # max_request_size. Earlier records of this partition are queued.
                 batch = producer.create_batch()
-                await self._send_one(
-                    producer, topic, part, event, record, ticket, on_done, on_rejected
-                )
+                await self._send_one(producer, topic, part, record, ticket, on_done, on_rejected)
                 continue
             if runs and runs[-1][0] == ticket:
                 runs[-1][1] += 1
             else:
                 runs.append([ticket, 1])
-            events.append(event)
+            records.append(record)
         if batch.record_count() > 0:
-            await self._submit(producer, batch, topic, part, runs, events, on_done)
+            await self._submit(producer, batch, topic, part, runs, records, on_done)
 
     async def _in_order(self, topic: str, part: int) -> None:
         """Without the idempotent producer, wait for the partition's previous batch.
@@ -216,20 +213,19 @@ class KafkaPublisher:
         topic: str,
         part: int,
         runs: Runs,
-        events: list[OutboxEvent],
+        records: list[KafkaRecord],
         on_done: OnBatchDone,
     ) -> None:
         await self._in_order(topic, part)
         fut = await producer.send_batch(batch, topic, partition=part)
         self._last[(topic, part)] = fut
-        fut.add_done_callback(lambda f: on_done(runs, events, _outcome(f)))
+        fut.add_done_callback(lambda f: on_done(runs, records, _outcome(f)))
 
     async def _send_one(
         self,
         producer: AIOKafkaProducer,
         topic: str,
         part: int,
-        event: OutboxEvent,
         record: KafkaRecord,
         ticket: int,
         on_done: OnBatchDone,
@@ -246,10 +242,10 @@ class KafkaPublisher:
                 timestamp_ms=record.timestamp_ms,
             )
         except _PERMANENT as exc:
-            await on_rejected(event, ticket, f"{type(exc).__name__}: {exc}")
+            await on_rejected(record, ticket, f"{type(exc).__name__}: {exc}")
             return
         self._last[(topic, part)] = fut
-        done = partial(on_done, [[ticket, 1]], [event])
+        done = partial(on_done, [[ticket, 1]], [record])
         fut.add_done_callback(lambda f: done(_outcome(f)))
 
     async def send_record(

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from ..event import OutboxEvent, format_timestamp
+from ..event import OutboxEvent, format_timestamp, parse_timestamp
 from ..exceptions import ConfigurationError
 
-__all__ = ["KafkaRecord", "TopicRouter", "build_record"]
+__all__ = ["KafkaRecord", "TopicRouter", "build_record", "event_of", "record_id"]
 
 DEFAULT_TOPIC_TEMPLATE = "outbox.event.{aggregatetype}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -129,4 +130,30 @@ def build_record(event: OutboxEvent, router: TopicRouter) -> KafkaRecord:
         value=event.payload,
         headers=router.headers(event),
         timestamp_ms=(event.timestamp - _EPOCH) // timedelta(milliseconds=1),
+    )
+
+
+_OWN_HEADERS = 5  # id, type, aggregatetype, aggregateid, timestamp: always first
+
+
+def record_id(record: KafkaRecord) -> str:
+    """The event id of a record the relay built (its ``id`` header)."""
+    return record.headers[0][1].decode()
+
+
+def event_of(record: KafkaRecord) -> OutboxEvent:
+    """The event a record was built from: the inverse of :func:`build_record`.
+
+    The relay carries records, not events, through its pipeline; this rebuilds
+    the event where one is needed (dead letters), off the hot path.
+    """
+    own = dict(record.headers[:_OWN_HEADERS])
+    return OutboxEvent(
+        id=uuid.UUID(own["id"].decode()),
+        aggregate_type=own["aggregatetype"].decode(),
+        aggregate_id=own["aggregateid"].decode(),
+        event_type=own["type"].decode(),
+        payload=record.value,
+        headers={k: v.decode() for k, v in record.headers[_OWN_HEADERS:]},
+        timestamp=parse_timestamp(own["timestamp"].decode()),
     )

@@ -28,10 +28,10 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, RotateEvent, XidEvent
 from pymysqlreplication.row_event import WriteRowsEvent
 
-from ..event import OutboxEvent
 from ..exceptions import BinlogPurgedError, InvalidEventError, OutboxError
 from .decode import row_to_event
 from .position import BinlogPosition, MariaDBGtidState, MySQLGtidSet
+from .routing import KafkaRecord, TopicRouter, build_record
 from .rowdecoder import ColumnSpec, RejectedRow, RowPlan, decode_rows, plan_for, rejected
 
 __all__ = ["BinlogSource", "Channel", "ChannelClosed", "SourceBatch", "SourceSettings"]
@@ -81,14 +81,16 @@ def _remaining_body(ev: WriteRowsEvent) -> bytes | None:
 
 @dataclass(frozen=True, slots=True)
 class SourceBatch:
-    """Events read from the binlog, in binlog order.
+    """The Kafka records of outbox rows read from the binlog, in binlog order.
+
+    A row that is no valid event keeps its place as a :class:`RejectedRow`.
 
     ``commit`` is set when the batch ends at a transaction's commit: the
     position to resume from after it. A large transaction arrives in several
     batches, all but the last with ``commit=None``.
     """
 
-    events: list[OutboxEvent | RejectedRow]
+    records: list[KafkaRecord | RejectedRow]
     commit: BinlogPosition | None
 
 
@@ -119,7 +121,7 @@ class Channel:
             if self._closed:
                 return False
             self._items.append(batch)
-            self._size += len(batch.events) or 1
+            self._size += len(batch.records) or 1
             wake, self._sleeping = self._sleeping, False
         if wake:
             self._loop.call_soon_threadsafe(self._ready.set)
@@ -188,7 +190,9 @@ class SourceSettings:
 class BinlogSource:
     """Reads the outbox table's inserts from ``start`` on, in a thread, into a Channel.
 
-    ``start`` must be a transaction boundary. The GTID state at ``start`` is
+    Rows arrive as the Kafka records ``router`` makes of them (decoding and
+    record building happen here, in the reader thread, in one pass over the
+    row's bytes). ``start`` must be a transaction boundary. The GTID state at ``start`` is
     taken from ``start.gtid`` and kept current so every commit position carries
     it.
     """
@@ -201,8 +205,10 @@ class BinlogSource:
         *,
         on_state: Callable[[str], None] | None = None,
         use_gtid: bool = False,
+        router: TopicRouter,
     ) -> None:
         self._s = settings
+        self._router = router
         self._channel = channel
         self._position = start
         self._use_gtid = use_gtid and start.gtid is not None
@@ -332,18 +338,18 @@ class BinlogSource:
                     with contextlib.suppress(Exception):  # already broken; nothing to release
                         reader.close()
 
-    def _decode(self, ev: WriteRowsEvent) -> list[OutboxEvent | RejectedRow]:
-        """The events of one WRITE_ROWS event: the fast decoder when the table allows."""
+    def _decode(self, ev: WriteRowsEvent) -> list[KafkaRecord | RejectedRow]:
+        """The records of one WRITE_ROWS event: the fast decoder when the table allows."""
         plan = self._plan(ev)
         if plan is not None:
             data = _remaining_body(ev)
             if data is not None:
-                return decode_rows(data, plan)
-        out: list[OutboxEvent | RejectedRow] = []
+                return decode_rows(data, plan, self._router)
+        out: list[KafkaRecord | RejectedRow] = []
         for row in ev.rows:
             values = row["values"]
             try:
-                out.append(row_to_event(values))
+                out.append(build_record(row_to_event(values), self._router))
             except InvalidEventError as exc:
                 out.append(rejected(exc, values.get("id"), values.get("aggregateid")))
         return out
@@ -375,7 +381,7 @@ class BinlogSource:
 
     def _stream(self, reader: BinLogStreamReader) -> None:
         s = self._s
-        pending: list[OutboxEvent | RejectedRow] = []
+        pending: list[KafkaRecord | RejectedRow] = []
         # After a reconnect the open transaction is read again from its start;
         # its rows already handed over are skipped, not sent twice.
         skip = self._pushed_in_txn
