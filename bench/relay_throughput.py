@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -177,22 +178,47 @@ async def produce_alone(events: list[OutboxEvent], topic_prefix: str) -> float:
     return len(records) / elapsed
 
 
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
+def peak_rss_mb(pids: list[int]) -> float:
+    """Sum of the processes' peak resident sizes."""
+    total = 0.0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1]) / 1024
+    return total
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+def _stat(pid: int) -> list[str]:
+    return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+
+
+def family(pid: int) -> list[int]:
+    """``pid`` and its live child processes (the relay's binlog reader)."""
+    out = [pid]
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if int(_stat(int(entry.name))[1]) == pid:
+                    out.append(int(entry.name))
+            except (OSError, IndexError):
+                continue
+    return out
+
+
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time of these processes so far."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            fields = _stat(pid)
+            total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def run_relay(
     db: str, start: tuple[str, int], end: tuple[str, int], run_id: str, relay_src: str | None
-) -> tuple[float, float, float, float]:
+) -> tuple[float, float, list[float], float]:
     env = dict(os.environ)
     if relay_src:
         env["PYTHONPATH"] = relay_src  # ahead of the installed package
@@ -214,12 +240,12 @@ def run_relay(
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "transactional_outbox.relay"], env=env)
     first_ack: float | None = None
-    cpu_at_first_ack = 0.0
+    cpu_at_first_ack: dict[int, float] = {}
     try:
         while True:
             if first_ack is None and published(metrics_port) > 0:
                 first_ack = time.perf_counter()
-                cpu_at_first_ack = cpu_seconds(proc.pid)
+                cpu_at_first_ack = {pid: cpu_seconds([pid]) for pid in family(proc.pid)}
             raw = client.get(key)
             if raw is not None:
                 cp = decode_checkpoint(raw)
@@ -233,8 +259,10 @@ def run_relay(
         done = time.perf_counter()
         elapsed = done - t0
         steady = done - (first_ack or t0)
-        steady_cpu = cpu_seconds(proc.pid) - cpu_at_first_ack
-        rss = peak_rss_mb(proc.pid)
+        pids = family(proc.pid)
+        # Per process: the main one first, then its binlog reader (if any).
+        steady_cpu = [cpu_seconds([pid]) - cpu_at_first_ack.get(pid, 0.0) for pid in pids]
+        rss = peak_rss_mb(pids)
     finally:
         proc.terminate()
         proc.wait(30)
@@ -297,11 +325,13 @@ def main() -> None:
     print(
         f"relay steady / min(a, b) = {steady_rate / limit:.2f}; "
         f"/ min(a2, b) = {steady_rate / min(source_rate, produce_rate):.2f}; "
-        f"relay peak RSS {rss:.0f} MB"
+        f"relay peak RSS {rss:.0f} MB (with its reader process)"
     )
+    total_cpu = sum(steady_cpu)
     print(
-        f"relay CPU while steady: {steady_cpu:.2f} s = {steady_cpu / steady_s:.2f} cores, "
-        f"{steady_cpu * 1e6 / n:.1f} µs per event"
+        f"relay CPU while steady: {total_cpu:.2f} s = {total_cpu / steady_s:.2f} cores "
+        f"({' + '.join(f'{c / steady_s:.2f}' for c in steady_cpu)} main + reader), "
+        f"{total_cpu * 1e6 / n:.1f} µs per event"
     )
 
 

@@ -271,6 +271,7 @@ class RelayProcess:
             "lease_renew_ms",
             "metrics_port",
             "reconnect_max_seconds",
+            "reader",
         ):
             env[env_var(name)] = str(getattr(s, name))
         env[env_var("enable_idempotence")] = "false"
@@ -283,6 +284,17 @@ class RelayProcess:
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
+            )
+
+    def start_in_own_group(self) -> None:
+        """Start it as the leader of a new process group (signal it with ``os.killpg``)."""
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "transactional_outbox.relay"],
+                env=self.env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def kill(self, sig: int = signal.SIGKILL) -> int:

@@ -31,6 +31,7 @@ from .health import HealthServer, RelayMetrics
 from .leadership import Lease, LeaseKeys
 from .position import BinlogPosition
 from .publisher import KafkaPublisher, is_permanent
+from .reader_process import ProcessSource
 from .routing import KafkaRecord, event_of, record_id
 from .rowdecoder import RejectedRow
 from .source import BinlogSource, Channel, ChannelClosed, SourceSettings
@@ -83,7 +84,7 @@ class Relay:
         self._redis: aioredis.Redis | None = None
         self._store: RedisCheckpointStore | None = None
         self._watermark: Watermark | None = None
-        self._source: BinlogSource | None = None
+        self._source: BinlogSource | ProcessSource | None = None
         self._failure: BaseException | None = None
         self._channel: Channel | None = None
         self._router = settings.router()
@@ -374,7 +375,8 @@ class Relay:
         loop = asyncio.get_running_loop()
         channel = self._channel = Channel(loop, max_events=s.queue_max_events)
         use_gtid = s.resume_by_gtid or (start.file == "" and start.gtid is not None)
-        source = self._source = BinlogSource(
+        reader = ProcessSource if s.reader == "process" else BinlogSource
+        source = self._source = reader(
             self._source_settings(),
             channel,
             start,

@@ -21,7 +21,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import pymysql
 from pymysqlreplication import BinLogStreamReader
@@ -92,6 +92,20 @@ class SourceBatch:
 
     records: list[KafkaRecord | RejectedRow]
     commit: BinlogPosition | None
+
+
+class BatchSink(Protocol):
+    """Where a :class:`BinlogSource` hands its batches: a :class:`Channel`, or a pipe
+    to the relay when the source runs in its own process."""
+
+    def put(self, batch: SourceBatch) -> bool:
+        """Hand over ``batch`` (may block); False once the sink is closed."""
+
+    def fail(self, error: BaseException) -> None:
+        """Report a fatal source error."""
+
+    def close(self) -> None:
+        """Refuse later batches."""
 
 
 class Channel:
@@ -200,7 +214,7 @@ class BinlogSource:
     def __init__(
         self,
         settings: SourceSettings,
-        channel: Channel,
+        channel: BatchSink,
         start: BinlogPosition,
         *,
         on_state: Callable[[str], None] | None = None,
@@ -236,6 +250,10 @@ class BinlogSource:
     def start(self) -> None:
         """Start the reader thread."""
         self._thread.start()
+
+    def run(self) -> None:
+        """Read in the calling thread until stopped or failed (what the thread runs)."""
+        self._run()
 
     def stop(self) -> None:
         """Ask the thread to stop, waking it from a blocking read."""
