@@ -1,14 +1,20 @@
 """Relay throughput: committed events → acknowledged by Kafka, against its two limits.
 
-    .venv/bin/python bench/relay_throughput.py [--events 100000] [--size 200] [--quick]
+    .venv/bin/python bench/relay_throughput.py [--events 100000] [--size 200 [--size 2000]]
+        [--runs 3] [--plot bench/out/throughput.png] [--relay-src DIR] [--quick]
 
 Against the local stack (./dev/stack start). Writes N events (insert-then-delete,
 1,000 per transaction), then measures on the same binlog:
 
-  (a) python-mysql-replication alone reading the rows (no Kafka),
-  (b) aiokafka alone producing the same records, pipelined (no MySQL),
-  relay: ``python -m transactional_outbox.relay`` from the first event until its
-         checkpoint passes the last one (every event acknowledged), and its peak RSS.
+  (a)  python-mysql-replication alone reading the rows (no Kafka),
+  (a2) the relay's own binlog reader alone (its outbox row decoder, in a thread),
+  (b)  aiokafka alone producing the same records with send(), pipelined (no MySQL),
+  relay: ``python -m transactional_outbox.relay`` from its start, and from its first
+         acknowledged event ("steady"), until its checkpoint passes the last event
+         (every event acknowledged); its peak RSS and CPU, reader process included.
+
+Each run uses a new database and topics. With --runs, the table shows the median,
+min and max per measure; --plot draws them (one bar group per measure, one bar per size).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import asyncio
 import contextlib
 import os
 import socket
+import statistics
 import subprocess
 import sys
 import time
@@ -290,10 +297,111 @@ def published(port: int) -> float:
     return 0.0
 
 
+LABELS = {
+    "writes": "writes (insert+delete, 1000/txn)",
+    "a": "(a) pymysqlreplication alone, read",
+    "b": "(b) aiokafka alone, produce",
+    "a2": "(a2) relay reader alone (outbox row decoder)",
+    "relay": "relay, process start to all acked",
+    "steady": "relay, steady (first ack to all acked)",
+}
+
+
+def measure(n: int, size: int, relay_src: str | None) -> dict[str, float]:
+    """One run on a fresh database: events/s per measure, plus the relay's RSS and CPU."""
+    run_id = uuid.uuid4().hex[:8]
+    db = f"bench_{run_id}"
+    with bench_database(db):
+        events = make_events(n, size)
+        start, end, write_s = write(db, events)
+        read_rate = read_alone(db, start, n)
+        source_rate = asyncio.run(source_alone(db, start, n))
+        produce_rate = asyncio.run(produce_alone(events, f"bench{run_id}.alone."))
+        relay_s, steady_s, steady_cpu, rss = run_relay(db, start, end, run_id, relay_src)
+    return {
+        "writes": n / write_s,
+        "a": read_rate,
+        "b": produce_rate,
+        "a2": source_rate,
+        "relay": n / relay_s,
+        "steady": n / steady_s,
+        "rss": rss,
+        "cores": sum(steady_cpu) / steady_s,
+        "cores_main": steady_cpu[0] / steady_s,
+        "cores_reader": sum(steady_cpu[1:]) / steady_s,
+        "us_per_event": sum(steady_cpu) * 1e6 / n,
+    }
+
+
+def report(n: int, size: int, runs: list[dict[str, float]]) -> None:
+    def med(key: str) -> float:
+        return statistics.median(r[key] for r in runs)
+
+    print(f"relay throughput: {n} events of {size} B, {os.cpu_count()} cores, {len(runs)} run(s)")
+    print(f"{'measure (events/s)':44} {'median':>8} {'min':>8} {'max':>8}")
+    for key, label in LABELS.items():
+        values = [r[key] for r in runs]
+        print(f"{label:44} {med(key):>8.0f} {min(values):>8.0f} {max(values):>8.0f}")
+    print(
+        f"relay steady / min(a, b) = {med('steady') / min(med('a'), med('b')):.2f}; "
+        f"/ min(a2, b) = {med('steady') / min(med('a2'), med('b')):.2f} (medians)"
+    )
+    print(
+        f"relay peak RSS {max(r['rss'] for r in runs):.0f} MB (both processes, largest run); "
+        f"CPU while steady {med('cores'):.2f} cores ({med('cores_main'):.2f} main + "
+        f"{med('cores_reader'):.2f} reader), {med('us_per_event'):.1f} µs per event"
+    )
+    print("steady events/s per run:", ", ".join(f"{r['steady']:.0f}" for r in runs))
+
+
+def plot(path: Path, n: int, results: dict[int, list[dict[str, float]]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = ["a", "b", "a2", "relay", "steady"]
+    short = [
+        "(a) library\nread alone",
+        "(b) aiokafka\nsend() alone",
+        "(a2) our reader\nalone",
+        "relay, incl.\nprocess start",
+        "relay,\nsteady",
+    ]
+    fig, ax = plt.subplots(figsize=(9, 4.2))
+    width = 0.8 / len(results)
+    for k, (size, runs) in enumerate(sorted(results.items())):
+        meds = [statistics.median(r[key] for r in runs) for key in keys]
+        lows = [m - min(r[key] for r in runs) for m, key in zip(meds, keys, strict=True)]
+        highs = [max(r[key] for r in runs) - m for m, key in zip(meds, keys, strict=True)]
+        xs = [i + (k - (len(results) - 1) / 2) * width for i in range(len(keys))]
+        bars = ax.bar(xs, meds, width, yerr=[lows, highs], capsize=3, label=f"{size} B payload")
+        ax.bar_label(bars, labels=[f"{m / 1000:.1f}k" for m in meds], fontsize=7, padding=2)
+    ax.axhline(50_000, color="C3", linestyle="--", linewidth=1)
+    ax.text(len(keys) - 0.5, 50_000, " goal 50k (200 B)", color="C3", fontsize=7, va="bottom")
+    ax.set_xticks(range(len(keys)), short, fontsize=8)
+    ax.set_ylabel("events/s (median; bars: min-max)")
+    runs_n = len(next(iter(results.values())))
+    ax.set_title(
+        f"relay throughput, {n} events per run, {runs_n} run(s), {os.cpu_count()} cores",
+        fontsize=10,
+    )
+    ax.legend(fontsize=8, loc="upper left")
+    ax.grid(True, axis="y", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
-    parser.add_argument("--size", type=int, default=200, help="payload bytes")
+    parser.add_argument(
+        "--size", type=int, action="append", help="payload bytes (repeatable; default 200)"
+    )
+    parser.add_argument("--runs", type=int, default=1, help="runs per size (median, min, max)")
+    parser.add_argument("--plot", type=Path, help="write a bar chart (PNG) here")
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     parser.add_argument(
         "--relay-src",
@@ -302,37 +410,13 @@ def main() -> None:
     )
     args = parser.parse_args()
     n = 1_000 if args.quick else args.events
-    run_id = uuid.uuid4().hex[:8]
-    db = f"bench_{run_id}"
-    with bench_database(db):
-        events = make_events(n, args.size)
-        start, end, write_s = write(db, events)
-        read_rate = read_alone(db, start, n)
-        source_rate = asyncio.run(source_alone(db, start, n))
-        produce_rate = asyncio.run(produce_alone(events, f"bench{run_id}.alone."))
-        relay_s, steady_s, steady_cpu, rss = run_relay(db, start, end, run_id, args.relay_src)
-    relay_rate = n / relay_s
-    steady_rate = n / steady_s
-    limit = min(read_rate, produce_rate)
-    print(f"relay throughput: {n} events of {args.size} B, {os.cpu_count()} cores")
-    print(f"{'measure':44} {'events/s':>10}")
-    print(f"{'writes (insert+delete, 1000/txn)':44} {n / write_s:>10.0f}")
-    print(f"{'(a) pymysqlreplication alone, read':44} {read_rate:>10.0f}")
-    print(f"{'(b) aiokafka alone, produce':44} {produce_rate:>10.0f}")
-    print(f"{'(a2) relay reader alone (outbox row decoder)':44} {source_rate:>10.0f}")
-    print(f"{'relay, process start to all acked':44} {relay_rate:>10.0f}")
-    print(f"{'relay, steady (first ack to all acked)':44} {steady_rate:>10.0f}")
-    print(
-        f"relay steady / min(a, b) = {steady_rate / limit:.2f}; "
-        f"/ min(a2, b) = {steady_rate / min(source_rate, produce_rate):.2f}; "
-        f"relay peak RSS {rss:.0f} MB (with its reader process)"
-    )
-    total_cpu = sum(steady_cpu)
-    print(
-        f"relay CPU while steady: {total_cpu:.2f} s = {total_cpu / steady_s:.2f} cores "
-        f"({' + '.join(f'{c / steady_s:.2f}' for c in steady_cpu)} main + reader), "
-        f"{total_cpu * 1e6 / n:.1f} µs per event"
-    )
+    results: dict[int, list[dict[str, float]]] = {}
+    for size in args.size or [200]:
+        results[size] = [measure(n, size, args.relay_src) for _ in range(args.runs)]
+        report(n, size, results[size])
+    if args.plot:
+        plot(args.plot, n, results)
+        print(f"plot: {args.plot}")
 
 
 if __name__ == "__main__":

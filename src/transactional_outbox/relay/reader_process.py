@@ -33,6 +33,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
@@ -123,8 +124,15 @@ def _die_with_parent(parent: int) -> None:
     if sys.platform.startswith("linux"):
         with contextlib.suppress(Exception):
             ctypes.CDLL(None).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if os.getppid() != parent:  # the relay died before prctl took effect
+
+    # Elsewhere (and should prctl fail), notice within a second: an idle binlog
+    # would otherwise keep an orphan reading until its next write to the pipe.
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
         os._exit(1)
+
+    threading.Thread(target=watch, name="outbox-parent-watch", daemon=True).start()
 
 
 def child_main() -> None:
