@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import json
+import random
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pymysql
 import pytest
@@ -22,6 +23,7 @@ from transactional_outbox.relay.rowdecoder import (
     ColumnSpec,
     RejectedRow,
     decode_rows,
+    decode_rows_generic,
     plan_for,
 )
 from transactional_outbox.relay.source import _remaining_body
@@ -272,3 +274,67 @@ def test_matches_the_library_on_real_binlog_rows(stack: Stack, database: str) ->
         reader.close()
     assert fast == slow
     assert fast == [build_record(e, ROUTER) for e in events]
+
+
+def random_value(rng: random.Random, col: ColumnSpec) -> object:
+    """A value for ``col``: NULL, empty, bad UTF-8, bad JSON or plain, at random."""
+    roll = rng.random()
+    if roll < 0.06:
+        return None
+    if col.type == DATETIME2:
+        if roll < 0.08:
+            return datetime(1000, 1, 1, tzinfo=UTC)
+        return datetime(2026, 11, 27, tzinfo=UTC) + timedelta(microseconds=rng.randrange(10**12))
+    if col.name == "id":
+        return bytes(rng.randrange(256) for _ in range(16)).rstrip(b"\x00") or b"\x00"
+    if roll < 0.09:
+        return b""
+    if roll < 0.11:
+        return b"\xff\xfe"
+    if col.name == "headers":
+        if roll < 0.13:
+            return b"{not json"
+        return rng.choice(['{"k":"v"}', "{}", '{"a":"1","b":"ü"}'])
+    if col.name == "payload":
+        return bytes(rng.randrange(256) for _ in range(rng.choice([0, 1, 200, 300, 70_000])))
+    limit = 200 if col.max_length <= 255 else 300
+    return "".join(rng.choice("abcü€-") for _ in range(rng.randrange(1, limit // 4)))
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_generated_decoder_matches_the_generic_one(seed: int) -> None:
+    rng = random.Random(seed)
+    cols = [
+        ColumnSpec("id", STRING, max_length=16),
+        ColumnSpec("aggregatetype", VARCHAR, max_length=rng.choice([100, 1020])),
+        ColumnSpec("aggregateid", VARCHAR, max_length=rng.choice([255, 1020])),
+        ColumnSpec("type", VARCHAR, max_length=rng.choice([200, 1020])),
+        ColumnSpec("payload", BLOB, length_size=rng.choice([2, 3, 4])),
+        ColumnSpec("headers", BLOB, length_size=rng.choice([1, 2, 3])),
+        ColumnSpec("timestamp", DATETIME2, fsp=rng.randrange(7)),
+    ]
+    cols += [ColumnSpec(f"extra{k}", VARCHAR, max_length=40) for k in range(rng.randrange(3))]
+    rng.shuffle(cols)
+    plan = plan_for(cols)
+    assert plan is not None and plan.decoder is not None
+    rows = []
+    for _ in range(30):
+        values = {c.name: random_value(rng, c) for c in cols}
+        if values["payload"] is not None and len(values["payload"]) >= 256 ** min(
+            c.length_size for c in cols if c.name == "payload"
+        ):
+            values["payload"] = b"p"
+        if values["headers"] is not None and len(values["headers"]) > 200:
+            values["headers"] = "{}"
+        rows.append(encode_row(values, cols))
+    data = b"".join(rows)
+    generated = decode_rows(data, plan, ROUTER)
+    assert generated == decode_rows_generic(data, plan, ROUTER)
+    assert len(generated) == 30
+    assert any(isinstance(r, KafkaRecord) for r in generated)
+    assert any(isinstance(r, RejectedRow) for r in generated)
+    for cut in (1, 7, len(rows[0]) // 2):  # a truncated body fails the same way in both
+        with pytest.raises(InvalidEventError, match="truncated"):
+            decode_rows(data[:-cut], plan, ROUTER)
+        with pytest.raises(InvalidEventError, match="truncated"):
+            decode_rows_generic(data[:-cut], plan, ROUTER)

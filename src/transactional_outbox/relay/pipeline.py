@@ -206,11 +206,11 @@ class Relay:
                 await asyncio.wait_for(self._stopping.wait(), wait)
         return False
 
-    async def _renew_loop(self) -> None:
+    async def _renew_loop(self, over: asyncio.Event) -> None:
         assert self._lease is not None
         lease = self._lease
         interval = self.settings.lease_renew_ms / 1000
-        while True:
+        while not over.is_set():
             await asyncio.sleep(interval)
             try:
                 if not await lease.renew():
@@ -236,13 +236,18 @@ class Relay:
         if start is None:
             return
         self._watermark = Watermark(start)
+        # Besides cancelling them, tell the loops to end: a cancel that lands
+        # inside a Redis call can be swallowed by the client (seen with
+        # redis-py), and a loop left running keeps this relay from standing by.
+        over = asyncio.Event()
         tasks = [
-            asyncio.create_task(self._renew_loop(), name="outbox-lease"),
-            asyncio.create_task(self._save_loop(), name="outbox-checkpoint"),
+            asyncio.create_task(self._renew_loop(over), name="outbox-lease"),
+            asyncio.create_task(self._save_loop(over), name="outbox-checkpoint"),
         ]
         try:
             await self._supervise(start)
         finally:
+            over.set()
             for task in tasks:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
@@ -600,9 +605,9 @@ class Relay:
                 wm.outstanding,
             )
 
-    async def _save_loop(self) -> None:
+    async def _save_loop(self, over: asyncio.Event) -> None:
         interval = self.settings.checkpoint_interval_ms / 1000
-        while True:
+        while not over.is_set() and not self._lost.is_set():
             await asyncio.sleep(interval)
             self._check_kafka_progress()
             try:

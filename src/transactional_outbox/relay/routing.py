@@ -59,6 +59,9 @@ class TopicRouter:
             if reason:
                 raise ConfigurationError("topic_overrides", f"for {agg!r}: {reason}")
         self._cache: dict[str, str] = {}
+        # Topics by the aggregate type's raw column bytes, for the row decoder;
+        # filled only once those bytes are known to be a valid name.
+        self.raw_topics: dict[bytes, str] = {}
         # Per-relay memo of header pieces that repeat from event to event.
         self._field_cache: dict[tuple[str, str], tuple[str, bytes]] = {}
         self._user_cache: dict[int, tuple[Mapping[str, str], list[tuple[str, bytes]]]] = {}

@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import uuid
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -49,6 +49,8 @@ _names: dict[bytes, str] = {}
 _seconds: dict[int, tuple[bytes, int]] = {}
 _SCALE = (1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)  # microseconds per digit, by fsp
 _new_record: Any = tuple.__new__  # what KafkaRecord._make does, without the lookup
+
+Decoder = Callable[[bytes, "TopicRouter"], list["KafkaRecord | RejectedRow"]]
 _NEEDED = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
 
 
@@ -99,6 +101,8 @@ class RowPlan:
     readers: tuple[tuple[int, int], ...]
     index: dict[str, int]
     null_bytes: int
+    # decode_rows for exactly this layout, generated once (see _compile).
+    decoder: Decoder | None = field(default=None, compare=False, repr=False)
 
 
 def plan_for(columns: Sequence[ColumnSpec]) -> RowPlan | None:
@@ -118,7 +122,8 @@ def plan_for(columns: Sequence[ColumnSpec]) -> RowPlan | None:
         return None
     if readers[index["timestamp"]][0] != _DT or readers[index["id"]][0] != _STR:
         return None
-    return RowPlan(tuple(readers), index, (len(columns) + 7) // 8)
+    null_bytes = (len(columns) + 7) // 8
+    return RowPlan(tuple(readers), index, null_bytes, _compile(tuple(readers), index, null_bytes))
 
 
 def _datetime(packed: int, fraction: int, fsp: int) -> datetime:
@@ -170,6 +175,16 @@ def decode_rows(data: bytes, plan: RowPlan, router: TopicRouter) -> list[KafkaRe
     a :class:`RejectedRow` naming the column. A body that cannot be cut into
     rows raises :class:`InvalidEventError`.
     """
+    if plan.decoder is not None:
+        return plan.decoder(data, router)
+    return decode_rows_generic(data, plan, router)
+
+
+def decode_rows_generic(
+    data: bytes, plan: RowPlan, router: TopicRouter
+) -> list[KafkaRecord | RejectedRow]:
+    """:func:`decode_rows` for any plan, column by column: the reference that the
+    generated decoders are tested against."""
     readers = plan.readers
     ncols = len(readers)
     nb = plan.null_bytes
@@ -297,3 +312,142 @@ def _record(
         KafkaRecord, (topic, key, payload, headers, seconds * 1000 + micro // 1000)
     )
     return record
+
+
+def _topic(router: TopicRouter, raw: Any) -> str:
+    """The topic of a raw aggregate type (validated), memoised per router."""
+    topic = router.topic(_name(raw, "aggregatetype"))
+    if len(router.raw_topics) < 10_000:
+        router.raw_topics[raw] = topic
+    return topic
+
+
+_VARS = {
+    "id": "c_id",
+    "aggregatetype": "c_at",
+    "aggregateid": "c_ai",
+    "type": "c_ty",
+    "payload": "c_pl",
+    "headers": "c_hd",
+    "timestamp": "c_ts",
+}
+
+_RECORD = """\
+        try:
+            if c_id is None or len(c_id) > 16:
+                raise InvalidEventError("id", c_id, "must be 16 bytes")
+            if c_pl is None:
+                raise InvalidEventError("payload", None, "must not be NULL")
+            if c_ts is None:
+                raise InvalidEventError("timestamp", None, "must be a DATETIME")
+            second = seconds_get(c_ts[0])
+            if second is None:
+                second = _second(c_ts[0])
+            micro = MICRO
+            user = None
+            if c_hd:
+                user = headers_get(c_hd)
+                if user is None:
+                    user = _user_headers(c_hd)
+            topic = topics_get(c_at)
+            if topic is None:
+                topic = _topic(router, c_at)
+            if not c_ai:
+                raise InvalidEventError("aggregateid", c_ai, "must be a non-empty string")
+            try:
+                c_ai.decode()
+            except UnicodeDecodeError:
+                raise InvalidEventError("aggregateid", c_ai, "is not valid UTF-8") from None
+            if c_ty not in names:
+                _name(c_ty, "type")
+            h = (c_id if len(c_id) == 16 else c_id.ljust(16, b"\\x00")).hex()
+            headers = [
+                ("id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()),
+                ("type", c_ty),
+                ("aggregatetype", c_at),
+                ("aggregateid", c_ai),
+                ("timestamp", b"%s.%06d+00:00" % (second[0], micro)),
+            ]
+            if user:
+                headers += user
+            ms = second[1] * 1000 + micro // 1000
+            append(new(KafkaRecord, (topic, c_ai, c_pl, headers, ms)))
+        except InvalidEventError as exc:
+            append(rejected(exc, c_id, c_ai))
+    return out
+"""
+
+
+def _compile(
+    readers: tuple[tuple[int, int], ...], index: dict[str, int], null_bytes: int
+) -> Decoder:
+    """Generate :func:`decode_rows` for one column layout.
+
+    The generic decoder looks up each column's kind and size per row; for a
+    fixed layout those are constants, so the cut is written out column by
+    column, with the record building and its memo lookups inline. This is the
+    binlog reader's hottest loop; :func:`decode_rows_generic` stays as the
+    reference the generated code is tested against.
+    """
+    needed = {index[name]: _VARS[name] for name in _NEEDED}
+    lines = [
+        "def decode(data, router):",
+        "    out = []",
+        "    append = out.append",
+        "    topics_get = router.raw_topics.get",
+        "    pos, end = 0, len(data)",
+        "    while pos < end:",
+        "        try:",
+        f"            nulls = from_bytes(data[pos : pos + {null_bytes}], 'little')",
+        f"            pos += {null_bytes}",
+    ]
+    for i, (kind, size) in enumerate(readers):
+        target = needed.get(i)
+        body: list[str] = []
+        if kind == _DT:
+            fbytes = (size + 1) // 2
+            frac = f"from_bytes(data[pos + 5 : pos + {5 + fbytes}], 'big')" if fbytes else "0"
+            if target:
+                body.append(f"{target} = (from_bytes(data[pos : pos + 5], 'big'), {frac})")
+            body.append(f"pos += {5 + fbytes}")
+        else:
+            if size == 1:
+                body.append("n = data[pos]")
+            elif size == 2:
+                body.append("n = data[pos] | (data[pos + 1] << 8)")
+            else:
+                body.append(f"n = from_bytes(data[pos : pos + {size}], 'little')")
+            if target:
+                body.append(f"{target} = data[pos + {size} : pos + {size} + n]")
+            body.append(f"pos += {size} + n")
+        lines.append(f"            if nulls & {1 << i}:")
+        lines.append(f"                {target} = None" if target else "                pass")
+        lines.append("            else:")
+        lines.extend(f"                {line}" for line in body)
+    lines += [
+        "        except IndexError:",  # data[pos] past the end: a truncated row
+        "            pos = end + 1",
+        "        if pos > end:",
+        "            raise InvalidEventError('row', len(data), 'row image is truncated')",
+    ]
+    fsp = readers[index["timestamp"]][1]
+    # Odd precisions store one digit more than they keep (as _micro).
+    micro = f"(c_ts[1] // 10) * {_SCALE[fsp]}" if fsp % 2 else f"c_ts[1] * {_SCALE[fsp]}"
+    source = "\n".join(lines) + "\n" + _RECORD.replace("MICRO", micro)
+    namespace: dict[str, Any] = {
+        "from_bytes": int.from_bytes,
+        "InvalidEventError": InvalidEventError,
+        "KafkaRecord": KafkaRecord,
+        "new": _new_record,
+        "seconds_get": _seconds.get,
+        "headers_get": _headers_cache.get,
+        "names": _names,
+        "_second": _second,
+        "_user_headers": _user_headers,
+        "_topic": _topic,
+        "_name": _name,
+        "rejected": rejected,
+    }
+    exec(compile(source, f"<outbox row decoder {readers}>", "exec"), namespace)
+    decoder: Decoder = namespace["decode"]
+    return decoder
