@@ -133,7 +133,7 @@ class RelaySettings:
     reader: str = _opt(
         "process",
         "where the binlog is read and decoded: process (a child process, so decoding does "
-        "not share the interpreter lock with publishing; ~1.5x the throughput on 2+ cores) "
+        "not share the interpreter lock with publishing; ~1.3x the throughput on 2 cores) "
         "or thread (one process)",
         choices=("process", "thread"),
     )
