@@ -20,6 +20,7 @@ Row image format (MySQL/MariaDB binlog, FULL image): per row, a null bitmap of
 
 from __future__ import annotations
 
+import functools
 import json
 import uuid
 from collections.abc import Callable, Sequence
@@ -51,7 +52,6 @@ _SCALE = (1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)  # microseconds per dig
 _new_record: Any = tuple.__new__  # what KafkaRecord._make does, without the lookup
 
 Decoder = Callable[[bytes, "TopicRouter"], list["KafkaRecord | RejectedRow"]]
-_decoders: dict[tuple[Any, ...], Decoder] = {}
 _NEEDED = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
 
 
@@ -108,6 +108,14 @@ class RowPlan:
 
 def plan_for(columns: Sequence[ColumnSpec]) -> RowPlan | None:
     """A plan for these columns, or None if a type is not one the decoder knows."""
+    return _plan_for(tuple(columns))
+
+
+# The server writes a table map before each transaction's rows, so a plan is
+# asked for per transaction: build each layout's plan (and generate its
+# decoder, ~1.5 ms) once.
+@functools.lru_cache(maxsize=64)
+def _plan_for(columns: tuple[ColumnSpec, ...]) -> RowPlan | None:
     readers: list[tuple[int, int]] = []
     for col in columns:
         if col.type in (STRING, VARCHAR, VAR_STRING):
@@ -124,16 +132,7 @@ def plan_for(columns: Sequence[ColumnSpec]) -> RowPlan | None:
     if readers[index["timestamp"]][0] != _DT or readers[index["id"]][0] != _STR:
         return None
     null_bytes = (len(columns) + 7) // 8
-    layout = (tuple(readers), tuple(sorted(index.items())), null_bytes)
-    # The server writes a table map before each transaction's rows, so a plan is
-    # asked for per transaction: generate each layout's decoder once (~1.5 ms).
-    decoder = _decoders.get(layout)
-    if decoder is None:
-        decoder = _compile(tuple(readers), index, null_bytes)
-        if len(_decoders) >= 64:
-            _decoders.clear()
-        _decoders[layout] = decoder
-    return RowPlan(tuple(readers), index, null_bytes, decoder)
+    return RowPlan(tuple(readers), index, null_bytes, _compile(tuple(readers), index, null_bytes))
 
 
 def _datetime(packed: int, fraction: int, fsp: int) -> datetime:
