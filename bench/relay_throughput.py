@@ -213,14 +213,14 @@ def family(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pids: list[int]) -> float:
-    """User + system CPU time of these processes so far."""
-    total = 0
-    for pid in pids:
+def cpu_by_process(root: int) -> dict[int, float]:
+    """User + system CPU seconds so far of ``root`` and each of its children."""
+    out = {}
+    for pid in family(root):
         with contextlib.suppress(OSError):
             fields = _stat(pid)
-            total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+            out[pid] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def run_relay(
@@ -264,7 +264,7 @@ def run_relay(
                 done = (cp.file, cp.pos) >= end
                 fraction = 1.0 if done else (cp.pos - start[1]) / span
                 if len(marks) < 2 and fraction >= (0.1, 0.9)[len(marks)]:
-                    cpu = {pid: cpu_seconds([pid]) for pid in family(proc.pid)}
+                    cpu = cpu_by_process(proc.pid)
                     marks.append((time.perf_counter(), fraction, cpu))
                 if done:
                     break
@@ -276,7 +276,7 @@ def run_relay(
         elapsed = time.perf_counter() - t0
         if len(marks) < 2 or marks[1][0] <= marks[0][0]:
             # All of it acknowledged at once (a tiny run): the whole run is the window.
-            cpu = {pid: cpu_seconds([pid]) for pid in family(proc.pid)}
+            cpu = cpu_by_process(proc.pid)
             marks = [(t0, 0.0, {}), (t0 + elapsed, 1.0, cpu)]
         (t1, f1, cpu1), (t2, f2, cpu2) = marks
         # Per process: the main one first, then its binlog reader (if any).

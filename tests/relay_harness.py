@@ -277,24 +277,16 @@ class RelayProcess:
         env[env_var("enable_idempotence")] = "false"
         return env
 
-    def start(self) -> None:
+    def start(self, *, own_group: bool = False) -> None:
+        """Start it; with ``own_group``, as the leader of a new process group
+        (signal the group with ``os.killpg``)."""
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "transactional_outbox.relay"],
                 env=self.env(),
                 stdout=log,
                 stderr=subprocess.STDOUT,
-            )
-
-    def start_in_own_group(self) -> None:
-        """Start it as the leader of a new process group (signal it with ``os.killpg``)."""
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "transactional_outbox.relay"],
-                env=self.env(),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
+                start_new_session=own_group,
             )
 
     def kill(self, sig: int = signal.SIGKILL) -> int:

@@ -133,36 +133,45 @@ async def test_both_reader_modes_deliver_in_order(
         assert by_key[key.encode()] == [str(e.id) for e in events if e.aggregate_id == key]
 
 
+async def publishing_relay(
+    conn, settings_kw, topic_prefix, stack: Stack, tmp_path: Path, *, own_group: bool = False
+) -> tuple[RelayProcess, int]:
+    """A relay process that has published one event, and its reader's pid. The caller
+    stops it."""
+    relay = RelayProcess(relay_settings(**settings_kw), tmp_path / "relay.log")
+    relay.start(own_group=own_group)
+    assert relay.proc is not None
+    try:
+        async with Collector(stack.kafka_bootstrap) as col:
+            await col.watch([topic_prefix + "order"])
+            write_events(conn, [make_event()])
+            await col.wait_for(1)
+        [reader] = children(relay.proc.pid)
+    except BaseException:
+        relay.kill(signal.SIGKILL)
+        raise
+    return relay, reader
+
+
 async def test_the_reader_process_dies_with_a_killed_relay(
     conn, settings_kw, topic_prefix, stack: Stack, tmp_path: Path
 ) -> None:
-    relay = RelayProcess(relay_settings(**settings_kw), tmp_path / "relay.log")
-    async with Collector(stack.kafka_bootstrap) as col:
-        await col.watch([topic_prefix + "order"])
-        relay.start()
-        assert relay.proc is not None
-        try:
-            write_events(conn, [make_event()])
-            await col.wait_for(1)
-            [reader] = children(relay.proc.pid)
-        finally:
-            relay.kill(signal.SIGKILL)
+    relay, reader = await publishing_relay(conn, settings_kw, topic_prefix, stack, tmp_path)
+    relay.kill(signal.SIGKILL)
     await wait_until(lambda: not alive(reader), within=10, what="the reader process to exit")
 
 
 async def test_a_dead_reader_process_stops_the_relay_with_an_error(
     conn, settings_kw, topic_prefix, stack: Stack, tmp_path: Path
 ) -> None:
-    relay = RelayProcess(relay_settings(**settings_kw), tmp_path / "relay.log")
-    async with Collector(stack.kafka_bootstrap) as col:
-        await col.watch([topic_prefix + "order"])
-        relay.start()
-        assert relay.proc is not None
-        write_events(conn, [make_event()])
-        await col.wait_for(1)
-        [reader] = children(relay.proc.pid)
+    relay, reader = await publishing_relay(conn, settings_kw, topic_prefix, stack, tmp_path)
+    assert relay.proc is not None
+    try:
         os.kill(reader, signal.SIGKILL)
         await wait_until(lambda: relay.proc.poll() is not None, within=30, what="relay exit")
+    finally:
+        if relay.proc.poll() is None:
+            relay.kill(signal.SIGKILL)
     assert relay.proc.returncode == 1
     assert "binlog reader process exited unexpectedly" in relay.log()
 
@@ -171,14 +180,10 @@ async def test_sigterm_to_the_whole_process_group_stops_cleanly(
     conn, settings_kw, topic_prefix, stack: Stack, tmp_path: Path
 ) -> None:
     # What systemd and a terminal's Ctrl-C do: signal every process of the group.
-    relay = RelayProcess(relay_settings(**settings_kw), tmp_path / "relay.log")
-    relay.start_in_own_group()
+    relay, reader = await publishing_relay(
+        conn, settings_kw, topic_prefix, stack, tmp_path, own_group=True
+    )
     assert relay.proc is not None
-    async with Collector(stack.kafka_bootstrap) as col:
-        await col.watch([topic_prefix + "order"])
-        write_events(conn, [make_event()])
-        await col.wait_for(1)
-    [reader] = children(relay.proc.pid)
     os.killpg(relay.proc.pid, signal.SIGTERM)
     assert relay.proc.wait(30) == 0, relay.log()
     assert "stopped cleanly" in relay.log()

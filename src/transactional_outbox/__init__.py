@@ -5,9 +5,9 @@ Write events in your own transaction with ``session.add_event(...)``; the relay
 Kafka; ``transactional_outbox.consumer`` drops duplicates on the consuming side.
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ._lazy import lazy_attributes
 from .event import JsonSerializer, OutboxEvent, Serializer, uuid7
 from .exceptions import (
     BinlogPurgedError,
@@ -29,22 +29,16 @@ if TYPE_CHECKING:
 
 # The write side needs SQLAlchemy; the relay's binlog reader process and
 # consumers need not pay its import (~0.3 s, ~25 MB) unless they use it.
-_LAZY = {
-    "AsyncOutboxSession": "session",
-    "OutboxSession": "session",
-    "enable_outbox": "session",
-    "OutboxMixin": "table",
-    "outbox_table": "table",
-}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(
+    __name__,
+    {
+        "AsyncOutboxSession": "session",
+        "OutboxSession": "session",
+        "enable_outbox": "session",
+        "OutboxMixin": "table",
+        "outbox_table": "table",
+    },
+)
 
 
 __all__ = [

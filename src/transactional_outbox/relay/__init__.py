@@ -6,9 +6,9 @@ Run it with ``python -m transactional_outbox.relay --help``, or embed it::
     await relay.run()          # until relay.stop()
 """
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from .._lazy import lazy_attributes
 from .position import BinlogPosition, StartPolicy
 
 if TYPE_CHECKING:
@@ -17,16 +17,7 @@ if TYPE_CHECKING:
 
 # Loaded on first use, so the binlog reader process (which imports only the
 # source side) does not load SQLAlchemy, aiokafka and redis.
-_LAZY = {"RelaySettings": "config", "Relay": "pipeline"}
-
-
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(f".{module}", __name__), name)
-    globals()[name] = value
-    return value
+__getattr__ = lazy_attributes(__name__, {"RelaySettings": "config", "Relay": "pipeline"})
 
 
 __all__ = ["BinlogPosition", "Relay", "RelaySettings", "StartPolicy"]
