@@ -13,7 +13,7 @@ import dataclasses
 import uuid
 import warnings
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, cast, overload
 
@@ -33,6 +33,10 @@ DELETE_CHUNK = 50_000
 """Most ids in one ``DELETE ... IN``: ~1.6 MB of SQL, far below ``max_allowed_packet``."""
 
 _DEFAULT_TABLE = outbox_table(sa.MetaData())
+
+_write_hooks: list[Callable[[OutboxSession, list[OutboxEvent]], None]] = []
+"""Called with the events each successful write put on a session's connection (not
+yet committed); how ``transactional_outbox.testing`` sees them. Empty in production."""
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -163,6 +167,8 @@ class OutboxSession(Session):
             # again, e.g. on a duplicate id) instead of silently dropping them.
             self._outbox_pending[:0] = events
             raise
+        for hook in _write_hooks:
+            hook(self, events)
 
 
 class AsyncOutboxSession(AsyncSession):
