@@ -61,7 +61,10 @@ class Order(Base):
 
     __tablename__ = "orders"
 
-    id: Mapped[int] = mapped_column(sa.BigInteger, primary_key=True, autoincrement=True)
+    # SQLite (test_app.py) autoincrements only an INTEGER primary key.
+    id: Mapped[int] = mapped_column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
     customer_id: Mapped[str] = mapped_column(sa.String(64), index=True)
     amount: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2))
     status: Mapped[str] = mapped_column(sa.String(16))

@@ -39,6 +39,7 @@ import sqlalchemy as sa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from sqlalchemy.dialects.mysql import insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -81,9 +82,15 @@ async def _bump(session: AsyncSession, customer_id: str, **deltas: object) -> No
     """Add ``deltas`` to the customer's row, creating it if needed (one upsert)."""
     c = customer_stats.c
     row = {"customer_id": customer_id, "orders": 0, "total_amount": Decimal(0), "cancelled": 0}
+    updates = {name: c[name] + delta for name, delta in deltas.items()}
+    if session.get_bind().dialect.name == "sqlite":  # test_consumer.py runs on SQLite
+        lite = sqlite_insert(customer_stats).values({**row, **deltas})
+        await session.execute(
+            lite.on_conflict_do_update(index_elements=[c.customer_id], set_=updates)
+        )
+        return
     stmt = insert(customer_stats).values({**row, **deltas})
-    stmt = stmt.on_duplicate_key_update({name: c[name] + delta for name, delta in deltas.items()})
-    await session.execute(stmt)
+    await session.execute(stmt.on_duplicate_key_update(updates))
 
 
 def make_handler(engine: AsyncEngine):
