@@ -256,3 +256,22 @@ def test_event_list_filters_and_assertions() -> None:
         events.one("Placed", aggregate_id=2, payload={"total": 3})
     assert repr(EventList()) == "EventList((no events))"
     assert events != "abcd"
+
+
+def test_add_events_and_autoflush_writes_are_captured(
+    factory: sessionmaker[OutboxSession], engine: sa.Engine
+) -> None:
+    built = [
+        OutboxEvent.create(aggregate_type="order", aggregate_id=i, event_type="Built", payload={})
+        for i in range(3)
+    ]
+    with capture_events() as captured, factory() as session:
+        session.add_events(built)
+        session.add(Item(5))
+        # Autoflush writes the buffered events (keep_rows: the query sees them).
+        assert session.scalar(sa.select(sa.func.count()).select_from(OUTBOX)) == 3
+        add(session, "After")
+        session.commit()
+    assert captured.types() == ["Built", "Built", "Built", "After"]
+    assert list(captured)[:3] == built
+    assert captured.types() == committed_types(engine)
