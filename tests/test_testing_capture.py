@@ -254,6 +254,9 @@ def test_event_list_filters_and_assertions() -> None:
         events.one("Nope")
     with pytest.raises(AssertionError, match=r"payload \{'total': 2\} != expected \{'total': 3\}"):
         events.one("Placed", aggregate_id=2, payload={"total": 3})
+    binary = _event("Blob", "file", "f", b"\xff\x00")
+    with pytest.raises(AssertionError, match="Blob file/f: payload is not JSON"):
+        EventList([binary]).one(payload={})
     assert repr(EventList()) == "EventList((no events))"
     assert events != "abcd"
 

@@ -128,7 +128,13 @@ class EventList(Sequence[OutboxEvent]):
             )
         event = found[0]
         if payload is not ...:
-            actual = payload_json(event)
+            try:
+                actual = payload_json(event)
+            except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError alike
+                raise AssertionError(
+                    f"{event.event_type} {event.aggregate_type}/{event.aggregate_id}: "
+                    f"payload is not JSON ({exc})"
+                ) from None
             if actual != payload:
                 raise AssertionError(
                     f"{event.event_type} {event.aggregate_type}/{event.aggregate_id}: "
