@@ -272,9 +272,7 @@ def prepare(db: str, other: str, noise: bool) -> None:
             cur.execute(f"INSERT INTO accounts VALUES {values}")
 
 
-def prewrite(
-    db: str, other: str, shape: Shape, txns: int, noise_pct: int, writers: int
-) -> Written:
+def prewrite(db: str, other: str, shape: Shape, txns: int, noise_pct: int, writers: int) -> Written:
     """Write ``txns`` outbox transactions of ``shape`` (+ noise) with ``writers``
     processes, then one last outbox transaction alone, and count the range."""
     if writers > 64:
@@ -335,6 +333,12 @@ def prewrite(
         )
     assert count.last_outbox_end is not None
     return Written(
-        start, count.last_outbox_end, txns, noise_txns, write_seconds, retries, count,
+        start,
+        count.last_outbox_end,
+        txns,
+        noise_txns,
+        write_seconds,
+        retries,
+        count,
         count_seconds,
     )

@@ -367,7 +367,7 @@ def plot(path: Path, cells: list[dict[str, Any]]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in ("library", "reader", "kafka", "relay", "steady") if k in cells[0]["runs"][0]]
+    keys = [k for k in LABELS if k in cells[0]["runs"][0]]
     short = {
         "library": "library\nalone",
         "reader": "relay's reader\nalone",
