@@ -39,13 +39,15 @@ def table(lines: list[str], header: str) -> list[list[str]]:
 def test_latency_smoke(stack: Stack, tmp_path: Path) -> None:
     png = tmp_path / "latency.png"
     lines = run_bench("latency.py", "--plot", str(png))
-    rows = table(lines, "target/s achieved/s ev/txn events p50 ms p95 ms p99 ms max ms missing")
+    rows = table(lines, "target/s achieved/s writers events p50 ms p95 ms p99 ms max ms missing")
     assert [r[0] for r in rows] == ["100", "500"]
     for row in rows:
         assert len(row) == 9
         values = [float(v) for v in row]  # every column numeric
+        assert values[2] >= 1  # writer processes
         assert values[3] > 0  # events written at that rate
     assert any(line.startswith("relay: linger_ms=") for line in lines)
+    assert "one event per transaction" in lines[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
