@@ -210,10 +210,6 @@ def report(
     rss: float,
 ) -> None:
     lag = lags(samples)
-    if args.samples:
-        print("   t s  head offset  commits  checkpoint offset  lag s  lag txns")
-        for (t, head, commits, cp), (_, lag_s, lag_n) in zip(samples, lag, strict=True):
-            print(f"{t - t_go:6.2f} {head:12} {commits:8} {cp:18} {lag_s:6.2f} {lag_n:9.0f}")
     during = [x for x in lag if x[0] <= t_end]
     worst = max(during, key=lambda x: x[1])
     most = max(during, key=lambda x: x[2])
@@ -248,6 +244,10 @@ def report(
         f"relay while writing: {cpu / span:.2f} cores, {cpu * 1e6 / max(n_commits, 1):.0f} µs "
         f"CPU per transaction (both processes); peak RSS {rss:.0f} MB"
     )
+    if args.samples:
+        print("   t s  head offset  commits  checkpoint offset  lag s  lag txns")
+        for (t, head, commits, cp), (_, lag_s, lag_n) in zip(samples, lag, strict=True):
+            print(f"{t - t_go:6.2f} {head:12} {commits:8} {cp:18} {lag_s:6.2f} {lag_n:9.0f}")
 
 
 def main(argv: list[str] | None = None) -> int:
