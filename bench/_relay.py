@@ -22,15 +22,17 @@ def _stat(pid: int) -> list[str]:
 
 
 def family(pid: int) -> list[int]:
-    """``pid`` and its live child processes (the relay's binlog reader)."""
-    out = [pid]
+    """``pid`` and its live descendants (the relay's binlog reader), ``pid`` first."""
+    parents: dict[int, int] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if int(_stat(int(entry.name))[1]) == pid:
-                    out.append(int(entry.name))
+                parents[int(entry.name)] = int(_stat(int(entry.name))[1])
             except (OSError, IndexError, ValueError):
                 continue
+    out = [pid]
+    for p in out:  # grows while iterating: breadth first
+        out.extend(child for child, parent in parents.items() if parent == p)
     return out
 
 
