@@ -313,7 +313,9 @@ def int_list(text: str) -> list[int]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--shapes", type=int_list, default=[1, 5, 1000], help="events per txn")
-    parser.add_argument("--noise", type=int_list, default=[0, 90], help="noise % of row events")
+    parser.add_argument(
+        "--noise", type=int_list, default=[0, 90], help="noise: percent of row events"
+    )
     parser.add_argument("--events", type=int, default=100_000, help="events per cell, no noise")
     parser.add_argument("--noise-events", type=int, default=30_000, help="events per noisy cell")
     parser.add_argument("--size", type=int, default=200, help="payload bytes")
@@ -333,6 +335,8 @@ def main() -> None:
     args = parser.parse_args()
     if bad := set(args.measures) - set(MEASURES):
         parser.error(f"--measures: unknown {', '.join(sorted(bad))}")
+    if not args.shapes or any(k < 1 for k in args.shapes):
+        parser.error(f"--shapes: events per transaction, 1 or more, got {args.shapes}")
     if any(not 0 <= v < 100 for v in args.noise):
         parser.error(f"--noise: percentages in 0..99, got {args.noise}")
     if args.quick:

@@ -12,6 +12,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from .conftest import ROOT, Stack
 
 SCRIPT = str(ROOT / "bench" / "relay_throughput.py")
@@ -108,9 +110,25 @@ def test_bad_arguments_are_one_line_errors() -> None:
     for args, needle in (
         (["--measures", "reader,bogus"], "--measures: unknown bogus"),
         (["--noise", "100"], "--noise: percentages in 0..99"),
+        (["--shapes", "0"], "--shapes: events per transaction, 1 or more"),
     ):
         proc = subprocess.run(
             [sys.executable, SCRIPT, *args], capture_output=True, text=True, timeout=60
         )
         assert proc.returncode == 2
         assert needle in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize(
+    "script",
+    ["relay_throughput.py", "latency.py", "keeps_up.py", "recovery.py", "write_overhead.py"],
+)
+def test_help(script: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "--quick" in proc.stdout
