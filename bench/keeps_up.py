@@ -183,6 +183,8 @@ def run(args: argparse.Namespace) -> None:
                     caught_up = t - t_end
                     break
                 relay.check_alive()
+                if any(proc.exitcode for proc in procs):
+                    raise SystemExit("a writer process failed; see its traceback above")
                 if final_head is not None and t - t_end > args.drain:
                     break
                 time.sleep(max(0.0, t + args.sample_ms / 1000 - time.monotonic()))

@@ -251,7 +251,10 @@ async def run_rate(
     commits: list[tuple[bytes, float]] = []
     late = 0
     for parent, proc in zip(pipes, procs, strict=True):
-        got, n_late = await asyncio.to_thread(parent.recv)
+        try:
+            got, n_late = await asyncio.to_thread(parent.recv)
+        except EOFError:
+            raise SystemExit("a writer process failed; see its traceback above") from None
         commits += got
         late += n_late
         await asyncio.to_thread(proc.join)
