@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from pymysql.constants import CLIENT
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "dev"))
@@ -48,11 +51,65 @@ def mysql_url(db: str) -> str:
     return f"mysql+pymysql://{USER}:{PASSWORD}@{HOST}:{PORT}/{db}"
 
 
-def connect(db: str | None = None) -> pymysql.Connection:
-    """An autocommit connection to the stack's MariaDB as its admin user."""
+def connect(db: str | None = None, *, multi: bool = False) -> pymysql.Connection:
+    """An autocommit connection to the stack's MariaDB as its admin user.
+
+    ``multi``: allow several statements per round trip (``BEGIN; ...; COMMIT;`` bodies),
+    whose results :func:`run_multi` reads.
+    """
     return pymysql.connect(
-        host=HOST, port=PORT, user=USER, password=PASSWORD, database=db, autocommit=True
+        host=HOST,
+        port=PORT,
+        user=USER,
+        password=PASSWORD,
+        database=db,
+        autocommit=True,
+        client_flag=CLIENT.MULTI_STATEMENTS if multi else 0,
     )
+
+
+def run_multi(cur: Any, sql: str) -> None:
+    """Send a multi-statement body in one round trip and read every statement's result."""
+    cur.execute(sql)
+    while cur.nextset():
+        pass
+
+
+def master_status(cur: Any) -> tuple[str, int]:
+    """The server's binlog head: (file, position)."""
+    cur.execute("SHOW MASTER STATUS")
+    file, pos = cur.fetchone()[:2]
+    return str(file), int(pos)
+
+
+def one_event_sql(eid: bytes, aggregate_id: str, payload: str, timestamp: str) -> str:
+    """One outbox transaction of one event, as one multi-statement body (one round trip):
+    what ``session.add_event()`` + commit writes (insert, then delete, then commit).
+
+    ``payload`` must be SQL-safe text (no quote or backslash); ids go in as hex literals.
+    """
+    h = eid.hex()
+    return (
+        f"BEGIN;INSERT INTO outbox VALUES (X'{h}','order','{aggregate_id}','OrderPlaced',"
+        f"'{payload}','{{}}','{timestamp}');DELETE FROM outbox WHERE id=X'{h}';COMMIT;"
+    )
+
+
+def relay_env(db: str, start: tuple[str, int], name: str, template: str) -> dict[str, str]:
+    """Environment for ``python -m transactional_outbox.relay`` over database ``db`` of the
+    stack, from binlog position ``start``, as relay ``name`` publishing to ``template``."""
+    env = dict(os.environ)
+    env.update(
+        OUTBOX_MYSQL_URL=mysql_url(db),
+        OUTBOX_REDIS_URL=REDIS_URL,
+        OUTBOX_KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
+        OUTBOX_ENABLE_IDEMPOTENCE="false",  # tansu has no idempotent producer (DESIGN §5)
+        OUTBOX_START_POSITION=f"{start[0]}:{start[1]}",
+        OUTBOX_TOPIC_TEMPLATE=template,
+        OUTBOX_RELAY_NAME=name,
+        OUTBOX_PROGRESS_INTERVAL_SECONDS="0",
+    )
+    return env
 
 
 async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> None:
@@ -69,3 +126,26 @@ async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> None:
     tps = [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
+
+
+class BinlogOffsets:
+    """Binlog positions as one byte offset across files (``SHOW BINARY LOGS`` sizes), so
+    that a range spanning a rotation still has a length."""
+
+    def __init__(self, cur: Any) -> None:
+        self._cur = cur
+        self._base: dict[str, int] = {}
+        self.refresh()
+
+    def refresh(self) -> None:
+        """Re-read the file list (after a rotation: the old file's size is final)."""
+        self._cur.execute("SHOW BINARY LOGS")
+        total = 0
+        for row in self._cur.fetchall():
+            self._base[str(row[0])] = total
+            total += int(row[1])
+
+    def __call__(self, file: str, pos: int) -> int:
+        if file not in self._base:
+            self.refresh()
+        return self._base[file] + pos

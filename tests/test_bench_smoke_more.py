@@ -6,6 +6,7 @@ fast anything was.
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -39,13 +40,15 @@ def table(lines: list[str], header: str) -> list[list[str]]:
 def test_latency_smoke(stack: Stack, tmp_path: Path) -> None:
     png = tmp_path / "latency.png"
     lines = run_bench("latency.py", "--plot", str(png))
-    rows = table(lines, "target/s achieved/s ev/txn events p50 ms p95 ms p99 ms max ms missing")
+    rows = table(lines, "target/s achieved/s writers events p50 ms p95 ms p99 ms max ms missing")
     assert [r[0] for r in rows] == ["100", "500"]
     for row in rows:
         assert len(row) == 9
         values = [float(v) for v in row]  # every column numeric
+        assert values[2] >= 1  # writer processes
         assert values[3] > 0  # events written at that rate
     assert any(line.startswith("relay: linger_ms=") for line in lines)
+    assert "one event per transaction" in lines[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -62,3 +65,32 @@ def test_recovery_smoke(stack: Stack) -> None:
         for v in row[3:]:
             float(v)  # every column numeric
     assert any(line.startswith("relay: checkpoint_interval_ms=") for line in lines)
+
+
+def test_keeps_up_smoke(stack: Stack, tmp_path: Path) -> None:
+    png = tmp_path / "keeps_up.png"
+    lines = run_bench("keeps_up.py", "--plot", str(png), "--samples")
+    assert lines[0].startswith("keeps up: 2 writer processes, one-event transactions")
+    text = "\n".join(lines)
+    for pattern in (
+        r"commit rate: [\d.]+ transactions/s \(\d+ in [\d.]+ s\)",
+        r"lag max: [\d.]+ s \(at [\d.]+ s\), \d+ transactions \(at [\d.]+ s\)",
+        r"lag p50: [\d.]+ s, \d+ transactions; p99: [\d.]+ s, \d+ transactions",
+        r"lag at the end: [\d.]+ s, \d+ transactions",
+        r"caught up: [\d.]+ s after the writers stopped",
+        r"relay while writing: [\d.]+ cores, \d+ µs CPU per transaction .*peak RSS \d+ MB",
+    ):
+        assert re.search(pattern, text), pattern
+    m = re.search(r"\((\d+) in", text)
+    assert m
+    committed = int(m[1])
+    assert committed > 0
+    # --samples: one line per sample; the commit count ends at what was committed.
+    at = lines.index("   t s  head offset  commits  checkpoint offset  lag s  lag txns")
+    samples = []
+    for line in lines[at + 1 :]:
+        if len(line.split()) != 6:
+            break
+        samples.append(line.split())
+    assert int(samples[-1][2]) == committed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
