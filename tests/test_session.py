@@ -25,6 +25,7 @@ from transactional_outbox import (
     outbox_table,
 )
 from transactional_outbox.event import encode_headers
+from transactional_outbox.session import DELETE_ONE_BY_ONE
 
 from . import _binlog
 from ._binlog import count_rows, create_outbox, position
@@ -255,7 +256,32 @@ def test_statement_count_does_not_grow_with_event_count(
 ) -> None:
     few = count_statements(engine, factory, 10)
     many = count_statements(engine, factory, 10_000)
-    assert few == many == 2  # one executemany INSERT, one DELETE ... IN
+    # One executemany INSERT, then one executemany of DELETE ... WHERE id = ? (10 events)
+    # or one DELETE ... IN (10,000 events).
+    assert few == many == 2
+    assert count_rows(engine, outbox) == 0
+
+
+@pytest.mark.parametrize("events", [1, 2, 5, DELETE_ONE_BY_ONE])
+def test_writers_with_several_events_do_not_wait_on_each_others_rows(
+    factory: sessionmaker[OutboxSession], engine: sa.Engine, outbox: sa.Table, events: int
+) -> None:
+    # MariaDB plans DELETE ... WHERE id IN (a, b) on the near-empty outbox table as a
+    # full scan, which waits on any other transaction's uncommitted outbox rows: two
+    # such writers deadlock. Each writer must lock only its own rows.
+    other = factory()
+    try:
+        for i in range(3):
+            add(other, f"Other{i}")
+        other.flush()  # uncommitted rows (inserted, then deleted) held by `other`
+        with factory() as session:
+            session.connection().exec_driver_sql("SET SESSION innodb_lock_wait_timeout = 1")
+            for i in range(events):
+                add(session, f"Mine{i}")
+            session.commit()  # a scan would fail here with 1205 (lock wait timeout)
+    finally:
+        other.rollback()
+        other.close()
     assert count_rows(engine, outbox) == 0
 
 
