@@ -332,6 +332,7 @@ def test_settings_repr_hides_every_password() -> None:
         kafka_sasl_mechanism="SCRAM-SHA-512",
         kafka_sasl_username="relay",
         kafka_sasl_password=sasl_secret,
+        kafka_bootstrap_servers="kafka.example:9092",
     )
     for text in (repr(settings), str(settings), f"{settings!r}"):
         for secret in (mysql_secret, redis_secret, sasl_secret):
@@ -341,7 +342,11 @@ def test_settings_repr_hides_every_password() -> None:
     assert "kafka_sasl_password='***'" in repr(settings)
     # A setting that fails validation does not quote the URL's password either.
     with pytest.raises(Exception) as info:
-        RelaySettings(mysql_url=f"mysql+pymysql://relay:{mysql_secret}@/app")
+        RelaySettings(
+            mysql_url=f"mysql+pymysql://relay:{mysql_secret}@/app",
+            redis_url="redis://cache.example:6379/0",
+            kafka_bootstrap_servers="kafka.example:9092",
+        )
     assert mysql_secret not in str(info.value)
     assert "mysql_url" in str(info.value)
     assert make_url(settings.mysql_url).password == mysql_secret  # still usable

@@ -26,7 +26,7 @@ from redis.exceptions import RedisError
 from ..exceptions import ConfigurationError, LeadershipLostError, PublishError
 from .checkpoint import RedisCheckpointStore
 from .checks import ServerInfo, check_server, resolve_start
-from .config import RelaySettings, mask_url
+from .config import RelaySettings, derive_server_id, mask_url
 from .health import HealthServer, RelayMetrics
 from .leadership import Lease, LeaseKeys
 from .position import BinlogPosition
@@ -97,6 +97,7 @@ class Relay:
         self._health_server: HealthServer | None = None
         self.metrics = RelayMetrics()
         self.server: ServerInfo | None = None
+        self.server_id = settings.server_id  # the replica id in use; chosen in _prepare
 
     def __repr__(self) -> str:
         return f"Relay(name={self.settings.relay_name!r}, stopping={self._stopping.is_set()})"
@@ -281,6 +282,7 @@ class Relay:
                     return None
                 delay = min(delay * 2, s.reconnect_max_seconds)
         self.server = info
+        self._choose_server_id(info)
         log.info(
             "relay %r: %s at %s, outbox `%s`.`%s`, Kafka %s, Redis %s; starting at %s (%s)",
             s.relay_name,
@@ -294,6 +296,22 @@ class Relay:
             why,
         )
         return start
+
+    def _choose_server_id(self, info: ServerInfo) -> None:
+        s = self.settings
+        if s.server_id and s.server_id == info.server_id:
+            raise ConfigurationError(
+                "server_id",
+                f"{s.server_id} is the server's own @@server_id; choose another (or 0 for a "
+                "new one per start)",
+            )
+        if not s.server_id and self.server_id in (0, info.server_id):
+            self.server_id = derive_server_id(s.relay_name, avoid=info.server_id)
+        log.info(
+            "binlog replica server_id %d (%s)",
+            self.server_id,
+            "--server-id" if s.server_id else "new for this start; --server-id sets one",
+        )
 
     async def _resolve(self) -> tuple[ServerInfo, BinlogPosition, str]:
         s = self.settings
@@ -354,7 +372,7 @@ class Relay:
             port=args["port"],
             user=args["user"],
             password=args["password"],
-            server_id=s.effective_server_id,
+            server_id=self.server_id,
             schema=s.schema,
             table=s.outbox_table,
             is_mariadb=self.server.is_mariadb,
