@@ -161,9 +161,7 @@ def test_schema_from_url_or_setting() -> None:
     assert settings(mysql_url="mysql+pymysql://u:p@h/app").schema == "app"
     s = settings(mysql_url="mysql+pymysql://u:p@h/app", outbox_schema="events")
     assert s.schema == "events"
-    assert settings(mysql_url="mysql+pymysql://u:p@h", outbox_schema="events").schema == (
-        "events"
-    )
+    assert settings(mysql_url="mysql+pymysql://u:p@h", outbox_schema="events").schema == ("events")
 
 
 def test_mysql_connection_args() -> None:

@@ -14,6 +14,7 @@ import os
 import secrets
 import socket
 import ssl
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +65,9 @@ class RelaySettings:
 
     mysql_url: str = _opt(
         "",
-        "required: MySQL/MariaDB URL of a user with REPLICATION SLAVE, REPLICATION CLIENT (MariaDB: "
-        "BINLOG MONITOR) and SELECT on the outbox table; its database is the outbox schema "
-        "unless --outbox-schema says otherwise",
+        "required: MySQL/MariaDB URL of a user with REPLICATION SLAVE, REPLICATION CLIENT "
+        "(MariaDB: BINLOG MONITOR) and SELECT on the outbox table; its database is the outbox "
+        "schema unless --outbox-schema says otherwise",
     )
     server_id: int = _opt(
         0,
@@ -385,7 +386,11 @@ def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The relay's argument parser; every setting is a flag."""
     parser = argparse.ArgumentParser(
-        prog="python -m transactional_outbox.relay",
+        prog=(
+            "outbox-relay"
+            if os.path.basename(sys.argv[0]) == "outbox-relay"
+            else "python -m transactional_outbox.relay"
+        ),
         description=(
             "Tail the MySQL/MariaDB binlog and publish committed outbox events to Kafka, "
             "checkpointing the binlog position in Redis. Every flag can also be set with the "

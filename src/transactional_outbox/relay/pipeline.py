@@ -30,6 +30,7 @@ from .config import RelaySettings, derive_server_id, mask_url
 from .health import HealthServer, RelayMetrics
 from .leadership import Lease, LeaseKeys
 from .position import BinlogPosition
+from .progress import BinlogHead, describe
 from .publisher import KafkaPublisher, is_permanent
 from .reader_process import ProcessSource
 from .routing import KafkaRecord, event_of, record_id
@@ -58,6 +59,7 @@ class RelayStats:
     checkpoint: BinlogPosition | None = None
     checkpoint_saved_at: float | None = None
     dead_lettered: int = 0
+    behind_bytes: int | None = None  # binlog bytes after the acknowledged position
     role: str = "starting"
     mysql: str = "starting"
     kafka: str = "starting"
@@ -244,6 +246,7 @@ class Relay:
         tasks = [
             asyncio.create_task(self._renew_loop(over), name="outbox-lease"),
             asyncio.create_task(self._save_loop(over), name="outbox-checkpoint"),
+            asyncio.create_task(self._head_loop(over), name="outbox-binlog-head"),
         ]
         try:
             await self._supervise(start)
@@ -649,6 +652,24 @@ class Relay:
 
     # -- progress ------------------------------------------------------------------
 
+    async def _head_loop(self, over: asyncio.Event) -> None:
+        head = BinlogHead(self.settings.mysql_connection_args())
+        try:
+            while not over.is_set():
+                await asyncio.to_thread(head.poll)
+                wm = self._watermark
+                self.stats.behind_bytes = head.behind(None if wm is None else wm.position)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(over.wait(), 1.0)
+        finally:
+            self.stats.behind_bytes = None
+            await asyncio.to_thread(head.close)
+
+    def last_event_age(self) -> float | None:
+        """Seconds since the newest event handed to Kafka was written, if any."""
+        ms = self.stats.last_event_ms
+        return None if ms is None else max(time.time() - ms / 1000, 0.0)
+
     async def _progress_loop(self) -> None:
         interval = self.settings.progress_interval_seconds
         last_count, last_time = self.stats.published, time.monotonic()
@@ -661,14 +682,13 @@ class Relay:
             log.info("progress: %s", self.progress_line(rate))
 
     def progress_line(self, rate: float) -> str:
-        """One line: rate, lag, checkpoint, queue, server states."""
+        """One line: rate, how far behind the binlog head, last event's age, checkpoint,
+        queue, server states."""
         st = self.stats
-        lag = "-"
-        if st.last_event_ms is not None:
-            lag = f"{time.time() - st.last_event_ms / 1000:.2f}s"
         depth = self._channel.depth if self._channel is not None else 0
         return (
-            f"{rate:.0f} events/s, {st.published} published, lag {lag}, "
+            f"{rate:.0f} events/s, {st.published} published, "
+            f"{describe(st.behind_bytes, self.last_event_age())}, "
             f"checkpoint {st.checkpoint or '-'}, queue {depth}, "
             f"mysql {st.mysql}, kafka {st.kafka}, redis {st.redis}"
         )
@@ -686,8 +706,10 @@ class Relay:
             wm = self._watermark
             m.outstanding.set(wm.outstanding if wm is not None else 0)
             m.queue_depth.set(self._channel.depth if self._channel is not None else 0)
-            if st.last_event_ms is not None:
-                m.lag.set(time.time() - st.last_event_ms / 1000)
+            age = self.last_event_age()
+            if age is not None:
+                m.last_event_age.set(age)
+            m.behind_bytes.set(-1 if st.behind_bytes is None else st.behind_bytes)
             if st.checkpoint_saved_at is not None:
                 m.checkpoint_age.set(time.monotonic() - st.checkpoint_saved_at)
             if st.checkpoint is not None:
