@@ -288,11 +288,13 @@ async def test_pausing_the_leader_again_and_again_under_writes_kills_no_relay(
                 os.killpg(leader.proc.pid, signal.SIGSTOP)
                 paused_at = time.monotonic()
                 try:
-                    await wait_until(lambda: role(sport) == "leader", within=15, what="takeover")
+                    await wait_until(
+                        lambda port=sport: role(port) == "leader", within=15, what="takeover"
+                    )
                     # The new leader publishes what is written while the old one is paused.
                     target = len(written)
                     await wait_until(
-                        lambda: {i for _, _, i in written[:target]} <= set(col.ids()),
+                        lambda n=target: {i for _, _, i in written[:n]} <= set(col.ids()),
                         within=20,
                         what="the new leader catches up",
                     )
