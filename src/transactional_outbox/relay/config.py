@@ -196,6 +196,12 @@ class RelaySettings:
                 raise ConfigurationError(
                     name, f"{value} must be -1 (the broker's default) or 1..32767"
                 )
+        scheme = self.redis_url.partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigurationError(
+                "redis_url",
+                f"{mask_url(self.redis_url)!r} is not a redis://, rediss:// or unix:// URL",
+            )
         try:
             url = make_url(self.mysql_url)
         except Exception:

@@ -27,6 +27,7 @@ from ..exceptions import ConfigurationError, LeadershipLostError, PublishError
 from .checkpoint import RedisCheckpointStore
 from .checks import ServerInfo, check_server, resolve_start
 from .config import RelaySettings, derive_server_id, mask_url
+from .faults import check_kafka_login, mysql_misconfiguration, redis_misconfiguration
 from .health import HealthServer, RelayMetrics
 from .leadership import Lease, LeaseKeys
 from .position import BinlogPosition
@@ -202,6 +203,9 @@ class Relay:
                 # leader cannot renew it), not a whole renew interval later.
                 wait = min(wait, (await self._lease.remaining_ms() + 20) / 1000)
             except (RedisError, OSError) as exc:
+                fatal = redis_misconfiguration(exc)
+                if fatal is not None:
+                    raise fatal from None
                 self.stats.redis = "degraded"
                 log.warning("cannot reach Redis for the lease (%s)", exc)
             self.stats.role = "standby"
@@ -272,6 +276,9 @@ class Relay:
                 info, start, why = await self._resolve()
                 break
             except (pymysql.err.OperationalError, RedisError, OSError) as exc:
+                fatal = mysql_misconfiguration(exc, s) or redis_misconfiguration(exc)
+                if fatal is not None:
+                    raise fatal from None
                 if isinstance(exc, pymysql.err.OperationalError) and exc.args[0] not in (
                     2003,
                     2006,
@@ -323,7 +330,10 @@ class Relay:
         self.stats.redis = "ok"
 
         def blocking() -> tuple[ServerInfo, BinlogPosition, str]:
-            conn = pymysql.connect(**s.mysql_connection_args(), connect_timeout=10)
+            # With the database: the server then says "unknown database" itself.
+            conn = pymysql.connect(
+                **s.mysql_connection_args(), database=s.schema, connect_timeout=10
+            )
             try:
                 info = check_server(conn, schema=s.schema, table=s.outbox_table)
                 start, why = resolve_start(
@@ -391,7 +401,10 @@ class Relay:
         # will be read and sent again.
         self._watermark = Watermark(start)
         self._failure = None
-        publisher = KafkaPublisher(s.producer_args())
+        producer_args = s.producer_args()
+        # A refused login or certificate fails every retry: stop with exit code 2.
+        await check_kafka_login(s, producer_args)
+        publisher = KafkaPublisher(producer_args)
         try:
             await publisher.start()
         except Exception as exc:
