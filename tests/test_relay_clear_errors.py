@@ -3,7 +3,6 @@ the server's reason: no traceback, no secret. Unreachable servers are retried in
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import shutil
 import signal
@@ -195,7 +194,7 @@ def test_kafka_tls_verification_failure(
     assert_config_exit(out, "kafka_ssl_cafile", "certificate")
 
 
-async def test_unreachable_mysql_is_retried_not_fatal(
+def test_unreachable_mysql_is_retried_not_fatal(
     settings_kw: dict[str, Any], tmp_path: Path
 ) -> None:
     url = mysql_url_with(settings_kw, host="127.0.0.1", port=str(free_port()))
@@ -213,9 +212,29 @@ async def test_unreachable_mysql_is_retried_not_fatal(
         while proc.log().count("cannot reach a server yet") < 2:
             assert child.poll() is None, proc.log()
             assert time.monotonic() < deadline, proc.log()
-            await asyncio.sleep(0.1)
+            time.sleep(0.1)
     finally:
         child.send_signal(signal.SIGTERM)
         code = child.wait(30)
     assert code == 0, proc.log()
     assert "Traceback" not in proc.log()
+
+
+def test_dev_stack_names_the_port_variable_it_reads(tmp_path: Path) -> None:
+    root = Path(__file__).resolve().parent.parent
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        out = subprocess.run(
+            [sys.executable, str(root / "dev" / "stack.py"), "start"],
+            env={
+                "PATH": "/usr/bin:/bin",
+                "OUTBOX_STACK_DIR": str(tmp_path / "stack"),  # a stack of its own: none runs
+                "OUTBOX_STACK_MYSQL_PORT": str(port),
+            },
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    assert out.returncode != 0
+    assert f"port {port} is taken" in out.stderr
+    assert "set OUTBOX_STACK_MYSQL_PORT to another port" in out.stderr
