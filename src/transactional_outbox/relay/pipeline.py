@@ -37,6 +37,7 @@ from .reader_process import ProcessSource
 from .routing import KafkaRecord, event_of, record_id
 from .rowdecoder import RejectedRow
 from .source import BinlogSource, Channel, ChannelClosed, SourceSettings
+from .topics import Topics, TopicWaitAborted
 from .watermark import Watermark
 
 __all__ = ["Relay", "RelayStats"]
@@ -92,6 +93,7 @@ class Relay:
         self._channel: Channel | None = None
         self._router = settings.router()
         self._publisher: KafkaPublisher | None = None
+        self._topics: Topics | None = None
         self._lease: Lease | None = None
         self._lost = asyncio.Event()
         self._lost_reason = ""
@@ -115,6 +117,8 @@ class Relay:
         self._end_session()
 
     def _end_session(self) -> None:
+        if self._topics is not None:
+            self._topics.abort()
         if self._source is not None:
             self._source.stop()
         if self._channel is not None:
@@ -404,10 +408,19 @@ class Relay:
         producer_args = s.producer_args()
         # A refused login or certificate fails every retry: stop with exit code 2.
         await check_kafka_login(s, producer_args)
-        publisher = KafkaPublisher(producer_args)
+        topics = self._topics = Topics(
+            producer_args,
+            create=s.create_topics,
+            partitions=s.topic_partitions,
+            replication_factor=s.topic_replication_factor,
+        )
+        if self._stopping.is_set() or self._lost.is_set():
+            topics.abort()
+        publisher = KafkaPublisher(producer_args, topics)
         try:
             await publisher.start()
         except Exception as exc:
+            await topics.close()
             raise _SessionFailed(str(exc)) from exc
         self.stats.kafka = "ok"
         self._publisher = publisher
@@ -446,7 +459,12 @@ class Relay:
             with contextlib.suppress(Exception):
                 await publisher.stop()
             self._publisher = None
+            self._topics = None
+            with contextlib.suppress(Exception):
+                await topics.close()
         failure = self._failure
+        if isinstance(failure, TopicWaitAborted):
+            return  # stopped (or lost the lease) while waiting for a topic
         if failure is not None:
             if is_permanent(failure):
                 raise failure
