@@ -94,7 +94,7 @@ def _kafka_misconfiguration(exc: BaseException, s: RelaySettings) -> Configurati
         return ConfigurationError(
             "kafka_ssl_cafile",
             f"the broker's TLS certificate does not verify against {where}: "
-            f"{exc.verify_message or exc.reason}",
+            f"{getattr(exc, 'verify_message', None) or exc.reason or exc}",
         )
     if isinstance(exc, ssl.SSLError) and not isinstance(exc, _SSL_TRANSIENT):
         return ConfigurationError(
