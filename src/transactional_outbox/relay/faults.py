@@ -94,12 +94,12 @@ def _kafka_misconfiguration(exc: BaseException, s: RelaySettings) -> Configurati
         return ConfigurationError(
             "kafka_ssl_cafile",
             f"the broker's TLS certificate does not verify against {where}: "
-            f"{getattr(exc, 'verify_message', None) or exc.reason or exc}",
+            f"{getattr(exc, 'verify_message', None) or getattr(exc, 'reason', None) or exc}",
         )
     if isinstance(exc, ssl.SSLError) and not isinstance(exc, _SSL_TRANSIENT):
         return ConfigurationError(
             "kafka_security_protocol",
-            f"TLS with the broker failed ({exc.reason or exc}); is "
+            f"TLS with the broker failed ({getattr(exc, 'reason', None) or exc}); is "
             f"{s.kafka_security_protocol} what its listener speaks?",
         )
     if not s.kafka_security_protocol.startswith("SASL"):
