@@ -32,6 +32,12 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 STATE = Path(os.environ.get("OUTBOX_STACK_DIR", ROOT / ".stack"))
 HOST = "127.0.0.1"
+# The variable that moves each service's port (named by the service's `name`).
+PORT_VARS = {
+    "mariadb": "OUTBOX_STACK_MYSQL_PORT",
+    "redis": "OUTBOX_STACK_REDIS_PORT",
+    "kafka": "OUTBOX_STACK_KAFKA_PORT",
+}
 MYSQL_PORT = int(os.environ.get("OUTBOX_STACK_MYSQL_PORT", "13306"))
 REDIS_PORT = int(os.environ.get("OUTBOX_STACK_REDIS_PORT", "16379"))
 KAFKA_PORT = int(os.environ.get("OUTBOX_STACK_KAFKA_PORT", "19092"))
@@ -341,7 +347,7 @@ def start() -> None:
         if port_open(svc.port):
             raise SystemExit(
                 f"port {svc.port} is taken by a process this stack did not start; "
-                f"set OUTBOX_STACK_{svc.name.upper()}_PORT to another port"
+                f"set {PORT_VARS[svc.name]} to another port"
             )
         svc.stop()
         t = time.monotonic()

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import enum
+import json
 import uuid
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, time, timedelta, timezone
 from decimal import Decimal
 from typing import Any
 
@@ -64,12 +66,13 @@ def test_int_aggregate_id_becomes_text_but_bool_is_rejected() -> None:
 
 
 def test_unserialisable_payload_raises_serialization_error() -> None:
-    payload = {"when": object()}
+    odd = object()
     with pytest.raises(SerializationError) as info:
-        make(payload=payload)
-    assert info.value.field == "payload"
-    assert info.value.value is payload
-    assert "invalid payload={'when': <object object" in str(info.value)
+        make(payload={"when": odd})
+    assert info.value.field == "payload['when']"
+    assert info.value.value is odd
+    assert "invalid payload['when']=<object object" in str(info.value)
+    assert "type builtins.object cannot be serialised" in str(info.value)
     with pytest.raises(SerializationError, match="payload"):
         make(payload=float("nan"))
     with pytest.raises(SerializationError, match="UTF-8"):
@@ -167,3 +170,98 @@ def test_repr_hides_the_payload() -> None:
     event = make(payload=b"secret-token")
     assert "secret-token" not in repr(event)
     assert "<12 bytes>" in repr(event)
+
+
+# -- the default serializer's mapping (README "Payloads") ---------------------------------
+
+
+class Colour(enum.Enum):
+    RED = "red"
+    BLUE = 2
+
+
+@dataclasses.dataclass
+class Line:
+    sku: str
+    price: Decimal
+    added: datetime
+
+
+def test_everyday_types_have_a_json_form() -> None:
+    paris = timezone(timedelta(hours=2))
+    uid = uuid.UUID("0190f0e2-7a4b-7c3d-8e9f-0123456789ab")
+    payload = {
+        "balance": Decimal("10.00"),
+        "tiny": Decimal("0.1000000000000000000000000001"),
+        "at": datetime(2024, 5, 1, 14, 0, 0, 250000, tzinfo=paris),
+        "naive": datetime(2024, 5, 1, 12, 0),
+        "day": date(2024, 5, 1),
+        "clock": time(9, 30, 5),
+        "id": uid,
+        "colour": Colour.RED,
+        "number": Colour.BLUE,
+        "line": Line("A-1", Decimal("2.50"), datetime(2024, 1, 2, tzinfo=UTC)),
+        "nested": [(Decimal("1"), uid)],
+    }
+    body = json.loads(make(payload=payload).payload)
+    assert body == {
+        "balance": "10.00",
+        "tiny": "0.1000000000000000000000000001",
+        "at": "2024-05-01T14:00:00.250000+02:00",
+        "naive": "2024-05-01T12:00:00",
+        "day": "2024-05-01",
+        "clock": "09:30:05",
+        "id": "0190f0e2-7a4b-7c3d-8e9f-0123456789ab",
+        "colour": "red",
+        "number": 2,
+        "line": {"sku": "A-1", "price": "2.50", "added": "2024-01-02T00:00:00+00:00"},
+        "nested": [["1", "0190f0e2-7a4b-7c3d-8e9f-0123456789ab"]],
+    }
+
+
+def test_a_dataclass_at_the_top_level() -> None:
+    body = make(payload=Line("A", Decimal("1.5"), datetime(2024, 1, 1))).payload
+    assert body == b'{"sku":"A","price":"1.5","added":"2024-01-01T00:00:00"}'
+
+
+def test_pydantic_models_dump_in_json_mode() -> None:
+    pydantic = pytest.importorskip("pydantic")
+
+    class Order(pydantic.BaseModel):  # type: ignore[misc,name-defined]
+        id: uuid.UUID
+        total: Decimal
+        at: datetime
+
+    uid = uuid.uuid4()
+    order = Order(id=uid, total=Decimal("3.10"), at=datetime(2024, 1, 1, tzinfo=UTC))
+    expected = {"id": str(uid), "total": "3.10", "at": "2024-01-01T00:00:00Z"}
+    assert json.loads(make(payload=order).payload) == expected
+    assert json.loads(make(payload={"orders": [order]}).payload) == {"orders": [expected]}
+
+
+def test_an_unknown_type_names_its_type_and_path() -> None:
+    class Money:
+        pass
+
+    bad = Money()
+    payload = {"lines": [{"price": 1}, {"price": 2}, {"price": bad}]}
+    with pytest.raises(SerializationError) as info:
+        make(payload=payload)
+    assert info.value.field == "payload['lines'][2]['price']"
+    assert info.value.value is bad
+    assert "Money" in str(info.value)
+    with pytest.raises(SerializationError) as info:
+        make(payload=[Line("A", bad, datetime(2024, 1, 1))])  # type: ignore[arg-type]
+    assert info.value.field == "payload[0]['price']"
+    with pytest.raises(SerializationError) as info:
+        make(payload={"tags": {"a", "b"}})
+    assert info.value.field == "payload['tags']" and "set" in str(info.value)
+
+
+def test_a_user_default_still_applies_to_other_types() -> None:
+    class Money:
+        def __str__(self) -> str:
+            return "1 EUR"
+
+    ser = JsonSerializer(default=str)
+    assert make(payload={"m": Money()}, serializer=ser).payload == b'{"m":"1 EUR"}'

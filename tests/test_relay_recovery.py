@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 import signal
 import threading
+import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -22,6 +24,7 @@ from .relay_harness import (
     OUTBOX_DDL,
     Collector,
     RelayProcess,
+    free_port,
     make_event,
     relay_settings,
     running_relay,
@@ -194,10 +197,19 @@ async def test_mysql_restart_reconnects_from_the_last_position(
     assert sorted(col.ids()) == sorted(str(e.id) for e in before + after)
 
 
+def metrics(port: int) -> bytes:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+            return bytes(resp.read())
+    except OSError:
+        return b""
+
+
 async def test_progress_lines_report_rate_lag_and_checkpoint(
     conn, settings_kw, topic_prefix, stack: Stack, tmp_path: Path
 ) -> None:
-    settings = relay_settings(**settings_kw, progress_interval_seconds=0.2)
+    port = free_port()
+    settings = relay_settings(**settings_kw, progress_interval_seconds=0.2, metrics_port=port)
     proc = RelayProcess(settings, tmp_path / "relay.log")
     proc.start()
     try:
@@ -205,11 +217,23 @@ async def test_progress_lines_report_rate_lag_and_checkpoint(
             await col.watch([topic_prefix + "order"])
             write_events(conn, [make_event(aggregate_id=str(i)) for i in range(10)])
             await col.wait_for(10)
+            # Caught up: 0 bytes behind the binlog head (not "lag 13s" as the
+            # time since the last event grows while idle).
             await wait_until(
-                lambda: "10 published" in proc.log() and "checkpoint mysql-bin." in proc.log(),
-                what="a progress line after the events",
+                lambda: (
+                    "10 published, behind 0 B, last event" in proc.log()
+                    and "checkpoint mysql-bin." in proc.log()
+                ),
+                what="a progress line after the events, caught up",
             )
+            await wait_until(
+                lambda: b"outbox_relay_binlog_behind_bytes 0.0" in metrics(port),
+                what="/metrics: 0 bytes behind",
+            )
+            ages = re.findall(rb"\noutbox_relay_last_event_age_seconds (\S+)", metrics(port))
+            assert ages and float(ages[0]) >= 0
     finally:
         assert proc.kill(signal.SIGTERM) == 0
-    line = next(x for x in proc.log().splitlines() if "10 published" in x)
-    assert "events/s" in line and "lag " in line and "kafka ok" in line
+    line = next(x for x in proc.log().splitlines() if "10 published, behind 0 B" in x)
+    assert "events/s" in line and "kafka ok" in line
+    assert re.search(r"last event \d+\.\ds ago", line), line

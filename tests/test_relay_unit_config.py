@@ -19,6 +19,7 @@ from transactional_outbox.relay.config import (
     _convert,
     _opt,
     build_parser,
+    derive_server_id,
     env_var,
     mask_url,
 )
@@ -31,6 +32,23 @@ MYSQL_URL = f"mysql+pymysql://outbox:{MYSQL_SECRET}@db.example:3307/shop"
 REDIS_URL = f"redis://default:{REDIS_SECRET}@cache.example:6380/2"
 
 FIELDS = [f.name for f in dataclasses.fields(RelaySettings)]
+# The connection settings have no default: every test names them.
+CONN = {
+    "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
+    "kafka_bootstrap_servers": "127.0.0.1:19092",
+    "redis_url": "redis://127.0.0.1:16379/0",
+}
+CONN_ENV = {env_var(k): v for k, v in CONN.items()}
+
+
+def settings(**kw: Any) -> RelaySettings:
+    """RelaySettings with the connection settings filled in unless given."""
+    return RelaySettings(**{**CONN, **kw})
+
+
+def env(values: dict[str, str] | None = None) -> dict[str, str]:
+    """An environment with the connection settings, plus ``values``."""
+    return {**CONN_ENV, **(values or {})}
 
 
 @pytest.fixture(autouse=True)
@@ -40,8 +58,15 @@ def _no_outbox_env(monkeypatch: pytest.MonkeyPatch) -> None:
             monkeypatch.delenv(name)
 
 
+@pytest.fixture
+def conn_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The connection settings in ``os.environ``, for tests of ``main()``."""
+    for name, value in CONN_ENV.items():
+        monkeypatch.setenv(name, value)
+
+
 def secret_settings(**kw: Any) -> RelaySettings:
-    return RelaySettings(
+    return settings(
         mysql_url=MYSQL_URL,
         redis_url=REDIS_URL,
         kafka_security_protocol="SASL_SSL",
@@ -55,14 +80,14 @@ def secret_settings(**kw: Any) -> RelaySettings:
 
 
 def test_defaults() -> None:
-    s = RelaySettings()
-    assert s.mysql_url == "mysql+pymysql://outbox:outbox@127.0.0.1:13306/outbox"
+    s = settings()
     assert s.schema == "outbox"
     assert s.outbox_table == "outbox"
-    assert s.kafka_bootstrap_servers == "127.0.0.1:19092"
     assert s.kafka_acks == "all"
     assert s.enable_idempotence is True
-    assert s.redis_url == "redis://127.0.0.1:16379/0"
+    assert s.server_id == 0
+    assert s.create_topics is True
+    assert (s.topic_partitions, s.topic_replication_factor) == (-1, -1)
     assert s.topic_template == "outbox.event.{aggregatetype}"
     assert s.topic_overrides == {}
     assert s.start_position == "latest"
@@ -73,59 +98,117 @@ def test_defaults() -> None:
     assert s.router().topic("order") == "outbox.event.order"
 
 
+@pytest.mark.parametrize("name", ["mysql_url", "kafka_bootstrap_servers", "redis_url"])
+def test_connection_settings_have_no_default(name: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        RelaySettings(**{k: v for k, v in CONN.items() if k != name})
+    assert info.value.setting == name
+    assert env_var(name) in str(info.value)
+    with pytest.raises(ConfigurationError) as info:
+        RelaySettings.from_env({k: v for k, v in CONN_ENV.items() if k != env_var(name)})
+    assert info.value.setting == name
+
+
+@pytest.mark.parametrize("name", ["mysql_url", "kafka_bootstrap_servers", "redis_url"])
+def test_main_without_a_connection_setting_exits_2_naming_the_variable(
+    name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for var, value in CONN_ENV.items():
+        if var != env_var(name):
+            monkeypatch.setenv(var, value)
+    assert main([]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"configuration error: {name}: not set: set {env_var(name)}" in err
+
+
+@pytest.mark.parametrize(
+    ("kw", "setting"),
+    [
+        ({"on_rejected": "deadletter"}, "on_rejected"),
+        ({"reader": "proces"}, "reader"),
+        ({"kafka_acks": "al"}, "kafka_acks"),
+        ({"kafka_acks": 2}, "kafka_acks"),
+        ({"kafka_security_protocol": "TLS"}, "kafka_security_protocol"),
+        ({"kafka_sasl_mechanism": "GSSAPI"}, "kafka_sasl_mechanism"),
+        ({"compression_type": "brotli"}, "compression_type"),
+        ({"log_level": "LOUD"}, "log_level"),
+        ({"start_position": "newest"}, "start_position"),
+        ({"topic_partitions": 0}, "topic_partitions"),
+        ({"topic_replication_factor": -2}, "topic_replication_factor"),
+    ],
+)
+def test_every_choice_is_checked_when_built_in_code(kw: dict[str, Any], setting: str) -> None:
+    with pytest.raises(ConfigurationError) as info:
+        settings(**kw)
+    assert info.value.setting == setting
+    assert repr(next(iter(kw.values()))) in str(info.value) or setting == "start_position"
+
+
+def test_kafka_acks_as_an_int_in_code() -> None:
+    assert settings(kafka_acks=1).producer_args()["acks"] == 1
+
+
 def test_keyword_only_and_frozen() -> None:
     with pytest.raises(TypeError):
         RelaySettings("mysql+pymysql://a:b@h/db")  # type: ignore[call-arg]
-    s = RelaySettings()
+    s = settings()
     with pytest.raises(dataclasses.FrozenInstanceError):
         s.relay_name = "x"  # type: ignore[misc]
 
 
 def test_schema_from_url_or_setting() -> None:
-    assert RelaySettings(mysql_url="mysql+pymysql://u:p@h/app").schema == "app"
-    s = RelaySettings(mysql_url="mysql+pymysql://u:p@h/app", outbox_schema="events")
+    assert settings(mysql_url="mysql+pymysql://u:p@h/app").schema == "app"
+    s = settings(mysql_url="mysql+pymysql://u:p@h/app", outbox_schema="events")
     assert s.schema == "events"
-    assert RelaySettings(mysql_url="mysql+pymysql://u:p@h", outbox_schema="events").schema == (
-        "events"
-    )
+    assert settings(mysql_url="mysql+pymysql://u:p@h", outbox_schema="events").schema == ("events")
 
 
 def test_mysql_connection_args() -> None:
-    assert RelaySettings(mysql_url=MYSQL_URL).mysql_connection_args() == {
+    assert settings(mysql_url=MYSQL_URL).mysql_connection_args() == {
         "host": "db.example",
         "port": 3307,
         "user": "outbox",
         "password": MYSQL_SECRET,
     }
-    args = RelaySettings(mysql_url="mysql+pymysql://h/db").mysql_connection_args()
+    args = settings(mysql_url="mysql+pymysql://h/db").mysql_connection_args()
     assert args == {"host": "h", "port": 3306, "user": "", "password": ""}
 
 
-def test_effective_server_id() -> None:
-    # zlib.crc32 of the relay name: stable across processes (unlike hash())
-    assert RelaySettings().effective_server_id == 1_588_639
-    assert RelaySettings(relay_name="billing").effective_server_id == 1_670_826
-    assert RelaySettings(relay_name="billing").effective_server_id == 1_670_826
-    for name in ("a", "b", "default", "x" * 300, "ünïcode"):
-        sid = RelaySettings(relay_name=name).effective_server_id
-        assert 1_000_000 <= sid < 2_000_000
-    assert RelaySettings(server_id=77, relay_name="billing").effective_server_id == 77
+def test_derived_server_ids_differ_per_start_and_stay_in_range() -> None:
+    ids = {derive_server_id("billing") for _ in range(200)}
+    assert len(ids) == 200  # a new id for every start, even in one process
+    assert all(1 <= i <= 2**32 - 1 for i in ids)
+    for name in ("a", "default", "x" * 300, "ünïcode"):
+        assert 1 <= derive_server_id(name) <= 2**32 - 1
 
 
-def test_effective_server_id_is_the_same_in_another_process() -> None:
+def test_derived_server_id_is_never_the_servers_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    from transactional_outbox.relay import config
+
+    monkeypatch.setattr(config.secrets, "token_hex", lambda n: "fixed")
+    taken = derive_server_id("billing")
+    assert derive_server_id("billing", avoid=taken) != taken
+    assert 1 <= derive_server_id("billing", avoid=taken) <= 2**32 - 1
+
+
+def test_derived_server_ids_differ_across_processes() -> None:
     code = (
-        "from transactional_outbox.relay.config import RelaySettings;"
-        "print(RelaySettings(relay_name='billing').effective_server_id)"
+        "from transactional_outbox.relay.config import derive_server_id;"
+        "print(derive_server_id('billing'))"
     )
-    out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert int(out.stdout) == RelaySettings(relay_name="billing").effective_server_id
+    outs = {
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        ).stdout
+        for _ in range(2)
+    }
+    assert len(outs) == 2
 
 
 def test_checkpoint_key() -> None:
-    assert RelaySettings().checkpoint_key == "outbox:relay:default:checkpoint"
-    s = RelaySettings(key_prefix="p:", relay_name="billing")
+    assert settings().checkpoint_key == "outbox:relay:default:checkpoint"
+    s = settings(key_prefix="p:", relay_name="billing")
     assert s.checkpoint_key == "p:billing:checkpoint"
 
 
@@ -153,13 +236,13 @@ def test_checkpoint_key() -> None:
 )
 def test_invalid_values_name_the_setting(kw: dict[str, Any], setting: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        RelaySettings(**kw)
+        settings(**kw)
     assert info.value.setting == setting
     assert str(info.value).startswith(f"{setting}: ")
 
 
 def test_server_id_bounds_are_inclusive() -> None:
-    assert RelaySettings(server_id=2**32 - 1).effective_server_id == 2**32 - 1
+    assert settings(server_id=2**32 - 1).server_id == 2**32 - 1
 
 
 @pytest.mark.parametrize(
@@ -167,7 +250,7 @@ def test_server_id_bounds_are_inclusive() -> None:
 )
 def test_mysql_url_errors_do_not_echo_the_password(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        RelaySettings(mysql_url=url)
+        settings(mysql_url=url)
     assert info.value.setting == "mysql_url"
     assert MYSQL_SECRET not in str(info.value)
     assert "Hunter2" not in str(info.value)
@@ -184,6 +267,7 @@ def test_env_var_names() -> None:
 def test_from_env_reads_every_kind() -> None:
     s = RelaySettings.from_env(
         {
+            **CONN_ENV,
             "OUTBOX_MYSQL_URL": "mysql+pymysql://u:p@h:3310/app",
             "OUTBOX_SERVER_ID": "4242",
             "OUTBOX_ENABLE_IDEMPOTENCE": "false",
@@ -211,12 +295,14 @@ def test_from_env_reads_every_kind() -> None:
 
 def test_from_env_defaults_to_os_environ(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OUTBOX_RELAY_NAME", "from-os")
+    for name, value in CONN_ENV.items():
+        monkeypatch.setenv(name, value)
     assert RelaySettings.from_env().relay_name == "from-os"
-    assert RelaySettings.from_env({}).relay_name == "default"
+    assert RelaySettings.from_env(env()).relay_name == "default"
 
 
 def test_from_env_keyword_overrides_win() -> None:
-    s = RelaySettings.from_env({"OUTBOX_RELAY_NAME": "env"}, relay_name="kw")
+    s = RelaySettings.from_env(env({"OUTBOX_RELAY_NAME": "env"}), relay_name="kw")
     assert s.relay_name == "kw"
 
 
@@ -234,7 +320,7 @@ def test_from_env_keyword_overrides_win() -> None:
     ],
 )
 def test_from_env_bool(raw: str, expected: bool) -> None:
-    assert RelaySettings.from_env({"OUTBOX_RESUME_BY_GTID": raw}).resume_by_gtid is expected
+    assert RelaySettings.from_env(env({"OUTBOX_RESUME_BY_GTID": raw})).resume_by_gtid is expected
 
 
 @pytest.mark.parametrize(
@@ -249,7 +335,7 @@ def test_from_env_bool(raw: str, expected: bool) -> None:
     ],
 )
 def test_from_env_mapping(raw: str, expected: dict[str, str]) -> None:
-    assert RelaySettings.from_env({"OUTBOX_TOPIC_OVERRIDES": raw}).topic_overrides == expected
+    assert RelaySettings.from_env(env({"OUTBOX_TOPIC_OVERRIDES": raw})).topic_overrides == expected
 
 
 @pytest.mark.parametrize(
@@ -273,7 +359,7 @@ def test_from_env_bad_values_name_field_variable_and_value(
     var: str, raw: str, setting: str
 ) -> None:
     with pytest.raises(ConfigurationError) as info:
-        RelaySettings.from_env({var: raw})
+        RelaySettings.from_env(env({var: raw}))
     assert info.value.setting == setting
     message = str(info.value)
     assert message.startswith(f"{setting}: ")
@@ -298,7 +384,7 @@ def test_conversion_errors_of_secret_fields_do_not_echo_the_value() -> None:
 
 def test_from_env_bad_secret_urls_do_not_echo_secrets() -> None:
     with pytest.raises(ConfigurationError) as info:
-        RelaySettings.from_env({"OUTBOX_MYSQL_URL": f"mysql+pymysql://u:{MYSQL_SECRET}@/db"})
+        RelaySettings.from_env(env({"OUTBOX_MYSQL_URL": f"mysql+pymysql://u:{MYSQL_SECRET}@/db"}))
     assert "Hunter2" not in str(info.value)
 
 
@@ -306,8 +392,8 @@ def test_from_env_bad_secret_urls_do_not_echo_secrets() -> None:
 
 
 def test_from_cli_flags_override_env() -> None:
-    env = {"OUTBOX_RELAY_NAME": "env-name", "OUTBOX_LINGER_MS": "9", "OUTBOX_SERVER_ID": "5"}
-    s = RelaySettings.from_cli(["--relay-name", "cli-name", "--server-id", "6"], env)
+    given = env({"OUTBOX_RELAY_NAME": "env-name", "OUTBOX_LINGER_MS": "9", "OUTBOX_SERVER_ID": "5"})
+    s = RelaySettings.from_cli(["--relay-name", "cli-name", "--server-id", "6"], given)
     assert s.relay_name == "cli-name"
     assert s.server_id == 6
     assert s.linger_ms == 9  # env, no flag
@@ -327,7 +413,7 @@ def test_from_cli_kinds() -> None:
             "--start-position",
             "gtid:0-1-42",
         ],
-        {"OUTBOX_ENABLE_IDEMPOTENCE": "true", "OUTBOX_IGNORE_CHECKPOINT": "false"},
+        env({"OUTBOX_ENABLE_IDEMPOTENCE": "true", "OUTBOX_IGNORE_CHECKPOINT": "false"}),
     )
     assert s.enable_idempotence is False
     assert s.ignore_checkpoint is True
@@ -338,8 +424,8 @@ def test_from_cli_kinds() -> None:
 
 
 def test_from_cli_without_flags_is_from_env() -> None:
-    assert RelaySettings.from_cli([], {"OUTBOX_RELAY_NAME": "x"}) == RelaySettings.from_env(
-        {"OUTBOX_RELAY_NAME": "x"}
+    assert RelaySettings.from_cli([], env({"OUTBOX_RELAY_NAME": "x"})) == RelaySettings.from_env(
+        env({"OUTBOX_RELAY_NAME": "x"})
     )
 
 
@@ -355,7 +441,7 @@ def test_from_cli_without_flags_is_from_env() -> None:
 )
 def test_from_cli_bad_values_name_the_setting_and_flag(argv: list[str], setting: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        RelaySettings.from_cli(argv, {})
+        RelaySettings.from_cli(argv, env())
     assert info.value.setting == setting
 
 
@@ -370,6 +456,8 @@ def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.Mon
             default = "(unset)"
         elif f.name == "topic_overrides":
             default = "(none)"
+        elif f.name in CONN:
+            default = "(required)"
         else:
             default = str(f.default)
         assert f"{f.metadata['help']} [env {env_var(f.name)}] (default: {default})" in text, f.name
@@ -407,7 +495,7 @@ def test_help_in_a_subprocess_lists_exit_codes() -> None:
     ],
 )
 def test_main_returns_2_on_invalid_flag(
-    argv: list[str], setting: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str], setting: str, capsys: pytest.CaptureFixture[str], conn_env: None
 ) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err
@@ -422,7 +510,9 @@ def test_main_invalid_env_returns_2(
     assert "heartbeat_seconds: OUTBOX_HEARTBEAT_SECONDS='soon'" in capsys.readouterr().err
 
 
-def test_main_error_does_not_echo_the_mysql_password(capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_error_does_not_echo_the_mysql_password(
+    capsys: pytest.CaptureFixture[str], conn_env: None
+) -> None:
     assert main(["--mysql-url", f"mysql+pymysql://u:{MYSQL_SECRET}@/db"]) == 2
     err = capsys.readouterr().err
     assert "mysql_url" in err
@@ -446,7 +536,7 @@ def test_repr_and_str_hide_every_secret() -> None:
 
 
 def test_repr_lists_every_field() -> None:
-    text = repr(RelaySettings())
+    text = repr(settings())
     assert text.startswith("RelaySettings(")
     for name in FIELDS:
         assert f"{name}=" in text
@@ -476,7 +566,7 @@ def test_mask_url(url: str, masked: str) -> None:
 
 
 def test_producer_args_plaintext() -> None:
-    args = RelaySettings(relay_name="billing").producer_args()
+    args = settings(relay_name="billing").producer_args()
     assert args == {
         "bootstrap_servers": "127.0.0.1:19092",
         "client_id": "outbox-relay-billing",
@@ -492,10 +582,10 @@ def test_producer_args_plaintext() -> None:
 
 
 def test_producer_args_acks_and_compression() -> None:
-    args = RelaySettings(kafka_acks="1", compression_type="zstd").producer_args()
+    args = settings(kafka_acks="1", compression_type="zstd").producer_args()
     assert args["acks"] == 1
     assert args["compression_type"] == "zstd"
-    assert RelaySettings(kafka_acks="0").producer_args()["acks"] == 0
+    assert settings(kafka_acks="0").producer_args()["acks"] == 0
 
 
 def test_producer_args_sasl_ssl() -> None:
@@ -512,7 +602,7 @@ def test_producer_args_sasl_ssl() -> None:
 
 
 def test_producer_args_sasl_plaintext_has_no_ssl() -> None:
-    s = RelaySettings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u")
+    s = settings(kafka_security_protocol="SASL_PLAINTEXT", kafka_sasl_username="u")
     args = s.producer_args()
     assert args["sasl_mechanism"] == "PLAIN"
     assert args["sasl_plain_username"] == "u"
@@ -521,6 +611,6 @@ def test_producer_args_sasl_plaintext_has_no_ssl() -> None:
 
 
 def test_producer_args_ssl_has_no_sasl() -> None:
-    args = RelaySettings(kafka_security_protocol="SSL").producer_args()
+    args = settings(kafka_security_protocol="SSL").producer_args()
     assert isinstance(args["ssl_context"], ssl.SSLContext)
     assert not any(k.startswith("sasl") for k in args)

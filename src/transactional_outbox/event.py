@@ -9,12 +9,16 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
+from datetime import time as dt_time
+from decimal import Decimal
+from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from .exceptions import InvalidEventError, SerializationError
@@ -28,6 +32,7 @@ __all__ = [
     "decode_headers",
     "encode_headers",
     "format_timestamp",
+    "json_default",
     "kafka_headers",
     "parse_timestamp",
     "uuid7",
@@ -76,33 +81,119 @@ class Serializer(Protocol):
         ...
 
 
-class JsonSerializer:
-    """Default serializer: compact UTF-8 JSON.
+def _pydantic_model(value: object) -> bool:
+    # Only if pydantic is already imported: a model instance implies it is, and
+    # the serializer never imports it (it is no dependency of this package).
+    pydantic = sys.modules.get("pydantic")
+    return pydantic is not None and isinstance(value, pydantic.BaseModel)
 
-    Dataclasses and pydantic models (anything with ``model_dump``) are converted
-    to plain data first. ``default`` is passed to :func:`json.dumps` for other
-    types (e.g. ``str`` for ``Decimal``).
+
+def json_default(value: Any) -> Any:
+    """The default serializer's mapping of non-JSON types (README "Payloads").
+
+    ``Decimal`` → string (exact), ``datetime``/``date``/``time`` → ISO 8601 (an aware
+    datetime keeps its offset), ``UUID`` → canonical text, ``Enum`` → its value,
+    dataclasses → object of their fields, pydantic models → ``model_dump(mode="json")``.
+    Raises ``TypeError`` for anything else.
+    """
+    if isinstance(value, Decimal):
+        return str(value)
+    if isinstance(value, datetime | date | dt_time):
+        return value.isoformat()
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, Enum):
+        return value.value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+    if _pydantic_model(value):
+        return value.model_dump(mode="json")
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _unserialisable(value: Any, path: str, default: Any, seen: set[int]) -> tuple[str, Any] | None:
+    """The path and value of the first part of ``value`` JSON cannot take, if any."""
+    if isinstance(value, _JSON_SCALARS):
+        return None
+    if id(value) in seen:
+        return None  # a cycle: json.dumps reports it itself
+    seen.add(id(value))
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, _JSON_SCALARS):
+                return f"{path} key {key!r}", key
+            found = _unserialisable(item, f"{path}[{key!r}]", default, seen)
+            if found:
+                return found
+        return None
+    if isinstance(value, list | tuple):
+        for i, item in enumerate(value):
+            found = _unserialisable(item, f"{path}[{i}]", default, seen)
+            if found:
+                return found
+        return None
+    for convert in (json_default, default):
+        if convert is None:
+            continue
+        try:
+            converted = convert(value)
+        except TypeError:
+            continue
+        return _unserialisable(converted, path, default, seen)
+    return path, value
+
+
+class JsonSerializer:
+    """Default serializer: compact UTF-8 JSON, with everyday Python types mapped.
+
+    See :func:`json_default` for the mapping (Decimal, datetime, UUID, Enum,
+    dataclasses, pydantic models). ``default`` is tried for any other type, as
+    :func:`json.dumps` would. A value of no known type raises
+    :class:`SerializationError` naming its type and its path in the payload.
     """
 
     content_type = "application/json"
 
     def __init__(self, *, default: Any = None) -> None:
         self._default = default
+        user = default
+
+        def combined(value: Any) -> Any:
+            try:
+                return json_default(value)
+            except TypeError:
+                if user is None:
+                    raise
+            return user(value)
+
+        self._combined = combined
 
     def __call__(self, payload: Any) -> bytes:
         """Encode ``payload`` as JSON bytes."""
-        model_dump = getattr(payload, "model_dump", None)
-        if callable(model_dump):
-            payload = model_dump(mode="json")
-        elif dataclasses.is_dataclass(payload) and not isinstance(payload, type):
-            payload = dataclasses.asdict(payload)
-        return json.dumps(
-            payload,
-            separators=(",", ":"),
-            ensure_ascii=False,
-            allow_nan=False,
-            default=self._default,
-        ).encode()
+        try:
+            return json.dumps(
+                payload,
+                separators=(",", ":"),
+                ensure_ascii=False,
+                allow_nan=False,
+                default=self._combined,
+            ).encode()
+        except TypeError as exc:
+            found = _unserialisable(payload, "payload", self._default, set())
+            if found is None:
+                raise
+            path, value = found
+            raise SerializationError(
+                path,
+                value,
+                f"type {type(value).__module__}.{type(value).__qualname__} cannot be "
+                "serialised as JSON (supported: JSON types, Decimal, datetime, date, time, "
+                "UUID, Enum, dataclasses, pydantic models); convert it, or pass "
+                "JsonSerializer(default=...) or a serializer",
+            ) from exc
 
     def __repr__(self) -> str:
         return "JsonSerializer()"
@@ -252,8 +343,8 @@ class OutboxEvent:
         """Validate the fields, serialise the payload and return the event.
 
         ``payload`` may be ``bytes`` (kept as is), ``str`` (UTF-8 encoded) or
-        anything ``serializer`` accepts (default: JSON of dicts, lists,
-        dataclasses and pydantic models, adding ``content-type:
+        anything ``serializer`` accepts (default: JSON of dicts, lists, Decimal,
+        datetime, UUID, Enum, dataclasses and pydantic models, adding ``content-type:
         application/json`` unless the headers already name one). An int
         ``aggregate_id`` is turned into its decimal text.
 
@@ -277,6 +368,8 @@ class OutboxEvent:
             ser = DEFAULT_SERIALIZER if serializer is None else serializer
             try:
                 body = ser(payload)
+            except SerializationError:
+                raise
             except (TypeError, ValueError, OverflowError) as exc:
                 raise SerializationError(
                     "payload", payload, f"cannot be serialised: {exc}"

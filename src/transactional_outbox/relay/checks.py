@@ -28,6 +28,7 @@ class ServerInfo:
     gtid_enabled: bool
     current: BinlogPosition
     binlogs: tuple[str, ...]
+    server_id: int = 0  # the server's own @@server_id: a replica must use another
 
 
 def _one(cur: Any, sql: str, args: Any = None) -> Any:
@@ -72,7 +73,8 @@ def check_server(conn: pymysql.Connection, *, schema: str, table: str) -> Server
     """
     user = str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
     with conn.cursor() as cur:
-        version = str(_one(cur, "SELECT VERSION()")[0])
+        version, own_id = _one(cur, "SELECT VERSION(), @@server_id")
+        version = str(version)
         is_mariadb = "mariadb" in version.lower()
         log_bin = _variable(cur, "log_bin")
         if log_bin is None or log_bin.upper() not in ("ON", "1"):
@@ -156,6 +158,7 @@ def check_server(conn: pymysql.Connection, *, schema: str, table: str) -> Server
             gtid_enabled=gtid_enabled,
             current=BinlogPosition(file=file, pos=pos, gtid=gtid or None),
             binlogs=binlogs,
+            server_id=int(own_id or 0),
         )
 
 

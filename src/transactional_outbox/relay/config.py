@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import os
+import secrets
+import socket
 import ssl
-import zlib
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,7 +25,7 @@ from ..exceptions import ConfigurationError
 from .position import StartPolicy
 from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
 
-__all__ = ["RelaySettings", "mask_url"]
+__all__ = ["RelaySettings", "derive_server_id", "mask_url"]
 
 _SECRET = "secret"
 
@@ -61,21 +64,20 @@ class RelaySettings:
     """
 
     mysql_url: str = _opt(
-        "mysql+pymysql://outbox:outbox@127.0.0.1:13306/outbox",
-        "MySQL/MariaDB URL of a user with REPLICATION SLAVE, REPLICATION CLIENT (MariaDB: "
-        "BINLOG MONITOR) and SELECT on the outbox table; its database is the outbox schema "
-        "unless --outbox-schema says otherwise",
+        "",
+        "required: MySQL/MariaDB URL of a user with REPLICATION SLAVE, REPLICATION CLIENT "
+        "(MariaDB: BINLOG MONITOR) and SELECT on the outbox table; its database is the outbox "
+        "schema unless --outbox-schema says otherwise",
     )
     server_id: int = _opt(
         0,
         "replica server_id for the binlog connection; must be unique among the server's "
-        "replicas (0 = derived from relay_name)",
+        "replicas (0 = a new one for each start, from the relay name, host and process id, "
+        "so two relays of one name never share one)",
     )
     outbox_schema: str = _opt("", "schema (database) of the outbox table; default: the URL's")
     outbox_table: str = _opt("outbox", "name of the outbox table")
-    kafka_bootstrap_servers: str = _opt(
-        "127.0.0.1:19092", "Kafka bootstrap servers, comma-separated"
-    )
+    kafka_bootstrap_servers: str = _opt("", "required: Kafka bootstrap servers, comma-separated")
     kafka_security_protocol: str = _opt(
         "PLAINTEXT",
         "Kafka security protocol",
@@ -104,7 +106,7 @@ class RelaySettings:
         1_048_576, "largest record the producer sends (bytes); match the topic's max.message.bytes"
     )
     request_timeout_ms: int = _opt(40_000, "Kafka request timeout (ms)")
-    redis_url: str = _opt("redis://127.0.0.1:16379/0", "Redis URL for the checkpoint")
+    redis_url: str = _opt("", "required: Redis URL for the checkpoint and the lease")
     relay_name: str = _opt("default", "relay name: namespaces the checkpoint key")
     key_prefix: str = _opt("outbox:relay:", "prefix of the relay's Redis keys")
     topic_template: str = _opt(
@@ -113,6 +115,19 @@ class RelaySettings:
     topic_overrides: Mapping[str, str] = _opt(
         None,
         "per-aggregate-type topics, 'order=orders,customer=crm.customers'",
+    )
+    create_topics: bool = _opt(
+        True,
+        "create a missing topic with --topic-partitions and --topic-replication-factor "
+        "(CreateTopics); off: wait for it to be created (an INFO line says so once)",
+    )
+    topic_partitions: int = _opt(
+        -1, "partitions of a topic the relay creates (-1 = the broker's num.partitions)"
+    )
+    topic_replication_factor: int = _opt(
+        -1,
+        "replication factor of a topic the relay creates (-1 = the broker's "
+        "default.replication.factor)",
     )
     start_position: str = _opt(
         "latest",
@@ -159,6 +174,34 @@ class RelaySettings:
     def __post_init__(self) -> None:
         if self.topic_overrides is None:
             object.__setattr__(self, "topic_overrides", {})
+        for name in _REQUIRED:
+            if not getattr(self, name):
+                raise ConfigurationError(
+                    name,
+                    f"not set: set {env_var(name)} or --{name.replace('_', '-')} (no default, "
+                    "so a relay never connects somewhere by accident)",
+                )
+        if isinstance(self.kafka_acks, int) and not isinstance(self.kafka_acks, bool):
+            object.__setattr__(self, "kafka_acks", str(self.kafka_acks))
+        for f in dataclasses.fields(self):
+            choices = f.metadata.get("choices")
+            value = getattr(self, f.name)
+            if choices and value not in choices:
+                raise ConfigurationError(
+                    f.name, f"{value!r} is not a choice: choose one of {', '.join(choices)}"
+                )
+        for name in ("topic_partitions", "topic_replication_factor"):
+            value = getattr(self, name)
+            if value != -1 and not 1 <= value <= 32_767:
+                raise ConfigurationError(
+                    name, f"{value} must be -1 (the broker's default) or 1..32767"
+                )
+        scheme = self.redis_url.partition("://")[0]
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigurationError(
+                "redis_url",
+                f"{mask_url(self.redis_url)!r} is not a redis://, rediss:// or unix:// URL",
+            )
         try:
             url = make_url(self.mysql_url)
         except Exception:
@@ -193,11 +236,6 @@ class RelaySettings:
     def schema(self) -> str:
         """The outbox table's schema."""
         return self.outbox_schema or str(make_url(self.mysql_url).database)
-
-    @property
-    def effective_server_id(self) -> int:
-        """``server_id``, or a stable id derived from the relay name."""
-        return self.server_id or 1_000_000 + zlib.crc32(self.relay_name.encode()) % 1_000_000
 
     @property
     def checkpoint_key(self) -> str:
@@ -293,6 +331,25 @@ class RelaySettings:
         return cls.from_env(environ, **given)
 
 
+_REQUIRED = ("mysql_url", "kafka_bootstrap_servers", "redis_url")
+
+
+def derive_server_id(relay_name: str, *, avoid: int | None = None) -> int:
+    """A replica server_id for one start of one relay: from the relay name, the host,
+    the process id and a random salt, in 1..2**32-1 and never ``avoid`` (the server's own).
+
+    Two relays of one name must not share an id: MariaDB refuses a second binlog
+    connection with a registered id (error 4052) while a paused first one still holds
+    it, and MySQL drops the first. A per-start id rules both out.
+    """
+    seed = f"{relay_name}\0{socket.gethostname()}\0{os.getpid()}\0{secrets.token_hex(8)}"
+    value = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest())
+    server_id = value % (2**32 - 1) + 1
+    if server_id == avoid:
+        server_id = server_id % (2**32 - 1) + 1
+    return server_id
+
+
 def env_var(name: str) -> str:
     """The environment variable of setting ``name``."""
     return "OUTBOX_" + name.upper()
@@ -335,7 +392,11 @@ def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
 def build_parser() -> argparse.ArgumentParser:
     """The relay's argument parser; every setting is a flag."""
     parser = argparse.ArgumentParser(
-        prog="python -m transactional_outbox.relay",
+        prog=(
+            "outbox-relay"
+            if os.path.basename(sys.argv[0]) == "outbox-relay"
+            else "python -m transactional_outbox.relay"
+        ),
         description=(
             "Tail the MySQL/MariaDB binlog and publish committed outbox events to Kafka, "
             "checkpointing the binlog position in Redis. Every flag can also be set with the "
@@ -356,6 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
             default = "(unset)"
         elif kind.startswith("Mapping"):
             default = "(none)"
+        elif f.name in _REQUIRED:
+            default = "(required)"
         if kind == "bool":
             parser.add_argument(
                 flag,

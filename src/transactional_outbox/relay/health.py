@@ -43,8 +43,16 @@ class RelayMetrics:
             buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000),
             registry=r,
         )
-        self.lag = Gauge(
-            "outbox_relay_lag_seconds", "Now minus the timestamp of the last event sent", registry=r
+        self.behind_bytes = Gauge(
+            "outbox_relay_binlog_behind_bytes",
+            "Bytes of binlog between the acknowledged position and the server's head "
+            "(0 = caught up, -1 = unknown)",
+            registry=r,
+        )
+        self.last_event_age = Gauge(
+            "outbox_relay_last_event_age_seconds",
+            "Now minus the timestamp of the last event handed to Kafka (grows while idle)",
+            registry=r,
         )
         self.checkpoint_age = Gauge(
             "outbox_relay_checkpoint_age_seconds",

@@ -26,15 +26,18 @@ from redis.exceptions import RedisError
 from ..exceptions import ConfigurationError, LeadershipLostError, PublishError
 from .checkpoint import RedisCheckpointStore
 from .checks import ServerInfo, check_server, resolve_start
-from .config import RelaySettings, mask_url
+from .config import RelaySettings, derive_server_id, mask_url
+from .faults import check_kafka_login, mysql_misconfiguration, redis_misconfiguration
 from .health import HealthServer, RelayMetrics
 from .leadership import Lease, LeaseKeys
 from .position import BinlogPosition
+from .progress import BinlogHead, describe
 from .publisher import KafkaPublisher, is_permanent
 from .reader_process import ProcessSource
 from .routing import KafkaRecord, event_of, record_id
 from .rowdecoder import RejectedRow
 from .source import BinlogSource, Channel, ChannelClosed, SourceSettings
+from .topics import Topics, TopicWaitAborted
 from .watermark import Watermark
 
 __all__ = ["Relay", "RelayStats"]
@@ -58,6 +61,7 @@ class RelayStats:
     checkpoint: BinlogPosition | None = None
     checkpoint_saved_at: float | None = None
     dead_lettered: int = 0
+    behind_bytes: int | None = None  # binlog bytes after the acknowledged position
     role: str = "starting"
     mysql: str = "starting"
     kafka: str = "starting"
@@ -89,6 +93,7 @@ class Relay:
         self._channel: Channel | None = None
         self._router = settings.router()
         self._publisher: KafkaPublisher | None = None
+        self._topics: Topics | None = None
         self._lease: Lease | None = None
         self._lost = asyncio.Event()
         self._lost_reason = ""
@@ -97,6 +102,7 @@ class Relay:
         self._health_server: HealthServer | None = None
         self.metrics = RelayMetrics()
         self.server: ServerInfo | None = None
+        self.server_id = settings.server_id  # the replica id in use; chosen in _prepare
 
     def __repr__(self) -> str:
         return f"Relay(name={self.settings.relay_name!r}, stopping={self._stopping.is_set()})"
@@ -111,6 +117,8 @@ class Relay:
         self._end_session()
 
     def _end_session(self) -> None:
+        if self._topics is not None:
+            self._topics.abort()
         if self._source is not None:
             self._source.stop()
         if self._channel is not None:
@@ -199,6 +207,9 @@ class Relay:
                 # leader cannot renew it), not a whole renew interval later.
                 wait = min(wait, (await self._lease.remaining_ms() + 20) / 1000)
             except (RedisError, OSError) as exc:
+                fatal = redis_misconfiguration(exc)
+                if fatal is not None:
+                    raise fatal from None
                 self.stats.redis = "degraded"
                 log.warning("cannot reach Redis for the lease (%s)", exc)
             self.stats.role = "standby"
@@ -243,6 +254,7 @@ class Relay:
         tasks = [
             asyncio.create_task(self._renew_loop(over), name="outbox-lease"),
             asyncio.create_task(self._save_loop(over), name="outbox-checkpoint"),
+            asyncio.create_task(self._head_loop(over), name="outbox-binlog-head"),
         ]
         try:
             await self._supervise(start)
@@ -268,6 +280,9 @@ class Relay:
                 info, start, why = await self._resolve()
                 break
             except (pymysql.err.OperationalError, RedisError, OSError) as exc:
+                fatal = mysql_misconfiguration(exc, s) or redis_misconfiguration(exc)
+                if fatal is not None:
+                    raise fatal from None
                 if isinstance(exc, pymysql.err.OperationalError) and exc.args[0] not in (
                     2003,
                     2006,
@@ -281,6 +296,7 @@ class Relay:
                     return None
                 delay = min(delay * 2, s.reconnect_max_seconds)
         self.server = info
+        self._choose_server_id(info)
         log.info(
             "relay %r: %s at %s, outbox `%s`.`%s`, Kafka %s, Redis %s; starting at %s (%s)",
             s.relay_name,
@@ -295,6 +311,22 @@ class Relay:
         )
         return start
 
+    def _choose_server_id(self, info: ServerInfo) -> None:
+        s = self.settings
+        if s.server_id and s.server_id == info.server_id:
+            raise ConfigurationError(
+                "server_id",
+                f"{s.server_id} is the server's own @@server_id; choose another (or 0 for a "
+                "new one per start)",
+            )
+        if not s.server_id and self.server_id in (0, info.server_id):
+            self.server_id = derive_server_id(s.relay_name, avoid=info.server_id)
+        log.info(
+            "binlog replica server_id %d (%s)",
+            self.server_id,
+            "--server-id" if s.server_id else "new for this start; --server-id sets one",
+        )
+
     async def _resolve(self) -> tuple[ServerInfo, BinlogPosition, str]:
         s = self.settings
         assert self._store is not None
@@ -302,7 +334,10 @@ class Relay:
         self.stats.redis = "ok"
 
         def blocking() -> tuple[ServerInfo, BinlogPosition, str]:
-            conn = pymysql.connect(**s.mysql_connection_args(), connect_timeout=10)
+            # With the database: the server then says "unknown database" itself.
+            conn = pymysql.connect(
+                **s.mysql_connection_args(), database=s.schema, connect_timeout=10
+            )
             try:
                 info = check_server(conn, schema=s.schema, table=s.outbox_table)
                 start, why = resolve_start(
@@ -354,7 +389,7 @@ class Relay:
             port=args["port"],
             user=args["user"],
             password=args["password"],
-            server_id=s.effective_server_id,
+            server_id=self.server_id,
             schema=s.schema,
             table=s.outbox_table,
             is_mariadb=self.server.is_mariadb,
@@ -370,10 +405,22 @@ class Relay:
         # will be read and sent again.
         self._watermark = Watermark(start)
         self._failure = None
-        publisher = KafkaPublisher(s.producer_args())
+        producer_args = s.producer_args()
+        # A refused login or certificate fails every retry: stop with exit code 2.
+        await check_kafka_login(s, producer_args)
+        topics = self._topics = Topics(
+            producer_args,
+            create=s.create_topics,
+            partitions=s.topic_partitions,
+            replication_factor=s.topic_replication_factor,
+        )
+        if self._stopping.is_set() or self._lost.is_set():
+            topics.abort()
+        publisher = KafkaPublisher(producer_args, topics)
         try:
             await publisher.start()
         except Exception as exc:
+            await topics.close()
             raise _SessionFailed(str(exc)) from exc
         self.stats.kafka = "ok"
         self._publisher = publisher
@@ -412,7 +459,12 @@ class Relay:
             with contextlib.suppress(Exception):
                 await publisher.stop()
             self._publisher = None
+            self._topics = None
+            with contextlib.suppress(Exception):
+                await topics.close()
         failure = self._failure
+        if isinstance(failure, TopicWaitAborted):
+            return  # stopped (or lost the lease) while waiting for a topic
         if failure is not None:
             if is_permanent(failure):
                 raise failure
@@ -631,6 +683,24 @@ class Relay:
 
     # -- progress ------------------------------------------------------------------
 
+    async def _head_loop(self, over: asyncio.Event) -> None:
+        head = BinlogHead(self.settings.mysql_connection_args())
+        try:
+            while not over.is_set():
+                await asyncio.to_thread(head.poll)
+                wm = self._watermark
+                self.stats.behind_bytes = head.behind(None if wm is None else wm.position)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(over.wait(), 1.0)
+        finally:
+            self.stats.behind_bytes = None
+            await asyncio.to_thread(head.close)
+
+    def last_event_age(self) -> float | None:
+        """Seconds since the newest event handed to Kafka was written, if any."""
+        ms = self.stats.last_event_ms
+        return None if ms is None else max(time.time() - ms / 1000, 0.0)
+
     async def _progress_loop(self) -> None:
         interval = self.settings.progress_interval_seconds
         last_count, last_time = self.stats.published, time.monotonic()
@@ -643,14 +713,13 @@ class Relay:
             log.info("progress: %s", self.progress_line(rate))
 
     def progress_line(self, rate: float) -> str:
-        """One line: rate, lag, checkpoint, queue, server states."""
+        """One line: rate, how far behind the binlog head, last event's age, checkpoint,
+        queue, server states."""
         st = self.stats
-        lag = "-"
-        if st.last_event_ms is not None:
-            lag = f"{time.time() - st.last_event_ms / 1000:.2f}s"
         depth = self._channel.depth if self._channel is not None else 0
         return (
-            f"{rate:.0f} events/s, {st.published} published, lag {lag}, "
+            f"{rate:.0f} events/s, {st.published} published, "
+            f"{describe(st.behind_bytes, self.last_event_age())}, "
             f"checkpoint {st.checkpoint or '-'}, queue {depth}, "
             f"mysql {st.mysql}, kafka {st.kafka}, redis {st.redis}"
         )
@@ -668,8 +737,10 @@ class Relay:
             wm = self._watermark
             m.outstanding.set(wm.outstanding if wm is not None else 0)
             m.queue_depth.set(self._channel.depth if self._channel is not None else 0)
-            if st.last_event_ms is not None:
-                m.lag.set(time.time() - st.last_event_ms / 1000)
+            age = self.last_event_age()
+            if age is not None:
+                m.last_event_age.set(age)
+            m.behind_bytes.set(-1 if st.behind_bytes is None else st.behind_bytes)
             if st.checkpoint_saved_at is not None:
                 m.checkpoint_age.set(time.monotonic() - st.checkpoint_saved_at)
             if st.checkpoint is not None:

@@ -30,6 +30,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ..exceptions import PublishError
 from .routing import KafkaRecord, invalid_topic_reason
+from .topics import Topics
 
 __all__ = ["KafkaPublisher", "OnBatchDone", "OnRejected", "is_permanent"]
 
@@ -63,8 +64,9 @@ def _outcome(fut: Any) -> BaseException | None:
 class KafkaPublisher:
     """Publishes records in per-partition batches and reports each batch's outcome."""
 
-    def __init__(self, producer_args: dict[str, Any]) -> None:
+    def __init__(self, producer_args: dict[str, Any], topics: Topics | None = None) -> None:
         self._args = producer_args
+        self._topics = topics
         self._producer: AIOKafkaProducer | None = None
         self._partition_cache: dict[tuple[str, bytes], tuple[int, int]] = {}
         self._topic_checked: dict[str, str | None] = {}
@@ -136,6 +138,8 @@ class KafkaPublisher:
                 continue
             parts = partitions.get(topic)
             if parts is None:
+                if self._topics is not None:
+                    await self._topics.ensure(topic)  # no auto-creation, no ERROR line
                 parts = partitions[topic] = sorted(await producer.partitions_for(topic))
             part = self._partition(topic, record.key, parts)
             group = groups.get((topic, part))
@@ -256,6 +260,8 @@ class KafkaPublisher:
         reason = invalid_topic_reason(record.topic)
         if reason:
             raise PublishError("-", reason)
+        if self._topics is not None:
+            await self._topics.ensure(record.topic)
         try:
             fut = await self._producer.send(
                 record.topic,

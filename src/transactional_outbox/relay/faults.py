@@ -1,0 +1,158 @@
+"""Which server errors are misconfiguration (exit 2, naming the setting) and which pass.
+
+A wrong password, an unknown database, a Redis db index out of range, a refused
+SASL login or a broker certificate that does not verify will fail the same way
+on every retry: the relay stops at once with one line naming the setting and the
+server's own reason. Unreachable servers are not classified here: the relay
+keeps retrying them with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import Any
+
+import pymysql
+from aiokafka.conn import create_conn
+from aiokafka.errors import (
+    AuthenticationFailedError,
+    IllegalSaslStateError,
+    KafkaConnectionError,
+    KafkaError,
+    SaslAuthenticationFailed,
+    UnsupportedSaslMechanismError,
+)
+from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+
+from ..exceptions import ConfigurationError
+from .config import RelaySettings
+
+__all__ = ["check_kafka_login", "mysql_misconfiguration", "redis_misconfiguration"]
+
+# A connection cut during the handshake may be a broker restarting: retried.
+_SSL_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
+
+# MySQL/MariaDB error codes a retry cannot fix.
+_ACCESS_DENIED = 1045  # wrong user or password
+_DB_ACCESS_DENIED = 1044  # no privilege on the database
+_HOST_NOT_ALLOWED = 1130
+_UNKNOWN_DATABASE = 1049
+_ACCOUNT_LOCKED = (3118, 4151)  # MySQL, MariaDB
+
+
+def mysql_misconfiguration(
+    exc: BaseException, settings: RelaySettings
+) -> ConfigurationError | None:
+    """The configuration error ``exc`` means, or None if it may be transient."""
+    if not isinstance(exc, pymysql.err.OperationalError | pymysql.err.InternalError):
+        return None
+    code = exc.args[0] if exc.args else None
+    reason = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
+    if code in (_ACCESS_DENIED, _HOST_NOT_ALLOWED, *_ACCOUNT_LOCKED):
+        return ConfigurationError(
+            "mysql_url", f"the server refused the login (error {code}): {reason}"
+        )
+    if code in (_UNKNOWN_DATABASE, _DB_ACCESS_DENIED):
+        setting = "outbox_schema" if settings.outbox_schema else "mysql_url"
+        return ConfigurationError(setting, f"error {code} from the server: {reason}")
+    return None
+
+
+def redis_misconfiguration(exc: BaseException) -> ConfigurationError | None:
+    """The configuration error a Redis error means, or None if it may be transient."""
+    if isinstance(exc, AuthenticationError | NoPermissionError):
+        return ConfigurationError("redis_url", f"Redis refused the login: {exc}")
+    if isinstance(exc, ResponseError):
+        text = str(exc)
+        if "DB index" in text or text.startswith(("NOAUTH", "WRONGPASS", "NOPERM")):
+            return ConfigurationError("redis_url", f"Redis refused it: {text}")
+    return None
+
+
+def _hosts(bootstrap: str) -> list[tuple[str, int]]:
+    out = []
+    for item in bootstrap.split(","):
+        item = item.strip()
+        if not item:
+            continue
+        host, _, port = item.rpartition(":")
+        if not host:
+            host, port = item, "9092"
+        try:
+            out.append((host.strip("[]"), int(port)))
+        except ValueError:
+            raise ConfigurationError(
+                "kafka_bootstrap_servers", f"{item!r} is not HOST:PORT"
+            ) from None
+    return out
+
+
+def _kafka_misconfiguration(exc: BaseException, s: RelaySettings) -> ConfigurationError | None:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        where = s.kafka_ssl_cafile or "the system's CA bundle"
+        return ConfigurationError(
+            "kafka_ssl_cafile",
+            f"the broker's TLS certificate does not verify against {where}: "
+            f"{getattr(exc, 'verify_message', None) or getattr(exc, 'reason', None) or exc}",
+        )
+    if isinstance(exc, ssl.SSLError) and not isinstance(exc, _SSL_TRANSIENT):
+        return ConfigurationError(
+            "kafka_security_protocol",
+            f"TLS with the broker failed ({getattr(exc, 'reason', None) or exc}); is "
+            f"{s.kafka_security_protocol} what its listener speaks?",
+        )
+    if not s.kafka_security_protocol.startswith("SASL"):
+        return None
+    if isinstance(exc, UnsupportedSaslMechanismError):
+        return ConfigurationError("kafka_sasl_mechanism", str(exc))
+    if isinstance(exc, SaslAuthenticationFailed | AuthenticationFailedError):
+        reason = str(exc)
+    elif isinstance(exc, IllegalSaslStateError) or not isinstance(
+        exc, KafkaError | OSError | asyncio.TimeoutError
+    ):
+        # aiokafka's SCRAM client fails to parse a server-final message that
+        # carries an error (e=...) instead of a signature: a refused login too.
+        reason = f"the broker ended the SASL exchange without accepting it ({type(exc).__name__})"
+    else:
+        return None
+    return ConfigurationError(
+        "kafka_sasl_username",
+        f"the broker refused SASL {s.kafka_sasl_mechanism} authentication of user "
+        f"{s.kafka_sasl_username!r} (check kafka_sasl_username/kafka_sasl_password): {reason}",
+    )
+
+
+async def check_kafka_login(settings: RelaySettings, producer_args: dict[str, Any]) -> None:
+    """Open one connection to a bootstrap broker, as the producer would (TLS, SASL).
+
+    Raises :class:`ConfigurationError` when the broker refuses the login or its
+    certificate; returns quietly otherwise, also when no broker answers (the
+    producer then retries, as for any outage). aiokafka's own bootstrap logs
+    such failures and moves on, which would retry a wrong password forever.
+    """
+    timeout_ms = min(settings.request_timeout_ms, 10_000)
+    for host, port in _hosts(settings.kafka_bootstrap_servers):
+        try:
+            conn = await create_conn(
+                host,
+                port,
+                client_id=str(producer_args.get("client_id", "outbox-relay")),
+                request_timeout_ms=timeout_ms,
+                ssl_context=producer_args.get("ssl_context"),
+                security_protocol=settings.kafka_security_protocol,
+                sasl_mechanism=settings.kafka_sasl_mechanism,
+                sasl_plain_username=settings.kafka_sasl_username or None,
+                sasl_plain_password=settings.kafka_sasl_password or None,
+            )
+        except (TimeoutError, KafkaConnectionError, ConnectionError) as exc:
+            if isinstance(exc.__cause__, ssl.SSLError):
+                raise _kafka_misconfiguration(exc.__cause__, settings) or exc from None
+            continue  # unreachable: the producer retries
+        except Exception as exc:
+            found = _kafka_misconfiguration(exc, settings)
+            if found is not None:
+                raise found from None
+            continue
+        conn.close()
+        return
