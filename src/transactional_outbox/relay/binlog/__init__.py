@@ -1,0 +1,2 @@
+"""The relay's own binlog reader: the dump protocol (:mod:`.protocol`), the event
+parser (:mod:`.events`) and the outbox table's layout (:mod:`.tablemap`)."""

@@ -1,0 +1,73 @@
+"""Test helper: read a binlog range with the relay's own reader (protocol + parser)."""
+
+from __future__ import annotations
+
+from transactional_outbox.relay.binlog.events import BinlogParser, DumpEnded
+from transactional_outbox.relay.binlog.protocol import DumpConnection
+from transactional_outbox.relay.position import BinlogPosition
+from transactional_outbox.relay.routing import KafkaRecord, TopicRouter
+from transactional_outbox.relay.rowdecoder import RejectedRow
+
+from .conftest import Stack
+
+
+def read_records(
+    stack: Stack,
+    database: str,
+    start: tuple[str, int] | BinlogPosition,
+    router: TopicRouter,
+    *,
+    table: str = "outbox",
+    gtid: str | None = None,
+    cap: int = 2000,
+) -> tuple[list[KafkaRecord | RejectedRow], list[BinlogPosition]]:
+    """Every committed outbox record from ``start`` to the binlog's end, and each
+    hand-over position (one per read), as the relay's source would see them."""
+    if isinstance(start, tuple):
+        start = BinlogPosition(file=start[0], pos=start[1], gtid=gtid)
+    url = stack.mysql_url
+    dump = DumpConnection(
+        {"host": url.host, "port": url.port, "user": url.username, "password": url.password},
+        server_id=4700 + (hash(database) % 200),
+        is_mariadb=True,
+        heartbeat_seconds=1.0,
+        read_timeout=10.0,
+        file=start.file,
+        pos=start.pos,
+        gtid=gtid,
+        blocking=False,
+    )
+    parser = BinlogParser(
+        schema=database,
+        table=table,
+        router=router,
+        start=start,
+        is_mariadb=True,
+        track_gtid=start.gtid is not None,
+        layouts={},
+        cap=cap,
+    )
+    records: list[KafkaRecord | RejectedRow] = []
+    positions: list[BinlogPosition] = []
+    buf, pos = b"", 0
+    try:
+        while True:
+            try:
+                pos = parser.feed(buf, pos)
+            except DumpEnded:
+                break
+            if parser.commits and (pos == len(buf) or len(parser.records) >= cap):
+                got, at = parser.take_committed()
+                records += got
+                positions.append(at)
+                if pos < len(buf):
+                    continue
+            data = dump.recv()
+            buf, pos = buf[pos:] + data, 0
+    finally:
+        dump.close()
+    if parser.commits:
+        got, at = parser.take_committed()
+        records += got
+        positions.append(at)
+    return records, positions
