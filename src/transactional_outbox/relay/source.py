@@ -30,7 +30,7 @@ from typing import Any, Protocol
 import pymysql
 
 from ..exceptions import BinlogPurgedError, OutboxError
-from .binlog.events import BinlogParser, ServerError
+from .binlog.events import BinlogParser, DumpEnded, ServerError
 from .binlog.protocol import RECV_BYTES, DumpConnection
 from .binlog.tablemap import TableLayout
 from .position import BinlogPosition
@@ -272,7 +272,8 @@ class BinlogSource:
                     return
                 self._stream(self._dump)
                 return
-            except (ServerError, pymysql.err.OperationalError, OSError) as exc:
+            except (ServerError, DumpEnded, pymysql.err.OperationalError, OSError) as exc:
+                # DumpEnded: a server shutting down ends the dump with an EOF packet.
                 if self._stop.is_set():
                     return
                 code = (

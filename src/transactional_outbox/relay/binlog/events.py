@@ -302,8 +302,11 @@ class BinlogParser:
         if self._cs:
             _verify(buf, ev, end, "WRITE_ROWS")
         plan = layout.plan
-        assert plan.decoder is not None
-        rows = plan.decoder(buf[p + nb : stop], self._router)
+        rows: list[KafkaRecord | RejectedRow]
+        if plan is not None and plan.decoder is not None:
+            rows = plan.decoder(buf[p + nb : stop], self._router)
+        else:
+            rows = list(layout.reject_rows(buf[p + nb : stop]))
         self._seen += len(rows)
         if self._skip:
             drop = min(self._skip, len(rows))

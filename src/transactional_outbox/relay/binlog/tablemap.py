@@ -15,10 +15,13 @@ cannot tell the columns apart and refuses, naming the setting.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
-from ...exceptions import OutboxError, ServerConfigurationError
-from ..rowdecoder import ColumnSpec, RowPlan, plan_for
+from ...exceptions import InvalidEventError, OutboxError, ServerConfigurationError
+from ..rowdecoder import _NEEDED, ColumnSpec, RejectedRow, RowPlan, plan_for, rejected
+
+log = logging.getLogger("transactional_outbox.relay.source")
 
 __all__ = ["TableLayout", "UnsupportedLayoutError", "packed_int", "parse_layout"]
 
@@ -71,8 +74,19 @@ class TableLayout:
     """The outbox table as one TABLE_MAP describes it, with the plan to decode its rows."""
 
     columns: tuple[ColumnSpec, ...]
-    plan: RowPlan
+    plan: RowPlan | None  # None: no row of this layout is an event (see ``reject``)
     full_bitmap: bytes  # the columns-present bitmap of a FULL row image
+    # Why rows of a layout without a plan are no events (a column missing or
+    # of the wrong type): each row becomes a RejectedRow naming the column.
+    reject: InvalidEventError | None = None
+
+    def reject_rows(self, data: bytes) -> list[RejectedRow]:
+        """Every row of ``data`` as a :class:`RejectedRow` with its id, where it can be cut."""
+        assert self.reject is not None
+        out = []
+        for values in cut_rows(data, self.columns):
+            out.append(rejected(self.reject, values.get("id"), values.get("aggregateid")))
+        return out
 
 
 def packed_int(data: bytes, pos: int) -> tuple[int, int]:
@@ -133,9 +147,17 @@ def _parse(data: bytes, where: str) -> TableLayout:
     if m != meta_len:
         raise ValueError(f"metadata is {meta_len} bytes, the column types need {m}")
     plan = plan_for(specs)
+    full = ((1 << ncols) - 1).to_bytes((ncols + 7) // 8, "little")
     if plan is None:
-        raise UnsupportedLayoutError(f"{where}: {why_no_plan(specs)}")
-    return TableLayout(tuple(specs), plan, ((1 << ncols) - 1).to_bytes((ncols + 7) // 8, "little"))
+        why = why_no_plan(specs)
+        if any(_width(spec) is None for spec in specs):
+            raise UnsupportedLayoutError(f"{where}: {why}")
+        # The rows can be cut but are no events: each is rejected, naming the
+        # column, and the relay's on_rejected policy decides (stop or dead-letter).
+        log.warning("%s cannot hold outbox events: %s; its rows are rejected", where, why)
+        column = why.split("'")[1] if "'" in why else "table"
+        return TableLayout(tuple(specs), None, full, InvalidEventError(column, None, why))
+    return TableLayout(tuple(specs), plan, full)
 
 
 def _spec(name: str, type_code: int, raw: bytes) -> ColumnSpec:
@@ -197,14 +219,54 @@ def _column_names(data: bytes, pos: int, ncols: int) -> list[str] | None:
     return None
 
 
+def _width(spec: ColumnSpec) -> tuple[int, int] | None:
+    """How to step over a value: (length-prefix bytes, 0) or (0, fixed bytes); None: unknown."""
+    if spec.type in (_STRING, _VARCHAR, _VAR_STRING):
+        return (1 if spec.max_length <= 255 else 2), 0
+    if spec.length_size:
+        return spec.length_size, 0
+    if spec.type == _DATETIME2:
+        return 0, 5 + (spec.fsp + 1) // 2
+    if spec.fixed_size:
+        return 0, spec.fixed_size
+    return None
+
+
+def cut_rows(data: bytes, columns: tuple[ColumnSpec, ...]) -> list[dict[str, bytes | None]]:
+    """The rows of a WRITE_ROWS body, column by column: the bytes of each
+    length-prefixed value by lower-case name (the slow path of rejected layouts)."""
+    widths = [_width(c) for c in columns]
+    names = [c.name.lower() for c in columns]
+    nb = (len(columns) + 7) // 8
+    rows: list[dict[str, bytes | None]] = []
+    pos, end = 0, len(data)
+    while pos < end:
+        nulls = int.from_bytes(data[pos : pos + nb], "little")
+        pos += nb
+        row: dict[str, bytes | None] = {}
+        for i, width in enumerate(widths):
+            if (nulls >> i) & 1 or width is None:
+                row[names[i]] = None
+                continue
+            prefix, fixed = width
+            if prefix:
+                n = int.from_bytes(data[pos : pos + prefix], "little")
+                row[names[i]] = data[pos + prefix : pos + prefix + n]
+                pos += prefix + n
+            else:
+                pos += fixed
+        rows.append(row)
+    return rows
+
+
 def why_no_plan(specs: list[ColumnSpec]) -> str:
     """Why :func:`plan_for` has no plan for ``specs``, for the error message."""
-    from ..rowdecoder import _NEEDED, BLOB, DATETIME2, STRING, VAR_STRING, VARCHAR
+    from ..rowdecoder import BLOB, DATETIME2, STRING, VAR_STRING, VARCHAR
 
     names = {s.name.lower(): s for s in specs}
     missing = [n for n in _NEEDED if n not in names]
     if missing:
-        return f"no column named {', '.join(missing)} (the outbox table's contract, DESIGN §1)"
+        return f"no column '{missing[0]}' (the outbox table's contract, DESIGN §1)"
     for s in specs:
         ok = (
             s.type in (STRING, VARCHAR, VAR_STRING)
@@ -214,7 +276,7 @@ def why_no_plan(specs: list[ColumnSpec]) -> str:
         )
         if not ok:
             return (
-                f"column {s.name!r} has binlog type {s.type}, which the outbox row decoder "
+                f"column '{s.name}' has binlog type {s.type}, which the outbox row decoder "
                 "does not read (outbox columns must be CHAR/BINARY, VARCHAR, BLOB/TEXT or "
                 "DATETIME(n); extra columns may be any type of known width)"
             )
