@@ -207,7 +207,6 @@ class BinlogSource:
         self.connected = False
         self.reconnects = 0
         self.last_packet_at = time.monotonic()
-        self.events = 0  # binlog events parsed (a statistic)
 
     @property
     def position(self) -> BinlogPosition:
@@ -369,7 +368,6 @@ class BinlogSource:
                     if not self._hand_over(parser, put, open_too=False):
                         return
                     last_push = now
-            self.events = parser.events
             data = recv()
             full = len(data) == RECV_BYTES
             self.last_packet_at = time.monotonic()

