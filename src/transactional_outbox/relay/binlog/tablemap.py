@@ -124,6 +124,8 @@ def parse_layout(data: bytes, where: str) -> TableLayout:
     """
     try:
         return _parse(data, where)
+    except OutboxError:
+        raise
     except (IndexError, ValueError) as exc:
         raise UnsupportedLayoutError(f"{where}: cannot read the table map ({exc})") from None
 
