@@ -42,10 +42,13 @@ __all__ = ["BinlogSource", "Channel", "ChannelClosed", "SourceBatch", "SourceSet
 log = logging.getLogger("transactional_outbox.relay.source")
 
 _CONNECTION_LOST = frozenset({2003, 2006, 2013, 2055})
-# Refusals that pass once the server lets go of an old connection: MariaDB's
-# ER_CONNECTION_ALREADY_EXISTS for a replica server_id or uuid still connected
-# (a paused old leader, a connection not yet timed out).
+# "A slave with the same server_uuid/server_id is already connected": MariaDB
+# ends a dump with it when another connection registers our server_id (seen
+# here: the older connection gets it at once), and may refuse a new one while
+# an old one is still registered (a paused old leader). Both pass: retry.
 _TRANSIENT = frozenset({4052})
+# MySQL instead ends the older connection with 1236 and this text.
+_SAME_ID = "same server_uuid/server_id"
 
 
 class ChannelClosed(Exception):
@@ -280,6 +283,8 @@ class BinlogSource:
                     if isinstance(exc, ServerError | pymysql.err.OperationalError)
                     else None
                 )
+                if code == 1236 and _SAME_ID in str(exc.args[1:]):
+                    code = 4052  # MySQL's way to say it: another connection took our id
                 if code == 1236:
                     self._channel.fail(
                         BinlogPurgedError(
