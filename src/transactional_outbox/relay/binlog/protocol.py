@@ -107,7 +107,7 @@ class DumpConnection:
         gtid: str | None = None,
         blocking: bool = True,
     ) -> None:
-        self._conn = pymysql.connect(**connect_args, read_timeout=read_timeout)
+        self._conn = pymysql.connect(**{**connect_args, "read_timeout": read_timeout})
         try:
             sock = getattr(self._conn, "_sock", None)
             if not isinstance(sock, socket.socket):
