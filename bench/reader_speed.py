@@ -69,8 +69,7 @@ def write(db: str, txns: int, events: int, noise: bool, writers: int) -> None:
                 for _ in range(min(50, n - done)):
                     ids = [uuid.uuid4().bytes for _ in range(events)]
                     values = ",".join(
-                        f"(0x{i.hex()},'order','a{done}','Placed',"
-                        f"0x{payload.hex()},'{{}}','{now}')"
+                        f"(0x{i.hex()},'order','a{done}','Placed',0x{payload.hex()},'{{}}','{now}')"
                         for i in ids
                     )
                     stmts.append("BEGIN")
