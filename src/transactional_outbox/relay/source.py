@@ -49,6 +49,7 @@ _CONNECTION_LOST = frozenset({2003, 2006, 2013, 2055})
 _TRANSIENT = frozenset({4052})
 # MySQL instead ends the older connection with 1236 and this text.
 _SAME_ID = "same server_uuid/server_id"
+_MAX_HOLD = 0.05  # seconds a read's committed rows may wait for the next read
 
 
 class ChannelClosed(Exception):
@@ -353,7 +354,7 @@ class BinlogSource:
         self.connected = True
         self._on_state("connected")
         pos = 0
-        last_push = time.monotonic()
+        last_push = now = time.monotonic()
         while not stop.is_set():
             pos = parser.feed(buf, pos)
             if len(parser.records) >= cap:
@@ -362,20 +363,23 @@ class BinlogSource:
                     return
                 last_push = time.monotonic()
                 continue
-            if not full:
-                # The read did not fill the buffer: the socket had (almost)
-                # nothing more. Hand over what there is now rather than wait,
-                # so latency stays low at low rates; a busy stream still
-                # sends one batch per read. Commits without outbox rows only
-                # move the checkpoint: hand those over now and then.
-                now = time.monotonic()
-                if parser.committed or (parser.commits and now - last_push >= idle):
-                    if not self._hand_over(parser, put, open_too=False):
-                        return
-                    last_push = now
+            # After a read that did not fill the buffer the socket had (almost)
+            # nothing more: hand over what there is now rather than wait, so
+            # latency stays low at low rates, while a busy stream sends one
+            # batch per read. After full reads (a backlog), still every
+            # _MAX_HOLD seconds, for sparse outbox rows among other tables'.
+            # Commits without outbox rows only move the checkpoint: hand those
+            # over now and then.
+            if parser.commits and (
+                (parser.committed and (not full or now - last_push >= _MAX_HOLD))
+                or now - last_push >= idle
+            ):
+                if not self._hand_over(parser, put, open_too=False):
+                    return
+                last_push = now
             data = recv()
             full = len(data) == RECV_BYTES
-            self.last_packet_at = time.monotonic()
+            now = self.last_packet_at = time.monotonic()
             buf = buf[pos:] + data if pos < len(buf) else data
             pos = 0
 
