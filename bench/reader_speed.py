@@ -66,7 +66,7 @@ def write(db: str, txns: int, events: int, noise: bool, writers: int) -> None:
             done = 0
             while done < n:
                 stmts = []
-                for _ in range(min(50, n - done)):
+                for _ in range(min(max(1, 50 // events), n - done)):
                     ids = [uuid.uuid4().bytes for _ in range(events)]
                     values = ",".join(
                         f"(0x{i.hex()},'order','a{done}','Placed',0x{payload.hex()},'{{}}','{now}')"
@@ -186,7 +186,9 @@ def main() -> None:
             cur.execute(BUSINESS_DDL)
         start = master_status()
         t = time.monotonic()
-        write(db, args.txns, args.events, args.noise, args.writers)
+        # Several writers' multi-row DELETEs deadlock on the outbox's gaps: one
+        # writer when transactions carry several events.
+        write(db, args.txns, args.events, args.noise, args.writers if args.events == 1 else 1)
         wrote = time.monotonic() - t
         end = master_status()
         print(
