@@ -171,6 +171,59 @@ def timed(cls: type, db: str, start: tuple[str, int], end: tuple[str, int]) -> t
     return cpu, sink.records
 
 
+def timed_process(
+    db: str, start: tuple[str, int], end: tuple[str, int]
+) -> tuple[float, float, int]:
+    """The new reader as the relay runs it by default: in a child process, batches
+    over a pipe into a Channel drained by asyncio. (parent CPU, child CPU, records)."""
+    import asyncio
+    import resource
+
+    from transactional_outbox.relay.reader_process import ProcessSource
+    from transactional_outbox.relay.source import Channel
+
+    settings = SourceSettings(
+        host=HOST,
+        port=PORT,
+        user=USER,
+        password=PASSWORD,
+        server_id=5903,
+        schema=db,
+        table="outbox",
+        is_mariadb=True,
+    )
+
+    async def run() -> int:
+        channel = Channel(asyncio.get_running_loop(), max_events=20_000)
+        source = ProcessSource(
+            settings,
+            channel,
+            BinlogPosition(file=start[0], pos=start[1]),
+            router=TopicRouter(),
+            use_gtid=False,
+        )
+        source.start()
+        records = 0
+        try:
+            while True:
+                for batch in await channel.get():
+                    records += len(batch.records)
+                    c = batch.commit
+                    if c is not None and (c.file, c.pos) >= end:
+                        return records
+        finally:
+            source.stop()
+            await asyncio.to_thread(source.join, 10)
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = time.process_time()
+    records = asyncio.run(run())
+    cpu = time.process_time() - cpu
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    child = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    return cpu, child, records
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--txns", type=int, default=20_000)
@@ -179,6 +232,9 @@ def main() -> None:
     parser.add_argument("--writers", type=int, default=4)
     parser.add_argument("--old-rev", default="ce1746f", help="git revision of the old source")
     parser.add_argument("--skip-old", action="store_true")
+    parser.add_argument(
+        "--process", action="store_true", help="also the new reader in its child process"
+    )
     args = parser.parse_args()
     db = f"bench_reader_{uuid.uuid4().hex[:8]}"
     with bench_database(db):
@@ -208,6 +264,14 @@ def main() -> None:
             print(
                 f"{label:45s} {cpu:7.2f} s CPU  {cpu / args.txns * 1e6:8.1f} µs/txn  "
                 f"{args.txns / cpu:9.0f} txn/CPU-s{status}"
+            )
+        if args.process:
+            parent, child, records = timed_process(db, start, end)
+            n = args.txns
+            print(
+                f"{'new, child process (--reader process)':45s} child {child:.2f} s "
+                f"({child / n * 1e6:.1f} µs/txn), relay side {parent:.2f} s "
+                f"({parent / n * 1e6:.1f} µs/txn), {records} records"
             )
 
 
