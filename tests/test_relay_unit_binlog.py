@@ -361,3 +361,22 @@ def test_mysql_gtid_set_encoding_matches_the_documented_layout() -> None:
 def test_tagged_gtids_cannot_be_sent() -> None:
     with pytest.raises(OutboxError, match="tagged"):
         encode_mysql_gtid_set(f"{SID}:tag_a:1-3")
+
+
+def test_events_the_relay_does_not_need_are_skipped_without_moving_positions() -> None:
+    r = row()
+    txn, at = one_event_txn(r, 9, 1000)
+    evs = [
+        B.rotate("bin.000001"),
+        B.format_description(checksum=True),
+        B.event(163, struct.pack("<IB", 1, 0) + struct.pack("<IIQ", 0, 1, 8), log_pos=0),
+        B.event(161, struct.pack("<I", 10) + b"bin.000001", log_pos=300),  # BINLOG_CHECKPOINT
+        B.event(27, b"bin.000001", log_pos=900),  # heartbeat
+        txn[0],
+        B.event(160, b"INSERT INTO outbox ...", log_pos=1150),  # ANNOTATE_ROWS
+        *txn[1:],
+        B.event(41, b"\x00" * 12, log_pos=0),  # MySQL's heartbeat v2
+    ]
+    records, positions = run(parser(gtid="0-1-8"), B.stream(*evs))
+    assert records == [expected(r)]
+    assert positions == [BinlogPosition(file="bin.000001", pos=at, gtid="0-1-9")]
