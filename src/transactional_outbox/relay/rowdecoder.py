@@ -3,8 +3,10 @@
 python-mysql-replication decodes every value through a generic, per-column
 path (a charset lookup per string, a dict per row); at ~20-30k rows/s it is
 the relay's wall (DESIGN §7). The outbox table has only four column kinds, so
-its rows can be cut straight out of the WRITE_ROWS body. A table with any
-other column type gets no plan and falls back to the library's decoding.
+its rows can be cut straight out of the WRITE_ROWS body. Extra columns of
+any other type of known width (``ColumnSpec.fixed_size``, JSON, GEOMETRY)
+are stepped over; a layout with anything else gets no plan, and the binlog
+reader says why (:mod:`.binlog.tablemap`).
 
 Row image format (MySQL/MariaDB binlog, FULL image): per row, a null bitmap of
 ``ceil(columns / 8)`` bytes, then each non-NULL column's value:

@@ -4,8 +4,8 @@ PyMySQL does the handshake, authentication and the few ``SET`` statements;
 then the relay writes COM_REGISTER_SLAVE and COM_BINLOG_DUMP (or MySQL's
 COM_BINLOG_DUMP_GTID) itself and reads the socket in large chunks, framing
 packets in :mod:`.events`: no per-packet object from any library. The only
-PyMySQL internal used is the connection's socket (``_sock``), checked when
-the connection opens.
+PyMySQL internal relied on is the connection's socket (``_sock``), checked
+when the connection opens (``_force_close`` is used when present).
 """
 
 from __future__ import annotations
