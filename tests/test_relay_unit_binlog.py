@@ -380,3 +380,12 @@ def test_events_the_relay_does_not_need_are_skipped_without_moving_positions() -
     records, positions = run(parser(gtid="0-1-8"), B.stream(*evs))
     assert records == [expected(r)]
     assert positions == [BinlogPosition(file="bin.000001", pos=at, gtid="0-1-9")]
+
+
+def test_configuration_errors_reach_the_relay_from_the_reader_process_intact() -> None:
+    # The relay's exit code depends on the type (2 for a misconfigured server).
+    from transactional_outbox.relay.reader_process import _portable
+
+    error = _portable(ServerConfigurationError("log_bin_compress", "set it OFF"))
+    assert type(error) is ServerConfigurationError
+    assert str(error) == "log_bin_compress: set it OFF" and error.setting == "log_bin_compress"
