@@ -22,45 +22,46 @@ maps and rows) are verified, the rest stripped.
 from __future__ import annotations
 
 import logging
-import struct
-import zlib
 from typing import Any
 
 from ...exceptions import OutboxError, ServerConfigurationError
 from ..position import BinlogPosition, MariaDBGtidState, MySQLGtidSet
 from ..routing import KafkaRecord, TopicRouter
 from ..rowdecoder import RejectedRow
+from .format import (
+    FL_STANDALONE,
+    FORMAT_DESCRIPTION,
+    GIANT,
+    HOT,
+    MARIADB_GTID,
+    MARIADB_WRITE_COMPRESSED,
+    MDB_GTID,
+    MYSQL_GTID,
+    MYSQL_GTID_TAGGED,
+    QUERY,
+    ROTATE,
+    TABLE_MAP,
+    TRANSACTION_PAYLOAD,
+    U16,
+    U32,
+    U64,
+    WRITE_V1,
+    WRITE_V2,
+    XID,
+    DumpEnded,
+    ServerError,
+    checksum_size,
+    giant_payload,
+    rotate_file,
+    status,
+    uuid_text,
+    verify,
+)
 from .tablemap import TableLayout, packed_int, parse_layout
 
 __all__ = ["BinlogParser", "DumpEnded", "ServerError"]
 
 log = logging.getLogger("transactional_outbox.relay.source")
-
-_U16 = struct.Struct("<H").unpack_from
-_U32 = struct.Struct("<I").unpack_from
-_U64 = struct.Struct("<Q").unpack_from
-
-# Event types (MySQL binlog_event.h, MariaDB log_event.h).
-QUERY, ROTATE, FORMAT_DESCRIPTION, XID = 2, 4, 15, 16
-TABLE_MAP = 19
-WRITE_V1, UPDATE_V1, DELETE_V1 = 23, 24, 25  # MariaDB
-WRITE_V2, UPDATE_V2, DELETE_V2 = 30, 31, 32  # MySQL 5.6+
-MYSQL_GTID, MYSQL_GTID_TAGGED, TRANSACTION_PAYLOAD = 33, 42, 40
-MARIADB_GTID = 162
-MARIADB_WRITE_COMPRESSED = (166, 169)
-_SKIPPED_ROWS = frozenset({UPDATE_V1, DELETE_V1, UPDATE_V2, DELETE_V2, 167, 168, 170, 171})
-_HOT = frozenset({TABLE_MAP, WRITE_V1, WRITE_V2, XID, MARIADB_GTID}) | _SKIPPED_ROWS
-_MDB_GTID = struct.Struct("<QIB").unpack_from
-_FL_STANDALONE = 1  # MariaDB GTID flags2: a statement outside any transaction (DDL)
-_GIANT = 0xFFFFFF  # a packet of this length continues in the next one
-
-
-class ServerError(Exception):
-    """The server answered the dump with an error packet: ``(code, message)``."""
-
-
-class DumpEnded(Exception):
-    """The server ended the dump (EOF packet): only in non-blocking mode."""
 
 
 class BinlogParser:
@@ -164,10 +165,10 @@ class BinlogParser:
                     hi = gno
                     continue
                 if run_sid is not None:
-                    self._mysql._add(_uuid(run_sid), lo, hi)
+                    self._mysql._add(uuid_text(run_sid), lo, hi)
                 run_sid, lo, hi = sid, gno, gno
             if run_sid is not None:
-                self._mysql._add(_uuid(run_sid), lo, hi)
+                self._mysql._add(uuid_text(run_sid), lo, hi)
             self._gtid_text = str(self._mysql)
 
     # -- parsing ------------------------------------------------------------------
@@ -187,8 +188,8 @@ class BinlogParser:
         nlen = len(needle)
         layouts = self._layouts
         from_bytes = int.from_bytes
-        u32 = _U32
-        mdb_gtid = _MDB_GTID
+        u32 = U32
+        mdb_gtid = MDB_GTID
         track = self._track
         gtids = self._gtids
         cs = self._cs
@@ -199,7 +200,7 @@ class BinlogParser:
         commit_file, commit_pos = self.commit_file, self.commit_pos
         seen, skip = self._seen, self._skip
         router = self._router
-        u16 = _U16
+        u16 = U16
         last_key, last_layout = self._last
         try:
             while pos + 4 <= end:
@@ -210,19 +211,19 @@ class BinlogParser:
                 ev = pos + 5
                 # An error or EOF packet may be shorter than an event header:
                 # test the status byte before reading the type.
-                if plen == _GIANT or buf[pos + 4] or buf[pos + 9] not in _HOT:
+                if plen == GIANT or buf[pos + 4] or buf[pos + 9] not in HOT:
                     # Rare: hand the state to the methods and take it back.
                     self._gtid, self._in_txn = gtid, in_txn
                     self.committed, self.commits = committed, commits
                     self.commit_file, self.commit_pos = commit_file, commit_pos
                     self._seen, self._skip = seen, skip
-                    if plen == _GIANT:
+                    if plen == GIANT:
                         nxt = self._giant(buf, pos)
                         if nxt < 0:
                             break
                     else:
                         if buf[pos + 4]:
-                            _status(buf, pos + 4, nxt)
+                            status(buf, pos + 4, nxt)
                         self._event(buf, ev, nxt, buf[pos + 9])
                     cs, file, gtid, in_txn = self._cs, self.file, self._gtid, self._in_txn
                     committed, commits = self.committed, self.commits
@@ -281,7 +282,7 @@ class BinlogParser:
                     seq, domain, flags = mdb_gtid(buf, ev + 19)
                     if track:
                         gtid = (domain, u32(buf, ev + 5)[0], seq)
-                    in_txn = not (flags & _FL_STANDALONE)
+                    in_txn = not (flags & FL_STANDALONE)
                 # else: DELETE/UPDATE rows, skipped unread
                 pos = nxt
                 if len(records) >= cap:
@@ -296,7 +297,7 @@ class BinlogParser:
 
     def _new_layout(self, buf: bytes, ev: int, end: int, key: bytes) -> TableLayout:
         if self._cs:
-            _verify(buf, ev, end, "TABLE_MAP")
+            verify(buf, ev, end, "TABLE_MAP")
         layout = parse_layout(key, self._where)
         if len(self._layouts) >= 64:
             self._layouts.clear()
@@ -305,21 +306,12 @@ class BinlogParser:
 
     def _giant(self, buf: bytes, pos: int) -> int:
         """An event over 16 MB: it spans several packets. -1 until all are here."""
-        parts = []
-        end = len(buf)
-        while True:
-            if pos + 4 > end:
-                return -1
-            plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
-            if pos + 4 + plen > end:
-                return -1
-            parts.append(buf[pos + 4 : pos + 4 + plen])
-            pos += 4 + plen
-            if plen < _GIANT:
-                break
-        payload = b"".join(parts)
+        got = giant_payload(buf, pos)
+        if got is None:
+            return -1
+        payload, pos = got
         if payload[0]:
-            _status(payload, 0, len(payload))
+            status(payload, 0, len(payload))
         self._event(payload, 1, len(payload), payload[5])
         return pos
 
@@ -334,12 +326,12 @@ class BinlogParser:
         elif etype == XID:
             self._commit(buf, ev)
         elif etype == MARIADB_GTID:
-            seq, domain, flags = _MDB_GTID(buf, ev + 19)
-            self._gtid = (domain, _U32(buf, ev + 5)[0], seq) if self._track else None
-            self._in_txn = not (flags & _FL_STANDALONE)
+            seq, domain, flags = MDB_GTID(buf, ev + 19)
+            self._gtid = (domain, U32(buf, ev + 5)[0], seq) if self._track else None
+            self._in_txn = not (flags & FL_STANDALONE)
         elif etype == MYSQL_GTID:
             # flags(1) sid(16) gno(8): a DML transaction then opens with BEGIN.
-            self._gtid = (buf[ev + 20 : ev + 36], _U64(buf, ev + 36)[0]) if self._track else None
+            self._gtid = (buf[ev + 20 : ev + 36], U64(buf, ev + 36)[0]) if self._track else None
             self._in_txn = False
         elif etype == QUERY:
             self._query(buf, ev, end)
@@ -394,7 +386,7 @@ class BinlogParser:
         """A WRITE_ROWS event of the outbox table, every case (feed inlines the usual one)."""
         p = ev + 27
         if etype == WRITE_V2:
-            p += _U16(buf, p)[0]  # extra data, its length counting itself
+            p += U16(buf, p)[0]  # extra data, its length counting itself
         ncols = buf[p]
         if ncols < 251:
             p += 1
@@ -429,7 +421,7 @@ class BinlogParser:
             self._gtids.append(self._gtid)
             self._gtid = None
         self._in_txn = False
-        self.commit_pos = _U32(buf, ev + 13)[0]
+        self.commit_pos = U32(buf, ev + 13)[0]
         self.commit_file = self.file
         self.committed = len(self.records)
         self.commits += 1
@@ -439,7 +431,7 @@ class BinlogParser:
     def _query(self, buf: bytes, ev: int, end: int) -> None:
         # Post-header: thread_id(4) exec_time(4) db_len(1) error_code(2) status_len(2).
         db_len = buf[ev + 27]
-        start = ev + 32 + _U16(buf, ev + 30)[0] + db_len + 1
+        start = ev + 32 + U16(buf, ev + 30)[0] + db_len + 1
         query = buf[start : end - self._cs]
         if query == b"BEGIN":
             self._in_txn = True
@@ -462,32 +454,13 @@ class BinlogParser:
             self._commit(buf, ev)  # DDL: a transaction of its own
 
     def _rotate(self, buf: bytes, ev: int, end: int) -> None:
-        # position(8) then the file name; the fake rotate that opens a dump may
-        # or may not end in a checksum, whatever the file's setting: tell by the CRC.
-        body_end = end
-        if end - ev >= 27 + 4 and _crc_ok(buf, ev, end):
-            body_end = end - 4
-        self.file = buf[ev + 27 : body_end].decode()
+        self.file = rotate_file(buf, ev, end)
         # Table ids are only unique within a server's lifetime, and a restart
         # starts a new file: forget them at every file change.
         self._tables.clear()
 
     def _format_description(self, buf: bytes, ev: int, end: int) -> None:
-        # binlog_version(2) server_version(50) created(4) header_len(1)
-        # post_header_len[n] checksum_alg(1) checksum(4): the last two are
-        # always there since MySQL 5.6.1 / MariaDB 5.3.
-        alg = buf[end - 5]
-        if alg not in (0, 1):
-            raise OutboxError(f"unknown binlog checksum algorithm {alg} in {self.file}")
-        self._cs = 4 if alg == 1 else 0
-        post = ev + 19 + 57
-        for etype, expect in ((TABLE_MAP, 8), (WRITE_V1, 8), (WRITE_V2, 10)):
-            at = post + etype - 1
-            if at < end - 5 and buf[at] != expect:
-                raise OutboxError(
-                    f"{self.file}: event type {etype} has a {buf[at]}-byte post-header, "
-                    f"the relay reads {expect}; this server's binlog format is not supported"
-                )
+        self._cs = checksum_size(buf, ev, end, self.file)
 
 
 def _place(rows: list[KafkaRecord | RejectedRow], file: str, pos: int) -> None:
@@ -496,32 +469,3 @@ def _place(rows: list[KafkaRecord | RejectedRow], file: str, pos: int) -> None:
     for i, r in enumerate(rows):
         if type(r) is RejectedRow:
             rows[i] = RejectedRow(r.reason, r.event_id, r.aggregate_id, where)
-
-
-def _status(buf: bytes, at: int, end: int) -> None:
-    """A non-OK packet inside the dump: an error, or the end of a non-blocking dump."""
-    if buf[at] == 0xFF:
-        code = _U16(buf, at + 1)[0]
-        text = buf[at + 3 : end]
-        if text[:1] == b"#":
-            text = text[6:]
-        raise ServerError(code, text.decode("utf-8", "replace"))
-    if buf[at] == 0xFE and end - at < 9:
-        raise DumpEnded
-    raise ServerError(2027, f"malformed packet in the binlog stream (status 0x{buf[at]:02x})")
-
-
-def _crc_ok(buf: bytes, ev: int, end: int) -> bool:
-    return bool(zlib.crc32(buf[ev : end - 4]) == _U32(buf, end - 4)[0])
-
-
-def _verify(buf: bytes, ev: int, end: int, what: str) -> None:
-    if not _crc_ok(buf, ev, end):
-        raise OutboxError(
-            f"binlog {what} event at log_pos {_U32(buf, ev + 13)[0]} fails its CRC32 checksum"
-        )
-
-
-def _uuid(sid: bytes) -> str:
-    h = sid.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
