@@ -26,9 +26,8 @@ from transactional_outbox.relay.rowdecoder import (
     decode_rows_generic,
     plan_for,
 )
-from transactional_outbox.relay.source import _remaining_body
 
-from . import _binlog
+from . import _binlog, _own_reader
 from .conftest import Stack
 from .relay_harness import OUTBOX_DDL, make_event, write_events
 
@@ -250,28 +249,14 @@ def test_matches_the_library_on_real_binlog_rows(stack: Stack, database: str) ->
         only_tables=["outbox"],
         only_events=[WriteRowsEvent],
     )
-    fast, slow = [], []
+    slow = []
     try:
         for ev in reader:
-            plan = plan_for(
-                [
-                    ColumnSpec(
-                        str(c.name),
-                        int(c.type),
-                        int(getattr(c, "max_length", 0) or 0),
-                        int(getattr(c, "length_size", 0) or 0),
-                        int(getattr(c, "fsp", 0) or 0),
-                    )
-                    for c in ev.columns
-                ]
-            )
-            assert plan is not None
-            body = _remaining_body(ev)
-            assert body is not None
-            fast.extend(decode_rows(body, plan, ROUTER))
             slow.extend(build_record(row_to_event(r["values"]), ROUTER) for r in ev.rows)
     finally:
         reader.close()
+    # The relay's own reader (protocol, parser, generated decoder) against the library.
+    fast, _ = _own_reader.read_records(stack, database, start, ROUTER)
     assert fast == slow
     assert fast == [build_record(e, ROUTER) for e in events]
 

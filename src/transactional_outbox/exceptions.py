@@ -58,7 +58,13 @@ class ConfigurationError(OutboxError, ValueError):
 
     def __init__(self, setting: str, message: str) -> None:
         self.setting = setting
+        self.message = message
         super().__init__(f"{setting}: {message}")
+
+    def __reduce__(self) -> tuple[type[ConfigurationError], tuple[str, str]]:
+        # Picklable, so the reader process can send it to the relay intact
+        # (its exit code depends on the type).
+        return (type(self), (self.setting, self.message))
 
 
 class ServerConfigurationError(ConfigurationError):

@@ -3,8 +3,10 @@
 python-mysql-replication decodes every value through a generic, per-column
 path (a charset lookup per string, a dict per row); at ~20-30k rows/s it is
 the relay's wall (DESIGN §7). The outbox table has only four column kinds, so
-its rows can be cut straight out of the WRITE_ROWS body. A table with any
-other column type gets no plan and falls back to the library's decoding.
+its rows can be cut straight out of the WRITE_ROWS body. Extra columns of
+any other type of known width (``ColumnSpec.fixed_size``, JSON, GEOMETRY)
+are stepped over; a layout with anything else gets no plan, and the binlog
+reader says why (:mod:`.binlog.tablemap`).
 
 Row image format (MySQL/MariaDB binlog, FULL image): per row, a null bitmap of
 ``ceil(columns / 8)`` bytes, then each non-NULL column's value:
@@ -40,7 +42,8 @@ BLOB = 252
 VAR_STRING = 253
 STRING = 254
 
-_STR, _BLOB, _DT = 0, 1, 2
+_STR, _BLOB, _DT, _SKIP = 0, 1, 2, 3
+JSON, GEOMETRY = 245, 255
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
 # Memos of what repeats from row to row. Bounded; shared by every decoder of
@@ -93,6 +96,9 @@ class ColumnSpec:
     max_length: int = 0  # STRING/VARCHAR: maximum length in bytes
     length_size: int = 0  # BLOB: bytes of the length prefix
     fsp: int = 0  # DATETIME2: fractional-second precision
+    # Any other type of fixed width (INT, DECIMAL, TIMESTAMP(n), ...): its size
+    # in a row image, so the decoder can step over it; 0 when not known.
+    fixed_size: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,10 +130,16 @@ def _plan_for(columns: tuple[ColumnSpec, ...]) -> RowPlan | None:
             readers.append((_BLOB, col.length_size))
         elif col.type == DATETIME2 and 0 <= col.fsp <= 6:
             readers.append((_DT, col.fsp))
+        elif col.type in (JSON, GEOMETRY) and 1 <= col.length_size <= 4:
+            readers.append((_SKIP, -col.length_size))  # length-prefixed, never read
+        elif col.fixed_size > 0:
+            readers.append((_SKIP, col.fixed_size))
         else:
             return None
     index = {col.name.lower(): i for i, col in enumerate(columns)}
     if any(name not in index for name in _NEEDED):
+        return None
+    if any(readers[index[name]][0] == _SKIP for name in _NEEDED):
         return None
     if readers[index["timestamp"]][0] != _DT or readers[index["id"]][0] != _STR:
         return None
@@ -211,7 +223,12 @@ def decode_rows_generic(
             if (nulls >> i) & 1:
                 continue
             kind, size = readers[i]
-            if kind == _DT:
+            if kind == _SKIP:
+                if size < 0:
+                    pos += -size + from_bytes(data[pos : pos - size], "little")
+                else:
+                    pos += size
+            elif kind == _DT:
                 packed = from_bytes(data[pos : pos + 5], "big")
                 pos += 5
                 fbytes = (size + 1) // 2
@@ -413,7 +430,12 @@ def _compile(
     for i, (kind, size) in enumerate(readers):
         target = needed.get(i)
         body: list[str] = []
-        if kind == _DT:
+        if kind == _SKIP:
+            if size < 0:
+                body.append(f"pos += {-size} + from_bytes(data[pos : pos + {-size}], 'little')")
+            else:
+                body.append(f"pos += {size}")
+        elif kind == _DT:
             fbytes = (size + 1) // 2
             frac = f"from_bytes(data[pos + 5 : pos + {5 + fbytes}], 'big')" if fbytes else "0"
             if target:

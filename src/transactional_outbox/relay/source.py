@@ -1,21 +1,25 @@
 """Binlog source: reads committed outbox rows in a thread and hands them to asyncio.
 
-The replication socket blocks, so the reader runs in its own thread and feeds
-a bounded :class:`Channel` (backpressure: the thread waits when the relay is
-behind). The reconnect is ours, not the library's (DESIGN §7): on a lost
-connection the thread closes the stream, waits, and reopens from the last
-commit it read, skipping the rows of the open transaction it already handed
-over. A silent stream is detected with the replication heartbeat plus a
-socket read timeout.
+The replication socket blocks, so the reader runs in its own thread (or child
+process) and feeds a bounded sink (backpressure: it waits when the relay is
+behind). The dump protocol and the event parsing are the relay's own
+(:mod:`.binlog`). Many transactions travel in one batch: the source hands
+over what it has when the socket had nothing more buffered, or when a batch
+reaches ``chunk_events`` rows, so a busy stream costs one hand-over per
+socket read and an idle one adds no delay.
+
+On a lost connection the thread closes it, waits, and reopens from the last
+commit it handed over, skipping the rows of the open transaction it already
+handed over. A silent stream is detected with the replication heartbeat plus
+a socket read timeout. MariaDB refusing a second connection with the same
+server id (error 4052, while an old one is still registered) is retried the
+same way.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import dataclasses
 import logging
-import socket
 import threading
 import time
 from collections import deque
@@ -24,59 +28,32 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import pymysql
-from pymysqlreplication import BinLogStreamReader
-from pymysqlreplication.event import GtidEvent, MariadbGtidEvent, RotateEvent, XidEvent
-from pymysqlreplication.row_event import WriteRowsEvent
 
-from ..exceptions import BinlogPurgedError, InvalidEventError, OutboxError
-from .decode import row_to_event
-from .position import BinlogPosition, MariaDBGtidState, MySQLGtidSet
-from .routing import KafkaRecord, TopicRouter, build_record
-from .rowdecoder import ColumnSpec, RejectedRow, RowPlan, decode_rows, plan_for, rejected
+from ..exceptions import BinlogPurgedError, OutboxError
+from .binlog.events import BinlogParser, DumpEnded, ServerError
+from .binlog.protocol import RECV_BYTES, DumpConnection
+from .binlog.tablemap import TableLayout
+from .position import BinlogPosition
+from .routing import KafkaRecord, TopicRouter
+from .rowdecoder import RejectedRow
 
 __all__ = ["BinlogSource", "Channel", "ChannelClosed", "SourceBatch", "SourceSettings"]
 
 log = logging.getLogger("transactional_outbox.relay.source")
 
 _CONNECTION_LOST = frozenset({2003, 2006, 2013, 2055})
+# "A slave with the same server_uuid/server_id is already connected": MariaDB
+# ends a dump with it when another connection registers our server_id (seen
+# here: the older connection gets it at once), and may refuse a new one while
+# an old one is still registered (a paused old leader). Both pass: retry.
+_TRANSIENT = frozenset({4052})
+# MySQL instead ends the older connection with 1236 and this text.
+_SAME_ID = "same server_uuid/server_id"
+_MAX_HOLD = 0.05  # seconds a read's committed rows may wait for the next read
 
 
 class ChannelClosed(Exception):
     """The channel was closed: the relay is stopping."""
-
-
-class StreamLost(Exception):
-    """The replication connection dropped; raised instead of pymysql's error so the
-    library's hidden reconnect (which replays from its original start) never runs."""
-
-
-class _StreamConnection(pymysql.connections.Connection):
-    def _read_packet(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return super()._read_packet(*args, **kwargs)  # type: ignore[no-untyped-call]
-        except pymysql.err.OperationalError as exc:
-            if exc.args and exc.args[0] in _CONNECTION_LOST:
-                raise StreamLost(str(exc)) from exc
-            raise
-
-
-def _remaining_body(ev: WriteRowsEvent) -> bytes | None:
-    """The undecoded rows of ``ev``: the library has parsed its header, not its rows.
-
-    Reads the library's packet internals; returns None if they are not as
-    expected (another library version), and the caller falls back.
-    """
-    wrapper = ev.packet
-    packet = getattr(wrapper, "packet", None)
-    data = getattr(packet, "_data", None)
-    position = getattr(packet, "_position", None)
-    buffered = getattr(wrapper, "_BinLogPacketWrapper__data_buffer", None)
-    if not isinstance(data, bytes) or not isinstance(position, int) or buffered is None:
-        return None
-    remaining = ev.event_size - wrapper.read_bytes
-    if remaining < 0:
-        return None
-    return bytes(buffered) + data[position : position + remaining - len(buffered)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,13 +179,12 @@ class SourceSettings:
 
 
 class BinlogSource:
-    """Reads the outbox table's inserts from ``start`` on, in a thread, into a Channel.
+    """Reads the outbox table's inserts from ``start`` on, in a thread, into a sink.
 
     Rows arrive as the Kafka records ``router`` makes of them (decoding and
-    record building happen here, in the reader thread, in one pass over the
-    row's bytes). ``start`` must be a transaction boundary. The GTID state at ``start`` is
-    taken from ``start.gtid`` and kept current so every commit position carries
-    it.
+    record building happen here, in one pass over the row's bytes). ``start``
+    must be a transaction boundary. The GTID state at ``start`` is taken from
+    ``start.gtid`` and kept current so every commit position carries it.
     """
 
     def __init__(
@@ -226,25 +202,19 @@ class BinlogSource:
         self._channel = channel
         self._position = start
         self._use_gtid = use_gtid and start.gtid is not None
-        self._gtid: MariaDBGtidState | MySQLGtidSet = (
-            MariaDBGtidState.parse(start.gtid)
-            if settings.is_mariadb
-            else MySQLGtidSet.parse(start.gtid)
-        )
-        self._track_gtid = start.gtid is not None
         self._stop = threading.Event()
-        self._reader: BinLogStreamReader | None = None
+        self._dump: DumpConnection | None = None
         self._thread = threading.Thread(target=self._run, name="outbox-binlog", daemon=True)
         self._on_state = on_state or (lambda state: None)
         self._pushed_in_txn = 0
-        self._plans: dict[int, tuple[Any, RowPlan | None]] = {}
+        self._layouts: dict[bytes, TableLayout] = {}
         self.connected = False
         self.reconnects = 0
         self.last_packet_at = time.monotonic()
 
     @property
     def position(self) -> BinlogPosition:
-        """The last commit position read."""
+        """The last commit position handed over."""
         return self._position
 
     def start(self) -> None:
@@ -259,13 +229,11 @@ class BinlogSource:
         """Ask the thread to stop, waking it from a blocking read."""
         self._stop.set()
         self._channel.close()
-        reader = self._reader
-        sock = getattr(getattr(reader, "_stream_connection", None), "_sock", None)
-        if sock is not None:
+        dump = self._dump
+        if dump is not None:
             # shutdown() (unlike close()) is safe while another thread is in recv():
             # the read returns at once and the thread sees the stop flag.
-            with contextlib.suppress(OSError):
-                sock.shutdown(socket.SHUT_RDWR)
+            dump.shutdown()
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the thread to exit."""
@@ -273,50 +241,51 @@ class BinlogSource:
 
     # -- the thread ---------------------------------------------------------
 
-    def _open(self) -> BinLogStreamReader:
+    def _open(self) -> DumpConnection:
         s = self._s
-        conn: dict[str, Any] = {
+        args: dict[str, Any] = {
             "host": s.host,
             "port": s.port,
             "user": s.user,
             "password": s.password,
             "connect_timeout": s.connect_timeout_seconds,
-            # Heartbeats arrive every heartbeat_seconds on an idle stream, so a
-            # longer silence means a dead connection.
-            "read_timeout": max(3.0 * s.heartbeat_seconds, 3.0),
             **s.extra_connection_args,
         }
-        kwargs: dict[str, Any] = {}
-        if self._use_gtid:
-            kwargs["auto_position"] = str(self._gtid)
-        else:
-            kwargs.update(log_file=self._position.file, log_pos=self._position.pos)
-        return BinLogStreamReader(
-            connection_settings=conn,
+        position = self._position
+        gtid = position.gtid if self._use_gtid else None
+        return DumpConnection(
+            args,
             server_id=s.server_id,
-            resume_stream=True,
-            blocking=True,
-            only_events=[WriteRowsEvent, XidEvent, RotateEvent, GtidEvent, MariadbGtidEvent],
-            only_schemas=[s.schema],
-            only_tables=[s.table],
-            slave_heartbeat=s.heartbeat_seconds,
-            is_mariadb=s.is_mariadb and self._use_gtid,
-            pymysql_wrapper=_StreamConnection,
-            enable_logging=False,
-            **kwargs,
+            is_mariadb=s.is_mariadb,
+            heartbeat_seconds=s.heartbeat_seconds,
+            # Heartbeats arrive every heartbeat_seconds on an idle stream, so a
+            # longer silence means a dead connection.
+            read_timeout=max(3.0 * s.heartbeat_seconds, 3.0),
+            file=position.file,
+            pos=position.pos,
+            gtid=gtid,
         )
 
     def _run(self) -> None:
         initial = delay = self._s.reconnect_delay_seconds
         while not self._stop.is_set():
             try:
-                self._reader = self._open()
-                self._stream(self._reader)
-                return
-            except (StreamLost, pymysql.err.OperationalError, OSError) as exc:
+                self._dump = self._open()
                 if self._stop.is_set():
                     return
-                code = exc.args[0] if isinstance(exc, pymysql.err.OperationalError) else None
+                self._stream(self._dump)
+                return
+            except (ServerError, DumpEnded, pymysql.err.OperationalError, OSError) as exc:
+                # DumpEnded: a server shutting down ends the dump with an EOF packet.
+                if self._stop.is_set():
+                    return
+                code = (
+                    exc.args[0]
+                    if isinstance(exc, ServerError | pymysql.err.OperationalError)
+                    else None
+                )
+                if code == 1236 and _SAME_ID in str(exc.args[1:]):
+                    code = 4052  # MySQL's way to say it: another connection took our id
                 if code == 1236:
                     self._channel.fail(
                         BinlogPurgedError(
@@ -326,8 +295,12 @@ class BinlogSource:
                         )
                     )
                     return
-                if isinstance(exc, pymysql.err.OperationalError) and code not in _CONNECTION_LOST:
-                    self._channel.fail(exc)
+                if code is not None and code not in _CONNECTION_LOST and code not in _TRANSIENT:
+                    self._channel.fail(
+                        pymysql.err.OperationalError(*exc.args)
+                        if isinstance(exc, ServerError)
+                        else exc
+                    )
                     return
                 if self.connected:
                     delay = initial
@@ -351,115 +324,77 @@ class BinlogSource:
                     self._channel.fail(exc)
                 return
             finally:
-                reader, self._reader = self._reader, None
-                if reader is not None:
-                    with contextlib.suppress(Exception):  # already broken; nothing to release
-                        reader.close()
+                dump, self._dump = self._dump, None
+                if dump is not None:
+                    dump.close()
 
-    def _decode(self, ev: WriteRowsEvent) -> list[KafkaRecord | RejectedRow]:
-        """The records of one WRITE_ROWS event: the fast decoder when the table allows."""
-        plan = self._plan(ev)
-        if plan is not None:
-            data = _remaining_body(ev)
-            if data is not None:
-                return decode_rows(data, plan, self._router)
-        out: list[KafkaRecord | RejectedRow] = []
-        for row in ev.rows:
-            values = row["values"]
-            try:
-                out.append(build_record(row_to_event(values), self._router))
-            except InvalidEventError as exc:
-                out.append(rejected(exc, values.get("id"), values.get("aggregateid")))
-        return out
-
-    def _plan(self, ev: WriteRowsEvent) -> RowPlan | None:
-        columns = ev.columns
-        cached = self._plans.get(ev.table_id)
-        if cached is not None and cached[0] is columns:
-            return cached[1]
-        plan = None
-        if ev.complete and ev.number_of_columns == len(columns):
-            plan = plan_for(
-                [
-                    ColumnSpec(
-                        name=str(c.name or ""),
-                        type=int(c.type),
-                        max_length=int(getattr(c, "max_length", 0) or 0),
-                        length_size=int(getattr(c, "length_size", 0) or 0),
-                        fsp=int(getattr(c, "fsp", 0) or 0),
-                    )
-                    for c in columns
-                ]
-            )
-            present = ev.columns_present_bitmap
-            if plan is not None and int.from_bytes(present, "little") != (1 << len(columns)) - 1:
-                plan = None  # not a FULL row image: let the library handle it
-        self._plans[ev.table_id] = (columns, plan)
-        return plan
-
-    def _stream(self, reader: BinLogStreamReader) -> None:
+    def _stream(self, dump: DumpConnection) -> None:
         s = self._s
-        pending: list[KafkaRecord | RejectedRow] = []
-        # After a reconnect the open transaction is read again from its start;
-        # its rows already handed over are skipped, not sent twice.
-        skip = self._pushed_in_txn
-        seen = 0
-        pending_gtid: str | None = None
-        last_push = time.monotonic()
-        first = True
-        for ev in reader:
-            if first:
-                first = False
-                self.connected = True
-                self._on_state("connected")
-            self.last_packet_at = time.monotonic()
-            if self._stop.is_set():
-                return
-            if isinstance(ev, WriteRowsEvent):
-                if ev.schema != s.schema or ev.table != s.table:
-                    continue
-                for event in self._decode(ev):
-                    seen += 1
-                    if seen <= skip:
-                        continue
-                    if isinstance(event, RejectedRow):
-                        event = dataclasses.replace(
-                            event, where=f"in the transaction after {self._position}"
-                        )
-                    pending.append(event)
-                if len(pending) >= s.chunk_events:
-                    if not self._channel.put(SourceBatch(pending, None)):
-                        return
-                    self._pushed_in_txn += len(pending)
-                    pending = []
-                    last_push = time.monotonic()
-            elif isinstance(ev, XidEvent):
-                if pending_gtid is not None and self._track_gtid:
-                    self._gtid.update(pending_gtid)
-                pending_gtid = None
-                commit = BinlogPosition(
-                    file=reader.log_file,
-                    pos=ev.packet.log_pos,
-                    gtid=str(self._gtid) if self._track_gtid else None,
-                )
-                now = time.monotonic()
-                # Transactions without outbox rows only move the checkpoint;
-                # hand one over now and then, not one per commit.
-                if pending or now - last_push >= s.idle_commit_seconds:
-                    if not self._channel.put(SourceBatch(pending, commit)):
-                        return
-                    pending = []
-                    last_push = now
-                self._position = commit
-                self._pushed_in_txn = 0
-                skip = seen = 0
-            elif isinstance(ev, MariadbGtidEvent | GtidEvent):
-                pending_gtid = ev.gtid
-            elif isinstance(ev, RotateEvent):
-                # Table ids are per server lifetime, and a restart starts a new
-                # binlog file: forget them at every file change. The library
-                # only does so for some rotates, and never overwrites the id of
-                # a table it filters out, so a stale id could make another
-                # table's rows look like outbox rows.
-                reader.table_map = {}
-                self._plans.clear()
+        start = self._position
+        parser = BinlogParser(
+            schema=s.schema,
+            table=s.table,
+            router=self._router,
+            start=start,
+            is_mariadb=s.is_mariadb,
+            track_gtid=start.gtid is not None,
+            layouts=self._layouts,
+            cap=s.chunk_events,
+            # After a reconnect the open transaction is read again from its
+            # start; its rows already handed over are skipped, not sent twice.
+            skip=self._pushed_in_txn,
+        )
+        put = self._channel.put
+        stop = self._stop
+        idle = s.idle_commit_seconds
+        cap = s.chunk_events
+        recv = dump.recv
+        buf = recv()
+        full = len(buf) == RECV_BYTES
+        self.connected = True
+        self._on_state("connected")
+        pos = 0
+        last_push = now = time.monotonic()
+        while not stop.is_set():
+            pos = parser.feed(buf, pos)
+            if len(parser.records) >= cap:
+                # A full batch in the middle of a read: hand it over, read on.
+                if not self._hand_over(parser, put, open_too=True):
+                    return
+                last_push = time.monotonic()
+                continue
+            # After a read that did not fill the buffer the socket had (almost)
+            # nothing more: hand over what there is now rather than wait, so
+            # latency stays low at low rates, while a busy stream sends one
+            # batch per read. After full reads (a backlog), still every
+            # _MAX_HOLD seconds, for sparse outbox rows among other tables'.
+            # Commits without outbox rows only move the checkpoint: hand those
+            # over now and then.
+            if parser.commits and (
+                (parser.committed and (not full or now - last_push >= _MAX_HOLD))
+                or now - last_push >= idle
+            ):
+                if not self._hand_over(parser, put, open_too=False):
+                    return
+                last_push = now
+            data = recv()
+            full = len(data) == RECV_BYTES
+            now = self.last_packet_at = time.monotonic()
+            buf = buf[pos:] + data if pos < len(buf) else data
+            pos = 0
+
+    def _hand_over(
+        self, parser: BinlogParser, put: Callable[[SourceBatch], bool], *, open_too: bool
+    ) -> bool:
+        if parser.commits:
+            records, commit = parser.take_committed()
+            if not put(SourceBatch(records, commit)):
+                return False
+            self._position = commit
+            self._pushed_in_txn = 0
+        if open_too and parser.open_rows >= self._s.chunk_events:
+            records = parser.take_open()
+            if not put(SourceBatch(records, None)):
+                return False
+            self._pushed_in_txn += len(records)
+        return True
