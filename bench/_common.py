@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pymysql
@@ -14,6 +15,7 @@ from pymysql.constants import CLIENT
 
 from outbox_dev import stack
 
+ROOT = Path(__file__).resolve().parent.parent
 HOST, PORT = "127.0.0.1", stack.MYSQL_PORT
 USER, PASSWORD = stack.MYSQL_USER, stack.MYSQL_PASSWORD
 BOOTSTRAP = stack.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
