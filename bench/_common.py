@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,16 +13,13 @@ import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from pymysql.constants import CLIENT
 
+from outbox_dev import stack
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "dev"))
-import stack as stack_script  # noqa: E402
-
-sys.path.pop(0)
-
-HOST, PORT = "127.0.0.1", stack_script.MYSQL_PORT
-USER, PASSWORD = stack_script.MYSQL_USER, stack_script.MYSQL_PASSWORD
-BOOTSTRAP = stack_script.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
-REDIS_URL = stack_script.env_vars()["OUTBOX_REDIS_URL"]
+HOST, PORT = "127.0.0.1", stack.MYSQL_PORT
+USER, PASSWORD = stack.MYSQL_USER, stack.MYSQL_PASSWORD
+BOOTSTRAP = stack.env_vars()["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
+REDIS_URL = stack.env_vars()["OUTBOX_REDIS_URL"]
 
 
 OUTBOX_DDL = """CREATE TABLE outbox (id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,

@@ -61,15 +61,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from tests.chaos_helpers import (  # noqa: E402
-    RelayChild,
-    ScratchBroker,
-    ScratchMariaDB,
-    ScratchRedis,
-)
-from transactional_outbox import OutboxSession, outbox_table  # noqa: E402
+from outbox_dev.scratch import RelayChild, ScratchBroker, ScratchMariaDB, ScratchRedis
+from transactional_outbox import OutboxSession, outbox_table
 
 DB = "chaos"
 TYPES = ("account", "order")

@@ -1,4 +1,4 @@
-"""Fixtures that connect to the local stack of real servers (``dev/stack.py``).
+"""Fixtures that connect to the local stack of real servers (:mod:`outbox_dev.stack`).
 
 The stack is started if it is not up. Each test gets isolated resources: its
 own MariaDB database, Kafka topic prefix and Redis key prefix, so tests cannot
@@ -23,6 +23,8 @@ import redis.asyncio
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from outbox_dev import stack as local_stack
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -60,25 +62,16 @@ class Stack:
         )
 
 
-def _stack_env() -> dict[str, str]:
-    sys.path.insert(0, str(ROOT / "dev"))
-    try:
-        import stack as stack_script  # type: ignore[import-not-found]
-    finally:
-        sys.path.pop(0)
-    return stack_script.env_vars()  # type: ignore[no-any-return]
-
-
 @pytest.fixture(scope="session")
 def stack() -> Stack:
     """Start the local stack if needed and return its addresses."""
     if not os.environ.get("OUTBOX_TEST_NO_STACK_START"):
         subprocess.run(
-            [sys.executable, str(ROOT / "dev" / "stack.py"), "start"],
+            [sys.executable, "-m", "outbox_dev.stack", "start"],
             check=True,
             stdout=subprocess.DEVNULL,
         )
-    env = _stack_env()
+    env = local_stack.env_vars()
     return Stack(
         mysql_url=make_url(env["OUTBOX_MYSQL_URL"]),
         redis_url=env["OUTBOX_REDIS_URL"],

@@ -7,32 +7,26 @@ variable, purging binlogs or restarting cannot disturb other tests.
 from __future__ import annotations
 
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
 import pymysql
 
-from .conftest import ROOT
-
-sys.path.insert(0, str(ROOT / "dev"))
-import stack as stack_script  # type: ignore[import-not-found]
-
-sys.path.pop(0)
+from outbox_dev import stack
 
 
 @dataclass
 class ScratchServer:
-    server: stack_script.MariaDB
+    server: stack.MariaDB
     port: int
 
     def connect(self, database: str | None = None, **kw: object) -> pymysql.Connection:
         args: dict[str, object] = {
             "host": "127.0.0.1",
             "port": self.port,
-            "user": stack_script.MYSQL_USER,
-            "password": stack_script.MYSQL_PASSWORD,
+            "user": stack.MYSQL_USER,
+            "password": stack.MYSQL_PASSWORD,
             "database": database,
             "autocommit": True,
         }
@@ -56,9 +50,9 @@ class ScratchServer:
 @contextmanager
 def scratch_mariadb(name: str, port: int, *, log_bin: bool = True) -> Iterator[ScratchServer]:
     """A fresh MariaDB with the stack's flags (or without the binlog), removed afterwards."""
-    server = stack_script.MariaDB(name, port)
+    server = stack.MariaDB(name, port)
     if not log_bin:
-        server.flags = [f for f in stack_script.MARIADB_FLAGS if not f.startswith("--log-bin")]
+        server.flags = [f for f in stack.MARIADB_FLAGS if not f.startswith("--log-bin")]
     server.stop()
     shutil.rmtree(server.dir, ignore_errors=True)
     server.start()

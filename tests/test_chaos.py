@@ -16,9 +16,9 @@ import pymysql
 import pytest
 from sqlalchemy.engine import make_url
 
+from outbox_dev.scratch import ScratchBroker, ScratchMariaDB
 from transactional_outbox.relay import Relay
 
-from .chaos_helpers import ScratchBroker, ScratchMariaDB
 from .conftest import ROOT, Stack, unique
 from .relay_harness import (
     OUTBOX_DDL,

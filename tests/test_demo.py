@@ -17,7 +17,7 @@ import pytest
 
 from .conftest import ROOT, Stack
 
-# What the demo's requests must produce (examples/demo.py, Demo.scenario): alice places
+# What the demo's requests must produce (dev/outbox_dev/demo/driver.py, Demo.scenario): alice places
 # 42.50 and 7.25 and cancels the second; bob places 10.00 and 99.99.
 EXPECTED = {
     "alice": {"orders": 2, "total_amount": "42.50", "cancelled": 1},

@@ -228,7 +228,7 @@ def test_dev_stack_names_the_port_variable_it_reads(tmp_path: Path) -> None:
     with socket.create_server(("127.0.0.1", 0)) as busy:
         port = busy.getsockname()[1]
         out = subprocess.run(
-            [sys.executable, str(root / "dev" / "stack.py"), "start"],
+            [sys.executable, str(root / "dev" / "outbox_dev" / "stack.py"), "start"],
             env={
                 "PATH": "/usr/bin:/bin",
                 "OUTBOX_STACK_DIR": str(tmp_path / "stack"),  # a stack of its own: none runs

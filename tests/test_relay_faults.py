@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import redis
 
+from outbox_dev.tcp_proxy import TcpProxy
 from transactional_outbox.relay.position import decode_checkpoint
 
 from . import _binlog
@@ -23,7 +24,6 @@ from .relay_harness import (
     wait_until,
     write_events,
 )
-from .tcp_proxy import TcpProxy
 
 
 @pytest.fixture

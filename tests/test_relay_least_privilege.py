@@ -19,11 +19,11 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
+from outbox_dev.scratch import RelayChild, ScratchRedis, free_port
 from transactional_outbox.relay import RelaySettings
 from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint
 
 from . import _binlog
-from .chaos_helpers import RelayChild, ScratchRedis, free_port
 from .conftest import Stack, unique
 from .relay_harness import (
     OUTBOX_DDL,

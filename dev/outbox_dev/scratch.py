@@ -1,10 +1,10 @@
 """Restartable scratch servers and a relay child process, for fault runs.
 
-Used by ``bench/chaos.py`` and the least-privilege tests. Everything listens on
+Used by ``bench/chaos.py`` and the chaos and least-privilege tests. Everything listens on
 127.0.0.1 on ports of its own and keeps its state in a directory given by the
 caller, so it can be killed, restarted or paused without touching the shared
-stack. Only the standard library, PyMySQL and the project's ``dev/stack.py``
-are used (no pytest), so a script can import this module too.
+stack. Only the standard library, PyMySQL and :mod:`outbox_dev.stack` are used
+(no pytest), so a script can import this module too.
 """
 
 from __future__ import annotations
@@ -22,13 +22,8 @@ from pathlib import Path
 
 import pymysql
 
-from .tcp_proxy import TcpProxy
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "dev"))
-import stack as stack_script  # type: ignore[import-not-found]  # noqa: E402
-
-sys.path.pop(0)
+from outbox_dev import stack
+from outbox_dev.tcp_proxy import TcpProxy
 
 HOST = "127.0.0.1"
 
@@ -64,21 +59,21 @@ def _reap(proc: subprocess.Popen[bytes] | None, within: float = 15.0) -> None:
 class ScratchMariaDB:
     """A MariaDB of its own (the stack's binlog flags), restartable gracefully or by SIGKILL.
 
-    Its data lives under ``.stack/<name>`` (dev/stack.py's layout) and is removed by
+    Its data lives under ``.stack/<name>`` (outbox_dev.stack's layout) and is removed by
     :meth:`destroy`.
     """
 
     def __init__(self, name: str, port: int | None = None) -> None:
         self.port = port or free_port()
-        self.server = stack_script.MariaDB(name, self.port)
-        self.user = stack_script.MYSQL_USER
-        self.password = stack_script.MYSQL_PASSWORD
+        self.server = stack.MariaDB(name, self.port)
+        self.user = stack.MYSQL_USER
+        self.password = stack.MYSQL_PASSWORD
 
     def start(self) -> None:
         self.server.start()
 
     def stop(self, *, kill: bool = False) -> None:
-        pid = stack_script.pid_alive(self.server.pid_file)
+        pid = stack.pid_alive(self.server.pid_file)
         if pid is None:
             return
         if not kill:
@@ -87,9 +82,9 @@ class ScratchMariaDB:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, 0)  # our child (dev/stack.py spawned it): reap the zombie
+            os.waitpid(pid, 0)  # our child (outbox_dev.stack spawned it): reap the zombie
         deadline = time.monotonic() + 15
-        while stack_script.pid_alive(self.server.pid_file) and time.monotonic() < deadline:
+        while stack.pid_alive(self.server.pid_file) and time.monotonic() < deadline:
             time.sleep(0.02)
         self.server.pid_file.unlink(missing_ok=True)
 
@@ -135,7 +130,7 @@ class ScratchRedis:
         return f"redis://{auth}{HOST}:{self.port}/0"
 
     def start(self) -> None:
-        binary = stack_script.find_binary("redis-server")
+        binary = stack.find_binary("redis-server")
         assert binary is not None, "redis-server is not installed (./dev/stack start installs it)"
         self.dir.mkdir(parents=True, exist_ok=True)
         args = [
