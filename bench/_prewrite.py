@@ -31,6 +31,8 @@ from typing import Any
 import pymysql
 from _common import connect, master_status, run_multi
 
+from transactional_outbox.session import DELETE_ONE_BY_ONE
+
 NOISE_STATEMENTS = 4  # single-row statements per unrelated transaction
 ACCOUNTS_PER_WRITER = 100  # each writer updates its own accounts: no lock waits
 ORDERS_DDL = """CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY,
@@ -70,10 +72,14 @@ def outbox_txn_sql(shape: Shape, first: int, base: datetime, payload: str) -> st
     sql = "BEGIN;"
     if orders:
         sql += f"INSERT INTO orders (customer,total,created) VALUES {','.join(orders)};"
-    return (
-        sql + f"INSERT INTO outbox VALUES {','.join(rows)};"
-        f"DELETE FROM outbox WHERE id IN ({','.join(ids)});COMMIT;"
-    )
+    sql += f"INSERT INTO outbox VALUES {','.join(rows)};"
+    # As the SDK deletes (session.DELETE_ONE_BY_ONE): one id per statement up to 32 events,
+    # since an IN list of several ids is planned as a locking full scan here.
+    if len(ids) <= DELETE_ONE_BY_ONE:
+        sql += "".join(f"DELETE FROM outbox WHERE id = {i};" for i in ids)
+    else:
+        sql += f"DELETE FROM outbox WHERE id IN ({','.join(ids)});"
+    return sql + "COMMIT;"
 
 
 def noise_txn_sql(other: str, writer: int, seq: int) -> str:
@@ -113,8 +119,8 @@ def run_txns(cur: Any, txns: list[str]) -> int:
     lock wait timeout, roll back and send again from the transaction that failed. Returns
     the number of retries.
 
-    Deadlocks happen with several events per transaction: the outbox ``DELETE ... WHERE id
-    IN (...)`` of more than one id is planned as a full scan of the (nearly empty) table
+    Deadlocks happen with more than 32 events per transaction: the outbox ``DELETE ... WHERE
+    id IN (...)`` of more than one id is planned as a full scan of the (nearly empty) table
     here (EXPLAIN: type ALL), so it waits for other writers' uncommitted rows.
     """
     retries = 0
@@ -291,8 +297,8 @@ def prewrite(db: str, other: str, shape: Shape, txns: int, noise_pct: int, write
         per_txn = max(ours - one.row_events["business"], 0)
         noise_txns = math.ceil(per_txn * txns / NOISE_STATEMENTS)
     start = master_status(cur)
-    # Several events per transaction: fewer writers, as they deadlock (see run_txns).
-    writers = writers if shape.per_txn == 1 else max(1, writers // 4)
+    # Over 32 events per transaction: fewer writers, as they deadlock (see run_txns).
+    writers = writers if shape.per_txn <= DELETE_ONE_BY_ONE else max(1, writers // 4)
     ctx = mp.get_context("spawn")
     ready, go = ctx.Barrier(writers + 1), ctx.Event()
     procs, pipes = [], []
