@@ -2,8 +2,10 @@
 
 Offsets are committed only after their records were handled (or dead-lettered),
 so a crash redelivers; the handler's deduplication (``@idempotent_consumer``)
-turns those redeliveries into no-ops. Records of one partition are handled in
-order, one at a time; partitions of one poll are handled concurrently.
+turns those redeliveries into no-ops. Records of one key are handled in order;
+different keys (of any partition) concurrently, up to ``max_concurrency``; a
+partition's committed offset is its lowest record not yet done (a watermark).
+What a fetched batch goes through is in ``batch``; a record's retries in ``attempts``.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import asyncio
 import contextlib
 import inspect
 import logging
-import random
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
@@ -21,11 +22,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from ..exceptions import ConsumerError, InvalidRecordError
-from .dead_letter import dead_letter_headers
-from .errors import EventInProgressError
+from .attempts import Attempts
+from .batch import BatchHandler
 from .received import ReceivedEvent
 from .settings import RunnerSettings
+from .watermark import OffsetWatermark
 
 __all__ = ["ConsumerRunner", "Handler"]
 
@@ -59,6 +60,11 @@ class ConsumerRunner:
       dead-lettered and the partition moves on (no dead-letter topic: the
       runner stops with :class:`~transactional_outbox.ConsumerError`).
 
+    A handler decorated with :func:`idempotent_consumer` is deduplicated a
+    fetched batch at a time (one store call to claim or check the batch's ids,
+    one to mark them done); records of different keys run concurrently, up to
+    ``settings.max_concurrency``, records of one key in order.
+
     Stopping (:meth:`stop`, SIGTERM, SIGINT) lets running handlers finish,
     abandons backoff waits (those records are redelivered later), commits the
     offsets of every handled record and leaves the group. A runner runs once.
@@ -79,6 +85,7 @@ class ConsumerRunner:
         self._commit_lock = asyncio.Lock()
         self._consumer: Any = None
         self._producer: Any = None
+        self._batches: BatchHandler | None = None
 
     def __repr__(self) -> str:
         return f"ConsumerRunner(handler={self.handler!r}, settings={self.settings!r})"
@@ -115,6 +122,14 @@ class ConsumerRunner:
         consumer = AIOKafkaConsumer(**s._consumer_kwargs())
         producer = AIOKafkaProducer(**s._producer_kwargs()) if s.dead_letter_topic else None
         self._consumer, self._producer = consumer, producer
+        attempts = Attempts(s, self._call, self._stopping, producer)
+        self._batches = BatchHandler(
+            self.handler,
+            attempts,
+            max_concurrency=s.max_concurrency,
+            stopping=self._stopping,
+            revoking=self._revoking,
+        )
         try:
             if producer is not None:
                 await producer.start()
@@ -144,22 +159,26 @@ class ConsumerRunner:
         self.stop()
 
     async def _loop(self, consumer: Any) -> None:
+        batches = self._batches
+        assert batches is not None
         while not self._stopping.is_set():
             batch = await self._poll(consumer)
             if not batch:
                 continue
+            marks: dict[TopicPartition, OffsetWatermark] = {}
+            for tp, records in batch.items():
+                marks[tp] = mark = OffsetWatermark()
+                mark.add(r.offset for r in records)
             self._idle.clear()
             try:
-                results = await asyncio.gather(
-                    *(self._handle_partition(tp, records) for tp, records in batch.items()),
-                    return_exceptions=True,
-                )
+                await batches.handle(batch, marks)
             finally:
                 self._idle.set()
-            await self._commit()
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+                for tp, mark in marks.items():
+                    offset = mark.commit_offset()
+                    if offset is not None and offset > batch[tp][0].offset:
+                        self._pending[tp] = offset
+                await self._commit()
 
     async def _poll(self, consumer: Any) -> Mapping[TopicPartition, Sequence[ConsumerRecord]]:
         # Race the fetch against stop() so stopping does not wait for a poll timeout.
@@ -178,127 +197,12 @@ class ConsumerRunner:
         result: Mapping[TopicPartition, Sequence[ConsumerRecord]] = fetch.result()
         return result
 
-    async def _handle_partition(
-        self, tp: TopicPartition, records: Sequence[ConsumerRecord]
-    ) -> None:
-        for record in records:
-            if self._stopping.is_set() or tp in self._revoking:
-                return
-            try:
-                handled = await self._handle_record(record)
-            except BaseException:
-                self._stopping.set()  # other partitions stop after their current record
-                raise
-            if not handled:
-                return
-            self._pending[tp] = record.offset + 1
-
-    async def _handle_record(self, record: ConsumerRecord) -> bool:
-        """True once the record is done with (handled or dead-lettered); False if stopping."""
-        try:
-            event = ReceivedEvent.from_record(record)
-        except InvalidRecordError as exc:
-            if self.settings.dead_letter_topic is None:
-                logger.error("%s; no dead_letter_topic set: stopping", exc)
-                raise
-            await self._dead_letter(record, exc, attempts=0)
-            return True
-        failures = 0
-        while True:
-            try:
-                await self._call(event)
-                return True
-            except EventInProgressError as exc:
-                # Not a failure: another worker holds the claim, and the claim's TTL
-                # bounds how long; it must not use up attempts.
-                delay = self._backoff(failures + 1)
-                logger.info("%s; retrying in %.2fs", exc, delay)
-            except Exception as exc:
-                failures += 1
-                if failures >= self.settings.max_attempts:
-                    return await self._give_up(record, event, exc, failures)
-                delay = self._backoff(failures)
-                logger.warning(
-                    "handler failed on event %s (%s/%s@%s), attempt %d of %d, retrying in %.2fs:"
-                    " %r",
-                    event.id,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    failures,
-                    self.settings.max_attempts,
-                    delay,
-                    exc,
-                )
-            if await self._wait_stopping(delay):
-                return False
-
-    async def _give_up(
-        self, record: ConsumerRecord, event: ReceivedEvent, exc: Exception, attempts: int
-    ) -> bool:
-        where = f"{record.topic}/{record.partition}@{record.offset}"
-        if self.settings.dead_letter_topic is None:
-            logger.error(
-                "handler failed on event %s (%s) %d times; no dead_letter_topic set: stopping",
-                event.id,
-                where,
-                attempts,
-                exc_info=exc,
-            )
-            raise ConsumerError(
-                f"event {event.id} ({where}) failed {attempts} times: {exc!r}"
-            ) from exc
-        logger.error(
-            "handler failed on event %s (%s) %d times: dead-lettering it",
-            event.id,
-            where,
-            attempts,
-            exc_info=exc,
-        )
-        await self._dead_letter(record, exc, attempts=attempts)
-        return True
-
     async def _call(self, event: ReceivedEvent) -> None:
         if self._is_async:
             await self.handler(event)  # type: ignore[misc]
         else:
             # A sync handler would block the event loop, and with it heartbeats.
             await asyncio.to_thread(self.handler, event)
-
-    def _backoff(self, attempt: int) -> float:
-        s = self.settings
-        delay = min(s.backoff_max, s.backoff_initial * 2.0 ** (attempt - 1))
-        # Jitter spreads retries of many consumers hitting the same broken dependency.
-        return delay * random.uniform(0.5, 1.0)
-
-    async def _wait_stopping(self, delay: float) -> bool:
-        try:
-            async with asyncio.timeout(delay):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def _dead_letter(
-        self, record: ConsumerRecord, error: Exception, *, attempts: int
-    ) -> None:
-        topic = self.settings.dead_letter_topic_for(record.topic)
-        headers = dead_letter_headers(
-            record, error, attempts=attempts, group_id=self.settings.group_id
-        )
-        # No timestamp: the dead letter gets the current time, so time-based
-        # retention counts from now, not from the (maybe old) event time, which
-        # stays in the ``timestamp`` header.
-        await self._producer.send_and_wait(
-            topic, value=record.value, key=record.key, headers=headers
-        )
-        logger.warning(
-            "record %s/%s@%s sent to dead-letter topic %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            topic,
-        )
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         consumer = self._consumer
