@@ -54,7 +54,8 @@ return 0
 # The batch forms: one round trip for a whole fetched batch (issue 16: two round
 # trips per record capped a partition at ~300 records/s). All keys of one call
 # share its claim token, which is still unique to this claim attempt.
-# Returns per key: 'C' claimed, 'D' done, 'B' held by another claim.
+# Returns one string, a letter per key ('C' claimed, 'D' done, 'B' held by
+# another claim): one bulk reply parses far faster than a 500-element array.
 _CLAIM_MANY = """
 local out = {}
 for i, key in ipairs(KEYS) do
@@ -66,15 +67,16 @@ for i, key in ipairs(KEYS) do
     out[i] = 'B'
   end
 end
-return out
+return table.concat(out)
 """
 
-# ARGV[1]: done TTL in ms (0: none); ARGV[1 + i]: the token of KEYS[i].
+# ARGV[1]: done TTL in ms (0: none); ARGV[2]: the token all KEYS were claimed
+# with (the claims of one claim_many share it, so it is sent once, not per key).
 # Returns the 1-based indexes whose claim had been lost (expired or retaken).
 _COMPLETE_MANY = """
 local lost = {}
 for i, key in ipairs(KEYS) do
-  if redis.call('GET', key) ~= ARGV[i + 1] then lost[#lost + 1] = i end
+  if redis.call('GET', key) ~= ARGV[2] then lost[#lost + 1] = i end
   if tonumber(ARGV[1]) > 0 then
     redis.call('SET', key, 'done', 'PX', ARGV[1])
   else
@@ -91,7 +93,8 @@ end
 return 0
 """
 
-_STATUS = {"C": ClaimStatus.CLAIMED, "D": ClaimStatus.DONE, "B": ClaimStatus.BUSY}
+_DONE_RESULT = ClaimResult(ClaimStatus.DONE)
+_BUSY_RESULT = ClaimResult(ClaimStatus.BUSY)
 
 
 def _text(value: Any) -> str | None:
@@ -155,15 +158,27 @@ class _RedisSettings:
             self.processing_ttl,
         )
 
+    def _by_token(self, claims: Sequence[Claim]) -> dict[str, list[str]]:
+        groups: dict[str, list[str]] = {}
+        for c in claims:
+            groups.setdefault(c.token, []).append(self.key(c.event_id, c.consumer_name))
+        return groups
+
     def _results(
-        self, raw: Sequence[Any], event_ids: Sequence[uuid.UUID], name: str | None, token: str
+        self, raw: Any, event_ids: Sequence[uuid.UUID], name: str | None, token: str
     ) -> list[ClaimResult]:
-        out = []
-        for event_id, code in zip(event_ids, raw, strict=True):
-            status = _STATUS[_text(code) or "B"]
-            claim = Claim(event_id, name, token) if status is ClaimStatus.CLAIMED else None
-            out.append(ClaimResult(status, claim))
-        return out
+        codes = _text(raw) or ""
+        if len(codes) != len(event_ids):
+            raise ValueError(f"claim script answered {len(codes)} codes for {len(event_ids)} keys")
+        done, busy = _DONE_RESULT, _BUSY_RESULT
+        return [
+            ClaimResult(ClaimStatus.CLAIMED, Claim(event_id, name, token))
+            if code == "C"
+            else done
+            if code == "D"
+            else busy
+            for event_id, code in zip(event_ids, codes, strict=True)
+        ]
 
     def __repr__(self) -> str:
         return (
@@ -265,10 +280,10 @@ class AsyncRedisStore(_RedisSettings):
         """Mark many claims' events done in one script call."""
         if not claims:
             return
-        keys = [self.key(c.event_id, c.consumer_name) for c in claims]
-        args: list[str | int] = [self._done_ms(), *(c.token for c in claims)]
-        for index in await self._complete_many_script(keys=keys, args=args):
-            self._warn_lost(keys[int(index) - 1])
+        for token, keys in self._by_token(claims).items():
+            lost = await self._complete_many_script(keys=keys, args=[self._done_ms(), token])
+            for index in lost:
+                self._warn_lost(keys[int(index) - 1])
 
     async def release_many(self, claims: Sequence[Claim]) -> None:
         """Delete many claims, each only if still ours, in one script call."""
@@ -351,10 +366,10 @@ class RedisStore(_RedisSettings):
         """See :meth:`AsyncRedisStore.complete_many`."""
         if not claims:
             return
-        keys = [self.key(c.event_id, c.consumer_name) for c in claims]
-        args: list[str | int] = [self._done_ms(), *(c.token for c in claims)]
-        for index in self._complete_many_script(keys=keys, args=args):
-            self._warn_lost(keys[int(index) - 1])
+        for token, keys in self._by_token(claims).items():
+            lost = self._complete_many_script(keys=keys, args=[self._done_ms(), token])
+            for index in lost:
+                self._warn_lost(keys[int(index) - 1])
 
     def release_many(self, claims: Sequence[Claim]) -> None:
         """See :meth:`AsyncRedisStore.release_many`."""

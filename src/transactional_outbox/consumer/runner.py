@@ -86,6 +86,7 @@ class ConsumerRunner:
         self._consumer: Any = None
         self._producer: Any = None
         self._batches: BatchHandler | None = None
+        self._committing: asyncio.Task[None] | None = None
 
     def __repr__(self) -> str:
         return f"ConsumerRunner(handler={self.handler!r}, settings={self.settings!r})"
@@ -178,7 +179,20 @@ class ConsumerRunner:
                     offset = mark.commit_offset()
                     if offset is not None and offset > batch[tp][0].offset:
                         self._pending[tp] = offset
-                await self._commit()
+            self._commit_soon()
+
+    def _commit_soon(self) -> None:
+        # The commit overlaps the next batch instead of holding it up by a broker
+        # round trip; stop and revocation await a commit of their own.
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.ensure_future(self._commit_quietly())
+
+    async def _commit_quietly(self) -> None:
+        try:
+            await self._commit()
+        except Exception as exc:
+            # The offsets stay pending: the next commit carries them.
+            logger.warning("offset commit failed, retrying with the next batch: %r", exc)
 
     async def _poll(self, consumer: Any) -> Mapping[TopicPartition, Sequence[ConsumerRecord]]:
         # Race the fetch against stop() so stopping does not wait for a poll timeout.
