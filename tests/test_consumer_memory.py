@@ -151,9 +151,7 @@ def test_sync_store_dedups_across_threads() -> None:
             runs[event.id] += 1
 
     records = [make_record(order_event(n)) for n in range(20)]
-    threads = [
-        threading.Thread(target=lambda: [handle(r) for r in records]) for _ in range(4)
-    ]
+    threads = [threading.Thread(target=lambda: [handle(r) for r in records]) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
