@@ -93,7 +93,11 @@ async def publish(n: int, partitions: int, keys: int) -> str:
         )
         for p in range(partitions)
     ]
-    producer = AIOKafkaProducer(bootstrap_servers=BOOTSTRAP, acks=1, linger_ms=5)
+    # The relay's producer settings (256 KB batches, 5 ms linger): consumers fetch
+    # what the broker stored in batches that size.
+    producer = AIOKafkaProducer(
+        bootstrap_servers=BOOTSTRAP, acks=1, linger_ms=5, max_batch_size=262_144
+    )
     await producer.start()
     try:
         futures = []

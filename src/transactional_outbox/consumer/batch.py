@@ -47,6 +47,7 @@ _RUN, _SKIP, _SLOW, _FAILED = range(4)
 class _Item:
     tp: TopicPartition
     record: ConsumerRecord[Any, Any]
+    mark: OffsetWatermark
     lane: tuple[TopicPartition, Any]
     event: ReceivedEvent | None
     error: InvalidRecordError | None
@@ -96,21 +97,45 @@ class BatchHandler:
             else:
                 self._per_record = True
         self._completer = _Completer(self)
+        # Batches overlap (the runner fetches and plans the next one while this
+        # one runs): a lane waits for the same key's lane of earlier batches.
+        self._tails: dict[Any, asyncio.Future[None]] = {}
+        self._slots = asyncio.Semaphore(max_concurrency)
 
     async def handle(
         self,
         batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]],
         marks: Mapping[TopicPartition, OffsetWatermark],
     ) -> None:
-        """Handle ``batch``; each record handled is marked done in ``marks``."""
-        self._marks = marks
-        items = _decode(batch)
+        """Handle ``batch``; each record handled is marked done in ``marks``.
+
+        Several calls may run at once, for batches fetched one after another:
+        records of one key still run in fetch order.
+        """
+        items = _decode(batch, marks)
+        lanes: dict[Any, list[_Item]] = {}
+        for item in items:
+            lanes.setdefault(item.lane, []).append(item)
+        # Before any await, so that a later batch's lanes queue behind these.
+        loop = asyncio.get_running_loop()
+        waits = {lane: self._tails.get(lane) for lane in lanes}
+        mine = {lane: loop.create_future() for lane in lanes}
+        self._tails.update(mine)
         try:
             await self._plan(items)
             if self._inbox is not None and self._inbox.batch_transactions:
+                # One transaction runs many keys: it waits for all their earlier lanes.
+                for wait in waits.values():
+                    if wait is not None:
+                        await wait
                 await self._inbox_batch(items)
-            await self._run_lanes(items)
+            await self._run_lanes(lanes, waits, mine)
         finally:
+            for lane, future in mine.items():
+                if not future.done():
+                    future.set_result(None)
+                if self._tails.get(lane) is future:
+                    del self._tails[lane]
             try:
                 await self._completer.drain()
             finally:
@@ -170,13 +195,33 @@ class BatchHandler:
 
             return call
 
-        calls = [(i.event.id, call_for(i)) for i in run if i.event is not None]
+        # Lanes are dealt to a few transactions that run at once (each on its own
+        # connection): a transaction runs its handlers one after another.
+        chunks: list[list[_Item]] = [[] for _ in range(self._inbox.batch_concurrency)]
+        lane_chunk: dict[Any, list[_Item]] = {}
+        for item in run:
+            chunk = lane_chunk.get(item.lane)
+            if chunk is None:
+                chunk = lane_chunk[item.lane] = chunks[len(lane_chunk) % len(chunks)]
+            chunk.append(item)
+        chunks = [c for c in chunks if c]
+        answers = await asyncio.gather(*(self._inbox_chunk(c, call_for) for c in chunks))
+        for chunk, results in zip(chunks, answers, strict=True):
+            self._after_inbox_chunk(chunk, results)
+
+    async def _inbox_chunk(
+        self, chunk: list[_Item], call_for: Callable[[_Item], Callable[[Any], Awaitable[object]]]
+    ) -> list[BaseException | None]:
+        assert self._inbox is not None
+        calls = [(i.event.id, call_for(i)) for i in chunk if i.event is not None]
         try:
-            results: list[BaseException | None] = await self._inbox.run_batch(self._name, calls)
+            return await self._inbox.run_batch(self._name, calls)
         except Exception as exc:
             logger.warning("batch transaction failed, going record by record: %r", exc)
-            results = [_Deferred()] * len(run)
-        for item, result in zip(run, results, strict=True):
+            return [_Deferred()] * len(chunk)
+
+    def _after_inbox_chunk(self, chunk: list[_Item], results: list[BaseException | None]) -> None:
+        for item, result in zip(chunk, results, strict=True):
             if result is None:
                 item.plan = _SKIP
             elif isinstance(result, _Deferred) or not isinstance(result, Exception):
@@ -186,11 +231,15 @@ class BatchHandler:
 
     # -- running ----------------------------------------------------------------
 
-    async def _run_lanes(self, items: list[_Item]) -> None:
-        lanes: dict[Any, list[_Item]] = {}
-        for item in items:
-            lanes.setdefault(item.lane, []).append(item)
-        queue = deque(lanes.values())
+    async def _run_lanes(
+        self,
+        lanes: dict[Any, list[_Item]],
+        waits: dict[Any, asyncio.Future[None] | None],
+        mine: dict[Any, asyncio.Future[None]],
+    ) -> None:
+        # Lanes free to start go first; those behind an earlier batch's lane last.
+        order = sorted(lanes, key=lambda lane: waits[lane] is not None)
+        queue = deque((lanes[lane], waits[lane], mine[lane]) for lane in order)
         workers = min(self._max_concurrency, len(queue))
         if workers == 1:
             await self._worker(queue)
@@ -202,14 +251,21 @@ class BatchHandler:
             if isinstance(result, BaseException):
                 raise result
 
-    async def _worker(self, queue: deque[list[_Item]]) -> None:
+    async def _worker(
+        self, queue: deque[tuple[list[_Item], asyncio.Future[None] | None, asyncio.Future[None]]]
+    ) -> None:
         try:
             while queue:
-                for item in queue.popleft():
-                    if self._stopping.is_set() or item.tp in self._revoking:
-                        break
-                    if not await self._one(item):
-                        break
+                items, wait, done = queue.popleft()
+                if wait is not None:
+                    await wait
+                async with self._slots:
+                    for item in items:
+                        if self._stopping.is_set() or item.tp in self._revoking:
+                            break
+                        if not await self._one(item):
+                            break
+                done.set_result(None)
         except BaseException:
             self._stopping.set()  # other lanes stop after their current record
             raise
@@ -255,7 +311,7 @@ class BatchHandler:
 
     def mark_done(self, item: _Item) -> None:
         """The record is handled and recorded: its offset may be committed."""
-        self._marks[item.tp].done(item.record.offset)
+        item.mark.done(item.record.offset)
 
     async def _store_call(self, method: Callable[..., Any], *args: Any) -> Any:
         if self._sync_fn:
@@ -332,15 +388,17 @@ class _Completer:
 
 def _decode(
     batch: Mapping[TopicPartition, Sequence[ConsumerRecord[Any, Any]]],
+    marks: Mapping[TopicPartition, OffsetWatermark],
 ) -> list[_Item]:
     items = []
     for tp, records in batch.items():
+        mark = marks[tp]
         for record in records:
             try:
                 event, error = ReceivedEvent.from_record(record), None
             except InvalidRecordError as exc:
                 event, error = None, exc
-            items.append(_Item(tp, record, (tp, record.key), event, error))
+            items.append(_Item(tp, record, mark, (tp, record.key), event, error))
     return items
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
 import signal
@@ -38,6 +39,10 @@ Handler: TypeAlias = (
 """What the runner calls per record: ``async def`` (awaited) or plain (run in a thread)."""
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# The next batch is fetched, decoded and claimed while the previous one runs, so
+# neither a fetch round trip nor the slowest key of a batch holds everything up.
+_BATCHES_IN_FLIGHT = 2
 
 
 class ConsumerRunner:
@@ -87,6 +92,11 @@ class ConsumerRunner:
         self._producer: Any = None
         self._batches: BatchHandler | None = None
         self._committing: asyncio.Task[None] | None = None
+        # Per partition: which fetched offsets are done (records finish out of order).
+        self._marks: dict[TopicPartition, OffsetWatermark] = {}
+        self._last_mark: dict[TopicPartition, int] = {}
+        self._running: set[asyncio.Task[None]] = set()  # batches being handled
+        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"ConsumerRunner(handler={self.handler!r}, settings={self.settings!r})"
@@ -162,24 +172,55 @@ class ConsumerRunner:
     async def _loop(self, consumer: Any) -> None:
         batches = self._batches
         assert batches is not None
-        while not self._stopping.is_set():
-            batch = await self._poll(consumer)
-            if not batch:
-                continue
-            marks: dict[TopicPartition, OffsetWatermark] = {}
-            for tp, records in batch.items():
-                marks[tp] = mark = OffsetWatermark()
-                mark.add(r.offset for r in records)
-            self._idle.clear()
-            try:
-                await batches.handle(batch, marks)
-            finally:
-                self._idle.set()
-                for tp, mark in marks.items():
-                    offset = mark.commit_offset()
-                    if offset is not None and offset > batch[tp][0].offset:
-                        self._pending[tp] = offset
+        running = self._running
+        try:
+            while not self._stopping.is_set():
+                if len(running) >= _BATCHES_IN_FLIGHT:
+                    await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                batch = await self._poll(consumer)
+                if not batch:
+                    continue
+                marks = {tp: self._mark(tp, records) for tp, records in batch.items()}
+                task = asyncio.ensure_future(batches.handle(batch, marks))
+                self._idle.clear()
+                running.add(task)
+                task.add_done_callback(functools.partial(self._batch_done, batch))
+        finally:
+            # Stopping: the running batches end after their current records.
+            if running:
+                await asyncio.wait(set(running))
+        if self._failure is not None:
+            raise self._failure
+
+    def _mark(self, tp: TopicPartition, records: Sequence[ConsumerRecord]) -> OffsetWatermark:
+        mark = self._marks.get(tp)
+        end = mark.end if mark is not None else None
+        if mark is None or end is None or records[0].offset < end:
+            # New, or fetching again from the committed offset (after a rebalance).
+            mark = self._marks[tp] = OffsetWatermark()
+            self._last_mark.pop(tp, None)
+        mark.add(r.offset for r in records)
+        return mark
+
+    def _batch_done(
+        self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]], task: asyncio.Task[None]
+    ) -> None:
+        self._running.discard(task)
+        for tp in batch:
+            mark = self._marks.get(tp)
+            offset = None if mark is None else mark.commit_offset()
+            if offset is not None and offset > self._last_mark.get(tp, batch[tp][0].offset):
+                self._pending[tp] = self._last_mark[tp] = offset
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._stopping.set()  # the other batches stop after their current records
+            if self._failure is None:
+                self._failure = error
+        else:
             self._commit_soon()
+        if not self._running:
+            self._idle.set()
 
     def _commit_soon(self) -> None:
         # The commit overlaps the next batch instead of holding it up by a broker
@@ -189,7 +230,9 @@ class ConsumerRunner:
 
     async def _commit_quietly(self) -> None:
         try:
-            await self._commit()
+            # Offsets set while a commit was in flight go in the next one.
+            while self._pending:
+                await self._commit()
         except Exception as exc:
             # The offsets stay pending: the next commit carries them.
             logger.warning("offset commit failed, retrying with the next batch: %r", exc)
@@ -248,6 +291,9 @@ class ConsumerRunner:
             await self._commit(revoked)
         finally:
             self._revoking -= revoked
+            for tp in revoked:
+                self._marks.pop(tp, None)
+                self._last_mark.pop(tp, None)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

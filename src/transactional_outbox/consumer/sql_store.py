@@ -24,6 +24,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
+from ..exceptions import ConfigurationError
+
 __all__ = ["DEFAULT_INBOX_TABLE", "AsyncSqlStore", "SqlStore", "inbox_table"]
 
 DEFAULT_INBOX_TABLE = "outbox_inbox"
@@ -172,8 +174,10 @@ class AsyncSqlStore(_SqlBase):
     batch's events in one transaction, one savepoint each: a handler that raises
     rolls back its own savepoint (its writes and inbox row) and is retried
     alone; the others commit together. Faster (MariaDB here commits ~2,200
-    one-row transactions/s from 8 connections), but a batch's events then run
-    one after another, and their effects become visible together.
+    one-row transactions/s from 8 connections), but the events of one
+    transaction run one after another, and their effects become visible
+    together. ``batch_concurrency`` such transactions run at once, each with
+    its own share of the batch's keys (and its own pooled connection).
     """
 
     def __init__(
@@ -182,10 +186,16 @@ class AsyncSqlStore(_SqlBase):
         *,
         table: sa.Table | None = None,
         batch_transactions: bool = False,
+        batch_concurrency: int = 8,
     ) -> None:
         super().__init__(table)
+        if batch_concurrency < 1:
+            raise ConfigurationError(
+                "batch_concurrency", f"must be at least 1, got {batch_concurrency}"
+            )
         self._session_factory = session_factory
         self.batch_transactions = batch_transactions
+        self.batch_concurrency = batch_concurrency
 
     async def run_once(
         self,

@@ -145,6 +145,8 @@ class AsyncInboxStore(Protocol):
 
     batch_transactions: bool
     """Whether the runner should handle a batch in one transaction (see :meth:`run_batch`)."""
+    batch_concurrency: int
+    """With ``batch_transactions``: how many such transactions may run at once (per runner)."""
 
     async def run_once(
         self,

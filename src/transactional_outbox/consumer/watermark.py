@@ -49,6 +49,11 @@ class OffsetWatermark:
             self._done.discard(heapq.heappop(heap))
 
     @property
+    def end(self) -> int | None:
+        """One past the highest offset added (``None`` before any)."""
+        return self._next
+
+    @property
     def pending(self) -> int:
         """How many added offsets are not done."""
         return len(self._heap) - len(self._done)
