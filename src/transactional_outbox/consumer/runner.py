@@ -42,7 +42,7 @@ _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 # The next batch is fetched, decoded and claimed while the previous one runs, so
 # neither a fetch round trip nor the slowest key of a batch holds everything up.
-_BATCHES_IN_FLIGHT = 2
+_BATCHES_IN_FLIGHT = 4
 
 
 class ConsumerRunner:
@@ -238,8 +238,11 @@ class ConsumerRunner:
             logger.warning("offset commit failed, retrying with the next batch: %r", exc)
 
     async def _poll(self, consumer: Any) -> Mapping[TopicPartition, Sequence[ConsumerRecord]]:
+        limit = self.settings.max_poll_records
+        assigned = len(consumer.assignment())
+        share = None if limit is None else max(1, limit // max(1, assigned))
         # Race the fetch against stop() so stopping does not wait for a poll timeout.
-        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=1000))
+        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=1000, max_records=share))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -251,7 +254,13 @@ class ConsumerRunner:
                     await fetch
         if fetch.cancelled():
             return {}
-        result: Mapping[TopicPartition, Sequence[ConsumerRecord]] = fetch.result()
+        result: dict[TopicPartition, Sequence[ConsumerRecord]] = dict(fetch.result())
+        if result and share is not None:
+            # aiokafka hands out one partition's buffer before the next: take a
+            # share of each, so a batch spans partitions and keys run side by side.
+            for tp in consumer.assignment() - result.keys():
+                more = await consumer.getmany(tp, timeout_ms=0, max_records=share)
+                result.update(more)
         return result
 
     async def _call(self, event: ReceivedEvent) -> None:
