@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import random
 import uuid
 from collections import Counter, defaultdict
@@ -14,6 +15,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from transactional_outbox.consumer import (
     AsyncInMemoryStore,
     ClaimStatus,
+    InMemoryStore,
     OffsetWatermark,
     ReceivedEvent,
     RunnerSettings,
@@ -47,7 +49,16 @@ class Batch:
     def __init__(self, handler: Any, **overrides: Any) -> None:
         self.settings = settings(**overrides)
         self.stopping = asyncio.Event()
-        call = handler
+
+        async def call(event: ReceivedEvent) -> None:
+            # As the runner calls it: a sync handler in a worker thread.
+            if inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+                handler.__call__
+            ):
+                await handler(event)
+            else:
+                await asyncio.to_thread(handler, event)
+
         self.attempts = Attempts(self.settings, call, self.stopping, producer=None)
         self.handler = BatchHandler(
             handler,
@@ -193,3 +204,23 @@ async def test_undecorated_handler_gets_every_record_in_key_order() -> None:
 
     mark = await Batch(handle).run(keyed(10, 1))
     assert seen == list(range(10)) and mark.commit_offset() == 10
+
+
+async def test_sync_store_and_handler_batch_in_worker_threads() -> None:
+    store = InMemoryStore()
+    runs: Counter[uuid.UUID] = Counter()
+    calls = 0
+
+    @idempotent_consumer(store=store)
+    def handle(event: ReceivedEvent) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError("fails once")
+        runs[event.id] += 1
+
+    events = keyed(6, 3)
+    mark = await Batch(handle).run([*events, events[0]])
+    assert mark.commit_offset() == 7
+    assert set(runs.values()) == {1} and len(runs) == 6
+    assert all(store.is_done(e.id) for e in events)
