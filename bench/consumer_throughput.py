@@ -208,7 +208,7 @@ async def sql_store(batch: bool) -> Any:
         metadata.create_all(sync_engine)
         sync_engine.dispose()
         url = mysql_url(db).replace("mysql+pymysql", "mysql+asyncmy")
-        engine = create_async_engine(url, pool_size=16, max_overflow=0)
+        engine = create_async_engine(url, pool_size=32, max_overflow=0)
         try:
             yield AsyncSqlStore(
                 async_sessionmaker(engine, expire_on_commit=False), batch_transactions=batch

@@ -259,8 +259,13 @@ class ConsumerRunner:
             # aiokafka hands out one partition's buffer before the next: take a
             # share of each, so a batch spans partitions and keys run side by side.
             for tp in consumer.assignment() - result.keys():
-                more = await consumer.getmany(tp, timeout_ms=0, max_records=share)
-                result.update(more)
+                result.update(await consumer.getmany(tp, timeout_ms=0, max_records=share))
+            # Partitions with little buffered leave room: fill it from the others.
+            room = (limit or 0) - sum(len(records) for records in result.values())
+            if room > 0:
+                more = await consumer.getmany(timeout_ms=0, max_records=room)
+                for tp, records in more.items():
+                    result[tp] = [*result.get(tp, ()), *records]
         return result
 
     async def _call(self, event: ReceivedEvent) -> None:
