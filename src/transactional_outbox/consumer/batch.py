@@ -31,6 +31,7 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 
 from ..exceptions import InvalidRecordError
 from .attempts import Attempts
+from .completion import Completer
 from .decorator import AsyncIdempotentHandler, IdempotentHandler
 from .received import ReceivedEvent
 from .store import AsyncDedupStore, AsyncInboxStore, Claim, ClaimStatus, DedupStore
@@ -96,7 +97,12 @@ class BatchHandler:
                 self._fn = handler.fn
             else:
                 self._per_record = True
-        self._completer = _Completer(self)
+        self._completer: Completer[_Item] = Completer(
+            self._complete_many,
+            self.mark_done,
+            attempts=attempts.settings.max_attempts,
+            backoff=attempts.backoff,
+        )
         # Batches overlap (the runner fetches and plans the next one while this
         # one runs): a lane waits for the same key's lane of earlier batches.
         self._tails: dict[Any, asyncio.Future[None]] = {}
@@ -293,7 +299,7 @@ class BatchHandler:
                 done = await self._attempts.handle(record, event, failure=exc)
             else:
                 if item.claim is not None:
-                    self._completer.add(item)
+                    self._completer.add(item.claim, item)
                     return True
                 done = True
         if done:
@@ -313,6 +319,10 @@ class BatchHandler:
         """The record is handled and recorded: its offset may be committed."""
         item.mark.done(item.record.offset)
 
+    async def _complete_many(self, claims: list[Claim]) -> None:
+        assert self._claims is not None
+        await self._store_call(self._claims.complete_many, claims)
+
     async def _store_call(self, method: Callable[..., Any], *args: Any) -> Any:
         if self._sync_fn:
             return await asyncio.to_thread(method, *args)
@@ -331,59 +341,6 @@ class BatchHandler:
         unused = [i.claim for i in items if i.claim is not None and not i.started]
         if unused:
             await self._release(unused)
-
-
-class _Completer:
-    """Marks claims done in batches: one ``complete_many`` in flight, the rest wait for the next."""
-
-    def __init__(self, batch: BatchHandler) -> None:
-        self._batch = batch
-        self._waiting: list[_Item] = []
-        self._task: asyncio.Task[None] | None = None
-        self._error: BaseException | None = None
-
-    def add(self, item: _Item) -> None:
-        self._waiting.append(item)
-        if self._task is None and self._error is None:
-            self._task = asyncio.ensure_future(self._flush())
-
-    async def drain(self) -> None:
-        """Wait until everything added is marked done; raise if that failed."""
-        while self._task is not None:
-            await self._task
-        error, self._error = self._error, None
-        if error is not None:
-            raise error
-
-    async def _flush(self) -> None:
-        try:
-            while self._waiting:
-                items, self._waiting = self._waiting, []
-                await self._complete([i.claim for i in items if i.claim is not None])
-                for item in items:
-                    self._batch.mark_done(item)
-        except BaseException as exc:
-            self._error = exc
-        finally:
-            self._task = None
-
-    async def _complete(self, claims: list[Claim]) -> None:
-        batch = self._batch
-        assert batch._claims is not None
-        failures = 0
-        while True:
-            try:
-                await batch._store_call(batch._claims.complete_many, claims)
-                return
-            except Exception as exc:
-                # Handled but not marked done: retry (the claims hold for
-                # processing_ttl); give up and stop rather than dead-letter
-                # events that were handled.
-                failures += 1
-                if failures >= batch._attempts.settings.max_attempts:
-                    raise
-                logger.warning("marking %d events done failed, retrying: %r", len(claims), exc)
-                await asyncio.sleep(batch._attempts.backoff(failures))
 
 
 def _decode(
