@@ -224,3 +224,38 @@ async def test_sync_store_and_handler_batch_in_worker_threads() -> None:
     assert mark.commit_offset() == 7
     assert set(runs.values()) == {1} and len(runs) == 6
     assert all(store.is_done(e.id) for e in events)
+
+
+async def test_undecorated_handler_gets_duplicates_too() -> None:
+    seen: list[int] = []
+
+    async def handle(event: ReceivedEvent) -> None:
+        seen.append(event.offset)
+
+    event = order_event(1)
+    mark = await Batch(handle).run([event, event])
+    assert seen == [0, 1] and mark.commit_offset() == 2
+
+
+async def test_a_copy_in_a_later_batch_waits_for_the_running_one_without_polling() -> None:
+    store = AsyncInMemoryStore(poll_interval=60.0)  # polling would time the test out
+    release = asyncio.Event()
+    runs: Counter[uuid.UUID] = Counter()
+
+    @idempotent_consumer(store=store)
+    async def handle(event: ReceivedEvent) -> None:
+        runs[event.id] += 1
+        await release.wait()
+
+    batch = Batch(handle)
+    event = order_event(1)
+    first_records = records_of([event])
+    later = make_record(event, offset=1)  # re-sent while the first is still running
+    mark = OffsetWatermark()
+    mark.add([0, 1])
+    first = asyncio.ensure_future(batch.handler.handle({TP: first_records}, {TP: mark}))
+    await wait_for(lambda: runs[event.id] == 1, what="first copy running")
+    second = asyncio.ensure_future(batch.handler.handle({TP: [later]}, {TP: mark}))
+    release.set()
+    await asyncio.wait_for(asyncio.gather(first, second), 5)
+    assert runs[event.id] == 1 and mark.commit_offset() == 2

@@ -106,6 +106,7 @@ class BatchHandler:
         # Batches overlap (the runner fetches and plans the next one while this
         # one runs): a lane waits for the same key's lane of earlier batches.
         self._tails: dict[Any, asyncio.Future[None]] = {}
+        self._in_flight: set[Any] = set()  # ids led by a batch being handled
         self._slots = asyncio.Semaphore(max_concurrency)
 
     async def handle(
@@ -127,8 +128,9 @@ class BatchHandler:
         waits = {lane: self._tails.get(lane) for lane in lanes}
         mine = {lane: loop.create_future() for lane in lanes}
         self._tails.update(mine)
+        leaders = self._leaders(items)
         try:
-            await self._plan(items)
+            await self._plan(leaders)
             if self._inbox is not None and self._inbox.batch_transactions:
                 # One transaction runs many keys: it waits for all their earlier lanes.
                 for wait in waits.values():
@@ -145,21 +147,36 @@ class BatchHandler:
             try:
                 await self._completer.drain()
             finally:
+                for event_id in leaders:
+                    self._in_flight.discard(event_id)
                 await self._release_unused(items)
 
     # -- planning -------------------------------------------------------------
 
-    async def _plan(self, items: list[_Item]) -> None:
+    def _leaders(self, items: list[_Item]) -> dict[Any, _Item]:
+        """The first copy of each id not already in flight in an earlier batch."""
         leaders: dict[Any, _Item] = {}
+        if self._per_record:
+            for item in items:
+                item.plan = _SLOW
+            return leaders
+        if self._claims is None and self._inbox is None:
+            return leaders  # no deduplication asked for: every record runs
+        in_flight = self._in_flight
         for item in items:
             if item.event is None:
                 continue
-            if self._per_record:
-                item.plan = _SLOW
-            elif item.event.id in leaders:
-                item.plan = _SKIP  # a second copy in this batch: the first one decides
+            if item.event.id in leaders or item.event.id in in_flight:
+                # Another copy, in this batch or one still running: that copy's
+                # outcome decides (it is claimed by this runner; asking the store
+                # would find our own claim busy and poll until it is done).
+                item.plan = _SKIP
             else:
                 leaders[item.event.id] = item
+        in_flight.update(leaders)
+        return leaders
+
+    async def _plan(self, leaders: dict[Any, _Item]) -> None:
         if not leaders:
             return
         ids = list(leaders)
