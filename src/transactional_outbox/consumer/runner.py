@@ -62,7 +62,7 @@ class ConsumerRunner:
       dead-letter topic: the runner stops with
       :class:`~transactional_outbox.InvalidRecordError`);
     - the handler raises: retried with backoff up to ``max_attempts``, then
-      dead-lettered and the partition moves on (no dead-letter topic: the
+      dead-lettered and its key moves on (no dead-letter topic: the
       runner stops with :class:`~transactional_outbox.ConsumerError`).
 
     A handler decorated with :func:`idempotent_consumer` is deduplicated a
