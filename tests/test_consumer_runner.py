@@ -298,7 +298,9 @@ async def test_stop_lets_the_running_handler_finish_and_commits_it(kafka: Harnes
         entered.set()
         await release.wait()
 
-    await publish(kafka.bootstrap, kafka.topic, [order_event(1), order_event(2)])
+    # One key: its records run in order, so the second waits for the first.
+    same_key = [order_event(n, aggregate_id="o-1") for n in (1, 2)]
+    await publish(kafka.bootstrap, kafka.topic, same_key)
     task = kafka.start(handler)
     await entered.wait()
     runner = kafka._tasks[-1][0]

@@ -12,7 +12,8 @@ Every exception the library raises on purpose derives from :class:`OutboxError`:
     ├── PublishError              Kafka refused an event for good (names the event id)
     ├── LeadershipLostError       this relay no longer holds the lease
     └── ConsumerError             a consumed record cannot be handled
-        └── InvalidRecordError    a Kafka record lacks a valid ``id`` header
+        ├── InvalidRecordError    a Kafka record lacks a valid ``id`` header
+        └── EventInProgressError  another worker holds the event's claim (retry later)
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ __all__ = [
     "CheckpointError",
     "ConfigurationError",
     "ConsumerError",
+    "EventInProgressError",
     "InvalidEventError",
     "InvalidRecordError",
     "LeadershipLostError",
@@ -98,3 +100,16 @@ class ConsumerError(OutboxError):
 
 class InvalidRecordError(ConsumerError, ValueError):
     """A Kafka record is not an outbox event (e.g. no valid ``id`` header)."""
+
+
+class EventInProgressError(ConsumerError):
+    """Another worker holds the claim on this event and did not finish in time.
+
+    Raised by a dedup store with a ``wait_timeout`` (e.g. the Redis stores). The
+    event is neither done nor failed: retry it later (the runner does, without
+    counting an attempt). ``key`` names the claim.
+    """
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        super().__init__(f"event {key!r} is being processed by another worker; retry later")

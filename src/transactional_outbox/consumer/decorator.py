@@ -5,20 +5,27 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeAlias, overload
-
-from sqlalchemy.ext.asyncio import AsyncSession
-from sqlalchemy.orm import Session
+from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
 from ..exceptions import ConfigurationError
 from .received import ReceivedEvent, RecordLike
-from .redis_store import AsyncRedisStore, RedisStore
-from .sql_store import AsyncSqlStore, SqlStore
+from .store import AsyncDedupStore, AsyncInboxStore, DedupStore, InboxStore
 
-__all__ = ["AsyncConsumer", "Store", "SyncConsumer", "idempotent_consumer"]
+if TYPE_CHECKING:  # SQLAlchemy is only needed by SQL stores' users
+    from sqlalchemy.ext.asyncio import AsyncSession
+    from sqlalchemy.orm import Session
 
-Store: TypeAlias = AsyncRedisStore | RedisStore | AsyncSqlStore | SqlStore
-"""Any deduplication store :func:`idempotent_consumer` accepts."""
+__all__ = [
+    "AsyncConsumer",
+    "AsyncIdempotentHandler",
+    "IdempotentHandler",
+    "Store",
+    "SyncConsumer",
+    "idempotent_consumer",
+]
+
+Store: TypeAlias = AsyncDedupStore | DedupStore | AsyncInboxStore | InboxStore
+"""Any deduplication store :func:`idempotent_consumer` accepts (see ``store`` protocols)."""
 
 AsyncConsumer: TypeAlias = Callable[[ReceivedEvent | RecordLike], Awaitable[bool]]
 """A decorated async handler: ``await handler(event_or_record)`` → whether it ran."""
@@ -27,25 +34,95 @@ SyncConsumer: TypeAlias = Callable[[ReceivedEvent | RecordLike], bool]
 """A decorated sync handler: ``handler(event_or_record)`` → whether it ran."""
 
 
+class _Idempotent:
+    def __init__(self, fn: Callable[..., Any], store: Store, consumer_name: str | None) -> None:
+        functools.update_wrapper(self, fn)  # type: ignore[arg-type]
+        self.fn = fn
+        """The undecorated handler."""
+        self.store = store
+        self.consumer_name = consumer_name
+        # Inbox stores pass the handler their session; claim stores don't.
+        self.inbox = isinstance(store, AsyncInboxStore | InboxStore)
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}({self.fn!r}, store={self.store!r}, "
+            f"consumer_name={self.consumer_name!r})"
+        )
+
+
+class AsyncIdempotentHandler(_Idempotent):
+    """What :func:`idempotent_consumer` returns for an async store: ``await h(record)`` → ran?
+
+    ``fn``, ``store`` and ``consumer_name`` are what :class:`ConsumerRunner`
+    reads to deduplicate whole batches.
+    """
+
+    async def __call__(self, item: ReceivedEvent | RecordLike) -> bool:
+        """Run the handler unless the event is done; ``True`` if it ran and succeeded."""
+        event = _event(item)
+        if self.inbox:
+            inbox: AsyncInboxStore = self.store  # type: ignore[assignment]
+            return await inbox.run_once(
+                event.id, self.consumer_name, functools.partial(self.fn, event)
+            )
+        store: AsyncDedupStore = self.store  # type: ignore[assignment]
+        claim = await store.claim(event.id, self.consumer_name)
+        if claim is None:
+            return False
+        try:
+            await self.fn(event)
+        except BaseException:
+            # Also on cancellation: free the claim now rather than after its TTL.
+            await store.release(claim)
+            raise
+        await store.complete(claim)
+        return True
+
+
+class IdempotentHandler(_Idempotent):
+    """What :func:`idempotent_consumer` returns for a sync store: ``h(record)`` → ran?"""
+
+    def __call__(self, item: ReceivedEvent | RecordLike) -> bool:
+        """Run the handler unless the event is done; ``True`` if it ran and succeeded."""
+        event = _event(item)
+        if self.inbox:
+            inbox: InboxStore = self.store  # type: ignore[assignment]
+            return inbox.run_once(event.id, self.consumer_name, functools.partial(self.fn, event))
+        store: DedupStore = self.store  # type: ignore[assignment]
+        claim = store.claim(event.id, self.consumer_name)
+        if claim is None:
+            return False
+        try:
+            self.fn(event)
+        except BaseException:
+            store.release(claim)
+            raise
+        store.complete(claim)
+        return True
+
+
 @overload
 def idempotent_consumer(
-    *, store: AsyncRedisStore, consumer_name: str | None = None
-) -> Callable[[Callable[[ReceivedEvent], Awaitable[object]]], AsyncConsumer]: ...
+    *, store: AsyncInboxStore, consumer_name: str | None = None
+) -> Callable[
+    [Callable[[ReceivedEvent, AsyncSession], Awaitable[object]]], AsyncIdempotentHandler
+]: ...
 @overload
 def idempotent_consumer(
-    *, store: RedisStore, consumer_name: str | None = None
-) -> Callable[[Callable[[ReceivedEvent], object]], SyncConsumer]: ...
+    *, store: InboxStore, consumer_name: str | None = None
+) -> Callable[[Callable[[ReceivedEvent, Session], object]], IdempotentHandler]: ...
 @overload
 def idempotent_consumer(
-    *, store: AsyncSqlStore, consumer_name: str | None = None
-) -> Callable[[Callable[[ReceivedEvent, AsyncSession], Awaitable[object]]], AsyncConsumer]: ...
+    *, store: AsyncDedupStore, consumer_name: str | None = None
+) -> Callable[[Callable[[ReceivedEvent], Awaitable[object]]], AsyncIdempotentHandler]: ...
 @overload
 def idempotent_consumer(
-    *, store: SqlStore, consumer_name: str | None = None
-) -> Callable[[Callable[[ReceivedEvent, Session], object]], SyncConsumer]: ...
+    *, store: DedupStore, consumer_name: str | None = None
+) -> Callable[[Callable[[ReceivedEvent], object]], IdempotentHandler]: ...
 def idempotent_consumer(
     *, store: Store, consumer_name: str | None = None
-) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+) -> Callable[[Callable[..., Any]], _Idempotent]:
     """Make a handler run at most once per event id, deduplicated in ``store``.
 
     The decorated function takes an aiokafka ``ConsumerRecord`` (anything
@@ -53,7 +130,7 @@ def idempotent_consumer(
     so one without a valid ``id`` header raises
     :class:`~transactional_outbox.InvalidRecordError` and the handler does not
     run. The handler itself always receives a :class:`ReceivedEvent`, plus the
-    session with a SQL store::
+    session with an inbox (SQL) store::
 
         @idempotent_consumer(store=AsyncRedisStore(redis), consumer_name="billing")
         async def on_order(event: ReceivedEvent) -> None: ...
@@ -70,28 +147,35 @@ def idempotent_consumer(
     each process an event once (e.g. two services sharing a Redis or a database).
     Without it, every unnamed handler on the same store shares one scope.
 
-    Stores: :class:`AsyncRedisStore` / :class:`AsyncSqlStore` need an ``async
-    def`` handler; :class:`RedisStore` / :class:`SqlStore` a plain one.
+    ``store`` is any :class:`AsyncDedupStore` / :class:`AsyncInboxStore` (needs
+    an ``async def`` handler) or :class:`DedupStore` / :class:`InboxStore` (a
+    plain one): the shipped Redis, SQL and in-memory stores, or your own.
     """
-    wants_async = isinstance(store, AsyncRedisStore | AsyncSqlStore)
+    wants_async = _store_is_async(store)
 
-    def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+    def decorate(fn: Callable[..., Any]) -> _Idempotent:
         if _is_async(fn) != wants_async:
             kind = "an `async def`" if wants_async else "a plain (sync)"
             raise ConfigurationError(
                 "store", f"{type(store).__name__} needs {kind} handler, {fn!r} is not one"
             )
-        if isinstance(store, AsyncRedisStore):
-            return _async_redis(store, consumer_name, fn)
-        if isinstance(store, RedisStore):
-            return _sync_redis(store, consumer_name, fn)
-        if isinstance(store, AsyncSqlStore):
-            return _async_sql(store, consumer_name, fn)
-        if isinstance(store, SqlStore):
-            return _sync_sql(store, consumer_name, fn)
-        raise ConfigurationError("store", f"unsupported store {store!r}")
+        if wants_async:
+            return AsyncIdempotentHandler(fn, store, consumer_name)
+        return IdempotentHandler(fn, store, consumer_name)
 
     return decorate
+
+
+def _store_is_async(store: object) -> bool:
+    if isinstance(store, AsyncInboxStore | InboxStore):
+        return inspect.iscoroutinefunction(store.run_once)
+    if isinstance(store, AsyncDedupStore | DedupStore):
+        return inspect.iscoroutinefunction(store.claim)
+    raise ConfigurationError(
+        "store",
+        f"{type(store).__name__} is not a dedup store: it needs claim/complete/release"
+        " (and the *_many forms), or run_once",
+    )
 
 
 def _is_async(fn: object) -> bool:
@@ -102,70 +186,3 @@ def _is_async(fn: object) -> bool:
 
 def _event(item: ReceivedEvent | RecordLike) -> ReceivedEvent:
     return item if isinstance(item, ReceivedEvent) else ReceivedEvent.from_record(item)
-
-
-def _async_redis(
-    store: AsyncRedisStore, name: str | None, fn: Callable[[ReceivedEvent], Awaitable[object]]
-) -> AsyncConsumer:
-    @functools.wraps(fn)
-    async def wrapper(item: ReceivedEvent | RecordLike) -> bool:
-        event = _event(item)
-        key = store._key(event.id, name)
-        claim = await store._claim(key)
-        if claim is None:
-            return False
-        try:
-            await fn(event)
-        except BaseException:
-            # Also on cancellation: free the claim now rather than after its TTL.
-            await store._release(key, claim)
-            raise
-        await store._complete(key, claim)
-        return True
-
-    return wrapper
-
-
-def _sync_redis(
-    store: RedisStore, name: str | None, fn: Callable[[ReceivedEvent], object]
-) -> SyncConsumer:
-    @functools.wraps(fn)
-    def wrapper(item: ReceivedEvent | RecordLike) -> bool:
-        event = _event(item)
-        key = store._key(event.id, name)
-        claim = store._claim(key)
-        if claim is None:
-            return False
-        try:
-            fn(event)
-        except BaseException:
-            store._release(key, claim)
-            raise
-        store._complete(key, claim)
-        return True
-
-    return wrapper
-
-
-def _async_sql(
-    store: AsyncSqlStore,
-    name: str | None,
-    fn: Callable[[ReceivedEvent, AsyncSession], Awaitable[object]],
-) -> AsyncConsumer:
-    @functools.wraps(fn)
-    async def wrapper(item: ReceivedEvent | RecordLike) -> bool:
-        event = _event(item)
-        return await store._run(event.id, name, functools.partial(fn, event))
-
-    return wrapper
-
-
-def _sync_sql(
-    store: SqlStore, name: str | None, fn: Callable[[ReceivedEvent, Session], object]
-) -> SyncConsumer:
-    @functools.wraps(fn)
-    def wrapper(item: ReceivedEvent | RecordLike) -> bool:
-        event = _event(item)
-        return store._run(event.id, name, functools.partial(fn, event))
-
-    return wrapper

@@ -74,26 +74,26 @@ class ReceivedEvent:
         id to the record key, the timestamp to the record timestamp, the type
         and aggregate type to ``""``.
         """
-        where = f"record {record.topic}/{record.partition}@{record.offset}"
+        # The runner decodes every record it fetches: the error text (`_where`)
+        # is only built when there is an error.
         own: dict[str, bytes] = {}
         user: dict[str, str] = {}
         for name, raw in record.headers or ():
             if raw is None:
                 continue  # Kafka allows null header values: treat them as absent
             if name in RESERVED_HEADERS:
-                if name in own and own[name] != raw:
-                    raise InvalidRecordError(f"{where} has conflicting {name!r} headers")
-                own[name] = raw
+                if own.setdefault(name, raw) != raw:
+                    raise InvalidRecordError(f"{_where(record)} has conflicting {name!r} headers")
             else:
                 # User headers are a convenience; a stray binary one should not
                 # send an otherwise valid event to the dead-letter topic.
                 user[name] = raw.decode("utf-8", "replace")
         return cls(
-            id=_event_id(where, own.get("id")),
-            event_type=_text(where, own, "type", b""),
-            aggregate_type=_text(where, own, "aggregatetype", b""),
-            aggregate_id=_text(where, own, "aggregateid", record.key or b""),
-            timestamp=_timestamp(where, own.get("timestamp"), record.timestamp),
+            id=_event_id(record, own.get("id")),
+            event_type=_text(record, own, "type", b""),
+            aggregate_type=_text(record, own, "aggregatetype", b""),
+            aggregate_id=_text(record, own, "aggregateid", record.key or b""),
+            timestamp=_timestamp(record, own.get("timestamp")),
             payload=record.value if record.value is not None else b"",
             headers=user,
             topic=record.topic,
@@ -129,10 +129,14 @@ class ReceivedEvent:
         )
 
 
-def _event_id(where: str, raw: bytes | None) -> uuid.UUID:
+def _where(record: RecordLike) -> str:
+    return f"record {record.topic}/{record.partition}@{record.offset}"
+
+
+def _event_id(record: RecordLike, raw: bytes | None) -> uuid.UUID:
     if raw is None:
         raise InvalidRecordError(
-            f"{where} has no 'id' header: not an outbox event, cannot be deduplicated"
+            f"{_where(record)} has no 'id' header: not an outbox event, cannot be deduplicated"
         )
     if len(raw) == 16:
         # Raw id bytes (a BINARY(16) column passed through as is); UUID text is
@@ -143,25 +147,31 @@ def _event_id(where: str, raw: bytes | None) -> uuid.UUID:
     except (UnicodeDecodeError, ValueError):
         shown = repr(raw[:60])
         raise InvalidRecordError(
-            f"{where} has an invalid 'id' header {shown}: not a UUID"
+            f"{_where(record)} has an invalid 'id' header {shown}: not a UUID"
         ) from None
 
 
-def _text(where: str, own: Mapping[str, bytes], name: str, default: bytes) -> str:
+def _text(record: RecordLike, own: Mapping[str, bytes], name: str, default: bytes) -> str:
     raw = own.get(name, default)
     try:
         return raw.decode()
     except UnicodeDecodeError:
-        raise InvalidRecordError(f"{where} has a {name!r} header that is not UTF-8") from None
+        raise InvalidRecordError(
+            f"{_where(record)} has a {name!r} header that is not UTF-8"
+        ) from None
 
 
-def _timestamp(where: str, raw: bytes | None, record_ms: int) -> datetime:
+def _timestamp(record: RecordLike, raw: bytes | None) -> datetime:
     if raw is None:
-        return datetime.fromtimestamp(record_ms / 1000, UTC)
+        return datetime.fromtimestamp(record.timestamp / 1000, UTC)
     try:
-        return parse_timestamp(raw.decode())
+        text = raw.decode()
+        value = datetime.fromisoformat(text)
+        # The relay writes UTC ("+00:00"), which needs no conversion.
+        return value if value.tzinfo is UTC else parse_timestamp(text)
     except (UnicodeDecodeError, ValueError):
         shown = repr(raw[:60])
         raise InvalidRecordError(
-            f"{where} has an invalid 'timestamp' header {shown}: not ISO 8601 with an offset"
+            f"{_where(record)} has an invalid 'timestamp' header {shown}:"
+            " not ISO 8601 with an offset"
         ) from None

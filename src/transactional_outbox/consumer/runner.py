@@ -2,17 +2,19 @@
 
 Offsets are committed only after their records were handled (or dead-lettered),
 so a crash redelivers; the handler's deduplication (``@idempotent_consumer``)
-turns those redeliveries into no-ops. Records of one partition are handled in
-order, one at a time; partitions of one poll are handled concurrently.
+turns those redeliveries into no-ops. Records of one key are handled in order;
+different keys (of any partition) concurrently, up to ``max_concurrency``; a
+partition's committed offset is its lowest record not yet done (a watermark).
+What a fetched batch goes through is in ``batch``; a record's retries in ``attempts``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import inspect
 import logging
-import random
 import signal
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, TypeAlias
@@ -21,11 +23,11 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, IllegalStateError
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from ..exceptions import ConsumerError, InvalidRecordError
-from .dead_letter import dead_letter_headers
-from .errors import EventInProgressError
+from .attempts import Attempts
+from .batch import BatchHandler
 from .received import ReceivedEvent
 from .settings import RunnerSettings
+from .watermark import OffsetWatermark
 
 __all__ = ["ConsumerRunner", "Handler"]
 
@@ -37,6 +39,10 @@ Handler: TypeAlias = (
 """What the runner calls per record: ``async def`` (awaited) or plain (run in a thread)."""
 
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+# The next batch is fetched, decoded and claimed while the previous one runs, so
+# neither a fetch round trip nor the slowest key of a batch holds everything up.
+_BATCHES_IN_FLIGHT = 4
 
 
 class ConsumerRunner:
@@ -56,8 +62,13 @@ class ConsumerRunner:
       dead-letter topic: the runner stops with
       :class:`~transactional_outbox.InvalidRecordError`);
     - the handler raises: retried with backoff up to ``max_attempts``, then
-      dead-lettered and the partition moves on (no dead-letter topic: the
+      dead-lettered and its key moves on (no dead-letter topic: the
       runner stops with :class:`~transactional_outbox.ConsumerError`).
+
+    A handler decorated with :func:`idempotent_consumer` is deduplicated a
+    fetched batch at a time (one store call to claim or check the batch's ids,
+    one to mark them done); records of different keys run concurrently, up to
+    ``settings.max_concurrency``, records of one key in order.
 
     Stopping (:meth:`stop`, SIGTERM, SIGINT) lets running handlers finish,
     abandons backoff waits (those records are redelivered later), commits the
@@ -79,6 +90,13 @@ class ConsumerRunner:
         self._commit_lock = asyncio.Lock()
         self._consumer: Any = None
         self._producer: Any = None
+        self._batches: BatchHandler | None = None
+        self._committing: asyncio.Task[None] | None = None
+        # Per partition: which fetched offsets are done (records finish out of order).
+        self._marks: dict[TopicPartition, OffsetWatermark] = {}
+        self._last_mark: dict[TopicPartition, int] = {}
+        self._running: set[asyncio.Task[None]] = set()  # batches being handled
+        self._failure: BaseException | None = None
 
     def __repr__(self) -> str:
         return f"ConsumerRunner(handler={self.handler!r}, settings={self.settings!r})"
@@ -115,6 +133,14 @@ class ConsumerRunner:
         consumer = AIOKafkaConsumer(**s._consumer_kwargs())
         producer = AIOKafkaProducer(**s._producer_kwargs()) if s.dead_letter_topic else None
         self._consumer, self._producer = consumer, producer
+        attempts = Attempts(s, self._call, self._stopping, producer)
+        self._batches = BatchHandler(
+            self.handler,
+            attempts,
+            max_concurrency=s.max_concurrency,
+            stopping=self._stopping,
+            revoking=self._revoking,
+        )
         try:
             if producer is not None:
                 await producer.start()
@@ -144,26 +170,79 @@ class ConsumerRunner:
         self.stop()
 
     async def _loop(self, consumer: Any) -> None:
-        while not self._stopping.is_set():
-            batch = await self._poll(consumer)
-            if not batch:
-                continue
-            self._idle.clear()
-            try:
-                results = await asyncio.gather(
-                    *(self._handle_partition(tp, records) for tp, records in batch.items()),
-                    return_exceptions=True,
-                )
-            finally:
-                self._idle.set()
-            await self._commit()
-            for result in results:
-                if isinstance(result, BaseException):
-                    raise result
+        batches = self._batches
+        assert batches is not None
+        running = self._running
+        try:
+            while not self._stopping.is_set():
+                if len(running) >= _BATCHES_IN_FLIGHT:
+                    await asyncio.wait(set(running), return_when=asyncio.FIRST_COMPLETED)
+                    continue
+                batch = await self._poll(consumer)
+                if not batch:
+                    continue
+                marks = {tp: self._mark(tp, records) for tp, records in batch.items()}
+                task = asyncio.ensure_future(batches.handle(batch, marks))
+                self._idle.clear()
+                running.add(task)
+                task.add_done_callback(functools.partial(self._batch_done, batch))
+        finally:
+            # Stopping: the running batches end after their current records.
+            if running:
+                await asyncio.wait(set(running))
+        if self._failure is not None:
+            raise self._failure
+
+    def _mark(self, tp: TopicPartition, records: Sequence[ConsumerRecord]) -> OffsetWatermark:
+        mark = self._marks.get(tp)
+        end = mark.end if mark is not None else None
+        if mark is None or end is None or records[0].offset < end:
+            # New, or fetching again from the committed offset (after a rebalance).
+            mark = self._marks[tp] = OffsetWatermark()
+            self._last_mark.pop(tp, None)
+        mark.add(r.offset for r in records)
+        return mark
+
+    def _batch_done(
+        self, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]], task: asyncio.Task[None]
+    ) -> None:
+        self._running.discard(task)
+        for tp in batch:
+            mark = self._marks.get(tp)
+            offset = None if mark is None else mark.commit_offset()
+            if offset is not None and offset > self._last_mark.get(tp, batch[tp][0].offset):
+                self._pending[tp] = self._last_mark[tp] = offset
+        error = None if task.cancelled() else task.exception()
+        if error is not None:
+            self._stopping.set()  # the other batches stop after their current records
+            if self._failure is None:
+                self._failure = error
+        else:
+            self._commit_soon()
+        if not self._running:
+            self._idle.set()
+
+    def _commit_soon(self) -> None:
+        # The commit overlaps the next batch instead of holding it up by a broker
+        # round trip; stop and revocation await a commit of their own.
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.ensure_future(self._commit_quietly())
+
+    async def _commit_quietly(self) -> None:
+        try:
+            # Offsets set while a commit was in flight go in the next one.
+            while self._pending:
+                await self._commit()
+        except Exception as exc:
+            # The offsets stay pending: the next commit carries them.
+            logger.warning("offset commit failed, retrying with the next batch: %r", exc)
 
     async def _poll(self, consumer: Any) -> Mapping[TopicPartition, Sequence[ConsumerRecord]]:
+        limit = self.settings.max_poll_records
+        assigned = len(consumer.assignment())
+        share = None if limit is None else max(1, limit // max(1, assigned))
         # Race the fetch against stop() so stopping does not wait for a poll timeout.
-        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=1000))
+        fetch = asyncio.ensure_future(consumer.getmany(timeout_ms=1000, max_records=share))
         stopping = asyncio.ensure_future(self._stopping.wait())
         try:
             await asyncio.wait({fetch, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -175,88 +254,19 @@ class ConsumerRunner:
                     await fetch
         if fetch.cancelled():
             return {}
-        result: Mapping[TopicPartition, Sequence[ConsumerRecord]] = fetch.result()
+        result: dict[TopicPartition, Sequence[ConsumerRecord]] = dict(fetch.result())
+        if result and share is not None:
+            # aiokafka hands out one partition's buffer before the next: take a
+            # share of each, so a batch spans partitions and keys run side by side.
+            for tp in consumer.assignment() - result.keys():
+                result.update(await consumer.getmany(tp, timeout_ms=0, max_records=share))
+            # Partitions with little buffered leave room: fill it from the others.
+            room = (limit or 0) - sum(len(records) for records in result.values())
+            if room > 0:
+                more = await consumer.getmany(timeout_ms=0, max_records=room)
+                for tp, records in more.items():
+                    result[tp] = [*result.get(tp, ()), *records]
         return result
-
-    async def _handle_partition(
-        self, tp: TopicPartition, records: Sequence[ConsumerRecord]
-    ) -> None:
-        for record in records:
-            if self._stopping.is_set() or tp in self._revoking:
-                return
-            try:
-                handled = await self._handle_record(record)
-            except BaseException:
-                self._stopping.set()  # other partitions stop after their current record
-                raise
-            if not handled:
-                return
-            self._pending[tp] = record.offset + 1
-
-    async def _handle_record(self, record: ConsumerRecord) -> bool:
-        """True once the record is done with (handled or dead-lettered); False if stopping."""
-        try:
-            event = ReceivedEvent.from_record(record)
-        except InvalidRecordError as exc:
-            if self.settings.dead_letter_topic is None:
-                logger.error("%s; no dead_letter_topic set: stopping", exc)
-                raise
-            await self._dead_letter(record, exc, attempts=0)
-            return True
-        failures = 0
-        while True:
-            try:
-                await self._call(event)
-                return True
-            except EventInProgressError as exc:
-                # Not a failure: another worker holds the claim, and the claim's TTL
-                # bounds how long; it must not use up attempts.
-                delay = self._backoff(failures + 1)
-                logger.info("%s; retrying in %.2fs", exc, delay)
-            except Exception as exc:
-                failures += 1
-                if failures >= self.settings.max_attempts:
-                    return await self._give_up(record, event, exc, failures)
-                delay = self._backoff(failures)
-                logger.warning(
-                    "handler failed on event %s (%s/%s@%s), attempt %d of %d, retrying in %.2fs:"
-                    " %r",
-                    event.id,
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    failures,
-                    self.settings.max_attempts,
-                    delay,
-                    exc,
-                )
-            if await self._wait_stopping(delay):
-                return False
-
-    async def _give_up(
-        self, record: ConsumerRecord, event: ReceivedEvent, exc: Exception, attempts: int
-    ) -> bool:
-        where = f"{record.topic}/{record.partition}@{record.offset}"
-        if self.settings.dead_letter_topic is None:
-            logger.error(
-                "handler failed on event %s (%s) %d times; no dead_letter_topic set: stopping",
-                event.id,
-                where,
-                attempts,
-                exc_info=exc,
-            )
-            raise ConsumerError(
-                f"event {event.id} ({where}) failed {attempts} times: {exc!r}"
-            ) from exc
-        logger.error(
-            "handler failed on event %s (%s) %d times: dead-lettering it",
-            event.id,
-            where,
-            attempts,
-            exc_info=exc,
-        )
-        await self._dead_letter(record, exc, attempts=attempts)
-        return True
 
     async def _call(self, event: ReceivedEvent) -> None:
         if self._is_async:
@@ -264,41 +274,6 @@ class ConsumerRunner:
         else:
             # A sync handler would block the event loop, and with it heartbeats.
             await asyncio.to_thread(self.handler, event)
-
-    def _backoff(self, attempt: int) -> float:
-        s = self.settings
-        delay = min(s.backoff_max, s.backoff_initial * 2.0 ** (attempt - 1))
-        # Jitter spreads retries of many consumers hitting the same broken dependency.
-        return delay * random.uniform(0.5, 1.0)
-
-    async def _wait_stopping(self, delay: float) -> bool:
-        try:
-            async with asyncio.timeout(delay):
-                await self._stopping.wait()
-        except TimeoutError:
-            return False
-        return True
-
-    async def _dead_letter(
-        self, record: ConsumerRecord, error: Exception, *, attempts: int
-    ) -> None:
-        topic = self.settings.dead_letter_topic_for(record.topic)
-        headers = dead_letter_headers(
-            record, error, attempts=attempts, group_id=self.settings.group_id
-        )
-        # No timestamp: the dead letter gets the current time, so time-based
-        # retention counts from now, not from the (maybe old) event time, which
-        # stays in the ``timestamp`` header.
-        await self._producer.send_and_wait(
-            topic, value=record.value, key=record.key, headers=headers
-        )
-        logger.warning(
-            "record %s/%s@%s sent to dead-letter topic %s",
-            record.topic,
-            record.partition,
-            record.offset,
-            topic,
-        )
 
     async def _commit(self, only: set[TopicPartition] | None = None) -> None:
         consumer = self._consumer
@@ -330,6 +305,9 @@ class ConsumerRunner:
             await self._commit(revoked)
         finally:
             self._revoking -= revoked
+            for tp in revoked:
+                self._marks.pop(tp, None)
+                self._last_mark.pop(tp, None)
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

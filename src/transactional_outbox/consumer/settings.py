@@ -30,6 +30,10 @@ class RunnerSettings:
     replaced by the record's topic (e.g. ``"{topic}.dlq"``). Without one, such
     a record stops the runner with an error instead of being skipped.
 
+    ``max_concurrency``: how many records of different keys may be handled at
+    once (records of one key always run in order, one at a time); 1 handles a
+    fetched batch one record at a time.
+
     ``session_timeout_ms`` / ``heartbeat_interval_ms``: group membership; small
     values make group joins fast (e.g. 1000/300 in tests). ``consumer_options``
     and ``producer_options`` are passed to aiokafka as extra keyword arguments
@@ -41,6 +45,7 @@ class RunnerSettings:
     topics: Sequence[str] = ()
     topic_pattern: str | None = None
     max_attempts: int = 5
+    max_concurrency: int = 100
     backoff_initial: float = 0.5
     backoff_max: float = 30.0
     dead_letter_topic: str | None = None
@@ -67,6 +72,10 @@ class RunnerSettings:
             raise ConfigurationError("group_id", "must not be empty")
         if self.max_attempts < 1:
             raise ConfigurationError("max_attempts", "must be at least 1")
+        if self.max_concurrency < 1:
+            raise ConfigurationError(
+                "max_concurrency", f"must be at least 1, got {self.max_concurrency}"
+            )
         if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
             raise ConfigurationError(
                 "backoff_initial", "must be >= 0 and not more than backoff_max"

@@ -5,12 +5,16 @@ transaction, then both commit. A duplicate hits the primary key (consumer,
 event_id): a concurrent one blocks on the row lock until the first commits (then
 fails as a duplicate) or rolls back (then proceeds). Effects that live in the
 same database therefore happen exactly once.
+
+For the runner, :meth:`AsyncSqlStore.done_ids` checks a whole batch in one query
+before any handler runs, and with ``batch_transactions=True`` a batch runs in
+one transaction with a savepoint per event (:meth:`AsyncSqlStore.run_batch`).
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,6 +23,8 @@ from sqlalchemy.dialects import mysql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
+
+from ..exceptions import ConfigurationError
 
 __all__ = ["DEFAULT_INBOX_TABLE", "AsyncSqlStore", "SqlStore", "inbox_table"]
 
@@ -79,31 +85,51 @@ class _SqlBase:
     def __init__(self, table: sa.Table | None) -> None:
         self.table = _default_table if table is None else table
 
+    def _row(self, event_id: uuid.UUID, consumer_name: str | None, now: datetime) -> dict[str, Any]:
+        return {
+            "consumer": _UNSCOPED if consumer_name is None else consumer_name,
+            "event_id": event_id,
+            "processed_at": now,
+        }
+
     def _insert(self, event_id: uuid.UUID, consumer_name: str | None) -> sa.Insert:
-        return sa.insert(self.table).values(
-            consumer=_UNSCOPED if consumer_name is None else consumer_name,
-            event_id=event_id,
-            # DATETIME holds no zone: store UTC, as the outbox table does.
-            processed_at=datetime.now(UTC).replace(tzinfo=None),
-        )
+        return sa.insert(self.table).values(self._row(event_id, consumer_name, _now()))
 
     def _exists(self, event_id: uuid.UUID, consumer_name: str | None) -> sa.Select[Any]:
         consumer = _UNSCOPED if consumer_name is None else consumer_name
         c = self.table.c
         return sa.select(sa.literal(1)).where(c.consumer == consumer, c.event_id == event_id)
 
+    def _done_query(
+        self, event_ids: Sequence[uuid.UUID], consumer_name: str | None
+    ) -> sa.Select[Any]:
+        consumer = _UNSCOPED if consumer_name is None else consumer_name
+        c = self.table.c
+        return sa.select(c.event_id).where(c.consumer == consumer, c.event_id.in_(event_ids))
+
+    def _delete(self, event_id: uuid.UUID, consumer_name: str | None) -> sa.Delete:
+        consumer = _UNSCOPED if consumer_name is None else consumer_name
+        c = self.table.c
+        return sa.delete(self.table).where(c.consumer == consumer, c.event_id == event_id)
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(table={self.table.fullname!r})"
+
+
+def _now() -> datetime:
+    # DATETIME holds no zone: store UTC, as the outbox table does.
+    return datetime.now(UTC).replace(tzinfo=None)
 
 
 class SqlStore(_SqlBase):
     """Deduplicate with an inbox table, for sync handlers ``handler(event, session)``.
 
-    ``session_factory`` makes a new :class:`~sqlalchemy.orm.Session` (e.g. a
-    ``sessionmaker``). For each event the decorator opens a session, begins a
-    transaction, inserts the inbox row, calls the handler with the session and
-    commits: the handler must not commit or roll back itself. ``table`` is the
-    inbox table (default: ``outbox_inbox``, see :func:`inbox_table`).
+    An :class:`InboxStore`. ``session_factory`` makes a new
+    :class:`~sqlalchemy.orm.Session` (e.g. a ``sessionmaker``). For each event
+    the decorator opens a session, begins a transaction, inserts the inbox row,
+    calls the handler with the session and commits: the handler must not commit
+    or roll back itself. ``table`` is the inbox table (default:
+    ``outbox_inbox``, see :func:`inbox_table`).
     """
 
     def __init__(
@@ -112,12 +138,16 @@ class SqlStore(_SqlBase):
         super().__init__(table)
         self._session_factory = session_factory
 
-    def _run(
+    def run_once(
         self,
         event_id: uuid.UUID,
         consumer_name: str | None,
         call: Callable[[Session], object],
     ) -> bool:
+        """In one transaction: insert the inbox row, ``call(session)``, commit.
+
+        ``False`` (``call`` not made, or rolled back) if the row existed already.
+        """
         with self._session_factory() as session:
             try:
                 with session.begin():
@@ -136,22 +166,44 @@ class SqlStore(_SqlBase):
 class AsyncSqlStore(_SqlBase):
     """Deduplicate with an inbox table, for async handlers ``await handler(event, session)``.
 
-    Like :class:`SqlStore` with an :class:`~sqlalchemy.ext.asyncio.AsyncSession`
-    factory (e.g. an ``async_sessionmaker``).
+    An :class:`AsyncInboxStore`: like :class:`SqlStore` with an
+    :class:`~sqlalchemy.ext.asyncio.AsyncSession` factory (e.g. an
+    ``async_sessionmaker``).
+
+    ``batch_transactions=True`` lets :class:`ConsumerRunner` run a fetched
+    batch's events in one transaction, one savepoint each: a handler that raises
+    rolls back its own savepoint (its writes and inbox row) and is retried
+    alone; the others commit together. Faster (MariaDB here commits ~2,200
+    one-row transactions/s from 8 connections), but the events of one
+    transaction run one after another, and their effects become visible
+    together. ``batch_concurrency`` such transactions run at once, each with
+    its own share of the batch's keys (and its own pooled connection).
     """
 
     def __init__(
-        self, session_factory: Callable[[], AsyncSession], *, table: sa.Table | None = None
+        self,
+        session_factory: Callable[[], AsyncSession],
+        *,
+        table: sa.Table | None = None,
+        batch_transactions: bool = False,
+        batch_concurrency: int = 8,
     ) -> None:
         super().__init__(table)
+        if batch_concurrency < 1:
+            raise ConfigurationError(
+                "batch_concurrency", f"must be at least 1, got {batch_concurrency}"
+            )
         self._session_factory = session_factory
+        self.batch_transactions = batch_transactions
+        self.batch_concurrency = batch_concurrency
 
-    async def _run(
+    async def run_once(
         self,
         event_id: uuid.UUID,
         consumer_name: str | None,
-        call: Callable[[AsyncSession], Any],
+        call: Callable[[AsyncSession], Awaitable[object]],
     ) -> bool:
+        """See :meth:`SqlStore.run_once`."""
         async with self._session_factory() as session:
             try:
                 async with session.begin():
@@ -164,3 +216,76 @@ class AsyncSqlStore(_SqlBase):
                         raise
                 return False
         return True
+
+    async def done_ids(
+        self, event_ids: Sequence[uuid.UUID], consumer_name: str | None
+    ) -> set[uuid.UUID]:
+        """Which of ``event_ids`` have an inbox row (one query)."""
+        if not event_ids:
+            return set()
+        async with self._session_factory() as session:
+            rows = await session.execute(self._done_query(event_ids, consumer_name))
+            return {row[0] for row in rows}
+
+    async def run_batch(
+        self,
+        consumer_name: str | None,
+        calls: Sequence[tuple[uuid.UUID, Callable[[AsyncSession], Awaitable[object]]]],
+    ) -> list[BaseException | None]:
+        """Run ``calls`` in one transaction, a savepoint each (see the class docstring).
+
+        The inbox rows of all ids are inserted first in one statement (so a
+        concurrent duplicate blocks on their locks); if one exists already, the
+        batch falls back to :meth:`run_once` per event.
+        """
+        if not calls:
+            return []
+        now = _now()
+        rows = [self._row(event_id, consumer_name, now) for event_id, _ in calls]
+        results: list[BaseException | None] = []
+        async with self._session_factory() as session:
+            try:
+                async with session.begin():
+                    await session.execute(sa.insert(self.table), rows)
+                    for event_id, call in calls:
+                        results.append(
+                            await self._savepoint(session, event_id, consumer_name, call)
+                        )
+            except IntegrityError:
+                if len(results) == len(calls):
+                    raise  # the commit failed, not the inbox insert
+                return [
+                    await self._run_alone(event_id, consumer_name, call) for event_id, call in calls
+                ]
+        return results
+
+    async def _savepoint(
+        self,
+        session: AsyncSession,
+        event_id: uuid.UUID,
+        consumer_name: str | None,
+        call: Callable[[AsyncSession], Awaitable[object]],
+    ) -> BaseException | None:
+        savepoint = await session.begin_nested()
+        try:
+            await call(session)
+        except Exception as exc:
+            await savepoint.rollback()
+            # The inbox row was inserted before the savepoint: take it out, so
+            # the commit does not mark a failed event done.
+            await session.execute(self._delete(event_id, consumer_name))
+            return exc
+        await savepoint.commit()
+        return None
+
+    async def _run_alone(
+        self,
+        event_id: uuid.UUID,
+        consumer_name: str | None,
+        call: Callable[[AsyncSession], Awaitable[object]],
+    ) -> BaseException | None:
+        try:
+            await self.run_once(event_id, consumer_name, call)
+        except Exception as exc:
+            return exc
+        return None
