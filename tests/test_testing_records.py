@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import uuid
@@ -115,6 +116,44 @@ def test_events_written_by_real_code_drive_an_idempotent_handler() -> None:
     assert calls == ["1", "1"]
     with engine.connect() as conn:
         assert conn.scalars(sa.select(totals.c.order_id)).all() == ["1"]
+    engine.dispose()
+
+
+def test_in_memory_stores_dedup_handlers_fed_by_captured_events() -> None:
+    from transactional_outbox.testing import AsyncInMemoryStore, InMemoryStore
+
+    engine = sa.create_engine("sqlite://", poolclass=sa.StaticPool)
+    outbox_table(metadata := sa.MetaData())
+    metadata.create_all(engine)
+    with capture_events() as captured, sessionmaker(engine, class_=OutboxSession).begin() as s:
+        s.add_event(aggregate_type="order", aggregate_id=7, event_type="Placed", payload={})
+    [record] = captured.records()
+    calls: list[str] = []
+
+    @idempotent_consumer(store=InMemoryStore(), consumer_name="sync")
+    def on_order(event: ReceivedEvent) -> None:
+        calls.append(event.event_type)
+        if len(calls) == 1:
+            raise RuntimeError("fails once")
+
+    with pytest.raises(RuntimeError, match="fails once"):
+        on_order(record)
+    assert on_order(record) is True  # the failure released the claim: the retry runs
+    assert on_order(record) is False  # a duplicate delivery is skipped
+    assert calls == ["Placed", "Placed"]
+
+    store = AsyncInMemoryStore()
+    async_calls: list[str] = []
+
+    @idempotent_consumer(store=store, consumer_name="async")
+    async def on_order_async(event: ReceivedEvent) -> None:
+        async_calls.append(event.id.hex)
+
+    async def deliver_twice() -> list[bool]:
+        return [await on_order_async(record), await on_order_async(record)]
+
+    assert asyncio.run(deliver_twice()) == [True, False]
+    assert async_calls == [captured[0].id.hex]
     engine.dispose()
 
 
