@@ -23,7 +23,6 @@ Row image format (MySQL/MariaDB binlog, FULL image): per row, a null bitmap of
 from __future__ import annotations
 
 import functools
-import json
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,9 +30,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..exceptions import InvalidEventError
+from ..record_format import COLUMNS, id_text, own_headers, parse_headers, timestamp_text
 from .routing import KafkaRecord, TopicRouter
 
-__all__ = ["ColumnSpec", "RejectedRow", "RowPlan", "decode_rows", "plan_for", "rejected"]
+__all__ = ["ColumnSpec", "RejectedRow", "RowMemo", "RowPlan", "decode_rows", "plan_for", "rejected"]
 
 # MySQL field type codes as they appear in the table map.
 VARCHAR = 15
@@ -46,16 +46,10 @@ _STR, _BLOB, _DT, _SKIP = 0, 1, 2, 3
 JSON, GEOMETRY = 245, 255
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _SECOND = timedelta(seconds=1)
-# Memos of what repeats from row to row. Bounded; shared by every decoder of
-# the process (the values depend on the bytes alone, never on a relay).
-_headers_cache: dict[bytes, list[tuple[str, bytes]]] = {}
-_names: dict[bytes, str] = {}
-_seconds: dict[int, tuple[bytes, int]] = {}
 _SCALE = (1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)  # microseconds per digit, by fsp
 _new_record: Any = tuple.__new__  # what KafkaRecord._make does, without the lookup
 
-Decoder = Callable[[bytes, "TopicRouter"], list["KafkaRecord | RejectedRow"]]
-_NEEDED = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
+Decoder = Callable[[bytes, "RowMemo"], list["KafkaRecord | RejectedRow"]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +79,75 @@ def rejected(exc: InvalidEventError, raw_id: Any = None, aggregate_id: Any = Non
     elif isinstance(aggregate_id, str):
         agg = aggregate_id
     return RejectedRow(reason=str(exc), event_id=event_id, aggregate_id=agg)
+
+
+class RowMemo:
+    """One reader's memos of what repeats from row to row, and its topic router.
+
+    Event types, aggregate types, header texts and seconds repeat; each is
+    validated and encoded once per reader. Bounded: cleared when full.
+    """
+
+    def __init__(self, router: TopicRouter) -> None:
+        self.router = router
+        self.topics: dict[bytes, str] = {}  # raw aggregate type -> its topic (validated)
+        self.names: dict[bytes, str] = {}  # raw type or aggregate type -> text (valid UTF-8)
+        self.headers: dict[bytes, list[tuple[str, bytes]]] = {}  # headers column -> headers
+        self.seconds: dict[int, tuple[bytes, int]] = {}  # packed DATETIME2 -> (text, Unix s)
+
+    def __repr__(self) -> str:
+        return f"RowMemo({self.router!r}, topics={len(self.topics)})"
+
+    def second(self, packed: int) -> tuple[bytes, int]:
+        """``(b"YYYY-MM-DDTHH:MM:SS", Unix seconds)`` of a packed DATETIME2.
+
+        Events of one second share it, so the per-event work is formatting the
+        microseconds only (``datetime.isoformat`` costs ~2 µs an event).
+        """
+        hit = self.seconds.get(packed)
+        if hit is None:
+            try:
+                dt = _datetime(packed, 0, 0)
+            except ValueError:
+                raise InvalidEventError("timestamp", packed, "is not a valid date") from None
+            hit = (dt.isoformat(timespec="seconds")[:19].encode(), (dt - _EPOCH) // _SECOND)
+            if len(self.seconds) >= 100_000:
+                self.seconds.clear()
+            self.seconds[packed] = hit
+        return hit
+
+    def name(self, value: Any, column: str) -> str:
+        """An aggregate type or event type: few distinct values, so validated once each."""
+        name = self.names.get(value)
+        if name is None:
+            name = _text(value, column)
+            if len(self.names) >= 8192:
+                self.names.clear()
+            self.names[value] = name
+        return name
+
+    def user_headers(self, raw: bytes) -> list[tuple[str, bytes]]:
+        """The user headers of a ``headers`` column value, encoded for Kafka."""
+        cached = self.headers.get(raw)
+        if cached is not None:
+            return cached
+        encoded = [(k, v.encode()) for k, v in parse_headers(raw).items()]
+        # Most events carry one of a few header sets (content type, tenant...):
+        # parse each once. The lists are shared and never mutated.
+        if len(raw) < 512:
+            if len(self.headers) >= 4096:
+                self.headers.clear()
+            self.headers[raw] = encoded
+        return encoded
+
+    def topic(self, raw: Any) -> str:
+        """The topic of a raw aggregate type (validated)."""
+        topic = self.topics.get(raw)
+        if topic is None:
+            topic = self.router.topic(self.name(raw, "aggregatetype"))
+            if len(self.topics) < 10_000:
+                self.topics[raw] = topic
+        return topic
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,9 +200,9 @@ def _plan_for(columns: tuple[ColumnSpec, ...]) -> RowPlan | None:
         else:
             return None
     index = {col.name.lower(): i for i, col in enumerate(columns)}
-    if any(name not in index for name in _NEEDED):
+    if any(name not in index for name in COLUMNS):
         return None
-    if any(readers[index[name]][0] == _SKIP for name in _NEEDED):
+    if any(readers[index[name]][0] == _SKIP for name in COLUMNS):
         return None
     if readers[index["timestamp"]][0] != _DT or readers[index["id"]][0] != _STR:
         return None
@@ -168,41 +231,22 @@ def _micro(fraction: int, fsp: int) -> int:
     return fraction * _SCALE[fsp]
 
 
-def _second(packed: int) -> tuple[bytes, int]:
-    """``(b"YYYY-MM-DDTHH:MM:SS", Unix seconds)`` of a packed DATETIME2, memoised.
-
-    Events of one second share it, so the per-event work is formatting the
-    microseconds only (``datetime.isoformat`` costs ~2 µs an event).
-    """
-    hit = _seconds.get(packed)
-    if hit is None:
-        try:
-            dt = _datetime(packed, 0, 0)
-        except ValueError:
-            raise InvalidEventError("timestamp", packed, "is not a valid date") from None
-        hit = (dt.isoformat(timespec="seconds")[:19].encode(), (dt - _EPOCH) // _SECOND)
-        if len(_seconds) >= 100_000:
-            _seconds.clear()
-        _seconds[packed] = hit
-    return hit
-
-
-def decode_rows(data: bytes, plan: RowPlan, router: TopicRouter) -> list[KafkaRecord | RejectedRow]:
+def decode_rows(data: bytes, plan: RowPlan, memo: RowMemo) -> list[KafkaRecord | RejectedRow]:
     """Decode every row of a WRITE_ROWS body (after the columns-present bitmap).
 
     Each valid row becomes the Kafka record the relay sends for it, equal to
-    ``build_record(event, router)`` of the row's event. A row that is not a
+    ``build_record(event, memo.router)`` of the row's event. A row that is not a
     valid event (NULL where a value is needed, bad UTF-8, bad headers) becomes
     a :class:`RejectedRow` naming the column. A body that cannot be cut into
     rows raises :class:`InvalidEventError`.
     """
     if plan.decoder is not None:
-        return plan.decoder(data, router)
-    return decode_rows_generic(data, plan, router)
+        return plan.decoder(data, memo)
+    return decode_rows_generic(data, plan, memo)
 
 
 def decode_rows_generic(
-    data: bytes, plan: RowPlan, router: TopicRouter
+    data: bytes, plan: RowPlan, memo: RowMemo
 ) -> list[KafkaRecord | RejectedRow]:
     """:func:`decode_rows` for any plan, column by column: the reference that the
     generated decoders are tested against."""
@@ -243,7 +287,7 @@ def decode_rows_generic(
         if pos > end:
             raise InvalidEventError("row", len(data), "row image is truncated")
         try:
-            out.append(_record(values, router, i_id, i_at, i_ai, i_ty, i_pl, i_hd, i_ts))
+            out.append(_record(values, memo, i_id, i_at, i_ai, i_ty, i_pl, i_hd, i_ts))
         except InvalidEventError as exc:
             out.append(rejected(exc, values[i_id], values[i_ai]))
     return out
@@ -258,42 +302,9 @@ def _text(value: Any, column: str) -> str:
         raise InvalidEventError(column, value, "is not valid UTF-8") from None
 
 
-def _name(value: Any, column: str) -> str:
-    """An aggregate type or event type: few distinct values, so validated once each."""
-    name = _names.get(value)
-    if name is None:
-        name = _text(value, column)
-        if len(_names) >= 8192:
-            _names.clear()
-        _names[value] = name
-    return name
-
-
-def _user_headers(raw: bytes) -> list[tuple[str, bytes]]:
-    cached = _headers_cache.get(raw)
-    if cached is not None:
-        return cached
-    try:
-        parsed = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidEventError("headers", raw, f"not valid JSON ({exc})") from None
-    if not isinstance(parsed, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
-    ):
-        raise InvalidEventError("headers", raw, "must be a JSON object of strings to strings")
-    encoded = [(k, v.encode()) for k, v in parsed.items()]
-    # Most events carry one of a few header sets (content type, tenant...):
-    # parse each once. The lists are shared and never mutated.
-    if len(raw) < 512:
-        if len(_headers_cache) >= 4096:
-            _headers_cache.clear()
-        _headers_cache[raw] = encoded
-    return encoded
-
-
 def _record(
     values: list[Any],
-    router: TopicRouter,
+    memo: RowMemo,
     i_id: int,
     i_at: int,
     i_ai: int,
@@ -314,38 +325,25 @@ def _record(
     ts = values[i_ts]
     if ts is None:
         raise InvalidEventError("timestamp", None, "must be a DATETIME")
-    prefix, seconds = _second(ts[0])
+    prefix, seconds = memo.second(ts[0])
     micro = _micro(ts[1], ts[2])
     raw_headers = values[i_hd]
-    user = _user_headers(raw_headers) if raw_headers else None
+    user = memo.user_headers(raw_headers) if raw_headers else None
     agg_type = values[i_at]
-    topic = router.topic(_name(agg_type, "aggregatetype"))
+    topic = memo.topic(agg_type)
     key = values[i_ai]
     _text(key, "aggregateid")
     event_type = values[i_ty]
-    _name(event_type, "type")
-    h = (raw_id if len(raw_id) == 16 else raw_id.ljust(16, b"\x00")).hex()
-    headers = [
-        ("id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()),
-        ("type", event_type),
-        ("aggregatetype", agg_type),
-        ("aggregateid", key),
-        ("timestamp", b"%s.%06d+00:00" % (prefix, micro)),
-    ]
+    memo.name(event_type, "type")
+    headers = own_headers(
+        id_text(raw_id.ljust(16, b"\x00")), event_type, agg_type, key, timestamp_text(prefix, micro)
+    )
     if user:
         headers += user
     record: KafkaRecord = _new_record(
         KafkaRecord, (topic, key, payload, headers, seconds * 1000 + micro // 1000)
     )
     return record
-
-
-def _topic(router: TopicRouter, raw: Any) -> str:
-    """The topic of a raw aggregate type (validated), memoised per router."""
-    topic = router.topic(_name(raw, "aggregatetype"))
-    if len(router.raw_topics) < 10_000:
-        router.raw_topics[raw] = topic
-    return topic
 
 
 _VARS = {
@@ -368,16 +366,16 @@ _RECORD = """\
                 raise InvalidEventError("timestamp", None, "must be a DATETIME")
             second = seconds_get(c_ts[0])
             if second is None:
-                second = _second(c_ts[0])
+                second = memo.second(c_ts[0])
             micro = MICRO
             user = None
             if c_hd:
                 user = headers_get(c_hd)
                 if user is None:
-                    user = _user_headers(c_hd)
+                    user = memo.user_headers(c_hd)
             topic = topics_get(c_at)
             if topic is None:
-                topic = _topic(router, c_at)
+                topic = memo.topic(c_at)
             if not c_ai:
                 raise InvalidEventError("aggregateid", c_ai, "must be a non-empty string")
             try:
@@ -385,15 +383,14 @@ _RECORD = """\
             except UnicodeDecodeError:
                 raise InvalidEventError("aggregateid", c_ai, "is not valid UTF-8") from None
             if c_ty not in names:
-                _name(c_ty, "type")
-            h = (c_id if len(c_id) == 16 else c_id.ljust(16, b"\\x00")).hex()
-            headers = [
-                ("id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()),
-                ("type", c_ty),
-                ("aggregatetype", c_at),
-                ("aggregateid", c_ai),
-                ("timestamp", b"%s.%06d+00:00" % (second[0], micro)),
-            ]
+                memo.name(c_ty, "type")
+            headers = own_headers(
+                id_text(c_id if len(c_id) == 16 else c_id.ljust(16, b"\\x00")),
+                c_ty,
+                c_at,
+                c_ai,
+                timestamp_text(second[0], micro),
+            )
             if user:
                 headers += user
             ms = second[1] * 1000 + micro // 1000
@@ -415,12 +412,15 @@ def _compile(
     binlog reader's hottest loop; :func:`decode_rows_generic` stays as the
     reference the generated code is tested against.
     """
-    needed = {index[name]: _VARS[name] for name in _NEEDED}
+    needed = {index[name]: _VARS[name] for name in COLUMNS}
     lines = [
-        "def decode(data, router):",
+        "def decode(data, memo):",
         "    out = []",
         "    append = out.append",
-        "    topics_get = router.raw_topics.get",
+        "    topics_get = memo.topics.get",
+        "    seconds_get = memo.seconds.get",
+        "    headers_get = memo.headers.get",
+        "    names = memo.names",
         "    pos, end = 0, len(data)",
         "    while pos < end:",
         "        try:",
@@ -470,13 +470,9 @@ def _compile(
         "InvalidEventError": InvalidEventError,
         "KafkaRecord": KafkaRecord,
         "new": _new_record,
-        "seconds_get": _seconds.get,
-        "headers_get": _headers_cache.get,
-        "names": _names,
-        "_second": _second,
-        "_user_headers": _user_headers,
-        "_topic": _topic,
-        "_name": _name,
+        "own_headers": own_headers,
+        "id_text": id_text,
+        "timestamp_text": timestamp_text,
         "rejected": rejected,
     }
     exec(compile(source, f"<outbox row decoder {readers}>", "exec"), namespace)
