@@ -15,6 +15,7 @@ from typing import Any
 
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ..exceptions import ConfigurationError
 from .metrics import RelayMetrics
 
 __all__ = ["HealthServer"]
@@ -56,6 +57,26 @@ class HealthServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="outbox-health", daemon=True
         )
+
+    @classmethod
+    def serve(
+        cls,
+        *,
+        host: str,
+        port: int,
+        metrics: RelayMetrics,
+        health: Callable[[], dict[str, Any]],
+        loop_tick: Callable[[], float],
+    ) -> HealthServer:
+        """A started server; a port that cannot be bound is a :class:`ConfigurationError`."""
+        try:
+            server = cls(host=host, port=port, metrics=metrics, health=health, loop_tick=loop_tick)
+        except OSError as exc:
+            raise ConfigurationError(
+                "metrics_port", f"cannot serve on {host}:{port}: {exc}"
+            ) from None
+        server.start()
+        return server
 
     def start(self) -> None:
         """Serve in the background."""

@@ -15,11 +15,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from functools import partial
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from ..exceptions import ConfigurationError, LeadershipLostError
+from ..exceptions import LeadershipLostError
 from .checkpoint import RedisCheckpointStore
 from .checkpointer import Checkpointer
 from .checks import ServerInfo
@@ -28,7 +29,7 @@ from .health import HealthServer
 from .leadership import Lease, LeaseKeys
 from .metrics import RelayMetrics
 from .position import BinlogPosition
-from .progress import BinlogHead
+from .progress import BinlogHead, follow_head
 from .publish_session import PublishSession, SessionFailed
 from .startup import Start, prepare_start, source_settings
 from .stats import RelayStats
@@ -90,28 +91,22 @@ class Relay:
         again; :meth:`stop` ends it cleanly.
         """
         s = self.settings
+        if s.metrics_port:
+            self._health_server = HealthServer.serve(
+                host=s.metrics_host,
+                port=s.metrics_port,
+                metrics=self.metrics,
+                health=self.stats.health,
+                loop_tick=lambda: self._loop_tick,
+            )
         rds = aioredis.from_url(s.redis_url)
         keys = LeaseKeys.for_relay(s.key_prefix, s.relay_name)
         store = RedisCheckpointStore(rds, key=keys.checkpoint)
         lease = Lease(rds, keys, ttl_ms=s.lease_ttl_ms)
-        if s.metrics_port:
-            try:
-                self._health_server = HealthServer(
-                    host=s.metrics_host,
-                    port=s.metrics_port,
-                    metrics=self.metrics,
-                    health=self.stats.health,
-                    loop_tick=lambda: self._loop_tick,
-                )
-            except OSError as exc:
-                await rds.aclose()
-                raise ConfigurationError(
-                    "metrics_port", f"cannot serve on {s.metrics_host}:{s.metrics_port}: {exc}"
-                ) from None
-            self._health_server.start()
         background = [asyncio.create_task(self._tick_loop(), name="outbox-tick")]
         if s.progress_interval_seconds > 0:
-            background.append(asyncio.create_task(self._progress_loop(), name="outbox-progress"))
+            progress = self.stats.log_progress(s.progress_interval_seconds)
+            background.append(asyncio.create_task(progress, name="outbox-progress"))
         try:
             while await wait_for_lease(
                 lease,
@@ -156,7 +151,15 @@ class Relay:
                 ),
                 name="outbox-checkpoint",
             ),
-            asyncio.create_task(self._head_loop(over), name="outbox-binlog-head"),
+            asyncio.create_task(
+                follow_head(
+                    BinlogHead(s.mysql_connection_args()),
+                    lambda: self.checkpoint_position,
+                    partial(setattr, self.stats, "behind_bytes"),
+                    over,
+                ),
+                name="outbox-binlog-head",
+            ),
         ]
         async with term:
             try:
@@ -199,29 +202,6 @@ class Relay:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
                 delay = min(delay * 2, self.settings.reconnect_max_seconds)
-
-    async def _head_loop(self, over: asyncio.Event) -> None:
-        head = BinlogHead(self.settings.mysql_connection_args())
-        try:
-            while not over.is_set():
-                await asyncio.to_thread(head.poll)
-                self.stats.behind_bytes = head.behind(self.checkpoint_position)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(over.wait(), 1.0)
-        finally:
-            self.stats.behind_bytes = None
-            await asyncio.to_thread(head.close)
-
-    async def _progress_loop(self) -> None:
-        interval = self.settings.progress_interval_seconds
-        last_count, last_time = self.stats.published, time.monotonic()
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            count = self.stats.published
-            rate = (count - last_count) / max(now - last_time, 1e-9)
-            last_count, last_time = count, now
-            log.info("progress: %s", self.stats.progress_line(rate))
 
     async def _tick_loop(self) -> None:
         # Proves the loop runs, for /healthz (which answers from another thread).

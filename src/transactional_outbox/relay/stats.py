@@ -7,6 +7,7 @@ and the progress lines are views of it, read when asked for, never copies.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
@@ -106,6 +107,17 @@ class RelayStats:
             f"checkpoint {self.checkpoint or '-'}, queue {self.queue_depth}, "
             f"mysql {self.mysql}, kafka {self.kafka}, redis {self.redis}"
         )
+
+    async def log_progress(self, interval: float) -> None:
+        """Log a progress line every ``interval`` seconds (until cancelled)."""
+        last_count, last_time = self.published, time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            count = self.published
+            rate = (count - last_count) / max(now - last_time, 1e-9)
+            last_count, last_time = count, now
+            log.info("progress: %s", self.progress_line(rate))
 
     def health(self) -> dict[str, Any]:
         """A snapshot of the relay's state; ``ready`` as ``/readyz`` reports it."""
