@@ -12,7 +12,10 @@ process, each to the end, with a counting sink:
 Prints CPU µs per transaction (``time.process_time``: the machine is shared)
 and transactions per CPU second for each.
 
-    PYTHONPATH=src python bench/reader_speed.py --txns 20000 [--noise] [--events 1]
+    PYTHONPATH=src python bench/reader_speed.py --txns 20000 [--noise] [--events 1] [--generic]
+
+``--generic`` also reads with the generic row decoder in place of the
+generated one, to show what the generated code buys.
 """
 
 from __future__ import annotations
@@ -141,7 +144,32 @@ def old_source_class(rev: str) -> type:
     module.__package__ = "transactional_outbox.relay"
     sys.modules[name] = module
     exec(compile(text, f"<{rev}:source.py>", "exec"), module.__dict__)
+    # The decoder now takes a per-reader memo where it took the router.
+    from transactional_outbox.relay.rowdecoder import RowMemo, decode_rows
+
+    memos: dict[int, RowMemo] = {}
+
+    def decode_with_router(data: bytes, plan: object, router: TopicRouter) -> object:
+        memo = memos.get(id(router))
+        if memo is None:
+            memo = memos[id(router)] = RowMemo(router)
+        return decode_rows(data, plan, memo)  # type: ignore[arg-type]
+
+    module.decode_rows = decode_with_router
     return module.BinlogSource  # type: ignore[no-any-return]
+
+
+def use_generic_decoder() -> None:
+    """Make every new row plan decode with the generic, column-by-column decoder."""
+    from transactional_outbox.relay import rowdecoder
+
+    def generic(readers: tuple[tuple[int, int], ...], index: dict[str, int], nb: int) -> object:
+        plan = rowdecoder.RowPlan(readers, index, nb)
+        return lambda data, memo: rowdecoder.decode_rows_generic(data, plan, memo)
+
+    # A measurement hook, not an API: swap the generator, drop the plans made so far.
+    rowdecoder.compile_decoder = generic  # type: ignore[assignment]
+    rowdecoder._plan_for.cache_clear()
 
 
 def timed(cls: type, db: str, start: tuple[str, int], end: tuple[str, int]) -> tuple[float, int]:
@@ -235,6 +263,11 @@ def main() -> None:
     parser.add_argument(
         "--process", action="store_true", help="also the new reader in its child process"
     )
+    parser.add_argument(
+        "--generic",
+        action="store_true",
+        help="also the new reader with the generic row decoder instead of the generated one",
+    )
     args = parser.parse_args()
     db = f"bench_reader_{uuid.uuid4().hex[:8]}"
     with bench_database(db):
@@ -252,12 +285,16 @@ def main() -> None:
             f"{' + 1 business row' if args.noise else ''} in {wrote:.1f}s "
             f"({args.txns / wrote:.0f} txn/s); binlog {start} .. {end}"
         )
-        readers = [("new (own protocol + parser)", BinlogSource)]
+        readers: list[tuple[str, type | None]] = [("new (own protocol + parser)", BinlogSource)]
         if not args.skip_old:
             readers.insert(0, (f"old (python-mysql-replication, {args.old_rev})", None))
+        if args.generic:
+            readers.append(("new, generic row decoder", BinlogSource))
         for label, cls in readers:
             if cls is None:
                 cls = old_source_class(args.old_rev)
+            if "generic" in label:
+                use_generic_decoder()
             cpu, records = timed(cls, db, start, end)
             expected = args.txns * args.events
             status = "" if records == expected else f"  (read {records} records, not {expected})"

@@ -22,6 +22,7 @@ import pytest
 from transactional_outbox import ConfigurationError
 from transactional_outbox.relay import Relay
 from transactional_outbox.relay.config import env_var
+from transactional_outbox.relay.startup import choose_server_id
 
 from .conftest import Stack
 from .relay_harness import RelayProcess, free_port, relay_settings
@@ -258,6 +259,6 @@ async def test_the_servers_own_server_id_is_refused(settings_kw: dict[str, Any])
         await relay.run()
     assert info.value.setting == "server_id" and "own @@server_id" in str(info.value)
     # The default never picks it: a start derives another id and logs it.
-    relay = Relay(relay_settings(**settings_kw, server_id=0))
-    relay._choose_server_id(type("Info", (), {"server_id": own})())  # type: ignore[arg-type]
-    assert relay.server_id not in (0, own) and 1 <= relay.server_id <= 2**32 - 1
+    info = type("Info", (), {"server_id": own})()
+    chosen = choose_server_id(relay_settings(**settings_kw, server_id=0), info, 0)  # type: ignore[arg-type]
+    assert chosen not in (0, own) and 1 <= chosen <= 2**32 - 1

@@ -165,7 +165,8 @@ async def test_silent_mysql_stream_is_detected_and_reconnected(
             async with running_relay(settings) as relay:
                 write_events(conn, before)
                 await col.wait_for(1)
-                source = relay._source
+                assert relay.session is not None
+                source = relay.session.source
                 assert source is not None
                 proxy.stall()  # the connection stays open; nothing arrives, not even heartbeats
                 write_events(conn, after)  # the server moves on

@@ -22,6 +22,7 @@ from transactional_outbox.relay.rowdecoder import (
     VARCHAR,
     ColumnSpec,
     RejectedRow,
+    RowMemo,
     decode_rows,
     decode_rows_generic,
     plan_for,
@@ -128,7 +129,7 @@ def test_decodes_a_run_of_varied_rows() -> None:
         *[row(timestamp=datetime(2026, 11, 27, 20, 1, 2, us, tzinfo=UTC)) for us in (0, 1, 999)],
     ]
     data = b"".join(encode_row(r, COLUMNS) for r in rows)
-    records = decode_rows(data, plan, ROUTER)
+    records = decode_rows(data, plan, RowMemo(ROUTER))
     assert records == [expected(r) for r in rows]
     for rec, r in zip(records, rows, strict=True):
         assert isinstance(rec, KafkaRecord)
@@ -149,7 +150,7 @@ def test_every_fractional_precision(fsp: int) -> None:
     assert plan is not None
     ts = datetime(2025, 2, 28, 1, 2, 3, 123456, tzinfo=UTC)
     r = row(timestamp=ts)
-    [rec] = decode_rows(encode_row(r, cols), plan, ROUTER)
+    [rec] = decode_rows(encode_row(r, cols), plan, RowMemo(ROUTER))
     kept = 123456 // 10 ** (6 - fsp) * 10 ** (6 - fsp)
     assert rec == expected({**r, "timestamp": ts.replace(microsecond=kept)})
 
@@ -168,7 +169,7 @@ def test_short_varchar_uses_a_one_byte_length_and_columns_can_be_reordered() -> 
     plan = plan_for(cols)
     assert plan is not None
     r = row(note="extra columns are skipped")
-    [rec] = decode_rows(encode_row(r, cols), plan, ROUTER)
+    [rec] = decode_rows(encode_row(r, cols), plan, RowMemo(ROUTER))
     assert rec == expected(r)
 
 
@@ -201,7 +202,7 @@ def test_invalid_values_become_rejected_rows_naming_the_column(
     out = decode_rows(
         encode_row(good, COLUMNS) + encode_row(bad, COLUMNS) + encode_row(good, COLUMNS),
         plan,
-        ROUTER,
+        RowMemo(ROUTER),
     )
     assert out[0] == out[2] == expected(good)
     assert isinstance(out[1], RejectedRow)
@@ -214,7 +215,7 @@ def test_truncated_row_is_an_error() -> None:
     plan = plan_for(COLUMNS)
     assert plan is not None
     with pytest.raises(InvalidEventError):
-        decode_rows(encode_row(row(), COLUMNS)[:-3], plan, ROUTER)
+        decode_rows(encode_row(row(), COLUMNS)[:-3], plan, RowMemo(ROUTER))
 
 
 def test_matches_the_library_on_real_binlog_rows(stack: Stack, database: str) -> None:
@@ -313,16 +314,16 @@ def test_generated_decoder_matches_the_generic_one(seed: int) -> None:
             values["headers"] = "{}"
         rows.append(encode_row(values, cols))
     data = b"".join(rows)
-    generated = decode_rows(data, plan, ROUTER)
-    assert generated == decode_rows_generic(data, plan, ROUTER)
+    generated = decode_rows(data, plan, RowMemo(ROUTER))
+    assert generated == decode_rows_generic(data, plan, RowMemo(ROUTER))
     assert len(generated) == 30
     assert any(isinstance(r, KafkaRecord) for r in generated)
     assert any(isinstance(r, RejectedRow) for r in generated)
     for cut in (1, 7, len(rows[0]) // 2):  # a truncated body fails the same way in both
         with pytest.raises(InvalidEventError, match="truncated"):
-            decode_rows(data[:-cut], plan, ROUTER)
+            decode_rows(data[:-cut], plan, RowMemo(ROUTER))
         with pytest.raises(InvalidEventError, match="truncated"):
-            decode_rows_generic(data[:-cut], plan, ROUTER)
+            decode_rows_generic(data[:-cut], plan, RowMemo(ROUTER))
 
 
 def test_each_layout_is_generated_once() -> None:

@@ -16,13 +16,12 @@ from transactional_outbox.exceptions import ConfigurationError
 from transactional_outbox.relay.__main__ import main
 from transactional_outbox.relay.config import (
     RelaySettings,
-    _convert,
-    _opt,
     build_parser,
     derive_server_id,
     env_var,
     mask_url,
 )
+from transactional_outbox.relay.options import convert, option
 from transactional_outbox.relay.position import StartPolicy
 
 MYSQL_SECRET = "Hunter2#MyS/ql?Pw"  # characters urlsplit misreads as fragment/path/query
@@ -369,17 +368,17 @@ def test_from_env_bad_values_name_field_variable_and_value(
 def test_conversion_errors_of_secret_fields_do_not_echo_the_value() -> None:
     @dataclass
     class Secretive:
-        pin: int = _opt(0, "a secret number", secret=True)
-        count: int = _opt(0, "a plain number")
+        pin: int = option(0, "a secret number", secret=True)
+        count: int = option(0, "a plain number")
 
     pin, count = dataclasses.fields(Secretive)
     with pytest.raises(ConfigurationError) as info:
-        _convert(pin, "not-a-number-S3CRET", "OUTBOX_PIN")
+        convert(pin, "not-a-number-S3CRET", "OUTBOX_PIN")
     assert info.value.setting == "pin"
     assert "S3CRET" not in str(info.value)
     assert "OUTBOX_PIN=***" in str(info.value)
     with pytest.raises(ConfigurationError, match="OUTBOX_COUNT='not-a-number'"):
-        _convert(count, "not-a-number", "OUTBOX_COUNT")
+        convert(count, "not-a-number", "OUTBOX_COUNT")
 
 
 def test_from_env_bad_secret_urls_do_not_echo_secrets() -> None:

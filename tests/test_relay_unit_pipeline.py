@@ -1,9 +1,16 @@
-"""Pipeline callbacks, without servers."""
+"""Publish sessions' callbacks and the relay's setup, without servers."""
 
 from __future__ import annotations
 
 from transactional_outbox.relay import BinlogPosition, Relay, RelaySettings
-from transactional_outbox.relay.watermark import Watermark
+from transactional_outbox.relay.leadership import Lease, LeaseKeys
+from transactional_outbox.relay.publish_session import PublishSession
+from transactional_outbox.relay.routing import TopicRouter, build_record
+from transactional_outbox.relay.source import SourceSettings
+from transactional_outbox.relay.stats import RelayStats
+from transactional_outbox.relay.term import LeaderTerm
+
+from .test_relay_unit_routing import event as make_event
 
 CONN = {
     "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
@@ -14,27 +21,49 @@ P1 = BinlogPosition(file="mysql-bin.000001", pos=100)
 P2 = BinlogPosition(file="mysql-bin.000001", pos=200)
 
 
+def _session(stats: RelayStats, start: BinlogPosition = P1) -> PublishSession:
+    settings = RelaySettings(**CONN)
+    term = LeaderTerm(
+        Lease(None, LeaseKeys.for_relay("t", "r"), ttl_ms=1000), renew_ms=100, stats=stats
+    )  # type: ignore[arg-type]
+    src = SourceSettings(
+        host="h", port=1, user="u", password="", server_id=1, schema="s", table="t", is_mariadb=True
+    )
+    return PublishSession(
+        settings, start, source_settings=src, router=settings.router(), term=term, stats=stats
+    )
+
+
 async def test_a_late_answer_from_an_earlier_session_does_not_ack_the_current_one() -> None:
-    relay = Relay(RelaySettings(**CONN))
-    old, new = Watermark(P1), Watermark(P1)
-    old.add_events(1)
-    ticket = new.add_events(1)
-    new.commit(P2)
-    relay._watermark = new
-    # The earlier session's batch (same ticket number) is answered late.
-    relay._on_batch_done(old, [[ticket, 1]], [], None)
-    assert (new.outstanding, new.position) == (1, P1)
-    assert relay.stats.published == 0
-    relay._on_batch_done(new, [[ticket, 1]], [], None)
-    assert (new.outstanding, new.position) == (0, P2)
+    stats = RelayStats()
+    old, new = _session(stats), _session(stats)
+    old.watermark.add_events(1)
+    ticket = new.watermark.add_events(1)
+    new.watermark.commit(P2)
+    # The earlier session's batch (same ticket number) is answered late: it
+    # reaches the earlier session only, by construction.
+    old.on_batch_done([[ticket, 1]], [], None)
+    assert (new.watermark.outstanding, new.watermark.position) == (1, P1)
+    new.on_batch_done([[ticket, 1]], [], None)
+    assert (new.watermark.outstanding, new.watermark.position) == (0, P2)
 
 
 async def test_an_error_from_an_earlier_session_is_not_this_sessions_failure() -> None:
-    relay = Relay(RelaySettings(**CONN))
-    old, new = Watermark(P1), Watermark(P1)
-    relay._watermark = new
-    relay._on_batch_done(old, [[0, 1]], [], TimeoutError("late"))
-    assert relay._failure is None
+    stats = RelayStats()
+    old, new = _session(stats), _session(stats)
+    old.on_batch_done([[0, 1]], [], TimeoutError("late"))
+    assert new.failure is None
+    assert isinstance(old.failure, TimeoutError)
+    assert stats.publish_errors == 1
+
+
+async def test_acks_count_as_published_and_bring_kafka_back() -> None:
+    stats = RelayStats(kafka="degraded")
+    session = _session(stats)
+    ticket = session.watermark.add_events(2)
+    record = build_record(make_event(), TopicRouter())
+    session.on_batch_done([[ticket, 2]], [record, record], None)
+    assert (stats.published, stats.kafka, session.outstanding) == (2, "ok", 0)
 
 
 async def test_a_taken_metrics_port_is_a_configuration_error_naming_it() -> None:

@@ -22,6 +22,15 @@ from enum import Enum
 from typing import Any, Protocol, runtime_checkable
 
 from .exceptions import InvalidEventError, SerializationError
+from .record_format import (
+    RESERVED_HEADERS,
+    encode_headers,
+    format_timestamp,
+    id_text,
+    own_headers,
+    parse_headers,
+    parse_timestamp,
+)
 
 __all__ = [
     "MAX_NAME_LENGTH",
@@ -44,8 +53,6 @@ MAX_NAME_LENGTH = 255
 MAX_HEADERS_BYTES = 65_535
 """The ``headers`` column is TEXT: 64 KiB of encoded JSON."""
 
-RESERVED_HEADERS = frozenset({"id", "type", "aggregatetype", "aggregateid", "timestamp"})
-"""Kafka header names the relay sets from the event's own fields."""
 
 _uuid7_lock = threading.Lock()
 _uuid7_last = 0  # (ms << 12 | counter) of the last id, to stay monotonic within a process
@@ -202,43 +209,7 @@ class JsonSerializer:
 DEFAULT_SERIALIZER = JsonSerializer()
 
 
-def encode_headers(headers: Mapping[str, str]) -> str:
-    """Encode headers as the ``headers`` column holds them: a compact JSON object."""
-    return json.dumps(dict(headers), separators=(",", ":"), ensure_ascii=False)
-
-
-def decode_headers(text: str | bytes | None) -> dict[str, str]:
-    """Decode the ``headers`` column. ``None`` or empty means no headers.
-
-    Raises :class:`InvalidEventError` if the text is not a JSON object of
-    strings to strings.
-    """
-    if text is None or text in ("", b""):
-        return {}
-    try:
-        value = json.loads(text)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidEventError("headers", text, f"not valid JSON ({exc})") from None
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        raise InvalidEventError("headers", text, "must be a JSON object of strings to strings")
-    return value
-
-
-def format_timestamp(value: datetime) -> str:
-    """The ``timestamp`` Kafka header: ISO 8601 in UTC with microseconds."""
-    if value.tzinfo is not UTC:  # astimezone() costs more than the formatting itself
-        value = value.astimezone(UTC)
-    return value.isoformat(timespec="microseconds")
-
-
-def parse_timestamp(text: str) -> datetime:
-    """Inverse of :func:`format_timestamp` (any ISO 8601 text with an offset)."""
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        raise ValueError(f"timestamp {text!r} has no UTC offset")
-    return value.astimezone(UTC)
+decode_headers = parse_headers  # the name this module has always exported
 
 
 def kafka_headers(event: OutboxEvent) -> list[tuple[str, bytes]]:
@@ -246,14 +217,13 @@ def kafka_headers(event: OutboxEvent) -> list[tuple[str, bytes]]:
 
     ``id`` is the canonical UUID text, as Debezium's EventRouter writes it.
     """
-    h = event.id.bytes.hex()  # str(UUID) is slower than slicing the hex
-    out = [
-        ("id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()),
-        ("type", event.event_type.encode()),
-        ("aggregatetype", event.aggregate_type.encode()),
-        ("aggregateid", event.aggregate_id.encode()),
-        ("timestamp", format_timestamp(event.timestamp).encode()),
-    ]
+    out = own_headers(
+        id_text(event.id.bytes),
+        event.event_type.encode(),
+        event.aggregate_type.encode(),
+        event.aggregate_id.encode(),
+        format_timestamp(event.timestamp).encode(),
+    )
     for k, v in event.headers.items():
         out.append((k, v.encode()))
     return out

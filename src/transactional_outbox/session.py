@@ -23,8 +23,9 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._otel import trace_headers
-from .event import OutboxEvent, Serializer, encode_headers
+from .event import OutboxEvent, Serializer
 from .exceptions import ConfigurationError, InvalidEventError
+from .record_format import COLUMNS, encode_headers
 from .table import outbox_table
 
 __all__ = ["AsyncOutboxSession", "OutboxSession", "enable_outbox"]
@@ -61,7 +62,7 @@ class _Plan:
     """
 
     table: sa.Table
-    keys: tuple[str, ...]  # the table's column keys, in _ROW_COLUMNS order
+    keys: tuple[str, ...]  # the table's column keys, in COLUMNS order
     insert: sa.Insert
     delete: sa.Delete
     delete_one: sa.Delete
@@ -287,8 +288,6 @@ def _with_base(cls: type[Any], base: type[Any]) -> type[Any]:
     return type(cls.__name__, (base, cls), {})
 
 
-_ROW_COLUMNS = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
-
 _plans: weakref.WeakKeyDictionary[sa.Table, _Plan] = weakref.WeakKeyDictionary()
 
 
@@ -312,12 +311,12 @@ def _column_keys(table: sa.Table) -> tuple[str, ...]:
     # Insert parameters are keyed by Column.key: snake_case in outbox_table(),
     # the column names in a declarative OutboxMixin class. Look them up by name.
     by_name = {c.name: c.key for c in table.columns}
-    missing = [n for n in _ROW_COLUMNS if n not in by_name]
+    missing = [n for n in COLUMNS if n not in by_name]
     if missing:
         raise ConfigurationError(
             "outbox_table", f"table {table.fullname!r} has no column(s) {', '.join(missing)}"
         )
-    return tuple(by_name[n] for n in _ROW_COLUMNS)
+    return tuple(by_name[n] for n in COLUMNS)
 
 
 def _row(event: OutboxEvent) -> tuple[Any, ...]:

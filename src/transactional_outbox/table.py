@@ -15,6 +15,8 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
 from sqlalchemy.orm import Mapped, declared_attr, mapped_column
 
+from .record_format import COLUMNS
+
 __all__ = ["DEFAULT_TABLE_NAME", "OutboxMixin", "outbox_table"]
 
 DEFAULT_TABLE_NAME = "outbox"
@@ -42,14 +44,20 @@ def _timestamp_type() -> sa.types.TypeEngine[datetime]:
 
 
 def _columns() -> list[sa.Column[Any]]:
+    # Per column name: Python key, type, nullable. The order is the contract's.
+    spec: dict[str, tuple[str, sa.types.TypeEngine[Any], bool]] = {
+        "id": ("id", _id_type(), False),
+        "aggregatetype": ("aggregate_type", sa.String(255), False),
+        "aggregateid": ("aggregate_id", sa.String(255), False),
+        "type": ("event_type", sa.String(255), False),
+        "payload": ("payload", _payload_type(), False),
+        "headers": ("headers", sa.Text(), True),
+        "timestamp": ("timestamp", _timestamp_type(), False),
+    }
     return [
-        sa.Column("id", _id_type(), primary_key=True, key="id"),
-        sa.Column("aggregatetype", sa.String(255), nullable=False, key="aggregate_type"),
-        sa.Column("aggregateid", sa.String(255), nullable=False, key="aggregate_id"),
-        sa.Column("type", sa.String(255), nullable=False, key="event_type"),
-        sa.Column("payload", _payload_type(), nullable=False, key="payload"),
-        sa.Column("headers", sa.Text(), nullable=True, key="headers"),
-        sa.Column("timestamp", _timestamp_type(), nullable=False, key="timestamp"),
+        sa.Column(name, type_, key=key, nullable=nullable, primary_key=name == "id")
+        for name in COLUMNS
+        for key, type_, nullable in [spec[name]]
     ]
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import pymysql
 
 from ..exceptions import BinlogPurgedError, ServerConfigurationError
-from .decode import REQUIRED_COLUMNS
+from ..record_format import COLUMNS
 from .position import BinlogPosition, StartPolicy
 
 __all__ = ["ServerInfo", "check_server", "resolve_start"]
@@ -128,12 +128,12 @@ def check_server(conn: pymysql.Connection, *, schema: str, table: str) -> Server
                 "`alembic upgrade head` (or grant SELECT on it), or set --outbox-schema/"
                 "--outbox-table",
             )
-        missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+        missing = [c for c in COLUMNS if c not in columns]
         if missing:
             raise ServerConfigurationError(
                 "outbox_table",
                 f"`{schema}`.`{table}` lacks column(s) {', '.join(missing)}; "
-                f"expected {', '.join(REQUIRED_COLUMNS)}",
+                f"expected {', '.join(COLUMNS)}",
             )
         id_type, id_len = columns["id"]
         if id_type != "binary" or id_len != 16:

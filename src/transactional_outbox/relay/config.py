@@ -16,26 +16,24 @@ import socket
 import ssl
 import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy.engine import make_url
 
 from ..exceptions import ConfigurationError
+from .options import (
+    SECRET,
+    env_var,
+    option,
+    options_parser,
+    values_from_cli,
+    values_from_env,
+)
 from .position import StartPolicy
 from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
 
-__all__ = ["RelaySettings", "derive_server_id", "mask_url"]
-
-_SECRET = "secret"
-
-
-def _opt(default: Any, help: str, *, secret: bool = False, choices: Sequence[str] = ()) -> Any:
-    return field(
-        default=default,
-        repr=not secret,
-        metadata={"help": help, _SECRET: secret, "choices": tuple(choices)},
-    )
+__all__ = ["RelaySettings", "build_parser", "derive_server_id", "env_var", "mask_url"]
 
 
 def mask_url(url: str) -> str:
@@ -63,113 +61,113 @@ class RelaySettings:
     Build it with keywords, :meth:`from_env` or :meth:`from_cli`.
     """
 
-    mysql_url: str = _opt(
+    mysql_url: str = option(
         "",
         "required: MySQL/MariaDB URL of a user with REPLICATION SLAVE, REPLICATION CLIENT "
         "(MariaDB: BINLOG MONITOR) and SELECT on the outbox table; its database is the outbox "
         "schema unless --outbox-schema says otherwise",
     )
-    server_id: int = _opt(
+    server_id: int = option(
         0,
         "replica server_id for the binlog connection; must be unique among the server's "
         "replicas (0 = a new one for each start, from the relay name, host and process id, "
         "so two relays of one name never share one)",
     )
-    outbox_schema: str = _opt("", "schema (database) of the outbox table; default: the URL's")
-    outbox_table: str = _opt("outbox", "name of the outbox table")
-    kafka_bootstrap_servers: str = _opt("", "required: Kafka bootstrap servers, comma-separated")
-    kafka_security_protocol: str = _opt(
+    outbox_schema: str = option("", "schema (database) of the outbox table; default: the URL's")
+    outbox_table: str = option("outbox", "name of the outbox table")
+    kafka_bootstrap_servers: str = option("", "required: Kafka bootstrap servers, comma-separated")
+    kafka_security_protocol: str = option(
         "PLAINTEXT",
         "Kafka security protocol",
         choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
     )
-    kafka_sasl_mechanism: str = _opt(
+    kafka_sasl_mechanism: str = option(
         "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
     )
-    kafka_sasl_username: str = _opt("", "SASL user name")
-    kafka_sasl_password: str = _opt("", "SASL password", secret=True)
-    kafka_ssl_cafile: str = _opt("", "CA bundle to verify the brokers (SSL)")
-    kafka_ssl_certfile: str = _opt("", "client certificate (SSL)")
-    kafka_ssl_keyfile: str = _opt("", "client key (SSL)")
-    kafka_acks: str = _opt("all", "producer acks", choices=("all", "1", "0"))
-    enable_idempotence: bool = _opt(
+    kafka_sasl_username: str = option("", "SASL user name")
+    kafka_sasl_password: str = option("", "SASL password", secret=True)
+    kafka_ssl_cafile: str = option("", "CA bundle to verify the brokers (SSL)")
+    kafka_ssl_certfile: str = option("", "client certificate (SSL)")
+    kafka_ssl_keyfile: str = option("", "client key (SSL)")
+    kafka_acks: str = option("all", "producer acks", choices=("all", "1", "0"))
+    enable_idempotence: bool = option(
         True,
         "idempotent producer (Kafka keeps order and drops retried duplicates); turn off "
         "only for brokers without it",
     )
-    compression_type: str = _opt(
+    compression_type: str = option(
         "none", "producer compression", choices=("none", "gzip", "snappy", "lz4", "zstd")
     )
-    linger_ms: int = _opt(5, "producer linger: how long a batch waits to fill (ms)")
-    max_batch_size: int = _opt(262_144, "producer batch size per partition (bytes)")
-    max_request_size: int = _opt(
+    linger_ms: int = option(5, "producer linger: how long a batch waits to fill (ms)")
+    max_batch_size: int = option(262_144, "producer batch size per partition (bytes)")
+    max_request_size: int = option(
         1_048_576, "largest record the producer sends (bytes); match the topic's max.message.bytes"
     )
-    request_timeout_ms: int = _opt(40_000, "Kafka request timeout (ms)")
-    redis_url: str = _opt("", "required: Redis URL for the checkpoint and the lease")
-    relay_name: str = _opt("default", "relay name: namespaces the checkpoint key")
-    key_prefix: str = _opt("outbox:relay:", "prefix of the relay's Redis keys")
-    topic_template: str = _opt(
+    request_timeout_ms: int = option(40_000, "Kafka request timeout (ms)")
+    redis_url: str = option("", "required: Redis URL for the checkpoint and the lease")
+    relay_name: str = option("default", "relay name: namespaces the checkpoint key")
+    key_prefix: str = option("outbox:relay:", "prefix of the relay's Redis keys")
+    topic_template: str = option(
         DEFAULT_TOPIC_TEMPLATE, "topic of an event; {aggregatetype} is replaced"
     )
-    topic_overrides: Mapping[str, str] = _opt(
+    topic_overrides: Mapping[str, str] = option(
         None,
         "per-aggregate-type topics, 'order=orders,customer=crm.customers'",
     )
-    create_topics: bool = _opt(
+    create_topics: bool = option(
         True,
         "create a missing topic with --topic-partitions and --topic-replication-factor "
         "(CreateTopics); off: wait for it to be created (an INFO line says so once)",
     )
-    topic_partitions: int = _opt(
+    topic_partitions: int = option(
         -1, "partitions of a topic the relay creates (-1 = the broker's num.partitions)"
     )
-    topic_replication_factor: int = _opt(
+    topic_replication_factor: int = option(
         -1,
         "replication factor of a topic the relay creates (-1 = the broker's "
         "default.replication.factor)",
     )
-    start_position: str = _opt(
+    start_position: str = option(
         "latest",
         "where to start without a checkpoint: latest, earliest, FILE:POS or a GTID set "
         "(gtid:SET or a MariaDB D-S-N list); FILE:POS or a GTID set also overrides a purged "
         "checkpoint",
     )
-    ignore_checkpoint: bool = _opt(False, "start at --start-position even if a checkpoint exists")
-    resume_by_gtid: bool = _opt(
+    ignore_checkpoint: bool = option(False, "start at --start-position even if a checkpoint exists")
+    resume_by_gtid: bool = option(
         False, "reconnect and resume by GTID rather than FILE:POS (needs GTIDs on the server)"
     )
-    checkpoint_interval_ms: int = _opt(1000, "save the checkpoint at most this often (ms)")
-    queue_max_events: int = _opt(20_000, "events read ahead of Kafka acks before reading pauses")
-    heartbeat_seconds: float = _opt(
+    checkpoint_interval_ms: int = option(1000, "save the checkpoint at most this often (ms)")
+    queue_max_events: int = option(20_000, "events read ahead of Kafka acks before reading pauses")
+    heartbeat_seconds: float = option(
         2.0, "replication heartbeat; a stream silent for 3x this is reconnected"
     )
-    reconnect_max_seconds: float = _opt(30.0, "longest wait between reconnect attempts (s)")
-    reader: str = _opt(
+    reconnect_max_seconds: float = option(30.0, "longest wait between reconnect attempts (s)")
+    reader: str = option(
         "process",
         "where the binlog is read and decoded: process (a child process, so decoding does "
         "not share the interpreter lock with publishing; ~1.3x the throughput on 2 cores) "
         "or thread (one process)",
         choices=("process", "thread"),
     )
-    progress_interval_seconds: float = _opt(10.0, "seconds between progress lines (0 = off)")
-    lease_ttl_ms: int = _opt(
+    progress_interval_seconds: float = option(10.0, "seconds between progress lines (0 = off)")
+    lease_ttl_ms: int = option(
         10_000, "leader lease TTL (ms): a standby takes over this long after the leader dies"
     )
-    lease_renew_ms: int = _opt(3_000, "how often the leader renews its lease (ms)")
-    on_rejected: str = _opt(
+    lease_renew_ms: int = option(3_000, "how often the leader renews its lease (ms)")
+    on_rejected: str = option(
         "stop",
         "what to do with an event Kafka refuses for good (too large, illegal topic): stop "
         "(exit 4 naming the event, checkpoint before it) or dead-letter (publish a small "
         "record to --dead-letter-topic and go on)",
         choices=("stop", "dead-letter"),
     )
-    dead_letter_topic: str = _opt("outbox.deadletter", "topic for rejected events' dead letters")
-    metrics_port: int = _opt(
+    dead_letter_topic: str = option("outbox.deadletter", "topic for rejected events' dead letters")
+    metrics_port: int = option(
         0, "port for /metrics (Prometheus), /healthz and /readyz over HTTP (0 = off)"
     )
-    metrics_host: str = _opt("127.0.0.1", "address the metrics/health server binds")
-    log_level: str = _opt("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    metrics_host: str = option("127.0.0.1", "address the metrics/health server binds")
+    log_level: str = option("INFO", "log level", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
     def __post_init__(self) -> None:
         if self.topic_overrides is None:
@@ -293,7 +291,7 @@ class RelaySettings:
     def __repr__(self) -> str:
         shown = []
         for f in dataclasses.fields(self):
-            if f.metadata.get(_SECRET):
+            if f.metadata.get(SECRET):
                 value = getattr(self, f.name)
                 shown.append(f"{f.name}={'***' if value else ''!r}")
             elif f.name in ("mysql_url", "redis_url"):
@@ -307,28 +305,14 @@ class RelaySettings:
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelaySettings:
         """Settings from ``OUTBOX_<FIELD>`` variables (``OUTBOX_MYSQL_URL``…), then overrides."""
-        env = os.environ if environ is None else environ
-        values: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):
-            var = env_var(f.name)
-            if var in env:
-                values[f.name] = _convert(f, env[var], var)
-        values.update(overrides)
-        return cls(**values)
+        return cls(**{**values_from_env(cls, environ), **overrides})
 
     @classmethod
     def from_cli(
         cls, argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None
     ) -> RelaySettings:
         """Settings from the environment with command-line flags on top."""
-        parser = build_parser()
-        ns = parser.parse_args(argv)
-        given = {
-            f.name: _convert(f, getattr(ns, f.name), "--" + f.name.replace("_", "-"))
-            for f in dataclasses.fields(cls)
-            if getattr(ns, f.name) is not None
-        }
-        return cls.from_env(environ, **given)
+        return cls.from_env(environ, **values_from_cli(cls, build_parser(), argv))
 
 
 _REQUIRED = ("mysql_url", "kafka_bootstrap_servers", "redis_url")
@@ -350,48 +334,11 @@ def derive_server_id(relay_name: str, *, avoid: int | None = None) -> int:
     return server_id
 
 
-def env_var(name: str) -> str:
-    """The environment variable of setting ``name``."""
-    return "OUTBOX_" + name.upper()
-
-
-def _convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
-    if not isinstance(raw, str):
-        return raw
-    kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", "")
-    try:
-        if kind == "bool":
-            low = raw.strip().lower()
-            if low in ("1", "true", "yes", "on"):
-                return True
-            if low in ("0", "false", "no", "off"):
-                return False
-            raise ValueError("expected true/false")
-        if kind == "int":
-            return int(raw)
-        if kind == "float":
-            return float(raw)
-        if kind.startswith("Mapping"):
-            out: dict[str, str] = {}
-            for item in filter(None, (p.strip() for p in raw.split(","))):
-                key, sep, value = item.partition("=")
-                if not sep or not key or not value:
-                    raise ValueError(f"{item!r} is not NAME=TOPIC")
-                out[key.strip()] = value.strip()
-            return out
-    except ValueError as exc:
-        if f.metadata.get(_SECRET):  # int()/float() errors quote the value: hide them too
-            raise ConfigurationError(f.name, f"{source}=***: not a valid {kind}") from None
-        raise ConfigurationError(f.name, f"{source}={raw!r}: {exc}") from None
-    choices = f.metadata.get("choices")
-    if choices and raw not in choices:
-        raise ConfigurationError(f.name, f"{source}={raw!r}: choose one of {', '.join(choices)}")
-    return raw
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The relay's argument parser; every setting is a flag."""
-    parser = argparse.ArgumentParser(
+    return options_parser(
+        RelaySettings,
+        required=_REQUIRED,
         prog=(
             "outbox-relay"
             if os.path.basename(sys.argv[0]) == "outbox-relay"
@@ -408,38 +355,3 @@ def build_parser() -> argparse.ArgumentParser:
             "purged); 4 an event was rejected by Kafka for good"
         ),
     )
-    for f in dataclasses.fields(RelaySettings):
-        flag = "--" + f.name.replace("_", "-")
-        help_text = f"{f.metadata['help']} [env {env_var(f.name)}]"
-        kind = f.type if isinstance(f.type, str) else ""
-        default = f.default
-        if f.metadata.get(_SECRET):
-            default = "(unset)"
-        elif kind.startswith("Mapping"):
-            default = "(none)"
-        elif f.name in _REQUIRED:
-            default = "(required)"
-        if kind == "bool":
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=None,
-                help=f"{help_text} (default: {default})",
-            )
-        else:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                default=None,
-                # Choices are checked by _convert, not argparse, so a bad value is a
-                # ConfigurationError naming the setting (exit code 2 from main()), not
-                # a SystemExit out of parse_args.
-                metavar=(
-                    "{" + ",".join(f.metadata["choices"]) + "}"
-                    if f.metadata.get("choices")
-                    else f.name.upper()
-                ),
-                help=f"{help_text} (default: {default})",
-            )
-    return parser

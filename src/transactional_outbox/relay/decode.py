@@ -7,12 +7,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ..event import OutboxEvent, decode_headers
+from ..event import OutboxEvent
 from ..exceptions import InvalidEventError
+from ..record_format import parse_headers
 
-__all__ = ["REQUIRED_COLUMNS", "row_to_event"]
-
-REQUIRED_COLUMNS = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
+__all__ = ["row_to_event"]
 
 
 def _text(row: Mapping[str, Any], column: str) -> str:
@@ -57,6 +56,6 @@ def row_to_event(row: Mapping[str, Any]) -> OutboxEvent:
         aggregate_id=_text(row, "aggregateid"),
         event_type=_text(row, "type"),
         payload=payload,
-        headers=decode_headers(headers),
+        headers=parse_headers(headers),
         timestamp=ts.replace(tzinfo=UTC) if ts.tzinfo is None else ts.astimezone(UTC),
     )

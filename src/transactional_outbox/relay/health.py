@@ -1,4 +1,4 @@
-"""Metrics (Prometheus) and health endpoints for the relay.
+"""The relay's HTTP endpoints: ``/metrics``, ``/healthz``, ``/readyz``.
 
 The HTTP server runs in its own thread on purpose: if the asyncio loop is
 stuck, ``/healthz`` can still answer, and answers 503, instead of timing out.
@@ -13,76 +13,12 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["HealthServer", "RelayMetrics"]
+from ..exceptions import ConfigurationError
+from .metrics import RelayMetrics
 
-
-class RelayMetrics:
-    """The relay's metrics, in a registry of their own (several relays per process in tests)."""
-
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.published = Counter(
-            "outbox_relay_events_published", "Events acknowledged by Kafka", registry=r
-        )
-        self.dead_lettered = Counter(
-            "outbox_relay_events_dead_lettered", "Events sent to the dead-letter topic", registry=r
-        )
-        self.publish_errors = Counter(
-            "outbox_relay_publish_errors", "Kafka errors that failed a send", registry=r
-        )
-        self.retries = Counter(
-            "outbox_relay_session_retries", "Sessions restarted after a Kafka error", registry=r
-        )
-        self.batch_size = Histogram(
-            "outbox_relay_batch_size",
-            "Events handed to the producer per source batch",
-            buckets=(1, 2, 5, 10, 50, 100, 500, 1000, 5000),
-            registry=r,
-        )
-        self.behind_bytes = Gauge(
-            "outbox_relay_binlog_behind_bytes",
-            "Bytes of binlog between the acknowledged position and the server's head "
-            "(0 = caught up, -1 = unknown)",
-            registry=r,
-        )
-        self.last_event_age = Gauge(
-            "outbox_relay_last_event_age_seconds",
-            "Now minus the timestamp of the last event handed to Kafka (grows while idle)",
-            registry=r,
-        )
-        self.checkpoint_age = Gauge(
-            "outbox_relay_checkpoint_age_seconds",
-            "Seconds since the checkpoint was saved",
-            registry=r,
-        )
-        self.queue_depth = Gauge(
-            "outbox_relay_queue_depth", "Events read from the binlog, not yet taken", registry=r
-        )
-        self.outstanding = Gauge(
-            "outbox_relay_events_outstanding", "Events sent, not yet acknowledged", registry=r
-        )
-        self.leader = Gauge("outbox_relay_leader", "1 while this relay leads", registry=r)
-        self.binlog_file = Gauge(
-            "outbox_relay_binlog_file_index",
-            "Numeric suffix of the checkpoint's binlog file",
-            registry=r,
-        )
-        self.binlog_pos = Gauge(
-            "outbox_relay_binlog_position",
-            "Offset of the checkpoint in its binlog file",
-            registry=r,
-        )
-        self.server_up = Gauge(
-            "outbox_relay_server_up", "1 if the server is reachable", ["server"], registry=r
-        )
-
-    def render(self) -> bytes:
-        """The exposition text."""
-        return generate_latest(self.registry)
+__all__ = ["HealthServer"]
 
 
 class HealthServer:
@@ -121,6 +57,26 @@ class HealthServer:
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="outbox-health", daemon=True
         )
+
+    @classmethod
+    def serve(
+        cls,
+        *,
+        host: str,
+        port: int,
+        metrics: RelayMetrics,
+        health: Callable[[], dict[str, Any]],
+        loop_tick: Callable[[], float],
+    ) -> HealthServer:
+        """A started server; a port that cannot be bound is a :class:`ConfigurationError`."""
+        try:
+            server = cls(host=host, port=port, metrics=metrics, health=health, loop_tick=loop_tick)
+        except OSError as exc:
+            raise ConfigurationError(
+                "metrics_port", f"cannot serve on {host}:{port}: {exc}"
+            ) from None
+        server.start()
+        return server
 
     def start(self) -> None:
         """Serve in the background."""

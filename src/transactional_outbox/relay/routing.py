@@ -8,8 +8,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import NamedTuple
 
-from ..event import OutboxEvent, format_timestamp, parse_timestamp
+from ..event import OutboxEvent
 from ..exceptions import ConfigurationError
+from ..record_format import OWN_HEADERS, format_timestamp, id_text, own_headers, parse_timestamp
 
 __all__ = ["KafkaRecord", "TopicRouter", "build_record", "event_of", "record_id"]
 
@@ -59,11 +60,8 @@ class TopicRouter:
             if reason:
                 raise ConfigurationError("topic_overrides", f"for {agg!r}: {reason}")
         self._cache: dict[str, str] = {}
-        # Topics by the aggregate type's raw column bytes, for the row decoder;
-        # filled only once those bytes are known to be a valid name.
-        self.raw_topics: dict[bytes, str] = {}
         # Per-relay memo of header pieces that repeat from event to event.
-        self._field_cache: dict[tuple[str, str], tuple[str, bytes]] = {}
+        self._field_cache: dict[str, bytes] = {}
         self._user_cache: dict[int, tuple[Mapping[str, str], list[tuple[str, bytes]]]] = {}
 
     def headers(self, event: OutboxEvent) -> list[tuple[str, bytes]]:
@@ -74,24 +72,22 @@ class TopicRouter:
         mappings are remembered by identity (the relay's decoder shares one
         mapping per distinct header text and never mutates it).
         """
-        h = event.id.bytes.hex()
         fields = self._field_cache
-        type_h = fields.get(("type", event.event_type))
-        if type_h is None:
-            type_h = fields[("type", event.event_type)] = ("type", event.event_type.encode())
-        agg_h = fields.get(("aggregatetype", event.aggregate_type))
-        if agg_h is None:
-            agg_h = ("aggregatetype", event.aggregate_type.encode())
-            fields[("aggregatetype", event.aggregate_type)] = agg_h
+        type_b = fields.get(event.event_type)
+        if type_b is None:
+            type_b = fields[event.event_type] = event.event_type.encode()
+        agg_b = fields.get(event.aggregate_type)
+        if agg_b is None:
+            agg_b = fields[event.aggregate_type] = event.aggregate_type.encode()
         if len(fields) > 20_000:
             fields.clear()
-        out = [
-            ("id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()),
-            type_h,
-            agg_h,
-            ("aggregateid", event.aggregate_id.encode()),
-            ("timestamp", format_timestamp(event.timestamp).encode()),
-        ]
+        out = own_headers(
+            id_text(event.id.bytes),
+            type_b,
+            agg_b,
+            event.aggregate_id.encode(),
+            format_timestamp(event.timestamp).encode(),
+        )
         user = event.headers
         if user:
             memo = self._user_cache.get(id(user))
@@ -136,7 +132,7 @@ def build_record(event: OutboxEvent, router: TopicRouter) -> KafkaRecord:
     )
 
 
-_OWN_HEADERS = 5  # id, type, aggregatetype, aggregateid, timestamp: always first
+_OWN_HEADERS = len(OWN_HEADERS)  # always first
 
 
 def record_id(record: KafkaRecord) -> str:

@@ -23,17 +23,18 @@ Row image format (MySQL/MariaDB binlog, FULL image): per row, a null bitmap of
 from __future__ import annotations
 
 import functools
-import json
-import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from ..exceptions import InvalidEventError
-from .routing import KafkaRecord, TopicRouter
+from ..record_format import COLUMNS
+from .routing import KafkaRecord
+from .rowcodegen import KIND_BLOB, KIND_DT, KIND_SKIP, KIND_STR, Decoder, compile_decoder
+from .rowrecord import RejectedRow, RowMemo, record_of_row, rejected
 
-__all__ = ["ColumnSpec", "RejectedRow", "RowPlan", "decode_rows", "plan_for", "rejected"]
+# RejectedRow, RowMemo and rejected are defined in .rowrecord and exported here too.
+__all__ = ["ColumnSpec", "RejectedRow", "RowMemo", "RowPlan", "decode_rows", "plan_for", "rejected"]
 
 # MySQL field type codes as they appear in the table map.
 VARCHAR = 15
@@ -42,49 +43,7 @@ BLOB = 252
 VAR_STRING = 253
 STRING = 254
 
-_STR, _BLOB, _DT, _SKIP = 0, 1, 2, 3
 JSON, GEOMETRY = 245, 255
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_SECOND = timedelta(seconds=1)
-# Memos of what repeats from row to row. Bounded; shared by every decoder of
-# the process (the values depend on the bytes alone, never on a relay).
-_headers_cache: dict[bytes, list[tuple[str, bytes]]] = {}
-_names: dict[bytes, str] = {}
-_seconds: dict[int, tuple[bytes, int]] = {}
-_SCALE = (1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)  # microseconds per digit, by fsp
-_new_record: Any = tuple.__new__  # what KafkaRecord._make does, without the lookup
-
-Decoder = Callable[[bytes, "TopicRouter"], list["KafkaRecord | RejectedRow"]]
-_NEEDED = ("id", "aggregatetype", "aggregateid", "type", "payload", "headers", "timestamp")
-
-
-@dataclass(frozen=True, slots=True)
-class RejectedRow:
-    """An outbox row that is not a valid event (written by a foreign writer, say).
-
-    It takes its place in the stream, so the relay's policy decides: stop, or
-    dead-letter it and go on. Never skipped silently.
-    """
-
-    reason: str
-    event_id: str | None = None
-    aggregate_id: str | None = None
-    where: str = ""
-
-
-def rejected(exc: InvalidEventError, raw_id: Any = None, aggregate_id: Any = None) -> RejectedRow:
-    """A :class:`RejectedRow` for a row that failed with ``exc``, keeping what is known."""
-    event_id = None
-    if isinstance(raw_id, str):
-        raw_id = raw_id.encode()
-    if isinstance(raw_id, bytes) and len(raw_id) <= 16:
-        event_id = str(uuid.UUID(bytes=raw_id.ljust(16, b"\x00")))
-    agg = None
-    if isinstance(aggregate_id, bytes):
-        agg = aggregate_id.decode(errors="replace")
-    elif isinstance(aggregate_id, str):
-        agg = aggregate_id
-    return RejectedRow(reason=str(exc), event_id=event_id, aggregate_id=agg)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,84 +84,46 @@ def _plan_for(columns: tuple[ColumnSpec, ...]) -> RowPlan | None:
     readers: list[tuple[int, int]] = []
     for col in columns:
         if col.type in (STRING, VARCHAR, VAR_STRING):
-            readers.append((_STR, 1 if col.max_length <= 255 else 2))
+            readers.append((KIND_STR, 1 if col.max_length <= 255 else 2))
         elif col.type == BLOB and 1 <= col.length_size <= 4:
-            readers.append((_BLOB, col.length_size))
+            readers.append((KIND_BLOB, col.length_size))
         elif col.type == DATETIME2 and 0 <= col.fsp <= 6:
-            readers.append((_DT, col.fsp))
+            readers.append((KIND_DT, col.fsp))
         elif col.type in (JSON, GEOMETRY) and 1 <= col.length_size <= 4:
-            readers.append((_SKIP, -col.length_size))  # length-prefixed, never read
+            readers.append((KIND_SKIP, -col.length_size))  # length-prefixed, never read
         elif col.fixed_size > 0:
-            readers.append((_SKIP, col.fixed_size))
+            readers.append((KIND_SKIP, col.fixed_size))
         else:
             return None
     index = {col.name.lower(): i for i, col in enumerate(columns)}
-    if any(name not in index for name in _NEEDED):
+    if any(name not in index for name in COLUMNS):
         return None
-    if any(readers[index[name]][0] == _SKIP for name in _NEEDED):
+    if any(readers[index[name]][0] == KIND_SKIP for name in COLUMNS):
         return None
-    if readers[index["timestamp"]][0] != _DT or readers[index["id"]][0] != _STR:
+    if readers[index["timestamp"]][0] != KIND_DT or readers[index["id"]][0] != KIND_STR:
         return None
     null_bytes = (len(columns) + 7) // 8
-    return RowPlan(tuple(readers), index, null_bytes, _compile(tuple(readers), index, null_bytes))
-
-
-def _datetime(packed: int, fraction: int, fsp: int) -> datetime:
-    year_month = (packed >> 22) & 0x1FFFF
-    return datetime(
-        year_month // 13,
-        year_month % 13,
-        (packed >> 17) & 0x1F,
-        (packed >> 12) & 0x1F,
-        (packed >> 6) & 0x3F,
-        packed & 0x3F,
-        _micro(fraction, fsp),
-        tzinfo=UTC,
+    return RowPlan(
+        tuple(readers), index, null_bytes, compile_decoder(tuple(readers), index, null_bytes)
     )
 
 
-def _micro(fraction: int, fsp: int) -> int:
-    if fsp % 2:
-        # Odd precisions store one digit more than they keep.
-        return (fraction // 10) * _SCALE[fsp]
-    return fraction * _SCALE[fsp]
-
-
-def _second(packed: int) -> tuple[bytes, int]:
-    """``(b"YYYY-MM-DDTHH:MM:SS", Unix seconds)`` of a packed DATETIME2, memoised.
-
-    Events of one second share it, so the per-event work is formatting the
-    microseconds only (``datetime.isoformat`` costs ~2 µs an event).
-    """
-    hit = _seconds.get(packed)
-    if hit is None:
-        try:
-            dt = _datetime(packed, 0, 0)
-        except ValueError:
-            raise InvalidEventError("timestamp", packed, "is not a valid date") from None
-        hit = (dt.isoformat(timespec="seconds")[:19].encode(), (dt - _EPOCH) // _SECOND)
-        if len(_seconds) >= 100_000:
-            _seconds.clear()
-        _seconds[packed] = hit
-    return hit
-
-
-def decode_rows(data: bytes, plan: RowPlan, router: TopicRouter) -> list[KafkaRecord | RejectedRow]:
+def decode_rows(data: bytes, plan: RowPlan, memo: RowMemo) -> list[KafkaRecord | RejectedRow]:
     """Decode every row of a WRITE_ROWS body (after the columns-present bitmap).
 
     Each valid row becomes the Kafka record the relay sends for it, equal to
-    ``build_record(event, router)`` of the row's event. A row that is not a
+    ``build_record(event, memo.router)`` of the row's event. A row that is not a
     valid event (NULL where a value is needed, bad UTF-8, bad headers) becomes
     a :class:`RejectedRow` naming the column. A body that cannot be cut into
     rows raises :class:`InvalidEventError`.
     """
     if plan.decoder is not None:
-        return plan.decoder(data, router)
-    return decode_rows_generic(data, plan, router)
+        return plan.decoder(data, memo)
+    return decode_rows_generic(data, plan, memo)
 
 
 def decode_rows_generic(
-    data: bytes, plan: RowPlan, router: TopicRouter
+    data: bytes, plan: RowPlan, memo: RowMemo
 ) -> list[KafkaRecord | RejectedRow]:
     """:func:`decode_rows` for any plan, column by column: the reference that the
     generated decoders are tested against."""
@@ -223,12 +144,12 @@ def decode_rows_generic(
             if (nulls >> i) & 1:
                 continue
             kind, size = readers[i]
-            if kind == _SKIP:
+            if kind == KIND_SKIP:
                 if size < 0:
                     pos += -size + from_bytes(data[pos : pos - size], "little")
                 else:
                     pos += size
-            elif kind == _DT:
+            elif kind == KIND_DT:
                 packed = from_bytes(data[pos : pos + 5], "big")
                 pos += 5
                 fbytes = (size + 1) // 2
@@ -243,242 +164,7 @@ def decode_rows_generic(
         if pos > end:
             raise InvalidEventError("row", len(data), "row image is truncated")
         try:
-            out.append(_record(values, router, i_id, i_at, i_ai, i_ty, i_pl, i_hd, i_ts))
+            out.append(record_of_row(values, memo, i_id, i_at, i_ai, i_ty, i_pl, i_hd, i_ts))
         except InvalidEventError as exc:
             out.append(rejected(exc, values[i_id], values[i_ai]))
     return out
-
-
-def _text(value: Any, column: str) -> str:
-    if value is None or value == b"":
-        raise InvalidEventError(column, value, "must be a non-empty string")
-    try:
-        return str(value.decode())
-    except UnicodeDecodeError:
-        raise InvalidEventError(column, value, "is not valid UTF-8") from None
-
-
-def _name(value: Any, column: str) -> str:
-    """An aggregate type or event type: few distinct values, so validated once each."""
-    name = _names.get(value)
-    if name is None:
-        name = _text(value, column)
-        if len(_names) >= 8192:
-            _names.clear()
-        _names[value] = name
-    return name
-
-
-def _user_headers(raw: bytes) -> list[tuple[str, bytes]]:
-    cached = _headers_cache.get(raw)
-    if cached is not None:
-        return cached
-    try:
-        parsed = json.loads(raw)
-    except ValueError as exc:
-        raise InvalidEventError("headers", raw, f"not valid JSON ({exc})") from None
-    if not isinstance(parsed, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in parsed.items()
-    ):
-        raise InvalidEventError("headers", raw, "must be a JSON object of strings to strings")
-    encoded = [(k, v.encode()) for k, v in parsed.items()]
-    # Most events carry one of a few header sets (content type, tenant...):
-    # parse each once. The lists are shared and never mutated.
-    if len(raw) < 512:
-        if len(_headers_cache) >= 4096:
-            _headers_cache.clear()
-        _headers_cache[raw] = encoded
-    return encoded
-
-
-def _record(
-    values: list[Any],
-    router: TopicRouter,
-    i_id: int,
-    i_at: int,
-    i_ai: int,
-    i_ty: int,
-    i_pl: int,
-    i_hd: int,
-    i_ts: int,
-) -> KafkaRecord:
-    # Builds the record straight from the row's bytes: the names, key and
-    # header values are the column bytes themselves (once known to be UTF-8),
-    # with no OutboxEvent, UUID or datetime in between.
-    raw_id = values[i_id]
-    if raw_id is None or len(raw_id) > 16:
-        raise InvalidEventError("id", raw_id, "must be 16 bytes")
-    payload = values[i_pl]
-    if payload is None:
-        raise InvalidEventError("payload", None, "must not be NULL")
-    ts = values[i_ts]
-    if ts is None:
-        raise InvalidEventError("timestamp", None, "must be a DATETIME")
-    prefix, seconds = _second(ts[0])
-    micro = _micro(ts[1], ts[2])
-    raw_headers = values[i_hd]
-    user = _user_headers(raw_headers) if raw_headers else None
-    agg_type = values[i_at]
-    topic = router.topic(_name(agg_type, "aggregatetype"))
-    key = values[i_ai]
-    _text(key, "aggregateid")
-    event_type = values[i_ty]
-    _name(event_type, "type")
-    h = (raw_id if len(raw_id) == 16 else raw_id.ljust(16, b"\x00")).hex()
-    headers = [
-        ("id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()),
-        ("type", event_type),
-        ("aggregatetype", agg_type),
-        ("aggregateid", key),
-        ("timestamp", b"%s.%06d+00:00" % (prefix, micro)),
-    ]
-    if user:
-        headers += user
-    record: KafkaRecord = _new_record(
-        KafkaRecord, (topic, key, payload, headers, seconds * 1000 + micro // 1000)
-    )
-    return record
-
-
-def _topic(router: TopicRouter, raw: Any) -> str:
-    """The topic of a raw aggregate type (validated), memoised per router."""
-    topic = router.topic(_name(raw, "aggregatetype"))
-    if len(router.raw_topics) < 10_000:
-        router.raw_topics[raw] = topic
-    return topic
-
-
-_VARS = {
-    "id": "c_id",
-    "aggregatetype": "c_at",
-    "aggregateid": "c_ai",
-    "type": "c_ty",
-    "payload": "c_pl",
-    "headers": "c_hd",
-    "timestamp": "c_ts",
-}
-
-_RECORD = """\
-        try:
-            if c_id is None or len(c_id) > 16:
-                raise InvalidEventError("id", c_id, "must be 16 bytes")
-            if c_pl is None:
-                raise InvalidEventError("payload", None, "must not be NULL")
-            if c_ts is None:
-                raise InvalidEventError("timestamp", None, "must be a DATETIME")
-            second = seconds_get(c_ts[0])
-            if second is None:
-                second = _second(c_ts[0])
-            micro = MICRO
-            user = None
-            if c_hd:
-                user = headers_get(c_hd)
-                if user is None:
-                    user = _user_headers(c_hd)
-            topic = topics_get(c_at)
-            if topic is None:
-                topic = _topic(router, c_at)
-            if not c_ai:
-                raise InvalidEventError("aggregateid", c_ai, "must be a non-empty string")
-            try:
-                c_ai.decode()
-            except UnicodeDecodeError:
-                raise InvalidEventError("aggregateid", c_ai, "is not valid UTF-8") from None
-            if c_ty not in names:
-                _name(c_ty, "type")
-            h = (c_id if len(c_id) == 16 else c_id.ljust(16, b"\\x00")).hex()
-            headers = [
-                ("id", f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}".encode()),
-                ("type", c_ty),
-                ("aggregatetype", c_at),
-                ("aggregateid", c_ai),
-                ("timestamp", b"%s.%06d+00:00" % (second[0], micro)),
-            ]
-            if user:
-                headers += user
-            ms = second[1] * 1000 + micro // 1000
-            append(new(KafkaRecord, (topic, c_ai, c_pl, headers, ms)))
-        except InvalidEventError as exc:
-            append(rejected(exc, c_id, c_ai))
-    return out
-"""
-
-
-def _compile(
-    readers: tuple[tuple[int, int], ...], index: dict[str, int], null_bytes: int
-) -> Decoder:
-    """Generate :func:`decode_rows` for one column layout.
-
-    The generic decoder looks up each column's kind and size per row; for a
-    fixed layout those are constants, so the cut is written out column by
-    column, with the record building and its memo lookups inline. This is the
-    binlog reader's hottest loop; :func:`decode_rows_generic` stays as the
-    reference the generated code is tested against.
-    """
-    needed = {index[name]: _VARS[name] for name in _NEEDED}
-    lines = [
-        "def decode(data, router):",
-        "    out = []",
-        "    append = out.append",
-        "    topics_get = router.raw_topics.get",
-        "    pos, end = 0, len(data)",
-        "    while pos < end:",
-        "        try:",
-        f"            nulls = from_bytes(data[pos : pos + {null_bytes}], 'little')",
-        f"            pos += {null_bytes}",
-    ]
-    for i, (kind, size) in enumerate(readers):
-        target = needed.get(i)
-        body: list[str] = []
-        if kind == _SKIP:
-            if size < 0:
-                body.append(f"pos += {-size} + from_bytes(data[pos : pos + {-size}], 'little')")
-            else:
-                body.append(f"pos += {size}")
-        elif kind == _DT:
-            fbytes = (size + 1) // 2
-            frac = f"from_bytes(data[pos + 5 : pos + {5 + fbytes}], 'big')" if fbytes else "0"
-            if target:
-                body.append(f"{target} = (from_bytes(data[pos : pos + 5], 'big'), {frac})")
-            body.append(f"pos += {5 + fbytes}")
-        else:
-            if size == 1:
-                body.append("n = data[pos]")
-            elif size == 2:
-                body.append("n = data[pos] | (data[pos + 1] << 8)")
-            else:
-                body.append(f"n = from_bytes(data[pos : pos + {size}], 'little')")
-            if target:
-                body.append(f"{target} = data[pos + {size} : pos + {size} + n]")
-            body.append(f"pos += {size} + n")
-        lines.append(f"            if nulls & {1 << i}:")
-        lines.append(f"                {target} = None" if target else "                pass")
-        lines.append("            else:")
-        lines.extend(f"                {line}" for line in body)
-    lines += [
-        "        except IndexError:",  # data[pos] past the end: a truncated row
-        "            pos = end + 1",
-        "        if pos > end:",
-        "            raise InvalidEventError('row', len(data), 'row image is truncated')",
-    ]
-    fsp = readers[index["timestamp"]][1]
-    # Odd precisions store one digit more than they keep (as _micro).
-    micro = f"(c_ts[1] // 10) * {_SCALE[fsp]}" if fsp % 2 else f"c_ts[1] * {_SCALE[fsp]}"
-    source = "\n".join(lines) + "\n" + _RECORD.replace("MICRO", micro)
-    namespace: dict[str, Any] = {
-        "from_bytes": int.from_bytes,
-        "InvalidEventError": InvalidEventError,
-        "KafkaRecord": KafkaRecord,
-        "new": _new_record,
-        "seconds_get": _seconds.get,
-        "headers_get": _headers_cache.get,
-        "names": _names,
-        "_second": _second,
-        "_user_headers": _user_headers,
-        "_topic": _topic,
-        "_name": _name,
-        "rejected": rejected,
-    }
-    exec(compile(source, f"<outbox row decoder {readers}>", "exec"), namespace)
-    decoder: Decoder = namespace["decode"]
-    return decoder

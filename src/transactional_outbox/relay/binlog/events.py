@@ -27,7 +27,7 @@ from typing import Any
 from ...exceptions import OutboxError, ServerConfigurationError
 from ..position import BinlogPosition, MariaDBGtidState, MySQLGtidSet
 from ..routing import KafkaRecord, TopicRouter
-from ..rowdecoder import RejectedRow
+from ..rowdecoder import RejectedRow, RowMemo
 from .format import (
     FL_STANDALONE,
     FORMAT_DESCRIPTION,
@@ -95,7 +95,7 @@ class BinlogParser:
         # when it maps the outbox table.
         self._needle = bytes([len(s)]) + s + b"\0" + bytes([len(t)]) + t + b"\0"
         self._where = f"`{schema}`.`{table}`"
-        self._router = router
+        self._memo = RowMemo(router)  # this reader's memos of what repeats row to row
         self._layouts = layouts  # shared across connections: keyed by the map's bytes
         self._tables: dict[int, TableLayout] = {}
         self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, layout
@@ -199,7 +199,7 @@ class BinlogParser:
         committed, commits = self.committed, self.commits
         commit_file, commit_pos = self.commit_file, self.commit_pos
         seen, skip = self._seen, self._skip
-        router = self._router
+        memo = self._memo
         u16 = U16
         last_key, last_layout = self._last
         try:
@@ -261,7 +261,7 @@ class BinlogParser:
                                 self._rows(buf, ev, nxt, etype, layout, commit_file, commit_pos)
                                 seen, skip = self._seen, self._skip
                             else:
-                                rows = decoder(buf[p + len(head) : nxt - cs], router)
+                                rows = decoder(buf[p + len(head) : nxt - cs], memo)
                                 seen += len(rows)
                                 for r in rows:
                                     if type(r) is RejectedRow:
@@ -402,7 +402,7 @@ class BinlogParser:
         stop = end - self._cs
         rows: list[KafkaRecord | RejectedRow]
         if layout.decoder is not None:
-            rows = layout.decoder(buf[p + nb : stop], self._router)
+            rows = layout.decoder(buf[p + nb : stop], self._memo)
         else:
             rows = list(layout.reject_rows(buf[p + nb : stop]))
         self._seen += len(rows)

@@ -20,7 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ...exceptions import InvalidEventError, OutboxError, ServerConfigurationError
-from ..rowdecoder import _NEEDED, ColumnSpec, RejectedRow, RowPlan, plan_for, rejected
+from ...record_format import COLUMNS
+from ..rowdecoder import ColumnSpec, RejectedRow, RowPlan, plan_for, rejected
 
 log = logging.getLogger("transactional_outbox.relay.source")
 
@@ -278,7 +279,7 @@ def why_no_plan(specs: list[ColumnSpec]) -> str:
     from ..rowdecoder import BLOB, DATETIME2, STRING, VAR_STRING, VARCHAR
 
     names = {s.name.lower(): s for s in specs}
-    missing = [n for n in _NEEDED if n not in names]
+    missing = [n for n in COLUMNS if n not in names]
     if missing:
         return f"no column '{missing[0]}' (the outbox table's contract, DESIGN §1)"
     for s in specs:
@@ -286,7 +287,7 @@ def why_no_plan(specs: list[ColumnSpec]) -> str:
             s.type in (STRING, VARCHAR, VAR_STRING)
             or (s.type == BLOB and 1 <= s.length_size <= 4)
             or (s.type == DATETIME2 and 0 <= s.fsp <= 6)
-            or (s.name.lower() not in _NEEDED and (s.fixed_size > 0 or s.length_size > 0))
+            or (s.name.lower() not in COLUMNS and (s.fixed_size > 0 or s.length_size > 0))
         )
         if not ok:
             return (

@@ -1,0 +1,150 @@
+"""Starting a term: check the servers, resolve the start position, pick the replica id.
+
+Retries while a server cannot be reached yet; raises at once for what a
+retry cannot fix (a misconfigured server, a refused login).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from dataclasses import dataclass
+
+import pymysql
+from redis.exceptions import RedisError
+
+from ..exceptions import ConfigurationError
+from .checkpoint import RedisCheckpointStore
+from .checks import ServerInfo, check_server, resolve_start
+from .config import RelaySettings, derive_server_id, mask_url
+from .faults import mysql_misconfiguration, redis_misconfiguration
+from .position import BinlogPosition
+from .source import SourceSettings
+from .stats import RelayStats
+
+__all__ = ["Start", "choose_server_id", "prepare_start", "source_settings"]
+
+log = logging.getLogger("transactional_outbox.relay")
+
+# Client errors for a server that is not reachable (yet): retried.
+_UNREACHABLE = (2003, 2006, 2013)
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    """Where a term starts: the server it reads and the position."""
+
+    server: ServerInfo
+    position: BinlogPosition
+    server_id: int
+
+
+def choose_server_id(settings: RelaySettings, info: ServerInfo, current: int) -> int:
+    """The binlog replica id to use against ``info``: the configured one, else a derived one.
+
+    Raises :class:`ConfigurationError` if the configured id is the server's own.
+    """
+    s = settings
+    if s.server_id and s.server_id == info.server_id:
+        raise ConfigurationError(
+            "server_id",
+            f"{s.server_id} is the server's own @@server_id; choose another (or 0 for a "
+            "new one per start)",
+        )
+    if not s.server_id and current in (0, info.server_id):
+        current = derive_server_id(s.relay_name, avoid=info.server_id)
+    log.info(
+        "binlog replica server_id %d (%s)",
+        current,
+        "--server-id" if s.server_id else "new for this start; --server-id sets one",
+    )
+    return current
+
+
+async def prepare_start(
+    settings: RelaySettings,
+    store: RedisCheckpointStore,
+    stats: RelayStats,
+    stopping: asyncio.Event,
+    *,
+    server_id: int,
+) -> Start | None:
+    """Check the servers and resolve the start; ``None`` if stopped while waiting for them."""
+    s = settings
+    delay = 0.5
+    while True:
+        try:
+            info, start, why = await _resolve(s, store, stats)
+            break
+        except (pymysql.err.OperationalError, RedisError, OSError) as exc:
+            fatal = mysql_misconfiguration(exc, s) or redis_misconfiguration(exc)
+            if fatal is not None:
+                raise fatal from None
+            if isinstance(exc, pymysql.err.OperationalError) and exc.args[0] not in _UNREACHABLE:
+                raise
+            log.warning("cannot reach a server yet (%s); retrying in %.1fs", exc, delay)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), delay)
+            if stopping.is_set():
+                return None
+            delay = min(delay * 2, s.reconnect_max_seconds)
+    server_id = choose_server_id(s, info, server_id)
+    args = s.mysql_connection_args()
+    log.info(
+        "relay %r: %s at %s, outbox `%s`.`%s`, Kafka %s, Redis %s; starting at %s (%s)",
+        s.relay_name,
+        info.version,
+        f"{args['host']}:{args['port']}",
+        s.schema,
+        s.outbox_table,
+        s.kafka_bootstrap_servers,
+        mask_url(s.redis_url),
+        start,
+        why,
+    )
+    return Start(server=info, position=start, server_id=server_id)
+
+
+async def _resolve(
+    s: RelaySettings, store: RedisCheckpointStore, stats: RelayStats
+) -> tuple[ServerInfo, BinlogPosition, str]:
+    checkpoint = await store.load()
+    stats.redis = "ok"
+
+    def blocking() -> tuple[ServerInfo, BinlogPosition, str]:
+        # With the database: the server then says "unknown database" itself.
+        conn = pymysql.connect(**s.mysql_connection_args(), database=s.schema, connect_timeout=10)
+        try:
+            info = check_server(conn, schema=s.schema, table=s.outbox_table)
+            start, why = resolve_start(
+                conn,
+                info,
+                checkpoint=checkpoint,
+                policy=s.start_policy(),
+                ignore_checkpoint=s.ignore_checkpoint,
+            )
+            return info, start, why
+        finally:
+            conn.close()
+
+    return await asyncio.to_thread(blocking)
+
+
+def source_settings(settings: RelaySettings, start: Start) -> SourceSettings:
+    """The binlog source's settings for a term that starts at ``start``."""
+    s = settings
+    args = s.mysql_connection_args()
+    return SourceSettings(
+        host=args["host"],
+        port=args["port"],
+        user=args["user"],
+        password=args["password"],
+        server_id=start.server_id,
+        schema=s.schema,
+        table=s.outbox_table,
+        is_mariadb=start.server.is_mariadb,
+        heartbeat_seconds=s.heartbeat_seconds,
+        max_reconnect_delay_seconds=s.reconnect_max_seconds,
+        idle_commit_seconds=min(1.0, s.checkpoint_interval_ms / 1000),
+    )

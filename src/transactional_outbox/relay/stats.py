@@ -1,0 +1,134 @@
+"""The relay's state as one value: counters, server states, progress and health.
+
+:class:`RelayStats` is the one record of what the relay did and how its
+servers are; the Prometheus metrics (:mod:`.metrics`), the ``/readyz`` body
+and the progress lines are views of it, read when asked for, never copies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .position import BinlogPosition
+from .progress import describe
+
+__all__ = ["LiveSession", "RelayStats"]
+
+log = logging.getLogger("transactional_outbox.relay")
+
+
+class LiveSession(Protocol):
+    """What the stats read from the running publish session."""
+
+    @property
+    def outstanding(self) -> int:
+        """Events sent, not yet acknowledged."""
+        ...
+
+    @property
+    def queue_depth(self) -> int:
+        """Events read from the binlog, not yet taken."""
+        ...
+
+
+@dataclass(slots=True)
+class RelayStats:
+    """Counters and state for progress lines, health and metrics."""
+
+    published: int = 0
+    sessions: int = 0
+    kafka_errors: int = 0  # sessions restarted after a Kafka error
+    publish_errors: int = 0  # Kafka errors that failed a send
+    redis_errors: int = 0
+    checkpoints_saved: int = 0
+    last_event_ms: int | None = None  # timestamp of the newest event handed to Kafka
+    # When Kafka last made progress while events were outstanding: an outage
+    # shows as outstanding events and no acks, since aiokafka retries silently.
+    last_progress_at: float = field(default_factory=time.monotonic)
+    checkpoint: BinlogPosition | None = None
+    checkpoint_saved_at: float | None = None
+    dead_lettered: int = 0
+    behind_bytes: int | None = None  # binlog bytes after the acknowledged position
+    # The running publish session, read for its outstanding events and queue.
+    session: LiveSession | None = None
+    role: str = "starting"
+    mysql: str = "starting"
+    kafka: str = "starting"
+    redis: str = "starting"
+    started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def outstanding(self) -> int:
+        """Events sent, not yet acknowledged (0 between sessions)."""
+        return 0 if self.session is None else self.session.outstanding
+
+    @property
+    def queue_depth(self) -> int:
+        """Events read from the binlog, not yet taken (0 between sessions)."""
+        return 0 if self.session is None else self.session.queue_depth
+
+    def last_event_age(self) -> float | None:
+        """Seconds since the newest event handed to Kafka was written, if any."""
+        ms = self.last_event_ms
+        return None if ms is None else max(time.time() - ms / 1000, 0.0)
+
+    def acked(self, count: int) -> None:
+        """Kafka acknowledged ``count`` events: progress, and Kafka is up again."""
+        self.published += count
+        self.last_progress_at = time.monotonic()
+        if self.kafka == "degraded":
+            self.kafka = "ok"
+            log.info("Kafka acknowledges events again")
+
+    def check_kafka_progress(self, timeout: float) -> None:
+        """Mark Kafka degraded if events are outstanding and none was acked for ``timeout`` s."""
+        if self.outstanding == 0 or self.kafka == "degraded":
+            return
+        stalled = time.monotonic() - self.last_progress_at
+        if stalled > timeout:
+            self.kafka = "degraded"
+            log.warning(
+                "Kafka has acknowledged nothing for %.1fs with %d events outstanding; "
+                "the producer keeps retrying, the checkpoint holds",
+                stalled,
+                self.outstanding,
+            )
+
+    def progress_line(self, rate: float) -> str:
+        """One line: rate, how far behind the binlog head, last event's age, checkpoint,
+        queue, server states."""
+        return (
+            f"{rate:.0f} events/s, {self.published} published, "
+            f"{describe(self.behind_bytes, self.last_event_age())}, "
+            f"checkpoint {self.checkpoint or '-'}, queue {self.queue_depth}, "
+            f"mysql {self.mysql}, kafka {self.kafka}, redis {self.redis}"
+        )
+
+    async def log_progress(self, interval: float) -> None:
+        """Log a progress line every ``interval`` seconds (until cancelled)."""
+        last_count, last_time = self.published, time.monotonic()
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            count = self.published
+            rate = (count - last_count) / max(now - last_time, 1e-9)
+            last_count, last_time = count, now
+            log.info("progress: %s", self.progress_line(rate))
+
+    def health(self) -> dict[str, Any]:
+        """A snapshot of the relay's state; ``ready`` as ``/readyz`` reports it."""
+        connected = self.mysql == self.kafka == self.redis == "ok"
+        return {
+            "ready": self.role == "standby" or (self.role == "leader" and connected),
+            "role": self.role,
+            "mysql": self.mysql,
+            "kafka": self.kafka,
+            "redis": self.redis,
+            "published": self.published,
+            "dead_lettered": self.dead_lettered,
+            "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+        }
