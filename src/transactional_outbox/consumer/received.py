@@ -9,8 +9,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from ..event import RESERVED_HEADERS, OutboxEvent, parse_timestamp
+from ..event import OutboxEvent
 from ..exceptions import InvalidRecordError
+from ..record_format import RESERVED_HEADERS, parse_id, parse_timestamp
 
 __all__ = ["ReceivedEvent", "RecordLike"]
 
@@ -138,12 +139,8 @@ def _event_id(record: RecordLike, raw: bytes | None) -> uuid.UUID:
         raise InvalidRecordError(
             f"{_where(record)} has no 'id' header: not an outbox event, cannot be deduplicated"
         )
-    if len(raw) == 16:
-        # Raw id bytes (a BINARY(16) column passed through as is); UUID text is
-        # at least 32 characters, so the two cannot be confused.
-        return uuid.UUID(bytes=bytes(raw))
     try:
-        return uuid.UUID(raw.decode("ascii"))
+        return parse_id(raw)
     except (UnicodeDecodeError, ValueError):
         shown = repr(raw[:60])
         raise InvalidRecordError(
