@@ -16,8 +16,8 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from ..exceptions import ConfigurationError, EventInProgressError
-from .store import Claim, ClaimResult, ClaimStatus
+from ..exceptions import EventInProgressError
+from .store import Claim, ClaimResult, ClaimStatus, check_claim_timing
 
 __all__ = ["AsyncInMemoryStore", "InMemoryStore"]
 
@@ -41,14 +41,9 @@ class _Table:
         wait_timeout: float | None,
         poll_interval: float,
     ) -> None:
-        if processing_ttl <= 0:
-            raise ConfigurationError("processing_ttl", f"must be > 0 seconds, got {processing_ttl}")
-        if done_ttl is not None and done_ttl <= 0:
-            raise ConfigurationError(
-                "done_ttl", f"must be > 0 seconds, or None to keep forever, got {done_ttl}"
-            )
-        if poll_interval <= 0:
-            raise ConfigurationError("poll_interval", f"must be > 0 seconds, got {poll_interval}")
+        check_claim_timing(
+            processing_ttl=processing_ttl, done_ttl=done_ttl, poll_interval=poll_interval
+        )
         self.processing_ttl = processing_ttl
         self.done_ttl = done_ttl
         self.wait_timeout = wait_timeout

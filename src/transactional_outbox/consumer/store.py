@@ -27,6 +27,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
+from ..exceptions import ConfigurationError
+
 __all__ = [
     "AsyncDedupStore",
     "AsyncInboxStore",
@@ -193,3 +195,18 @@ class InboxStore(Protocol):
     ) -> bool:
         """See :meth:`AsyncInboxStore.run_once`."""
         ...
+
+
+def check_claim_timing(
+    *, processing_ttl: float, done_ttl: float | None, poll_interval: float
+) -> None:
+    """Validate the timing settings of a claim-based store (Redis, in-memory), naming
+    the field and the value in a :class:`ConfigurationError`."""
+    if processing_ttl <= 0:
+        raise ConfigurationError("processing_ttl", f"must be > 0 seconds, got {processing_ttl}")
+    if done_ttl is not None and done_ttl <= 0:
+        raise ConfigurationError(
+            "done_ttl", f"must be > 0 seconds, or None to keep forever, got {done_ttl}"
+        )
+    if poll_interval <= 0:
+        raise ConfigurationError("poll_interval", f"must be > 0 seconds, got {poll_interval}")
