@@ -135,33 +135,41 @@ class Relay:
         term = LeaderTerm(
             lease, renew_ms=s.lease_renew_ms, stats=self.stats, on_lost=self._end_session
         )
-        start = await prepare_start(s, store, self.stats, self._stopping, server_id=self.server_id)
-        if start is None:
-            return
-        self.server, self.server_id = start.server, start.server_id
-        self.session = None
-        checkpointer = Checkpointer(store, term, self.stats, lambda: self.checkpoint_position)
-        over = asyncio.Event()  # ends the loops even if a cancel is swallowed in Redis
-        tasks = [
-            asyncio.create_task(
-                checkpointer.run(
-                    over,
-                    interval=s.checkpoint_interval_ms / 1000,
-                    kafka_timeout=s.request_timeout_ms / 1000,
-                ),
-                name="outbox-checkpoint",
-            ),
-            asyncio.create_task(
-                follow_head(
-                    BinlogHead(s.mysql_connection_args()),
-                    lambda: self.checkpoint_position,
-                    partial(setattr, self.stats, "behind_bytes"),
-                    over,
-                ),
-                name="outbox-binlog-head",
-            ),
-        ]
+        # The term renews the lease from the moment it is held: the startup checks take
+        # ~0.8 s here (server checks, Kafka and Redis probes), longer than a short lease
+        # TTL, and a lease left unrenewed meanwhile expired under the starting relay
+        # (bench/recovery.py --quick, lease 1 s: it lost and retook it every second).
         async with term:
+            start = await prepare_start(
+                s, store, self.stats, self._stopping, server_id=self.server_id
+            )
+            if start is None:
+                return  # stopping
+            if term.lost.is_set():
+                raise LeadershipLostError(term.reason)
+            self.server, self.server_id = start.server, start.server_id
+            self.session = None
+            checkpointer = Checkpointer(store, term, self.stats, lambda: self.checkpoint_position)
+            over = asyncio.Event()  # ends the loops even if a cancel is swallowed in Redis
+            tasks = [
+                asyncio.create_task(
+                    checkpointer.run(
+                        over,
+                        interval=s.checkpoint_interval_ms / 1000,
+                        kafka_timeout=s.request_timeout_ms / 1000,
+                    ),
+                    name="outbox-checkpoint",
+                ),
+                asyncio.create_task(
+                    follow_head(
+                        BinlogHead(s.mysql_connection_args()),
+                        lambda: self.checkpoint_position,
+                        partial(setattr, self.stats, "behind_bytes"),
+                        over,
+                    ),
+                    name="outbox-binlog-head",
+                ),
+            ]
             try:
                 await self._supervise(start, term)
             finally:
