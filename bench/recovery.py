@@ -46,7 +46,7 @@ from _common import (
     assign_from_start,
     bench_database,
     connect,
-    mysql_url,
+    relay_env,
 )
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -198,17 +198,7 @@ async def scenario(
     conn = connect(db)
     cur = conn.cursor()
     start = master_position(cur)
-    env = dict(os.environ)
-    env.update(
-        OUTBOX_MYSQL_URL=mysql_url(db),
-        OUTBOX_REDIS_URL=REDIS_URL,
-        OUTBOX_KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
-        OUTBOX_ENABLE_IDEMPOTENCE="false",  # tansu has no idempotent producer (DESIGN §5)
-        OUTBOX_START_POSITION=f"{start[0]}:{start[1]}",
-        OUTBOX_TOPIC_TEMPLATE=f"bench{tag}.recovery.{{aggregatetype}}",
-        OUTBOX_RELAY_NAME=f"bench-{tag}",
-        OUTBOX_PROGRESS_INTERVAL_SECONDS="0",
-    )
+    env = relay_env(db, start, f"bench-{tag}", f"bench{tag}.recovery.{{aggregatetype}}")
     for var, value in overrides.items():
         if value is not None:
             env[var] = str(value)

@@ -28,19 +28,11 @@ from transactional_outbox.relay.rowdecoder import (
     plan_for,
 )
 
-from . import _binlog, _own_reader
+from . import _binlog, _binlog_bytes, _own_reader
 from .conftest import Stack
 from .relay_harness import OUTBOX_DDL, make_event, write_events
 
-COLUMNS = [
-    ColumnSpec("id", STRING, max_length=16),
-    ColumnSpec("aggregatetype", VARCHAR, max_length=1020),
-    ColumnSpec("aggregateid", VARCHAR, max_length=1020),
-    ColumnSpec("type", VARCHAR, max_length=1020),
-    ColumnSpec("payload", BLOB, length_size=4),
-    ColumnSpec("headers", BLOB, length_size=2),
-    ColumnSpec("timestamp", DATETIME2, fsp=6),
-]
+COLUMNS = _binlog_bytes.OUTBOX_COLUMNS
 
 
 def pack_datetime(ts: datetime, fsp: int) -> bytes:
