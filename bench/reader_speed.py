@@ -54,17 +54,7 @@ def write(db: str, txns: int, events: int, noise: bool, writers: int) -> None:
     now = datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S.%f")
 
     def one(n: int) -> None:
-        import pymysql
-
-        conn = pymysql.connect(
-            host=HOST,
-            port=PORT,
-            user=USER,
-            password=PASSWORD,
-            database=db,
-            autocommit=True,
-            client_flag=pymysql.constants.CLIENT.MULTI_STATEMENTS,
-        )
+        conn = connect(db, multi=True)
         with conn.cursor() as cur:
             done = 0
             while done < n:
@@ -172,17 +162,22 @@ def use_generic_decoder() -> None:
     rowdecoder._plan_for.cache_clear()
 
 
-def timed(cls: type, db: str, start: tuple[str, int], end: tuple[str, int]) -> tuple[float, int]:
-    settings = SourceSettings(
+def source_settings(db: str, *, server_id: int) -> SourceSettings:
+    """The reader's settings for the outbox table of database ``db`` on the stack."""
+    return SourceSettings(
         host=HOST,
         port=PORT,
         user=USER,
         password=PASSWORD,
-        server_id=5901,
+        server_id=server_id,
         schema=db,
         table="outbox",
         is_mariadb=True,
     )
+
+
+def timed(cls: type, db: str, start: tuple[str, int], end: tuple[str, int]) -> tuple[float, int]:
+    settings = source_settings(db, server_id=5901)
     sink = CountingSink(end)
     source = cls(
         settings,
@@ -210,16 +205,7 @@ def timed_process(
     from transactional_outbox.relay.reader_process import ProcessSource
     from transactional_outbox.relay.source import Channel
 
-    settings = SourceSettings(
-        host=HOST,
-        port=PORT,
-        user=USER,
-        password=PASSWORD,
-        server_id=5903,
-        schema=db,
-        table="outbox",
-        is_mariadb=True,
-    )
+    settings = source_settings(db, server_id=5903)
 
     async def run() -> int:
         channel = Channel(asyncio.get_running_loop(), max_events=20_000)
