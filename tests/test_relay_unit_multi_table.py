@@ -127,12 +127,12 @@ def test_a_type_key_with_a_colon_but_no_table_stays_a_type() -> None:
 
 
 def test_bad_template_placeholder_names_topic_template() -> None:
-    with pytest.raises(ConfigurationError, match="topic_template.*schema"):
+    with pytest.raises(ConfigurationError, match=r"topic_template.*schema"):
         TopicRouter(template="x.{database}")
 
 
 def test_bad_table_override_topic_names_topic_overrides() -> None:
-    with pytest.raises(ConfigurationError, match="topic_overrides.*shop.outbox:order"):
+    with pytest.raises(ConfigurationError, match=r"topic_overrides.*shop\.outbox:order"):
         TopicRouter(overrides={"shop.outbox:order": "bad topic"})
 
 
