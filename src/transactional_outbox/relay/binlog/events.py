@@ -314,21 +314,23 @@ class BinlogParser:
                     continue
                 etype = buf[pos + 9]
                 if etype == TABLE_MAP:
-                    # The same map (names and layout) as the last outbox one, the
-                    # usual case: compared in place, no slice, no hash.
                     k0, k1 = ev + 27, nxt - cs
-                    if k1 - k0 == len(last_key) and buf.startswith(last_key, k0):
+                    if needle is not None and not buf.startswith(needle, k0):
+                        # One outbox table and this is another: an id that named
+                        # the outbox table may now name it.
+                        if tables:
+                            tables.pop(from_bytes(buf[ev + 19 : ev + 25], "little"), None)
+                    elif k1 - k0 == len(last_key) and buf.startswith(last_key, k0):
+                        # The same map (names and layout) as the last outbox one, the
+                        # usual case: compared in place, no slice, no hash.
                         tables[from_bytes(buf[ev + 19 : ev + 25], "little")] = last_mapped
-                    elif needle is None or buf.startswith(needle, k0):
+                    else:
                         mapped = self._map(buf, ev, nxt, cs)
                         if mapped is not None:
                             last_key, last_mapped = buf[k0:k1], mapped
                             tables[from_bytes(buf[ev + 19 : ev + 25], "little")] = mapped
                         elif tables:
                             tables.pop(from_bytes(buf[ev + 19 : ev + 25], "little"), None)
-                    elif tables:
-                        # An id that named the outbox table now names another.
-                        tables.pop(from_bytes(buf[ev + 19 : ev + 25], "little"), None)
                 elif etype == WRITE_V1 or etype == WRITE_V2:  # noqa: SIM109
                     if tables:
                         mapped = tables.get(from_bytes(buf[ev + 19 : ev + 25], "little"))
