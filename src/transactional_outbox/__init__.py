@@ -24,6 +24,8 @@ from .exceptions import (
     ServerConfigurationError,
 )
 
+from .kafka import KafkaConnection
+
 if TYPE_CHECKING:
     from .session import AsyncOutboxSession, OutboxSession, enable_outbox
     from .table import OutboxMixin, outbox_table
@@ -52,6 +54,7 @@ __all__ = [
     "InvalidEventError",
     "InvalidRecordError",
     "JsonSerializer",
+    "KafkaConnection",
     "LeadershipLostError",
     "OutboxError",
     "OutboxEvent",
