@@ -23,7 +23,6 @@ from .exceptions import (
     SerializationError,
     ServerConfigurationError,
 )
-
 from .kafka import KafkaConnection
 
 if TYPE_CHECKING:

@@ -168,8 +168,8 @@ class KafkaConnection:
         shown = [f"bootstrap_servers={self.bootstrap_servers!r}"]
         for f in dataclasses.fields(self)[1:]:
             value = getattr(self, f.name)
-            if value == f.default:
-                continue
+            if value == f.default or (not f.repr and f.name != "sasl_password"):
+                continue  # defaults, and ssl_context: a repr says nothing useful
             shown.append(f"{f.name}={'***' if f.name == 'sasl_password' else value!r}")
         return f"KafkaConnection({', '.join(shown)})"
 

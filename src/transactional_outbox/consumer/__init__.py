@@ -7,9 +7,10 @@
   :class:`SqlStore`, :func:`inbox_table`), process memory
   (:class:`AsyncInMemoryStore`, :class:`InMemoryStore`), or your own
   (:class:`AsyncDedupStore`, :class:`DedupStore` protocols).
-- :class:`ConsumerRunner` + :class:`RunnerSettings` (+ :class:`KafkaConnection`) — consume in a group, dedup
-  per fetched batch, order per key, commit after handling, retry with backoff,
-  dead-letter what keeps failing.
+- :class:`ConsumerRunner` + :class:`RunnerSettings` (its brokers: a
+  :class:`KafkaConnection`) — consume in a group, dedup per fetched batch,
+  order per key, commit after handling, retry with backoff, dead-letter what
+  keeps failing.
 
 Needs the ``consumer`` extra (aiokafka, redis). The SQL stores import
 SQLAlchemy on first use only.

@@ -30,6 +30,7 @@ from .options import (
     nested,
     option,
     options_parser,
+    overlay,
     values_from_cli,
     values_from_env,
 )
@@ -229,7 +230,8 @@ class RelaySettings:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
         if self.progress_interval_ms < 0:
             raise ConfigurationError(
-                "progress_interval_ms", f"must be 0 (off) or positive, got {self.progress_interval_ms}"
+                "progress_interval_ms",
+                f"must be 0 (off) or positive, got {self.progress_interval_ms}",
             )
 
     # -- derived values --------------------------------------------------------
@@ -305,7 +307,7 @@ class RelaySettings:
         settings (``kafka_bootstrap_servers=...``). A variable of a renamed setting
         (``OUTBOX_HEARTBEAT_SECONDS``) is an error naming the new one.
         """
-        values = {**values_from_env(cls, environ, renamed=RENAMED), **overrides}
+        values = overlay(cls, values_from_env(cls, environ, renamed=RENAMED), overrides)
         return cls(**nest_values(cls, values))
 
     @classmethod

@@ -34,6 +34,7 @@ __all__ = [
     "nested",
     "option",
     "options_parser",
+    "overlay",
     "values_from_cli",
     "values_from_env",
 ]
@@ -150,6 +151,22 @@ def values_from_cli(
     }
 
 
+def overlay(cls: type, below: Mapping[str, Any], above: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat values ``above`` on top of ``below``: a nested field's value given in
+    ``above`` (``kafka=KafkaConnection(...)``) replaces its flat settings from ``below``."""
+    out = dict(below)
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("nested") is not None and f.name in above:
+            for name in [n for n in out if n.startswith(f.metadata["prefix"])]:
+                if name in {
+                    f.metadata["prefix"] + sub.name
+                    for sub in dataclasses.fields(f.metadata["nested"])
+                }:
+                    del out[name]
+    out.update(above)
+    return out
+
+
 def nest_values(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
     """Keyword arguments for ``cls`` from flat ``values``: nested fields built.
 
@@ -169,8 +186,8 @@ def nest_values(cls: type, values: Mapping[str, Any]) -> dict[str, Any]:
             if prefix + sub.name in out
         }
         base = out.get(f.name)
-        if not given and base is None:
-            continue  # left to cls: its own "not set" error
+        if not given:
+            continue  # as given, or left to cls: its own "not set" error
         if base is None:
             for sub in dataclasses.fields(inner):
                 missing = sub.default is dataclasses.MISSING
