@@ -178,7 +178,7 @@ async def test_stop_in_a_backoff_commits_below_it_and_releases_unstarted_claims(
 
 
 async def test_a_claim_held_elsewhere_is_waited_for() -> None:
-    store = AsyncInMemoryStore(poll_interval=0.001)
+    store = AsyncInMemoryStore(poll_interval_ms=1)
     held = order_event(1)
     other_worker = await store.claim(held.id, None)
     assert other_worker is not None

@@ -380,7 +380,7 @@ async def test_event_in_progress_elsewhere_is_retried_without_using_up_attempts(
     event = order_event()
     key = f"{redis_prefix}{event.id}"
     await aredis.set(key, "claim:another-worker", px=60_000)
-    store = AsyncRedisStore(aredis, prefix=redis_prefix, wait_timeout=0.001, poll_interval=0.001)
+    store = AsyncRedisStore(aredis, prefix=redis_prefix, wait_timeout_ms=1, poll_interval_ms=1)
     ran: list[str] = []
 
     @idempotent_consumer(store=store)

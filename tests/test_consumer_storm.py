@@ -181,7 +181,7 @@ async def test_duplicate_storm_with_redis_store(
 ) -> None:
     events, published = storm_events()
     seen = Effects(events)
-    store = CountingRedisStore(aredis, prefix=redis_prefix, poll_interval=0.005)
+    store = CountingRedisStore(aredis, prefix=redis_prefix, poll_interval_ms=5)
 
     @idempotent_consumer(store=store, consumer_name="billing")
     async def on_order(event: ReceivedEvent) -> None:
