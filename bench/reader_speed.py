@@ -36,13 +36,10 @@ from _common import HOST, PASSWORD, PORT, USER, bench_database, connect
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
+from transactional_outbox.relay.channel import SourceBatch  # noqa: E402
 from transactional_outbox.relay.position import BinlogPosition  # noqa: E402
 from transactional_outbox.relay.routing import TopicRouter  # noqa: E402
-from transactional_outbox.relay.source import (  # noqa: E402
-    BinlogSource,
-    SourceBatch,
-    SourceSettings,
-)
+from transactional_outbox.relay.source import BinlogSource, SourceSettings  # noqa: E402
 
 BUSINESS_DDL = "CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(64))"
 
@@ -202,8 +199,8 @@ def timed_process(
     import asyncio
     import resource
 
+    from transactional_outbox.relay.channel import Channel
     from transactional_outbox.relay.reader_process import ProcessSource
-    from transactional_outbox.relay.source import Channel
 
     settings = source_settings(db, server_id=5903)
 

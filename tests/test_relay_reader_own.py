@@ -17,10 +17,11 @@ import pymysql
 import pytest
 
 from transactional_outbox.relay.binlog.protocol import DumpConnection
+from transactional_outbox.relay.channel import SourceBatch
 from transactional_outbox.relay.decode import row_to_event
 from transactional_outbox.relay.position import BinlogPosition
 from transactional_outbox.relay.routing import TopicRouter, build_record
-from transactional_outbox.relay.source import BinlogSource, SourceBatch, SourceSettings
+from transactional_outbox.relay.source import BinlogSource, SourceSettings
 
 from . import _binlog, _own_reader
 from .conftest import Stack

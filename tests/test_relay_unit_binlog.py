@@ -219,7 +219,7 @@ def test_a_changed_table_map_is_parsed_again_the_same_one_is_not() -> None:
     p = parser(layouts=layouts)
     p.feed(B.stream(*evs), 0)
     assert len(layouts) == 2
-    tables = p._tables
+    tables = p._outbox.ids
     assert tables[70] is tables[71] and tables[72] is not tables[70]
     r = row()
     rows = encode_row(r, COLS)
@@ -262,6 +262,24 @@ def test_compressed_mysql_transactions_fail_loudly() -> None:
     evs = [B.format_description(checksum=True), B.event(40, b"\x00" * 10, log_pos=100)]
     with pytest.raises(ServerConfigurationError, match="binlog_transaction_compression"):
         parser().feed(B.stream(*evs), 0)
+
+
+def test_compressed_rows_of_another_table_and_untracked_tagged_gtids_pass_unread() -> None:
+    evs = [
+        B.format_description(checksum=True),
+        B.table_map(71, "app", "orders", log_pos=100),
+        B.write_rows(71, b"zz", log_pos=200, etype=166),
+        B.event(42, b"\x00" * 40, log_pos=300),  # a tagged GTID (MySQL 8.3+)
+        B.xid(1, log_pos=400),
+    ]
+    records, positions = run(parser(mariadb=False), B.stream(*evs))
+    assert records == [] and [p.pos for p in positions] == [400]
+
+
+def test_tagged_gtids_fail_loudly_when_tracking_gtids() -> None:
+    evs = [B.format_description(checksum=True), B.event(42, b"\x00" * 40, log_pos=100)]
+    with pytest.raises(OutboxError, match="tagged GTIDs"):
+        parser(mariadb=False, gtid=f"{SID}:1-5").feed(B.stream(*evs), 0)
 
 
 def test_error_and_eof_packets() -> None:

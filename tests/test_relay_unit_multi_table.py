@@ -11,6 +11,7 @@ import pytest
 from transactional_outbox import KafkaConnection
 from transactional_outbox.exceptions import ConfigurationError
 from transactional_outbox.relay.binlog.events import BinlogParser
+from transactional_outbox.relay.channel import SourceBatch
 from transactional_outbox.relay.config import RelaySettings
 from transactional_outbox.relay.deadletter import dead_letter_record, rejection_reason
 from transactional_outbox.relay.metrics import RelayMetrics
@@ -18,7 +19,6 @@ from transactional_outbox.relay.position import BinlogPosition
 from transactional_outbox.relay.reader_process import decode_message, encode_batch
 from transactional_outbox.relay.routing import KafkaRecord, TopicRouter
 from transactional_outbox.relay.rowdecoder import ColumnSpec, RejectedRow
-from transactional_outbox.relay.source import SourceBatch
 from transactional_outbox.relay.stats import RelayStats
 from transactional_outbox.relay.watermark import Watermark
 
@@ -234,7 +234,7 @@ def test_a_table_id_remapped_to_another_table_stops_being_read() -> None:
 
 def test_pattern_evaluated_once_per_name() -> None:
     p = parser(pattern=r"s\d\.outbox")
-    real = p._pattern
+    real = p._outbox.pattern
     assert real is not None
     seen: list[str] = []
 
@@ -243,7 +243,7 @@ def test_pattern_evaluated_once_per_name() -> None:
             seen.append(text)
             return real.fullmatch(text)
 
-    p._pattern = Spy()  # type: ignore[assignment]
+    p._outbox.pattern = Spy()  # type: ignore[assignment]
     evs = []
     for i in range(1, 7):
         evs += txn(i, 1000 * i, (70 + i % 2, f"s{i % 2}", "outbox", encode_row(row(), COLS)))

@@ -1,4 +1,5 @@
-"""Settings fields that describe themselves: help text, secrecy, allowed values.
+"""Settings fields that describe themselves: help text, secrecy, allowed values;
+and :func:`mask_url`, for the secret a URL setting holds.
 
 Shared by the settings objects whose fields become ``OUTBOX_*`` variables and
 flags (``RelaySettings`` and the :class:`~transactional_outbox.KafkaConnection`
@@ -11,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import MISSING, field
 from typing import Any
 
-__all__ = ["SECRET", "option"]
+__all__ = ["SECRET", "mask_url", "option"]
 
 SECRET = "secret"
 """The field metadata key that marks a secret (hidden in reprs, errors and ``--help``)."""
@@ -26,3 +27,21 @@ def option(
         repr=not secret,
         metadata={"help": help, SECRET: secret, "choices": tuple(choices)},
     )
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password replaced by ``***`` (safe to log).
+
+    Not ``urlsplit``: SQLAlchemy accepts unescaped ``/``, ``#``, ``?`` and ``@`` in a
+    password, which ``urlsplit`` reads as the path, fragment or query and would leave
+    visible. Everything up to the last ``@`` after the user name is masked instead
+    (masking too much is safe; too little is not).
+    """
+    scheme, sep, rest = url.partition("://")
+    at = rest.rfind("@")
+    if not sep or at < 0:
+        return url
+    user, colon, _ = rest[:at].partition(":")
+    if not colon:
+        return url
+    return f"{scheme}://{user}:***@{rest[at + 1 :]}"

@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import os
 import re
-import secrets
-import socket
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -21,6 +18,7 @@ from typing import Any
 
 from sqlalchemy.engine import make_url
 
+from .._fields import mask_url
 from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
 from .options import (
@@ -42,28 +40,8 @@ __all__ = [
     "RENAMED",
     "RelaySettings",
     "build_parser",
-    "derive_server_id",
     "env_var",
-    "mask_url",
 ]
-
-
-def mask_url(url: str) -> str:
-    """``url`` with its password replaced by ``***`` (safe to log).
-
-    Not ``urlsplit``: SQLAlchemy accepts unescaped ``/``, ``#``, ``?`` and ``@`` in a
-    password, which ``urlsplit`` reads as the path, fragment or query and would leave
-    visible. Everything up to the last ``@`` after the user name is masked instead
-    (masking too much is safe; too little is not).
-    """
-    scheme, sep, rest = url.partition("://")
-    at = rest.rfind("@")
-    if not sep or at < 0:
-        return url
-    user, colon, _ = rest[:at].partition(":")
-    if not colon:
-        return url
-    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -385,22 +363,6 @@ RENAMED = {
     "progress_interval_seconds": "progress_interval_ms",
 }
 """Settings renamed in 0.2 (durations are milliseconds): old name → new name."""
-
-
-def derive_server_id(relay_name: str, *, avoid: int | None = None) -> int:
-    """A replica server_id for one start of one relay: from the relay name, the host,
-    the process id and a random salt, in 1..2**32-1 and never ``avoid`` (the server's own).
-
-    Two relays of one name must not share an id: MariaDB refuses a second binlog
-    connection with a registered id (error 4052) while a paused first one still holds
-    it, and MySQL drops the first. A per-start id rules both out.
-    """
-    seed = f"{relay_name}\0{socket.gethostname()}\0{os.getpid()}\0{secrets.token_hex(8)}"
-    value = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest())
-    server_id = value % (2**32 - 1) + 1
-    if server_id == avoid:
-        server_id = server_id % (2**32 - 1) + 1
-    return server_id
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,16 +10,19 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from ..exceptions import CheckpointError, ConfigurationError
 
 __all__ = [
     "BinlogPosition",
+    "GtidTracker",
     "MariaDBGtidState",
     "MySQLGtidSet",
     "StartPolicy",
     "decode_checkpoint",
     "encode_checkpoint",
+    "uuid_text",
 ]
 
 CHECKPOINT_VERSION = 1
@@ -114,10 +117,15 @@ class MySQLGtidSet:
                     source = f"{uuid.lower()}:{item.lower()}"  # MySQL tags are case-blind
                     continue
                 lo, _, hi = item.partition("-")
-                out._add(source, int(lo), int(hi or lo))
+                out.add_range(source, int(lo), int(hi or lo))
         return out
 
-    def _add(self, source: str, lo: int, hi: int) -> None:
+    def add_range(self, source: str, lo: int, hi: int) -> None:
+        """Record that transactions ``lo`` to ``hi`` (inclusive) of ``source`` committed.
+
+        ``source`` is a lower-case uuid, or ``uuid:tag``; the range merges with
+        those already held.
+        """
         ranges = sorted([*self.intervals.get(source, []), (lo, hi)])
         merged: list[tuple[int, int]] = []
         for a, b in ranges:
@@ -130,13 +138,63 @@ class MySQLGtidSet:
     def update(self, gtid: str) -> None:
         """Record that ``gtid`` (``uuid:n`` or ``uuid:tag:n``) committed."""
         source, _, gno = gtid.rpartition(":")
-        self._add(source.lower(), int(gno), int(gno))
+        self.add_range(source.lower(), int(gno), int(gno))
 
     def __str__(self) -> str:
         return ",".join(
             source + "".join(f":{a}" if a == b else f":{a}-{b}" for a, b in self.intervals[source])
             for source in sorted(self.intervals)
         )
+
+
+def uuid_text(sid: bytes) -> str:
+    """A MySQL source uuid's canonical text, from its 16 bytes."""
+    h = sid.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+class GtidTracker:
+    """The GTID state after the commits a binlog parser read.
+
+    Each commit's GTID waits in :attr:`pending` as the parser read it (MariaDB
+    ``(domain, server_id, seq)``, MySQL ``(sid bytes, gno)``);
+    :meth:`fold` merges them into the state once per hand-over, not per commit.
+    Tracks nothing (``text`` stays ``start``) unless ``track``.
+    """
+
+    __slots__ = ("_mariadb", "_mysql", "pending", "text")
+
+    def __init__(self, start: str | None, *, is_mariadb: bool, track: bool) -> None:
+        self._mariadb = MariaDBGtidState.parse(start) if is_mariadb and track else None
+        self._mysql = MySQLGtidSet.parse(start) if not is_mariadb and track else None
+        self.pending: list[Any] = []  # GTIDs of commits not yet folded in
+        self.text = start  # the state's text after the last fold
+
+    def fold(self) -> str | None:
+        """Merge :attr:`pending` into the state; return the state's text."""
+        if not self.pending:
+            return self.text
+        gtids, self.pending = self.pending, []
+        if self._mariadb is not None:
+            domains = self._mariadb.domains
+            for domain, server, seq in gtids:
+                domains[domain] = f"{domain}-{server}-{seq}"
+            self.text = str(self._mariadb)
+        elif self._mysql is not None:
+            # Coalesce runs of consecutive numbers first: the set merges each
+            # run once, not each transaction.
+            run_sid, lo, hi = None, 0, -1
+            for sid, gno in gtids:
+                if sid == run_sid and gno == hi + 1:
+                    hi = gno
+                    continue
+                if run_sid is not None:
+                    self._mysql.add_range(uuid_text(run_sid), lo, hi)
+                run_sid, lo, hi = sid, gno, gno
+            if run_sid is not None:
+                self._mysql.add_range(uuid_text(run_sid), lo, hi)
+            self.text = str(self._mysql)
+        return self.text
 
 
 def encode_checkpoint(position: BinlogPosition, *, saved_at: datetime | None = None) -> str:

@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 
 from ..exceptions import PublishError
+from .channel import Channel, ChannelClosed
 from .config import RelaySettings
 from .deadletter import dead_letter_record, rejected_event_id, rejection_reason
 from .faults import check_kafka_login
@@ -27,7 +28,7 @@ from .publisher import KafkaPublisher, is_permanent
 from .reader_process import ProcessSource
 from .routing import KafkaRecord, TopicRouter, record_id
 from .rowdecoder import RejectedRow
-from .source import BinlogSource, Channel, ChannelClosed, SourceSettings
+from .source import BinlogSource, SourceSettings
 from .stats import RelayStats
 from .term import LeaderTerm
 from .topics import Topics, TopicWaitAborted

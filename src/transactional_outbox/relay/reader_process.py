@@ -41,10 +41,11 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from ..exceptions import OutboxError
+from .channel import Channel, SourceBatch
 from .position import BinlogPosition
 from .routing import KafkaRecord, TopicRouter
 from .rowdecoder import RejectedRow
-from .source import BinlogSource, Channel, SourceBatch, SourceSettings
+from .source import BinlogSource, SourceSettings
 
 __all__ = ["ProcessSource", "child_main", "decode_message", "encode_batch"]
 

@@ -8,22 +8,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
+import os
+import secrets
+import socket
 from dataclasses import dataclass
 
 import pymysql
 from redis.exceptions import RedisError
 
+from .._fields import mask_url
 from ..exceptions import ConfigurationError, ServerConfigurationError
 from .checkpoint import RedisCheckpointStore
 from .checks import ServerInfo, check_matching_tables, check_server, resolve_start
-from .config import RelaySettings, derive_server_id, mask_url
+from .config import RelaySettings
 from .faults import mysql_misconfiguration, redis_misconfiguration
 from .position import BinlogPosition
 from .source import SourceSettings
 from .stats import RelayStats
 
-__all__ = ["Start", "choose_server_id", "prepare_start", "source_settings"]
+__all__ = ["Start", "choose_server_id", "derive_server_id", "prepare_start", "source_settings"]
 
 log = logging.getLogger("transactional_outbox.relay")
 
@@ -63,6 +68,22 @@ def choose_server_id(settings: RelaySettings, info: ServerInfo, current: int) ->
         "--server-id" if s.server_id else "new for this start; --server-id sets one",
     )
     return current
+
+
+def derive_server_id(relay_name: str, *, avoid: int | None = None) -> int:
+    """A replica server_id for one start of one relay: from the relay name, the host,
+    the process id and a random salt, in 1..2**32-1 and never ``avoid`` (the server's own).
+
+    Two relays of one name must not share an id: MariaDB refuses a second binlog
+    connection with a registered id (error 4052) while a paused first one still holds
+    it, and MySQL drops the first. A per-start id rules both out.
+    """
+    seed = f"{relay_name}\0{socket.gethostname()}\0{os.getpid()}\0{secrets.token_hex(8)}"
+    value = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=8).digest())
+    server_id = value % (2**32 - 1) + 1
+    if server_id == avoid:
+        server_id = server_id % (2**32 - 1) + 1
+    return server_id
 
 
 async def prepare_start(

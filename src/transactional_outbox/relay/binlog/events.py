@@ -22,31 +22,27 @@ maps and rows) are verified, the rest stripped.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Sequence
 from typing import Any
 
-from ...exceptions import OutboxError, ServerConfigurationError
-from ..position import BinlogPosition, MariaDBGtidState, MySQLGtidSet
+from ..position import BinlogPosition, GtidTracker
 from ..routing import KafkaRecord, TopicRouter
-from ..rowdecoder import RejectedRow, RowMemo
+from ..rowdecoder import RejectedRow
 from .format import (
     FL_STANDALONE,
     FORMAT_DESCRIPTION,
     GIANT,
     HOT,
     MARIADB_GTID,
-    MARIADB_WRITE_COMPRESSED,
     MDB_GTID,
     MYSQL_GTID,
-    MYSQL_GTID_TAGGED,
     QUERY,
     ROTATE,
     TABLE_MAP,
-    TRANSACTION_PAYLOAD,
     U16,
     U32,
     U64,
+    UNREAD,
     WRITE_V1,
     WRITE_V2,
     XID,
@@ -54,13 +50,13 @@ from .format import (
     ServerError,
     checksum_size,
     giant_payload,
+    query_statement,
     rotate_file,
     status,
-    uuid_text,
-    verify,
+    unread_error,
 )
-from .outboxtables import UNKNOWN, Mapped, Table, names_of, place
-from .tablemap import TableLayout, packed_int, parse_layout
+from .outboxtables import Mapped, OutboxTables, decode_rows, place, take_runs
+from .tablemap import TableLayout
 
 __all__ = ["BinlogParser", "DumpEnded", "ServerError"]
 
@@ -79,10 +75,9 @@ class BinlogParser:
     ``skip`` rows of the first transaction are dropped: the ones a previous
     connection already handed over before it was lost mid-transaction.
 
-    The outbox table is ``schema``.``table``; or, for many, ``tables`` (pairs of
-    schema and table) and/or ``pattern`` (a regex full-matched against
-    ``schema.table``, for tables not listed). With many, each hand-over also
-    says how many rows of each table it holds (:attr:`handed_tables`).
+    The outbox tables (``schema``, ``table``; ``tables``, ``pattern``) are as
+    :class:`.OutboxTables` takes them. With many, each hand-over also says how
+    many rows of each table it holds (:attr:`handed_tables`).
     """
 
     def __init__(
@@ -100,39 +95,23 @@ class BinlogParser:
         tables: Sequence[tuple[str, str]] = (),
         pattern: str | None = None,
     ) -> None:
-        self._router = router
-        # Memos of what repeats row to row; the tables' memos share the
-        # table-independent ones (names, headers, seconds).
-        self._memo = RowMemo(router, schema=schema, table=table)
-        self._layouts = layouts  # shared across connections: keyed by the map's bytes
-        self._tables: dict[int, Mapped] = {}
+        self._outbox = OutboxTables(
+            schema=schema,
+            table=table,
+            router=router,
+            layouts=layouts,
+            tables=tables,
+            pattern=pattern,
+        )
         self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, Mapped
-        self._pattern = re.compile(pattern) if pattern else None
-        self._targets: dict[bytes, Table | None] = {}  # name bytes -> table (None: not one)
-        self._listed: dict[bytes, Table] = {}
-        self._needle: bytes | None = None
-        self._runs: list[tuple[str, int]] | None = None
+        # With many tables: runs of rows of one table waiting, (schema.table, count).
+        self._runs: list[tuple[str, int]] | None = [] if self._outbox.many else None
         self.handed_tables: dict[str, int] | None = None  # rows by table of the last take
-        if tables or pattern:
-            self._runs = []
-            for sch, tab in tables:
-                self._listed[names_of(sch, tab)] = Table(sch, tab, router, self._memo)
-            self._targets.update(self._listed)
-        else:
-            # TABLE_MAP after the table id and flags starts with these bytes exactly
-            # when it maps the outbox table.
-            self._needle = names_of(schema, table)
-            self._one = Table(schema, table, router, None)
-            self._one.memo = self._memo
         self._cap = cap
         self._cs = 0  # trailing checksum bytes of this file's events
         self._track = track_gtid
-        self._mariadb = is_mariadb
-        self._mdb = MariaDBGtidState.parse(start.gtid) if is_mariadb and track_gtid else None
-        self._mysql = MySQLGtidSet.parse(start.gtid) if not is_mariadb and track_gtid else None
         self._gtid: Any = None  # the open transaction's GTID, as parsed
-        self._gtids: list[Any] = []  # GTIDs of commits not yet handed over
-        self._gtid_text = start.gtid
+        self._gtids = GtidTracker(start.gtid, is_mariadb=is_mariadb, track=track_gtid)
         self._in_txn = False
         self.file = start.file
         self.records: list[KafkaRecord | RejectedRow] = []
@@ -163,62 +142,20 @@ class BinlogParser:
         else:
             out, self.records = records[:n], records[n:]
         if self._runs is not None:
-            self.handed_tables = self._take_runs(n)
+            self.handed_tables = take_runs(self._runs, n)
         self.committed = 0
         self.commits = 0
-        if self._gtids:
-            self._apply_gtids()
-        position = BinlogPosition(file=self.commit_file, pos=self.commit_pos, gtid=self._gtid_text)
-        return out, position
+        gtid = self._gtids.fold()
+        return out, BinlogPosition(file=self.commit_file, pos=self.commit_pos, gtid=gtid)
 
     def take_open(self) -> list[KafkaRecord | RejectedRow]:
         """The rows of the open transaction read so far (call with no commit waiting)."""
         out, self.records = self.records[self.committed :], self.records[: self.committed]
         if self._runs is not None:
-            kept = self._take_runs(self.committed)
-            self.handed_tables = self._take_runs(len(out))
+            kept = take_runs(self._runs, self.committed)
+            self.handed_tables = take_runs(self._runs, len(out))
             self._runs = [*kept.items()]
         return out
-
-    def _take_runs(self, n: int) -> dict[str, int]:
-        """Rows by table of the first ``n`` rows waiting, taken from the runs."""
-        runs = self._runs
-        assert runs is not None
-        out: dict[str, int] = {}
-        i = 0
-        while n > 0 and i < len(runs):
-            name, count = runs[i]
-            if count > n:
-                runs[i] = (name, count - n)
-                count = n
-            else:
-                i += 1
-            out[name] = out.get(name, 0) + count
-            n -= count
-        del runs[:i]
-        return out
-
-    def _apply_gtids(self) -> None:
-        gtids, self._gtids = self._gtids, []
-        if self._mdb is not None:
-            domains = self._mdb.domains
-            for domain, server, seq in gtids:
-                domains[domain] = f"{domain}-{server}-{seq}"
-            self._gtid_text = str(self._mdb)
-        elif self._mysql is not None:
-            # Coalesce runs of consecutive numbers first: the set merges each
-            # run once, not each transaction.
-            run_sid, lo, hi = None, 0, -1
-            for sid, gno in gtids:
-                if sid == run_sid and gno == hi + 1:
-                    hi = gno
-                    continue
-                if run_sid is not None:
-                    self._mysql._add(uuid_text(run_sid), lo, hi)
-                run_sid, lo, hi = sid, gno, gno
-            if run_sid is not None:
-                self._mysql._add(uuid_text(run_sid), lo, hi)
-            self._gtid_text = str(self._mysql)
 
     # -- parsing ------------------------------------------------------------------
 
@@ -232,13 +169,14 @@ class BinlogParser:
         end = len(buf)
         records = self.records
         cap = self._cap
-        tables = self._tables
-        needle = self._needle
+        tables = self._outbox.ids
+        needle = self._outbox.needle
+        match = self._outbox.map
         from_bytes = int.from_bytes
         u32 = U32
         mdb_gtid = MDB_GTID
         track = self._track
-        gtids = self._gtids
+        gtids = self._gtids.pending
         cs = self._cs
         file = self.file
         gtid = self._gtid
@@ -293,7 +231,7 @@ class BinlogParser:
                         # usual case: compared in place, no slice, no hash.
                         tables[from_bytes(buf[ev + 19 : ev + 25], "little")] = last_mapped
                     else:
-                        mapped = self._map(buf, ev, nxt, cs)
+                        mapped = match(buf, ev, nxt, cs)
                         if mapped is not None:
                             last_key, last_mapped = buf[k0:k1], mapped
                             tables[from_bytes(buf[ev + 19 : ev + 25], "little")] = mapped
@@ -347,60 +285,6 @@ class BinlogParser:
             self._last = (last_key, last_mapped)
         return pos
 
-    def _map(self, buf: bytes, ev: int, end: int, cs: int) -> Mapped | None:
-        """What the TABLE_MAP at ``ev`` maps its id to: an outbox table's layout, or None."""
-        k0 = ev + 27
-        needle = self._needle
-        if needle is not None:
-            table: Table | None = self._one
-            nlen = len(needle)
-        else:
-            # schema_len schema NUL table_len table NUL
-            slen = buf[k0]
-            nlen = slen + buf[k0 + slen + 2] + 4
-            names = buf[k0 : k0 + nlen]
-            table = self._targets.get(names, UNKNOWN)
-            if table is UNKNOWN:
-                table = self._resolve(names)
-        if table is None:
-            return None
-        key = buf[k0 + nlen : end - cs]
-        mapped = table.mapped.get(key)
-        if mapped is None:
-            layout = self._layouts.get(key)
-            if layout is None:
-                if cs:
-                    verify(buf, ev, end, "TABLE_MAP")
-                layout = parse_layout(key, table.where)
-                if len(self._layouts) >= 64:
-                    self._layouts.clear()
-                self._layouts[key] = layout
-            elif layout.plan is None:
-                # Shared with another table: say so for this one too.
-                log.warning("%s cannot hold outbox events: %s", table.where, layout.reject)
-            mapped = Mapped(layout, table)
-            if len(table.mapped) >= 64:
-                table.mapped.clear()
-            table.mapped[key] = mapped
-        return mapped
-
-    def _resolve(self, names: bytes) -> Table | None:
-        """The outbox table a name not seen before is, by the pattern; None if none.
-
-        Evaluated once per distinct name (bounded: forgotten when 10,000 are known).
-        """
-        slen = names[0]
-        schema = names[1 : 1 + slen].decode("utf-8", "replace")
-        table = names[slen + 3 : -1].decode("utf-8", "replace")
-        found = None
-        if self._pattern is not None and self._pattern.fullmatch(f"{schema}.{table}"):
-            found = Table(schema, table, self._router, self._memo)
-            log.info("reading outbox table `%s`.`%s` (matches outbox_table_pattern)", schema, table)
-        if len(self._targets) >= 10_000:
-            self._targets = {k: v for k, v in self._targets.items() if v is not None}
-        self._targets[names] = found
-        return found
-
     def _giant(self, buf: bytes, pos: int) -> int:
         """An event over 16 MB: it spans several packets. -1 until all are here."""
         got = giant_payload(buf, pos)
@@ -415,9 +299,9 @@ class BinlogParser:
     def _event(self, buf: bytes, ev: int, end: int, etype: int) -> None:
         """Any event: the hot ones are also handled inline in :meth:`feed`."""
         if etype == TABLE_MAP:
-            self._table_map(buf, ev, end)
+            self._outbox.table_map(buf, ev, end, self._cs)
         elif etype in (WRITE_V1, WRITE_V2):
-            mapped = self._tables.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
+            mapped = self._outbox.ids.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
             if mapped is not None:
                 self._rows(buf, ev, end, etype, mapped, self.commit_file, self.commit_pos)
         elif etype == XID:
@@ -436,35 +320,13 @@ class BinlogParser:
             self._rotate(buf, ev, end)
         elif etype == FORMAT_DESCRIPTION:
             self._format_description(buf, ev, end)
-        elif etype in MARIADB_WRITE_COMPRESSED:
-            mapped = self._tables.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
-            if mapped is not None:
-                raise ServerConfigurationError(
-                    "log_bin_compress",
-                    f"the server wrote compressed rows of {mapped.where}, which the relay "
-                    "does not read; set log_bin_compress=OFF",
-                )
-        elif etype == TRANSACTION_PAYLOAD:
-            raise ServerConfigurationError(
-                "binlog_transaction_compression",
-                "the server writes compressed transactions, which the relay does not read; "
-                "set binlog_transaction_compression=OFF",
-            )
-        elif etype == MYSQL_GTID_TAGGED and self._track:
-            raise OutboxError(
-                "the binlog has tagged GTIDs (MySQL 8.3+), which the relay cannot track; "
-                "resume by file and position (resume_by_gtid off) or stop tagging"
-            )
+        elif etype in UNREAD:  # compressed rows or transactions, tagged GTIDs
+            mapped = self._outbox.ids.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
+            error = unread_error(etype, None if mapped is None else mapped.where, self._track)
+            if error is not None:
+                raise error
         # Everything else (heartbeats, GTID lists, checkpoints, annotations,
         # previous-GTIDs, anonymous GTIDs, ...) carries nothing the relay needs.
-
-    def _table_map(self, buf: bytes, ev: int, end: int) -> None:
-        tid = int.from_bytes(buf[ev + 19 : ev + 25], "little")
-        mapped = self._map(buf, ev, end, self._cs)
-        if mapped is None:
-            self._tables.pop(tid, None)  # an id now names another table
-        else:
-            self._tables[tid] = mapped
 
     def _rows(
         self,
@@ -477,28 +339,7 @@ class BinlogParser:
         commit_pos: int,
     ) -> None:
         """A WRITE_ROWS event of an outbox table, every case (feed inlines the usual one)."""
-        layout = mapped.layout
-        p = ev + 27
-        if etype == WRITE_V2:
-            p += U16(buf, p)[0]  # extra data, its length counting itself
-        ncols = buf[p]
-        if ncols < 251:
-            p += 1
-        else:
-            ncols, p = packed_int(buf, p)
-        nb = (ncols + 7) // 8
-        if ncols != len(layout.columns) or buf[p : p + nb] != layout.full_bitmap:
-            raise ServerConfigurationError(
-                "binlog_row_image",
-                f"a row of {mapped.where} does not carry every column (binlog_row_image must "
-                "be FULL)",
-            )
-        stop = end - self._cs
-        rows: list[KafkaRecord | RejectedRow]
-        if layout.decoder is not None:
-            rows = layout.decoder(buf[p + nb : stop], mapped.memo)
-        else:
-            rows = list(layout.reject_rows(buf[p + nb : stop]))
+        rows = decode_rows(buf, ev, end, self._cs, etype, mapped)
         self._seen += len(rows)
         if self._skip:
             drop = min(self._skip, len(rows))
@@ -506,15 +347,12 @@ class BinlogParser:
             rows = rows[drop:]
         if self._runs is not None and rows:
             self._runs.append((mapped.name, len(rows)))
-        for r in rows:
-            if type(r) is RejectedRow:
-                place(rows, commit_file, commit_pos, mapped)
-                break
+        place(rows, commit_file, commit_pos, mapped)  # names where any rejected row is
         self.records += rows
 
     def _commit(self, buf: bytes, ev: int) -> None:
         if self._gtid is not None:
-            self._gtids.append(self._gtid)
+            self._gtids.pending.append(self._gtid)
             self._gtid = None
         self._in_txn = False
         self.commit_pos = U32(buf, ev + 13)[0]
@@ -525,10 +363,7 @@ class BinlogParser:
         self._skip = 0
 
     def _query(self, buf: bytes, ev: int, end: int) -> None:
-        # Post-header: thread_id(4) exec_time(4) db_len(1) error_code(2) status_len(2).
-        db_len = buf[ev + 27]
-        start = ev + 32 + U16(buf, ev + 30)[0] + db_len + 1
-        query = buf[start : end - self._cs]
+        query = query_statement(buf, ev, end - self._cs)
         if query == b"BEGIN":
             self._in_txn = True
         elif query == b"COMMIT":
@@ -546,7 +381,7 @@ class BinlogParser:
                 )
             del self.records[self.committed :]
             if self._runs is not None:
-                self._runs = [*self._take_runs(self.committed).items()]
+                self._runs = [*take_runs(self._runs, self.committed).items()]
             self._commit(buf, ev)
         elif not self._in_txn and not query.startswith((b"XA ", b"SAVEPOINT")):
             self._commit(buf, ev)  # DDL: a transaction of its own
@@ -555,7 +390,7 @@ class BinlogParser:
         self.file = rotate_file(buf, ev, end)
         # Table ids are only unique within a server's lifetime, and a restart
         # starts a new file: forget them at every file change.
-        self._tables.clear()
+        self._outbox.ids.clear()
 
     def _format_description(self, buf: bytes, ev: int, end: int) -> None:
         self._cs = checksum_size(buf, ev, end, self.file)

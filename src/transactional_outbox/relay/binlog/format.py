@@ -1,4 +1,5 @@
-"""The binlog wire format: event type codes, packet status, checksums. Pure.
+"""The binlog wire format: event type codes, packet status, checksums, and the
+server settings whose events the relay does not read. Pure.
 
 Shared by the event parser (:mod:`.events`) and its tests. Layouts from MySQL's
 ``libbinlogevents`` and MariaDB's ``log_event.h``.
@@ -9,7 +10,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from ...exceptions import OutboxError
+from ...exceptions import OutboxError, ServerConfigurationError
 
 __all__ = [
     "DumpEnded",
@@ -17,9 +18,10 @@ __all__ = [
     "checksum_size",
     "crc_ok",
     "giant_payload",
+    "query_statement",
     "rotate_file",
     "status",
-    "uuid_text",
+    "unread_error",
     "verify",
 ]
 
@@ -37,6 +39,7 @@ MARIADB_GTID = 162
 MARIADB_WRITE_COMPRESSED = (166, 169)
 SKIPPED_ROWS = frozenset({UPDATE_V1, DELETE_V1, UPDATE_V2, DELETE_V2, 167, 168, 170, 171})
 HOT = frozenset({TABLE_MAP, WRITE_V1, WRITE_V2, XID, MARIADB_GTID}) | SKIPPED_ROWS
+UNREAD = frozenset({*MARIADB_WRITE_COMPRESSED, TRANSACTION_PAYLOAD, MYSQL_GTID_TAGGED})
 MDB_GTID = struct.Struct("<QIB").unpack_from
 FL_STANDALONE = 1  # MariaDB GTID flags2: a statement outside any transaction (DDL)
 GIANT = 0xFFFFFF  # a packet of this length continues in the next one
@@ -76,12 +79,6 @@ def verify(buf: bytes, ev: int, end: int, what: str) -> None:
         )
 
 
-def uuid_text(sid: bytes) -> str:
-    """A MySQL source uuid's canonical text."""
-    h = sid.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
 def giant_payload(buf: bytes, pos: int) -> tuple[bytes, int] | None:
     """The payload of a packet chain over 16 MB at ``pos`` and the position after
     it; None until every packet of it is in ``buf``."""
@@ -107,6 +104,43 @@ def rotate_file(buf: bytes, ev: int, end: int) -> str:
     if end - ev >= 27 + 4 and crc_ok(buf, ev, end):
         body_end = end - 4
     return buf[ev + 27 : body_end].decode()
+
+
+def query_statement(buf: bytes, ev: int, end: int) -> bytes:
+    """A QUERY event's statement; ``end`` excludes any checksum.
+
+    Post-header: thread_id(4) exec_time(4) db_len(1) error_code(2)
+    status_len(2); then the status variables, the db name and a NUL.
+    """
+    return buf[ev + 32 + U16(buf, ev + 30)[0] + buf[ev + 27] + 1 : end]
+
+
+def unread_error(etype: int, outbox: str | None, track_gtid: bool) -> OutboxError | None:
+    """The error for an event of :data:`UNREAD` type, or None if it may pass unread.
+
+    Compressed rows matter only of an outbox table (``outbox``: the table the
+    event's id names, None if not one); tagged GTIDs only when tracking GTIDs.
+    """
+    if etype in MARIADB_WRITE_COMPRESSED:
+        if outbox is None:
+            return None
+        return ServerConfigurationError(
+            "log_bin_compress",
+            f"the server wrote compressed rows of {outbox}, which the relay "
+            "does not read; set log_bin_compress=OFF",
+        )
+    if etype == TRANSACTION_PAYLOAD:
+        return ServerConfigurationError(
+            "binlog_transaction_compression",
+            "the server writes compressed transactions, which the relay does not read; "
+            "set binlog_transaction_compression=OFF",
+        )
+    if track_gtid:
+        return OutboxError(
+            "the binlog has tagged GTIDs (MySQL 8.3+), which the relay cannot track; "
+            "resume by file and position (resume_by_gtid off) or stop tagging"
+        )
+    return None
 
 
 def checksum_size(buf: bytes, ev: int, end: int, file: str) -> int:
