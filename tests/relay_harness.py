@@ -272,8 +272,13 @@ class RelayProcess:
             "metrics_port",
             "reconnect_max_seconds",
             "reader",
+            "outbox_tables",
+            "outbox_table_pattern",
+            "on_rejected",
+            "dead_letter_topic",
         ):
-            env[env_var(name)] = str(getattr(s, name))
+            value = getattr(s, name)
+            env[env_var(name)] = ",".join(value) if isinstance(value, tuple) else str(value)
         env[env_var("enable_idempotence")] = "false"
         return env
 

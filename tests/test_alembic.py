@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import uuid
 from pathlib import Path
 
 import sqlalchemy as sa
@@ -120,3 +121,49 @@ def test_apps_add_the_package_location_beside_their_own(tmp_path: Path) -> None:
     assert outbox.down_revision is None
     assert outbox.branch_labels == {"transactional_outbox"}
     assert set(script.get_bases()) == {"app_0001", "outbox_0001"}
+
+
+def test_one_outbox_per_schema_by_migration_and_by_metadata(stack: Stack, mysql_url: URL) -> None:
+    """Many services on one server (issue 19): each service's migration, run against its
+    own schema, makes its own outbox (and alembic_version); outbox_table(schema=...)
+    defines the same table for several schemas in one MetaData."""
+    prefix = f"mt19_alembic_{uuid.uuid4().hex[:6]}_"
+    names = [prefix + x for x in "abc"]
+    with stack.mysql_connect() as conn, conn.cursor() as cur:
+        for name in names:
+            cur.execute(f"CREATE DATABASE `{name}`")
+    try:
+        for name in names[:2]:
+            command.upgrade(alembic_config(mysql_url.set(database=name)), "head")
+        metadata = sa.MetaData()
+        defined = [outbox_table(metadata, schema=name) for name in names]
+        engine = sa.create_engine(mysql_url)
+        try:
+            metadata.create_all(engine)  # the first two exist already: only the third is made
+            with engine.begin() as conn:
+                for table in defined:
+                    conn.execute(
+                        table.insert().values(
+                            id=uuid.uuid4().bytes,
+                            aggregate_type="order",
+                            aggregate_id="1",
+                            event_type="T",
+                            payload=b"{}",
+                            timestamp=sa.func.now(6),
+                        )
+                    )
+                counts = [
+                    conn.execute(sa.select(sa.func.count()).select_from(t)).scalar()
+                    for t in defined
+                ]
+        finally:
+            engine.dispose()
+        assert counts == [1, 1, 1]
+        for name in names:
+            assert columns(stack, name, "outbox") == CONTRACT
+        assert tables(stack, names[0]) == {"outbox", "outbox_inbox", "alembic_version"}
+        assert "alembic_version" not in tables(stack, names[2])
+    finally:
+        with stack.mysql_connect() as conn, conn.cursor() as cur:
+            for name in names:
+                cur.execute(f"DROP DATABASE IF EXISTS `{name}`")

@@ -309,7 +309,7 @@ def test_rejected_rows_say_where_they_are() -> None:
     evs += one_event_txn(bad, 2, 2000)[0]
     records, _ = run(parser(), B.stream(*evs))
     assert isinstance(records[1], RejectedRow)
-    assert records[1].where == "in the transaction after bin.000001:1600"
+    assert records[1].where == "of `app`.`outbox` in the transaction after bin.000001:1600"
 
 
 def test_an_event_over_16_mb_spans_packets() -> None:

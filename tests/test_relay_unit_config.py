@@ -453,7 +453,7 @@ def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.Mon
         assert f"[env {env_var(f.name)}]" in text
         if f.name == "kafka_sasl_password":
             default = "(unset)"
-        elif f.name == "topic_overrides":
+        elif f.name in ("topic_overrides", "outbox_tables"):
             default = "(none)"
         elif f.name in CONN:
             default = "(required)"

@@ -7,6 +7,7 @@ the binlog ends now, where it starts, and the GTID state at a position.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,7 +17,14 @@ from ..exceptions import BinlogPurgedError, ServerConfigurationError
 from ..record_format import COLUMNS
 from .position import BinlogPosition, StartPolicy
 
-__all__ = ["ServerInfo", "check_server", "resolve_start"]
+__all__ = [
+    "ServerInfo",
+    "check_matching_tables",
+    "check_server",
+    "matching_tables",
+    "resolve_start",
+    "table_problem",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,11 +73,18 @@ def _gtid_at(cur: Any, info_is_mariadb: bool, file: str, pos: int) -> str | None
     return None if row is None or row[0] is None else str(row[0])
 
 
-def check_server(conn: pymysql.Connection, *, schema: str, table: str) -> ServerInfo:
-    """Check binlog settings, privileges and the outbox table; describe the server.
+def check_server(
+    conn: pymysql.Connection,
+    *,
+    tables: Sequence[tuple[str, str]],
+    setting: str = "outbox_table",
+) -> ServerInfo:
+    """Check binlog settings, privileges and the outbox ``tables`` (schema, table);
+    describe the server.
 
     Raises :class:`ServerConfigurationError` naming the server variable,
-    privilege or table to fix.
+    privilege or table to fix (a table's error names ``setting``, the setting
+    that listed it).
     """
     user = str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
     with conn.cursor() as cur:
@@ -112,35 +127,14 @@ def check_server(conn: pymysql.Connection, *, schema: str, table: str) -> Server
                 f"user {user!r} cannot stream the binlog: GRANT REPLICATION SLAVE ON *.* "
                 f"TO '{user}'@'%';",
             )
-        try:
-            cur.execute(
-                "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH FROM "
-                "information_schema.COLUMNS WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
-                (schema, table),
-            )
-            columns = {str(r[0]).lower(): (str(r[1]).lower(), r[2]) for r in cur.fetchall()}
-        except pymysql.err.OperationalError as exc:
-            raise _privileges_error(user, f"SELECT ON `{schema}`.`{table}`", exc) from None
-        if not columns:
-            raise ServerConfigurationError(
-                "outbox_table",
-                f"table `{schema}`.`{table}` does not exist or is not visible to {user!r}: run "
-                "`alembic upgrade head` (or grant SELECT on it), or set --outbox-schema/"
-                "--outbox-table",
-            )
-        missing = [c for c in COLUMNS if c not in columns]
-        if missing:
-            raise ServerConfigurationError(
-                "outbox_table",
-                f"`{schema}`.`{table}` lacks column(s) {', '.join(missing)}; "
-                f"expected {', '.join(COLUMNS)}",
-            )
-        id_type, id_len = columns["id"]
-        if id_type != "binary" or id_len != 16:
-            raise ServerConfigurationError(
-                "outbox_table",
-                f"`{schema}`.`{table}`.id is {id_type}({id_len}), expected binary(16)",
-            )
+        many = setting == "outbox_tables"
+        hint = "fix --outbox-tables" if many else "set --outbox-schema/--outbox-table"
+        for schema, table in tables:
+            problem = table_problem(cur, user, schema, table, hint=hint)
+            if problem is not None:
+                raise ServerConfigurationError(
+                    setting, f"{problem} (listed in outbox_tables)" if many else problem
+                )
         if is_mariadb:
             gtid_enabled = True
         else:
@@ -160,6 +154,72 @@ def check_server(conn: pymysql.Connection, *, schema: str, table: str) -> Server
             binlogs=binlogs,
             server_id=int(own_id or 0),
         )
+
+
+def table_problem(cur: Any, user: str, schema: str, table: str, *, hint: str) -> str | None:
+    """What is wrong with ``schema``.``table`` as an outbox table, or None.
+
+    A missing table's message ends with ``hint``, the caller's advice.
+    """
+    try:
+        cur.execute(
+            "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH FROM "
+            "information_schema.COLUMNS WHERE TABLE_SCHEMA=%s AND TABLE_NAME=%s",
+            (schema, table),
+        )
+        columns = {str(r[0]).lower(): (str(r[1]).lower(), r[2]) for r in cur.fetchall()}
+    except pymysql.err.OperationalError as exc:
+        raise _privileges_error(user, f"SELECT ON `{schema}`.`{table}`", exc) from None
+    if not columns:
+        return (
+            f"table `{schema}`.`{table}` does not exist or is not visible to {user!r}: run "
+            f"`alembic upgrade head` (or grant SELECT on it), or {hint}"
+        )
+    missing = [c for c in COLUMNS if c not in columns]
+    if missing:
+        return (
+            f"`{schema}`.`{table}` lacks column(s) {', '.join(missing)}; "
+            f"expected {', '.join(COLUMNS)}"
+        )
+    id_type, id_len = columns["id"]
+    if id_type != "binary" or id_len != 16:
+        return f"`{schema}`.`{table}`.id is {id_type}({id_len}), expected binary(16)"
+    return None
+
+
+_SYSTEM_SCHEMAS = ("mysql", "information_schema", "performance_schema", "sys")
+
+
+def matching_tables(conn: pymysql.Connection, pattern: re.Pattern[str]) -> list[tuple[str, str]]:
+    """The base tables visible to the user whose ``schema.table`` full-matches ``pattern``."""
+    with conn.cursor() as cur:
+        cur.execute(
+            "SELECT TABLE_SCHEMA, TABLE_NAME FROM information_schema.TABLES "
+            "WHERE TABLE_TYPE='BASE TABLE' AND TABLE_SCHEMA NOT IN %s "
+            "ORDER BY TABLE_SCHEMA, TABLE_NAME",
+            (_SYSTEM_SCHEMAS,),
+        )
+        rows = [(str(r[0]), str(r[1])) for r in cur.fetchall()]
+    return [(sch, tab) for sch, tab in rows if pattern.fullmatch(f"{sch}.{tab}")]
+
+
+def check_matching_tables(
+    conn: pymysql.Connection, pattern: re.Pattern[str], *, listed: Sequence[tuple[str, str]]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The tables ``pattern`` matches now (beyond ``listed``): the good ones, and a
+    problem line for each that cannot hold outbox events."""
+    user = str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
+    good, bad = [], []
+    with conn.cursor() as cur:
+        for schema, table in matching_tables(conn, pattern):
+            if (schema, table) in listed:
+                continue
+            problem = table_problem(cur, user, schema, table, hint="drop it")
+            if problem is None:
+                good.append((schema, table))
+            else:
+                bad.append(problem)
+    return good, bad
 
 
 def _all(cur: Any, sql: str) -> list[Any]:

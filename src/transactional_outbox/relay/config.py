@@ -11,6 +11,7 @@ import argparse
 import dataclasses
 import hashlib
 import os
+import re
 import secrets
 import socket
 import ssl
@@ -75,6 +76,17 @@ class RelaySettings:
     )
     outbox_schema: str = option("", "schema (database) of the outbox table; default: the URL's")
     outbox_table: str = option("outbox", "name of the outbox table")
+    outbox_tables: tuple[str, ...] = option(
+        (),
+        "several outbox tables read by one relay, comma-separated schema.table "
+        "('shop.outbox,billing.outbox'); instead of --outbox-schema/--outbox-table",
+    )
+    outbox_table_pattern: str = option(
+        "",
+        "a Python regex full-matched against schema.table: every matching table is an outbox "
+        "table, also one created while the relay runs ('[a-z_]+\\.outbox'); may be combined "
+        "with --outbox-tables",
+    )
     kafka_bootstrap_servers: str = option("", "required: Kafka bootstrap servers, comma-separated")
     kafka_security_protocol: str = option(
         "PLAINTEXT",
@@ -206,7 +218,8 @@ class RelaySettings:
             raise ConfigurationError("mysql_url", "is not a valid URL") from None
         if not url.host:
             raise ConfigurationError("mysql_url", f"{mask_url(self.mysql_url)} has no host")
-        if not (self.outbox_schema or url.database):
+        self._check_tables()
+        if not (self.multi_table or self.outbox_schema or url.database):
             raise ConfigurationError("outbox_schema", "not set and mysql_url names no database")
         if self.server_id < 0 or self.server_id > 2**32 - 1:
             raise ConfigurationError("server_id", f"{self.server_id} is not in 0..4294967295")
@@ -228,7 +241,53 @@ class RelaySettings:
                 "kafka_sasl_username", f"required with {self.kafka_security_protocol}"
             )
 
+    def _check_tables(self) -> None:
+        tables = self.outbox_tables
+        if isinstance(tables, str):  # a keyword given as text, like from_env would
+            tables = tuple(filter(None, (t.strip() for t in tables.split(","))))
+        object.__setattr__(self, "outbox_tables", tuple(tables))
+        for name in self.outbox_tables:
+            schema, dot, table = name.partition(".")
+            if not (dot and schema and table) or "." in table:
+                raise ConfigurationError(
+                    "outbox_tables", f"{name!r} is not schema.table (one dot, both named)"
+                )
+        if self.outbox_table_pattern:
+            try:
+                re.compile(self.outbox_table_pattern)
+            except re.error as exc:
+                raise ConfigurationError(
+                    "outbox_table_pattern",
+                    f"{self.outbox_table_pattern!r} is not a valid regular expression ({exc})",
+                ) from None
+        if self.multi_table and (self.outbox_schema or self.outbox_table != "outbox"):
+            raise ConfigurationError(
+                "outbox_tables",
+                "outbox_tables/outbox_table_pattern name the tables as schema.table: leave "
+                "outbox_schema and outbox_table unset with them",
+            )
+
     # -- derived values --------------------------------------------------------
+
+    @property
+    def multi_table(self) -> bool:
+        """True when :attr:`outbox_tables` or :attr:`outbox_table_pattern` is set."""
+        return bool(self.outbox_tables or self.outbox_table_pattern)
+
+    @property
+    def tables(self) -> tuple[tuple[str, str], ...]:
+        """The listed outbox tables as ``(schema, table)``: :attr:`outbox_tables`, or
+        the one table of :attr:`schema` and :attr:`outbox_table`; none with a pattern alone."""
+        if self.multi_table:
+            return tuple(
+                (name.partition(".")[0], name.partition(".")[2]) for name in self.outbox_tables
+            )
+        return ((self.schema, self.outbox_table),)
+
+    @property
+    def table_pattern(self) -> re.Pattern[str] | None:
+        """:attr:`outbox_table_pattern` compiled, if set."""
+        return re.compile(self.outbox_table_pattern) if self.outbox_table_pattern else None
 
     @property
     def schema(self) -> str:

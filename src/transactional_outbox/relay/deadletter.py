@@ -39,6 +39,8 @@ def dead_letter_record(
         key = (rejected.aggregate_id or rejected.event_id or "").encode()
         headers = [("dlq.reason", reason.encode())]
         body = {"id": rejected.event_id, "aggregateid": rejected.aggregate_id}
+        if rejected.table:
+            body["table"] = rejected.table
     else:
         event = event_of(rejected)
         key = rejected.key

@@ -54,7 +54,13 @@ def mysql_misconfiguration(
             "mysql_url", f"the server refused the login (error {code}): {reason}"
         )
     if code in (_UNKNOWN_DATABASE, _DB_ACCESS_DENIED):
-        setting = "outbox_schema" if settings.outbox_schema else "mysql_url"
+        setting = (
+            "outbox_tables"
+            if settings.outbox_tables
+            else "outbox_schema"
+            if settings.outbox_schema
+            else "mysql_url"
+        )
         return ConfigurationError(setting, f"error {code} from the server: {reason}")
     return None
 

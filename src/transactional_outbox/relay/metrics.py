@@ -36,6 +36,16 @@ class _StatsCollector(Collector):
             return GaugeMetricFamily(name, doc, value=value)
 
         yield counter("outbox_relay_events_published", "Events acknowledged by Kafka", st.published)
+        if st.by_table:
+            by_table = CounterMetricFamily(
+                "outbox_relay_table_events_published",
+                "Events of each outbox table acknowledged by Kafka or dead-lettered, counted "
+                "as their batch is (many outbox tables only)",
+                labels=["table"],
+            )
+            for table, n in sorted(st.by_table.items()):
+                by_table.add_metric([table], n)
+            yield by_table
         yield counter(
             "outbox_relay_events_dead_lettered",
             "Events sent to the dead-letter topic",

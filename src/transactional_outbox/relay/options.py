@@ -71,6 +71,8 @@ def convert(f: dataclasses.Field[Any], raw: Any, source: str) -> Any:
                     raise ValueError(f"{item!r} is not NAME=TOPIC")
                 out[key.strip()] = value.strip()
             return out
+        if kind.startswith("tuple"):  # a comma-separated list: "a.b,c.d"
+            return tuple(filter(None, (p.strip() for p in raw.split(","))))
     except ValueError as exc:
         if f.metadata.get(SECRET):  # int()/float() errors quote the value: hide them too
             raise ConfigurationError(f.name, f"{source}=***: not a valid {kind}") from None
@@ -116,7 +118,7 @@ def options_parser(
         default = f.default
         if f.metadata.get(SECRET):
             default = "(unset)"
-        elif kind.startswith("Mapping"):
+        elif kind.startswith(("Mapping", "tuple")):
             default = "(none)"
         elif f.name in required:
             default = "(required)"

@@ -60,7 +60,7 @@ class PublishSession:
         self.start = start
         # A fresh watermark: events still outstanding from a failed session
         # will be read and sent again.
-        self.watermark = Watermark(start)
+        self.watermark = Watermark(start, stats.by_table if settings.multi_table else None)
         self.failure: BaseException | None = None
         self._source_settings = source_settings
         self._router = router
@@ -198,7 +198,7 @@ class PublishSession:
                     records = batch.records
                     if records:
                         observe(len(records))
-                        ticket = wm.add_events(len(records))
+                        ticket = wm.add_events(len(records), batch.tables)
                         for r in records:
                             if isinstance(r, RejectedRow):
                                 # In stream order: what comes before it goes out first.

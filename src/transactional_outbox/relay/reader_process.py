@@ -13,7 +13,8 @@ when to stop) and is killed by the kernel if the relay dies.
 
 Wire format, one message per pipe message: a tag byte, then
 
-* ``M``: ``marshal`` of ``(records as plain tuples, commit as (file, pos, gtid) or None)``,
+* ``M``: ``marshal`` of ``(records as plain tuples, commit as (file, pos, gtid) or None,
+  rows by table or None)``,
   for batches of valid records only (marshal of plain tuples is ~5x faster
   than pickling named tuples);
 * ``P``: ``pickle`` of ``("batch", SourceBatch)``, ``("state", str)`` or
@@ -59,7 +60,8 @@ def encode_batch(batch: SourceBatch) -> bytes:
     if not any(type(r) is RejectedRow for r in records):
         c = batch.commit
         commit = None if c is None else (c.file, c.pos, c.gtid)
-        return b"M" + marshal.dumps(([tuple(r) for r in records], commit))  # type: ignore[arg-type]
+        plain = [tuple(r) for r in records]  # type: ignore[arg-type]
+        return b"M" + marshal.dumps((plain, commit, batch.tables))
     return _pickled(("batch", batch))
 
 
@@ -70,14 +72,14 @@ def _pickled(message: tuple[str, Any]) -> bytes:
 def decode_message(data: bytes) -> tuple[str, Any]:
     """``("batch", SourceBatch)``, ``("state", str)`` or ``("error", exception)``."""
     if data[:1] == b"M":
-        plain, commit = marshal.loads(data[1:])
+        plain, commit, tables = marshal.loads(data[1:])
         records = [_new_record(KafkaRecord, r) for r in plain]
         position = (
             None
             if commit is None
             else BinlogPosition(file=commit[0], pos=commit[1], gtid=commit[2])
         )
-        return "batch", SourceBatch(records, position)
+        return "batch", SourceBatch(records, position, tables)
     message: tuple[str, Any] = pickle.loads(data[1:])
     return message
 

@@ -31,10 +31,27 @@ def invalid_topic_reason(topic: str) -> str | None:
     return None
 
 
-class TopicRouter:
-    """Maps an aggregate type to its topic: an override if one is set, else the template.
+def _override_key(key: str) -> tuple[str, str] | str:
+    """``(schema.table, type or "*")`` for a table's override key, else the aggregate type.
 
-    The template may use ``{aggregatetype}`` (alias ``{aggregate_type}``).
+    A key is table-scoped when what comes before its first ``:`` is ``schema.table``
+    (exactly one dot, both sides non-empty); any other key is an aggregate type.
+    """
+    head, colon, rest = key.partition(":")
+    schema, dot, table = head.partition(".")
+    if colon and rest and dot and schema and table and "." not in table:
+        return head, rest
+    return key
+
+
+class TopicRouter:
+    """Maps an event to its topic: an override if one is set, else the template.
+
+    The template may use ``{aggregatetype}`` (alias ``{aggregate_type}``), and
+    ``{schema}`` and ``{table}``: the outbox table the event was read from.
+    An override key is an aggregate type (any table), ``SCHEMA.TABLE:TYPE`` or
+    ``SCHEMA.TABLE:*`` (every type of that table); the most specific one wins:
+    table and type, then table, then type, then the template.
     """
 
     def __init__(
@@ -44,22 +61,30 @@ class TopicRouter:
         overrides: Mapping[str, str] | None = None,
     ) -> None:
         try:
-            sample = template.format(aggregatetype="x", aggregate_type="x")
+            sample = template.format(aggregatetype="x", aggregate_type="x", schema="x", table="x")
         except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
             raise ConfigurationError(
                 "topic_template",
-                f"{template!r} may only use the placeholder {{aggregatetype}} ({exc})",
+                f"{template!r} may only use the placeholders {{aggregatetype}}, {{schema}} "
+                f"and {{table}} ({exc})",
             ) from None
         reason = invalid_topic_reason(sample)
         if reason:
             raise ConfigurationError("topic_template", f"{template!r} gives bad topics: {reason}")
         self.template = template
         self.overrides = dict(overrides or {})
+        self._by_type: dict[str, str] = {}
+        self._by_table: dict[tuple[str, str], str] = {}  # (schema.table, type or "*") -> topic
         for agg, topic in self.overrides.items():
             reason = invalid_topic_reason(topic)
             if reason:
                 raise ConfigurationError("topic_overrides", f"for {agg!r}: {reason}")
-        self._cache: dict[str, str] = {}
+            key = _override_key(agg)
+            if isinstance(key, tuple):
+                self._by_table[key] = topic
+            else:
+                self._by_type[key] = topic
+        self._cache: dict[tuple[str, str, str], str] = {}
         # Per-relay memo of header pieces that repeat from event to event.
         self._field_cache: dict[str, bytes] = {}
         self._user_cache: dict[int, tuple[Mapping[str, str], list[tuple[str, bytes]]]] = {}
@@ -99,15 +124,30 @@ class TopicRouter:
             out.extend(memo[1])
         return out
 
-    def topic(self, aggregate_type: str) -> str:
-        """The topic for ``aggregate_type`` (not validated; see :func:`invalid_topic_reason`)."""
-        topic = self._cache.get(aggregate_type)
+    def topic(self, aggregate_type: str, schema: str = "", table: str = "") -> str:
+        """The topic for ``aggregate_type`` read from ``schema``.``table`` (not validated;
+        see :func:`invalid_topic_reason`)."""
+        key = (aggregate_type, schema, table)
+        topic = self._cache.get(key)
         if topic is None:
-            topic = self.overrides.get(aggregate_type) or self.template.format(
-                aggregatetype=aggregate_type, aggregate_type=aggregate_type
+            found: str | None = None
+            if self._by_table:
+                name = f"{schema}.{table}"
+                found = self._by_table.get((name, aggregate_type)) or self._by_table.get(
+                    (name, "*")
+                )
+            topic = (
+                found
+                or self._by_type.get(aggregate_type)
+                or self.template.format(
+                    aggregatetype=aggregate_type,
+                    aggregate_type=aggregate_type,
+                    schema=schema,
+                    table=table,
+                )
             )
             if len(self._cache) < 10_000:
-                self._cache[aggregate_type] = topic
+                self._cache[key] = topic
         return topic
 
 
@@ -121,10 +161,13 @@ class KafkaRecord(NamedTuple):
     timestamp_ms: int
 
 
-def build_record(event: OutboxEvent, router: TopicRouter) -> KafkaRecord:
-    """The Kafka record of ``event``: key aggregate id, value payload bytes unchanged."""
+def build_record(
+    event: OutboxEvent, router: TopicRouter, *, schema: str = "", table: str = ""
+) -> KafkaRecord:
+    """The Kafka record of ``event`` (read from ``schema``.``table``): key aggregate id,
+    value payload bytes unchanged."""
     return KafkaRecord(
-        topic=router.topic(event.aggregate_type),
+        topic=router.topic(event.aggregate_type, schema, table),
         key=event.aggregate_id.encode(),
         value=event.payload,
         headers=router.headers(event),

@@ -39,6 +39,7 @@ class RejectedRow:
     event_id: str | None = None
     aggregate_id: str | None = None
     where: str = ""
+    table: str = ""  # the outbox table it was read from, "schema.table"
 
 
 def rejected(exc: InvalidEventError, raw_id: Any = None, aggregate_id: Any = None) -> RejectedRow:
@@ -57,21 +58,37 @@ def rejected(exc: InvalidEventError, raw_id: Any = None, aggregate_id: Any = Non
 
 
 class RowMemo:
-    """One reader's memos of what repeats from row to row, and its topic router.
+    """One reader's memos of what repeats from row to row, for one outbox table, and
+    its topic router.
 
     Event types, aggregate types, header texts and seconds repeat; each is
-    validated and encoded once per reader. Bounded: cleared when full.
+    validated and encoded once per reader. Bounded: cleared when full. Topics
+    depend on the table (``{schema}``, table overrides), so each table has its
+    own memo; ``shared`` lends another table's memo its table-independent
+    dicts (names, headers, seconds).
     """
 
-    def __init__(self, router: TopicRouter) -> None:
+    def __init__(
+        self,
+        router: TopicRouter,
+        *,
+        schema: str = "",
+        table: str = "",
+        shared: RowMemo | None = None,
+    ) -> None:
         self.router = router
+        self.schema = schema
+        self.table = table
         self.topics: dict[bytes, str] = {}  # raw aggregate type -> its topic (validated)
         self.names: dict[bytes, str] = {}  # raw type or aggregate type -> text (valid UTF-8)
         self.headers: dict[bytes, list[tuple[str, bytes]]] = {}  # headers column -> headers
         self.seconds: dict[int, tuple[bytes, int]] = {}  # packed DATETIME2 -> (text, Unix s)
+        if shared is not None:
+            self.names, self.headers, self.seconds = shared.names, shared.headers, shared.seconds
 
     def __repr__(self) -> str:
-        return f"RowMemo({self.router!r}, topics={len(self.topics)})"
+        table = f"`{self.schema}`.`{self.table}`"
+        return f"RowMemo({self.router!r}, {table}, topics={len(self.topics)})"
 
     def second(self, packed: int) -> tuple[bytes, int]:
         """``(b"YYYY-MM-DDTHH:MM:SS", Unix seconds)`` of a packed DATETIME2.
@@ -119,7 +136,7 @@ class RowMemo:
         """The topic of a raw aggregate type (validated)."""
         topic = self.topics.get(raw)
         if topic is None:
-            topic = self.router.topic(self.name(raw, "aggregatetype"))
+            topic = self.router.topic(self.name(raw, "aggregatetype"), self.schema, self.table)
             if len(self.topics) < 10_000:
                 self.topics[raw] = topic
         return topic

@@ -65,10 +65,14 @@ class SourceBatch:
     ``commit`` is set when the batch ends at a transaction's commit: the
     position to resume from after it. A large transaction arrives in several
     batches, all but the last with ``commit=None``.
+
+    ``tables``: with many outbox tables, how many of the records came from each
+    (``"schema.table"``); None with one.
     """
 
     records: list[KafkaRecord | RejectedRow]
     commit: BinlogPosition | None
+    tables: dict[str, int] | None = None
 
 
 class BatchSink(Protocol):
@@ -169,6 +173,10 @@ class SourceSettings:
     schema: str
     table: str
     is_mariadb: bool
+    # Many outbox tables: these (schema, table) pairs and the tables whose
+    # "schema.table" full-matches the pattern; schema/table are then unused.
+    tables: tuple[tuple[str, str], ...] = ()
+    table_pattern: str | None = None
     heartbeat_seconds: float = 2.0
     reconnect_delay_seconds: float = 1.0
     max_reconnect_delay_seconds: float = 30.0
@@ -339,6 +347,8 @@ class BinlogSource:
             is_mariadb=s.is_mariadb,
             track_gtid=start.gtid is not None,
             layouts=self._layouts,
+            tables=s.tables,
+            pattern=s.table_pattern,
             cap=s.chunk_events,
             # After a reconnect the open transaction is read again from its
             # start; its rows already handed over are skipped, not sent twice.
@@ -388,13 +398,13 @@ class BinlogSource:
     ) -> bool:
         if parser.commits:
             records, commit = parser.take_committed()
-            if not put(SourceBatch(records, commit)):
+            if not put(SourceBatch(records, commit, parser.handed_tables)):
                 return False
             self._position = commit
             self._pushed_in_txn = 0
         if open_too and parser.open_rows >= self._s.chunk_events:
             records = parser.take_open()
-            if not put(SourceBatch(records, None)):
+            if not put(SourceBatch(records, None, parser.handed_tables)):
                 return False
             self._pushed_in_txn += len(records)
         return True

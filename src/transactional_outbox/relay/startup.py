@@ -14,9 +14,9 @@ from dataclasses import dataclass
 import pymysql
 from redis.exceptions import RedisError
 
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, ServerConfigurationError
 from .checkpoint import RedisCheckpointStore
-from .checks import ServerInfo, check_server, resolve_start
+from .checks import ServerInfo, check_matching_tables, check_server, resolve_start
 from .config import RelaySettings, derive_server_id, mask_url
 from .faults import mysql_misconfiguration, redis_misconfiguration
 from .position import BinlogPosition
@@ -38,6 +38,9 @@ class Start:
     server: ServerInfo
     position: BinlogPosition
     server_id: int
+    # Outbox tables the pattern matched at startup (beyond the listed ones): for
+    # the start line and the per-table counts.
+    matched: tuple[tuple[str, str], ...] = ()
 
 
 def choose_server_id(settings: RelaySettings, info: ServerInfo, current: int) -> int:
@@ -75,7 +78,7 @@ async def prepare_start(
     delay = 0.5
     while True:
         try:
-            info, start, why = await _resolve(s, store, stats)
+            info, start, why, matched = await _resolve(s, store, stats)
             break
         except (pymysql.err.OperationalError, RedisError, OSError) as exc:
             fatal = mysql_misconfiguration(exc, s) or redis_misconfiguration(exc)
@@ -90,33 +93,45 @@ async def prepare_start(
                 return None
             delay = min(delay * 2, s.reconnect_max_seconds)
     server_id = choose_server_id(s, info, server_id)
+    if s.multi_table:
+        for sch, tab in (*s.tables, *matched):
+            stats.by_table.setdefault(f"{sch}.{tab}", 0)
     args = s.mysql_connection_args()
+    names = ", ".join(f"`{sch}`.`{tab}`" for sch, tab in (*s.tables, *matched))
+    if s.outbox_table_pattern:
+        names = f"{names or 'none yet'} and tables matching {s.outbox_table_pattern!r}"
     log.info(
-        "relay %r: %s at %s, outbox `%s`.`%s`, Kafka %s, Redis %s; starting at %s (%s)",
+        "relay %r: %s at %s, outbox %s, Kafka %s, Redis %s; starting at %s (%s)",
         s.relay_name,
         info.version,
         f"{args['host']}:{args['port']}",
-        s.schema,
-        s.outbox_table,
+        names,
         s.kafka_bootstrap_servers,
         mask_url(s.redis_url),
         start,
         why,
     )
-    return Start(server=info, position=start, server_id=server_id)
+    return Start(server=info, position=start, server_id=server_id, matched=tuple(matched))
 
 
 async def _resolve(
     s: RelaySettings, store: RedisCheckpointStore, stats: RelayStats
-) -> tuple[ServerInfo, BinlogPosition, str]:
+) -> tuple[ServerInfo, BinlogPosition, str, list[tuple[str, str]]]:
     checkpoint = await store.load()
     stats.redis = "ok"
 
-    def blocking() -> tuple[ServerInfo, BinlogPosition, str]:
-        # With the database: the server then says "unknown database" itself.
-        conn = pymysql.connect(**s.mysql_connection_args(), database=s.schema, connect_timeout=10)
+    def blocking() -> tuple[ServerInfo, BinlogPosition, str, list[tuple[str, str]]]:
+        # With the database: the server then says "unknown database" itself
+        # (many tables: the first listed one's; none for a pattern alone).
+        database = s.tables[0][0] if s.tables else None
+        conn = pymysql.connect(**s.mysql_connection_args(), database=database, connect_timeout=10)
         try:
-            info = check_server(conn, schema=s.schema, table=s.outbox_table)
+            info = check_server(
+                conn,
+                tables=s.tables,
+                setting="outbox_tables" if s.multi_table else "outbox_table",
+            )
+            matched = _check_pattern(conn, s)
             start, why = resolve_start(
                 conn,
                 info,
@@ -124,11 +139,32 @@ async def _resolve(
                 policy=s.start_policy(),
                 ignore_checkpoint=s.ignore_checkpoint,
             )
-            return info, start, why
+            return info, start, why, matched
         finally:
             conn.close()
 
     return await asyncio.to_thread(blocking)
+
+
+def _check_pattern(conn: pymysql.Connection, s: RelaySettings) -> list[tuple[str, str]]:
+    """The tables outbox_table_pattern matches now; one that cannot hold outbox events
+    stops the relay (on_rejected=stop) or is named in a WARNING (its rows will be
+    dead-lettered)."""
+    pattern = s.table_pattern
+    if pattern is None:
+        return []
+    good, bad = check_matching_tables(conn, pattern, listed=s.tables)
+    for problem in bad:
+        if s.on_rejected == "stop":
+            raise ServerConfigurationError(
+                "outbox_table_pattern",
+                f"{problem}; it matches {s.outbox_table_pattern!r} and on_rejected=stop "
+                "(narrow the pattern, fix the table, or use on_rejected=dead-letter)",
+            )
+        log.warning(
+            "%s; it matches outbox_table_pattern, so its rows will be dead-lettered", problem
+        )
+    return good
 
 
 def source_settings(settings: RelaySettings, start: Start) -> SourceSettings:
@@ -143,6 +179,8 @@ def source_settings(settings: RelaySettings, start: Start) -> SourceSettings:
         server_id=start.server_id,
         schema=s.schema,
         table=s.outbox_table,
+        tables=s.tables if s.multi_table else (),
+        table_pattern=s.outbox_table_pattern or None,
         is_mariadb=start.server.is_mariadb,
         heartbeat_seconds=s.heartbeat_seconds,
         max_reconnect_delay_seconds=s.reconnect_max_seconds,

@@ -60,6 +60,9 @@ class RelayStats:
     kafka: str = "starting"
     redis: str = "starting"
     started_at: float = field(default_factory=time.monotonic)
+    # With many outbox tables: each table's events acknowledged (or dead-lettered),
+    # counted as their batch is, by "schema.table". Empty with one table.
+    by_table: dict[str, int] = field(default_factory=dict)
 
     @property
     def outstanding(self) -> int:
@@ -101,8 +104,11 @@ class RelayStats:
     def progress_line(self, rate: float) -> str:
         """One line: rate, how far behind the binlog head, last event's age, checkpoint,
         queue, server states."""
+        tables = ""
+        if self.by_table:
+            tables = " (" + ", ".join(f"{t} {n}" for t, n in sorted(self.by_table.items())) + ")"
         return (
-            f"{rate:.0f} events/s, {self.published} published, "
+            f"{rate:.0f} events/s, {self.published} published{tables}, "
             f"{describe(self.behind_bytes, self.last_event_age())}, "
             f"checkpoint {self.checkpoint or '-'}, queue {self.queue_depth}, "
             f"mysql {self.mysql}, kafka {self.kafka}, redis {self.redis}"
@@ -129,6 +135,7 @@ class RelayStats:
             "kafka": self.kafka,
             "redis": self.redis,
             "published": self.published,
+            **({"published_by_table": dict(self.by_table)} if self.by_table else {}),
             "dead_lettered": self.dead_lettered,
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
         }

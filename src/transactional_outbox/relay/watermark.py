@@ -24,6 +24,7 @@ __all__ = ["Watermark"]
 class _Segment:
     outstanding: int = 0
     end: BinlogPosition | None = None  # None while the transaction is still open
+    tables: dict[str, int] | None = None  # events by outbox table (many tables only)
 
 
 class Watermark:
@@ -33,18 +34,32 @@ class Watermark:
     returns a segment ticket), :meth:`ack` once per event when Kafka confirms
     it, :meth:`commit` when the source reads a transaction's commit.
     :attr:`position` is the newest checkpointable position.
+
+    With many outbox tables, ``done_by_table`` counts each table's events as
+    their segment is fully acknowledged (published or dead-lettered).
     """
 
-    def __init__(self, start: BinlogPosition | None = None) -> None:
+    def __init__(
+        self, start: BinlogPosition | None = None, done_by_table: dict[str, int] | None = None
+    ) -> None:
         self._segments: deque[_Segment] = deque([_Segment()])
         self._first_id = 0  # ticket of self._segments[0]
         self.position: BinlogPosition | None = start
         self.outstanding = 0
+        self._done_by_table = done_by_table
 
-    def add_events(self, count: int) -> int:
-        """Register ``count`` events of the open transaction; return their ticket."""
-        self._segments[-1].outstanding += count
+    def add_events(self, count: int, tables: dict[str, int] | None = None) -> int:
+        """Register ``count`` events of the open transaction (``tables``: how many of
+        each outbox table); return their ticket."""
+        seg = self._segments[-1]
+        seg.outstanding += count
         self.outstanding += count
+        if tables:
+            if seg.tables is None:
+                seg.tables = dict(tables)
+            else:
+                for name, n in tables.items():
+                    seg.tables[name] = seg.tables.get(name, 0) + n
         return self._first_id + len(self._segments) - 1
 
     def commit(self, end: BinlogPosition) -> None:
@@ -77,6 +92,10 @@ class Watermark:
             self._first_id += 1
             if done.end is not None:
                 self.position = done.end
+            if done.tables and self._done_by_table is not None:
+                by_table = self._done_by_table
+                for name, n in done.tables.items():
+                    by_table[name] = by_table.get(name, 0) + n
 
     @property
     def pending_transactions(self) -> int:

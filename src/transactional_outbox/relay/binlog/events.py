@@ -22,6 +22,8 @@ maps and rows) are verified, the rest stripped.
 from __future__ import annotations
 
 import logging
+import re
+from collections.abc import Sequence
 from typing import Any
 
 from ...exceptions import OutboxError, ServerConfigurationError
@@ -64,6 +66,39 @@ __all__ = ["BinlogParser", "DumpEnded", "ServerError"]
 log = logging.getLogger("transactional_outbox.relay.source")
 
 
+_UNKNOWN: Any = object()  # a table name not looked up yet
+
+
+class _Table:
+    """One outbox table the parser reads: its names, its row memo, its maps by layout."""
+
+    __slots__ = ("mapped", "memo", "name", "where")
+
+    def __init__(self, schema: str, table: str, router: TopicRouter, shared: RowMemo | None):
+        self.name = f"{schema}.{table}"
+        self.where = f"`{schema}`.`{table}`"
+        self.memo = RowMemo(router, schema=schema, table=table, shared=shared)
+        self.mapped: dict[bytes, _Mapped] = {}  # map bytes after the names -> its _Mapped
+
+
+class _Mapped:
+    """What a table id maps to: an outbox table and the layout its TABLE_MAP gave.
+
+    The fields the row path reads per WRITE_ROWS are copied here (one attribute
+    load each, no second hop).
+    """
+
+    __slots__ = ("decoder", "head", "layout", "memo", "name", "where")
+
+    def __init__(self, layout: TableLayout, table: _Table) -> None:
+        self.layout = layout
+        self.head = layout.head
+        self.decoder = layout.decoder
+        self.memo = table.memo
+        self.name = table.name
+        self.where = table.where
+
+
 class BinlogParser:
     """Parses one dump connection's stream. Not thread-safe; one per connection.
 
@@ -75,6 +110,11 @@ class BinlogParser:
 
     ``skip`` rows of the first transaction are dropped: the ones a previous
     connection already handed over before it was lost mid-transaction.
+
+    The outbox table is ``schema``.``table``; or, for many, ``tables`` (pairs of
+    schema and table) and/or ``pattern`` (a regex full-matched against
+    ``schema.table``, for tables not listed). With many, each hand-over also
+    says how many rows of each table it holds (:attr:`handed_tables`).
     """
 
     def __init__(
@@ -89,16 +129,33 @@ class BinlogParser:
         layouts: dict[bytes, TableLayout],
         cap: int = 2000,
         skip: int = 0,
+        tables: Sequence[tuple[str, str]] = (),
+        pattern: str | None = None,
     ) -> None:
-        s, t = schema.encode(), table.encode()
-        # TABLE_MAP after the table id and flags starts with these bytes exactly
-        # when it maps the outbox table.
-        self._needle = bytes([len(s)]) + s + b"\0" + bytes([len(t)]) + t + b"\0"
-        self._where = f"`{schema}`.`{table}`"
-        self._memo = RowMemo(router)  # this reader's memos of what repeats row to row
+        self._router = router
+        # Memos of what repeats row to row; the tables' memos share the
+        # table-independent ones (names, headers, seconds).
+        self._memo = RowMemo(router, schema=schema, table=table)
         self._layouts = layouts  # shared across connections: keyed by the map's bytes
-        self._tables: dict[int, TableLayout] = {}
-        self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, layout
+        self._tables: dict[int, _Mapped] = {}
+        self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, _Mapped
+        self._pattern = re.compile(pattern) if pattern else None
+        self._targets: dict[bytes, _Table | None] = {}  # name bytes -> table (None: not one)
+        self._listed: dict[bytes, _Table] = {}
+        self._needle: bytes | None = None
+        self._runs: list[tuple[str, int]] | None = None
+        self.handed_tables: dict[str, int] | None = None  # rows by table of the last take
+        if tables or pattern:
+            self._runs = []
+            for sch, tab in tables:
+                self._listed[_names(sch, tab)] = _Table(sch, tab, router, self._memo)
+            self._targets.update(self._listed)
+        else:
+            # TABLE_MAP after the table id and flags starts with these bytes exactly
+            # when it maps the outbox table.
+            self._needle = _names(schema, table)
+            self._one = _Table(schema, table, router, None)
+            self._one.memo = self._memo
         self._cap = cap
         self._cs = 0  # trailing checksum bytes of this file's events
         self._track = track_gtid
@@ -137,6 +194,8 @@ class BinlogParser:
             out, self.records = records, []
         else:
             out, self.records = records[:n], records[n:]
+        if self._runs is not None:
+            self.handed_tables = self._take_runs(n)
         self.committed = 0
         self.commits = 0
         if self._gtids:
@@ -147,6 +206,28 @@ class BinlogParser:
     def take_open(self) -> list[KafkaRecord | RejectedRow]:
         """The rows of the open transaction read so far (call with no commit waiting)."""
         out, self.records = self.records[self.committed :], self.records[: self.committed]
+        if self._runs is not None:
+            kept = self._take_runs(self.committed)
+            self.handed_tables = self._take_runs(len(out))
+            self._runs = [*kept.items()]
+        return out
+
+    def _take_runs(self, n: int) -> dict[str, int]:
+        """Rows by table of the first ``n`` rows waiting, taken from the runs."""
+        runs = self._runs
+        assert runs is not None
+        out: dict[str, int] = {}
+        i = 0
+        while n > 0 and i < len(runs):
+            name, count = runs[i]
+            if count > n:
+                runs[i] = (name, count - n)
+                count = n
+            else:
+                i += 1
+            out[name] = out.get(name, 0) + count
+            n -= count
+        del runs[:i]
         return out
 
     def _apply_gtids(self) -> None:
@@ -185,8 +266,6 @@ class BinlogParser:
         cap = self._cap
         tables = self._tables
         needle = self._needle
-        nlen = len(needle)
-        layouts = self._layouts
         from_bytes = int.from_bytes
         u32 = U32
         mdb_gtid = MDB_GTID
@@ -199,9 +278,9 @@ class BinlogParser:
         committed, commits = self.committed, self.commits
         commit_file, commit_pos = self.commit_file, self.commit_pos
         seen, skip = self._seen, self._skip
-        memo = self._memo
+        runs = self._runs
         u16 = U16
-        last_key, last_layout = self._last
+        last_key, last_mapped = self._last
         try:
             while pos + 4 <= end:
                 plen = buf[pos] | (buf[pos + 1] << 8) | (buf[pos + 2] << 16)
@@ -235,37 +314,42 @@ class BinlogParser:
                     continue
                 etype = buf[pos + 9]
                 if etype == TABLE_MAP:
-                    if buf.startswith(needle, ev + 27):
-                        # The same map as last time (the usual case): compared
-                        # in place, no slice, no hash.
-                        k0, k1 = ev + 27 + nlen, nxt - cs
-                        if k1 - k0 == len(last_key) and buf.startswith(last_key, k0):
-                            layout = last_layout
-                        else:
-                            key = buf[k0:k1]
-                            layout = layouts.get(key) or self._new_layout(buf, ev, nxt, key)
-                            last_key, last_layout = key, layout
-                        tables[from_bytes(buf[ev + 19 : ev + 25], "little")] = layout
-                    elif tables:
-                        # An id that named the outbox table now names another.
-                        tables.pop(from_bytes(buf[ev + 19 : ev + 25], "little"), None)
+                    k0, k1 = ev + 27, nxt - cs
+                    if needle is not None and not buf.startswith(needle, k0):
+                        # One outbox table and this is another: an id that named
+                        # the outbox table may now name it.
+                        if tables:
+                            tables.pop(from_bytes(buf[ev + 19 : ev + 25], "little"), None)
+                    elif k1 - k0 == len(last_key) and buf.startswith(last_key, k0):
+                        # The same map (names and layout) as the last outbox one, the
+                        # usual case: compared in place, no slice, no hash.
+                        tables[from_bytes(buf[ev + 19 : ev + 25], "little")] = last_mapped
+                    else:
+                        mapped = self._map(buf, ev, nxt, cs)
+                        if mapped is not None:
+                            last_key, last_mapped = buf[k0:k1], mapped
+                            tables[from_bytes(buf[ev + 19 : ev + 25], "little")] = mapped
+                        elif tables:
+                            tables.pop(from_bytes(buf[ev + 19 : ev + 25], "little"), None)
                 elif etype == WRITE_V1 or etype == WRITE_V2:  # noqa: SIM109
                     if tables:
-                        layout = tables.get(from_bytes(buf[ev + 19 : ev + 25], "little"))
-                        if layout is not None:
+                        mapped = tables.get(from_bytes(buf[ev + 19 : ev + 25], "little"))
+                        if mapped is not None:
                             p = ev + 27 if etype == WRITE_V1 else ev + 27 + u16(buf, ev + 27)[0]
-                            head = layout.head
-                            decoder = layout.decoder
+                            head = mapped.head
+                            decoder = mapped.decoder
                             if decoder is None or skip or not buf.startswith(head, p):
                                 self._seen, self._skip = seen, skip
-                                self._rows(buf, ev, nxt, etype, layout, commit_file, commit_pos)
+                                self._rows(buf, ev, nxt, etype, mapped, commit_file, commit_pos)
                                 seen, skip = self._seen, self._skip
                             else:
-                                rows = decoder(buf[p + len(head) : nxt - cs], memo)
+                                rows = decoder(buf[p + len(head) : nxt - cs], mapped.memo)
                                 seen += len(rows)
+                                if runs is not None:
+                                    runs.append((mapped.name, len(rows)))
                                 for r in rows:
                                     if type(r) is RejectedRow:
-                                        _place(rows, commit_file, commit_pos)
+                                        _place(rows, commit_file, commit_pos, mapped)
                                         break
                                 records += rows
                 elif etype == XID:
@@ -292,17 +376,62 @@ class BinlogParser:
             self.committed, self.commits = committed, commits
             self.commit_file, self.commit_pos = commit_file, commit_pos
             self._seen, self._skip = seen, skip
-            self._last = (last_key, last_layout)
+            self._last = (last_key, last_mapped)
         return pos
 
-    def _new_layout(self, buf: bytes, ev: int, end: int, key: bytes) -> TableLayout:
-        if self._cs:
-            verify(buf, ev, end, "TABLE_MAP")
-        layout = parse_layout(key, self._where)
-        if len(self._layouts) >= 64:
-            self._layouts.clear()
-        self._layouts[key] = layout
-        return layout
+    def _map(self, buf: bytes, ev: int, end: int, cs: int) -> _Mapped | None:
+        """What the TABLE_MAP at ``ev`` maps its id to: an outbox table's layout, or None."""
+        k0 = ev + 27
+        needle = self._needle
+        if needle is not None:
+            table: _Table | None = self._one
+            nlen = len(needle)
+        else:
+            # schema_len schema NUL table_len table NUL
+            slen = buf[k0]
+            nlen = slen + buf[k0 + slen + 2] + 4
+            names = buf[k0 : k0 + nlen]
+            table = self._targets.get(names, _UNKNOWN)
+            if table is _UNKNOWN:
+                table = self._resolve(names)
+        if table is None:
+            return None
+        key = buf[k0 + nlen : end - cs]
+        mapped = table.mapped.get(key)
+        if mapped is None:
+            layout = self._layouts.get(key)
+            if layout is None:
+                if cs:
+                    verify(buf, ev, end, "TABLE_MAP")
+                layout = parse_layout(key, table.where)
+                if len(self._layouts) >= 64:
+                    self._layouts.clear()
+                self._layouts[key] = layout
+            elif layout.plan is None:
+                # Shared with another table: say so for this one too.
+                log.warning("%s cannot hold outbox events: %s", table.where, layout.reject)
+            mapped = _Mapped(layout, table)
+            if len(table.mapped) >= 64:
+                table.mapped.clear()
+            table.mapped[key] = mapped
+        return mapped
+
+    def _resolve(self, names: bytes) -> _Table | None:
+        """The outbox table a name not seen before is, by the pattern; None if none.
+
+        Evaluated once per distinct name (bounded: forgotten when 10,000 are known).
+        """
+        slen = names[0]
+        schema = names[1 : 1 + slen].decode("utf-8", "replace")
+        table = names[slen + 3 : -1].decode("utf-8", "replace")
+        found = None
+        if self._pattern is not None and self._pattern.fullmatch(f"{schema}.{table}"):
+            found = _Table(schema, table, self._router, self._memo)
+            log.info("reading outbox table `%s`.`%s` (matches outbox_table_pattern)", schema, table)
+        if len(self._targets) >= 10_000:
+            self._targets = {k: v for k, v in self._targets.items() if v is not None}
+        self._targets[names] = found
+        return found
 
     def _giant(self, buf: bytes, pos: int) -> int:
         """An event over 16 MB: it spans several packets. -1 until all are here."""
@@ -320,9 +449,9 @@ class BinlogParser:
         if etype == TABLE_MAP:
             self._table_map(buf, ev, end)
         elif etype in (WRITE_V1, WRITE_V2):
-            layout = self._tables.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
-            if layout is not None:
-                self._rows(buf, ev, end, etype, layout, self.commit_file, self.commit_pos)
+            mapped = self._tables.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
+            if mapped is not None:
+                self._rows(buf, ev, end, etype, mapped, self.commit_file, self.commit_pos)
         elif etype == XID:
             self._commit(buf, ev)
         elif etype == MARIADB_GTID:
@@ -340,10 +469,11 @@ class BinlogParser:
         elif etype == FORMAT_DESCRIPTION:
             self._format_description(buf, ev, end)
         elif etype in MARIADB_WRITE_COMPRESSED:
-            if int.from_bytes(buf[ev + 19 : ev + 25], "little") in self._tables:
+            mapped = self._tables.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
+            if mapped is not None:
                 raise ServerConfigurationError(
                     "log_bin_compress",
-                    f"the server wrote compressed rows of {self._where}, which the relay "
+                    f"the server wrote compressed rows of {mapped.where}, which the relay "
                     "does not read; set log_bin_compress=OFF",
                 )
         elif etype == TRANSACTION_PAYLOAD:
@@ -362,16 +492,11 @@ class BinlogParser:
 
     def _table_map(self, buf: bytes, ev: int, end: int) -> None:
         tid = int.from_bytes(buf[ev + 19 : ev + 25], "little")
-        needle = self._needle
-        if not buf.startswith(needle, ev + 27):
-            if tid in self._tables:
-                del self._tables[tid]  # an id now names another table
-            return
-        key = buf[ev + 27 + len(needle) : end - self._cs]
-        layout = self._layouts.get(key)
-        if layout is None:
-            layout = self._new_layout(buf, ev, end, key)
-        self._tables[tid] = layout
+        mapped = self._map(buf, ev, end, self._cs)
+        if mapped is None:
+            self._tables.pop(tid, None)  # an id now names another table
+        else:
+            self._tables[tid] = mapped
 
     def _rows(
         self,
@@ -379,11 +504,12 @@ class BinlogParser:
         ev: int,
         end: int,
         etype: int,
-        layout: TableLayout,
+        mapped: _Mapped,
         commit_file: str,
         commit_pos: int,
     ) -> None:
-        """A WRITE_ROWS event of the outbox table, every case (feed inlines the usual one)."""
+        """A WRITE_ROWS event of an outbox table, every case (feed inlines the usual one)."""
+        layout = mapped.layout
         p = ev + 27
         if etype == WRITE_V2:
             p += U16(buf, p)[0]  # extra data, its length counting itself
@@ -396,13 +522,13 @@ class BinlogParser:
         if ncols != len(layout.columns) or buf[p : p + nb] != layout.full_bitmap:
             raise ServerConfigurationError(
                 "binlog_row_image",
-                f"a row of {self._where} does not carry every column (binlog_row_image must "
+                f"a row of {mapped.where} does not carry every column (binlog_row_image must "
                 "be FULL)",
             )
         stop = end - self._cs
         rows: list[KafkaRecord | RejectedRow]
         if layout.decoder is not None:
-            rows = layout.decoder(buf[p + nb : stop], self._memo)
+            rows = layout.decoder(buf[p + nb : stop], mapped.memo)
         else:
             rows = list(layout.reject_rows(buf[p + nb : stop]))
         self._seen += len(rows)
@@ -410,9 +536,11 @@ class BinlogParser:
             drop = min(self._skip, len(rows))
             self._skip -= drop
             rows = rows[drop:]
+        if self._runs is not None and rows:
+            self._runs.append((mapped.name, len(rows)))
         for r in rows:
             if type(r) is RejectedRow:
-                _place(rows, commit_file, commit_pos)
+                _place(rows, commit_file, commit_pos, mapped)
                 break
         self.records += rows
 
@@ -449,6 +577,8 @@ class BinlogParser:
                     self._seen,
                 )
             del self.records[self.committed :]
+            if self._runs is not None:
+                self._runs = [*self._take_runs(self.committed).items()]
             self._commit(buf, ev)
         elif not self._in_txn and not query.startswith((b"XA ", b"SAVEPOINT")):
             self._commit(buf, ev)  # DDL: a transaction of its own
@@ -463,9 +593,15 @@ class BinlogParser:
         self._cs = checksum_size(buf, ev, end, self.file)
 
 
-def _place(rows: list[KafkaRecord | RejectedRow], file: str, pos: int) -> None:
-    """Say where each rejected row of ``rows`` is (the transaction after ``file:pos``)."""
-    where = f"in the transaction after {file}:{pos}"
+def _names(schema: str, table: str) -> bytes:
+    """A TABLE_MAP's name bytes: schema_len schema NUL table_len table NUL."""
+    s, t = schema.encode(), table.encode()
+    return bytes([len(s)]) + s + b"\0" + bytes([len(t)]) + t + b"\0"
+
+
+def _place(rows: list[KafkaRecord | RejectedRow], file: str, pos: int, mapped: _Mapped) -> None:
+    """Say where each rejected row of ``rows`` is: its table, the transaction after ``file:pos``."""
+    where = f"of {mapped.where} in the transaction after {file}:{pos}"
     for i, r in enumerate(rows):
         if type(r) is RejectedRow:
-            rows[i] = RejectedRow(r.reason, r.event_id, r.aggregate_id, where)
+            rows[i] = RejectedRow(r.reason, r.event_id, r.aggregate_id, where, mapped.name)
