@@ -24,14 +24,16 @@ per table (start-up stays out), then measures from the writers' start until ever
 event has been received: CPU seconds (user + system, from /proc) of all relay
 processes including their binlog reader children, their summed peak RSS, of the
 MariaDB server process (``server-s``; ``over-base``: minus the baseline's, the relays'
-cost to the server), of the server threads of the relays' binlog dump connections
+cost to the server, a difference of two runs that other work on the machine swamps), of
+the server threads of the relays' binlog dump connections
 alone (``dump-s``: their OS threads, ``information_schema.PROCESSLIST.TID``; the
 relays log in as a user of their own with the replication grants, so other clients'
 dump threads are not counted), and of the broker. ``dumps``: binlog dump threads of
 the relays' user. Lag: per-event latency, commit returned → received by a consumer in
 this process (aiokafka, every topic, ``fetch_max_wait_ms=5``, one machine clock), as
 bench/latency.py measures it; p50/p99/max. ``delivered`` counts committed events
-received on their table's topic; the script says which table lost any.
+received on their table's topic; the script says which table lost any. ``load``: the
+1-minute load average at the end of the run.
 
 Not covered: tables of unequal rates; several events per transaction; a relay behind
 (bench/keeps_up.py); other writes on the server (they are read by every relay, so they
@@ -58,7 +60,16 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from _common import BOOTSTRAP, HOST, PORT, connect, master_status, one_event_sql, relay_env
+from _common import (
+    BOOTSTRAP,
+    HOST,
+    OUTBOX_DDL,
+    PORT,
+    connect,
+    master_status,
+    one_event_sql,
+    relay_env,
+)
 from _common import run_multi as run_sql
 from _relay import RelayChild, cpu_by_process
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -125,9 +136,11 @@ def writer_main(tables: list[str], w: int, sync: tuple[Any, ...], out: Any) -> N
     out.send((commits, late))
 
 
-async def write(tables: list[str], rate: int, args: argparse.Namespace, at_go: Any) -> tuple:
+async def write(
+    tables: list[str], rate: int, args: argparse.Namespace, at_go: Any
+) -> tuple[list[tuple[bytes, float, int]], int]:
     """The paced writes of one mode; ``at_go()`` runs once every writer is connected, just
-    before they start. Returns (commits, late count, monotonic start)."""
+    before they start. Returns the commits in commit order and the late count."""
     writers = args.writers or default_writers(rate)
     ctx = mp.get_context("spawn")
     total = round(rate * args.seconds)
@@ -142,7 +155,7 @@ async def write(tables: list[str], rate: int, args: argparse.Namespace, at_go: A
         pipes.append(parent)
     await asyncio.to_thread(sync[0].wait)
     at_go()
-    t_go = sync[2].value = time.monotonic() + 0.05
+    sync[2].value = time.monotonic() + 0.05
     sync[1].set()
     commits, late = [], 0
     for parent, proc in zip(pipes, procs, strict=True):
@@ -153,7 +166,7 @@ async def write(tables: list[str], rate: int, args: argparse.Namespace, at_go: A
         commits += got
         late += n_late
         await asyncio.to_thread(proc.join)
-    return sorted(commits, key=lambda c: c[1]), late, t_go
+    return sorted(commits, key=lambda c: c[1]), late
 
 
 class Receiver:
@@ -294,7 +307,7 @@ async def run_mode(kind: str, label: str, rate: int, ctx: dict[str, Any]) -> Res
             await receiver.wait_for(warm, 180, relays)
             if not all(i in receiver.received for i in warm):
                 raise SystemExit(f"{label}: warm-up events not received; relay logs {logs}")
-        commits, late, _ = await write(tables, rate, args, at_go)
+        commits, late = await write(tables, rate, args, at_go)
         if receiver is not None:
             await receiver.wait_for([c[0] for c in commits], args.drain, relays)
         t1 = time.monotonic()
@@ -397,8 +410,14 @@ def plot(path: Path, by_rate: dict[int, list[Result]]) -> None:
     fig, (cpu, lag) = plt.subplots(1, 2, figsize=(10, 3.6))
     base = {rate: next((r for r in rs if not r.relays), None) for rate, rs in by_rate.items()}
     over = [r.server_s - b.server_s if (b := base[rate]) else 0.0 for rate, r in rows]
-    cpu.bar([x - 0.2 for x in xs], [r.relay_s for _, r in rows], 0.4, label="relay processes")
-    cpu.bar([x + 0.2 for x in xs], over, 0.4, label="server over baseline")
+    for k, (values, name) in enumerate(
+        (
+            ([r.relay_s for _, r in rows], "relay processes"),
+            ([r.dump_s for _, r in rows], "server: the relays' dump threads"),
+            (over, "server over baseline"),
+        )
+    ):
+        cpu.bar([x + (k - 1) * 0.27 for x in xs], values, 0.27, label=name)
     cpu.set_ylabel("CPU seconds for the run")
     lag.bar([x - 0.2 for x in xs], [percentile(r.latencies, 50) for _, r in rows], 0.4, label="p50")
     lag.bar([x + 0.2 for x in xs], [percentile(r.latencies, 99) for _, r in rows], 0.4, label="p99")
@@ -421,7 +440,7 @@ async def run(args: argparse.Namespace) -> dict[int, list[Result]]:
     with connect() as conn, conn.cursor() as cur:
         for db in tables:
             cur.execute(f"CREATE DATABASE {db}")
-            cur.execute(f"CREATE TABLE {db}.outbox {OUTBOX_COLUMNS}")
+            cur.execute(OUTBOX_DDL.replace("TABLE outbox", f"TABLE {db}.outbox", 1))
         # A user of their own: its dump threads are the relays' (README's least privilege).
         cur.execute(f"CREATE USER '{user}'@'%%' IDENTIFIED BY %s", (password,))
         cur.execute(f"GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO '{user}'@'%'")
@@ -450,11 +469,6 @@ async def run(args: argparse.Namespace) -> dict[int, list[Result]]:
                 cur.execute(f"DROP DATABASE IF EXISTS {db}")
             cur.execute(f"DROP USER IF EXISTS '{user}'@'%'")
     return by_rate
-
-
-OUTBOX_COLUMNS = """(id BINARY(16) PRIMARY KEY, aggregatetype VARCHAR(255) NOT NULL,
- aggregateid VARCHAR(255) NOT NULL, type VARCHAR(255) NOT NULL, payload LONGBLOB NOT NULL,
- headers TEXT, `timestamp` DATETIME(6) NOT NULL)"""
 
 
 def parse_modes(parser: argparse.ArgumentParser, text: str, tables: int) -> list[tuple[str, str]]:
