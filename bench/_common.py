@@ -106,7 +106,7 @@ def relay_env(db: str, start: tuple[str, int], name: str, template: str) -> dict
         OUTBOX_START_POSITION=f"{start[0]}:{start[1]}",
         OUTBOX_TOPIC_TEMPLATE=template,
         OUTBOX_RELAY_NAME=name,
-        OUTBOX_PROGRESS_INTERVAL_SECONDS="0",
+        OUTBOX_PROGRESS_INTERVAL_MS="0",
     )
     return env
 

@@ -414,13 +414,13 @@ class Chaos:
             "enable_idempotence": False,  # tansu has none (DESIGN §5)
             "start_position": start_position,
             "checkpoint_interval_ms": 100,
-            "heartbeat_seconds": 1.0,
-            "reconnect_max_seconds": 1.0,
+            "heartbeat_ms": 1000,
+            "reconnect_max_ms": 1000,
             "request_timeout_ms": 3000,
             "lease_ttl_ms": 2000,
             "lease_renew_ms": 500,
             "linger_ms": 5,
-            "progress_interval_seconds": 10,
+            "progress_interval_ms": 10_000,
         }
         return RelayChild(
             settings, self.workdir / "relay.log", ["--relay-name", f"chaos-{self.run_id}"]

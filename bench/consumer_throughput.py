@@ -53,6 +53,7 @@ from transactional_outbox.consumer import (
     AsyncRedisStore,
     AsyncSqlStore,
     ConsumerRunner,
+    KafkaConnection,
     ReceivedEvent,
     RunnerSettings,
     idempotent_consumer,
@@ -227,11 +228,13 @@ async def run_runner(mode: str, kind: str, topic: str, n: int, partitions: int) 
         if mode == "redis":
             client = redis.asyncio.Redis.from_url(REDIS_URL)
             stack.push_async_callback(client.aclose)
-            store = AsyncRedisStore(client, prefix=f"bench:{uuid.uuid4().hex[:8]}:", done_ttl=600)
+            store = AsyncRedisStore(
+                client, prefix=f"bench:{uuid.uuid4().hex[:8]}:", done_ttl_ms=600_000
+            )
         elif mode in ("sql", "sql1"):
             store = await stack.enter_async_context(sql_store(batch=mode == "sql"))
         settings = RunnerSettings(
-            bootstrap_servers=BOOTSTRAP,
+            kafka=KafkaConnection(bootstrap_servers=BOOTSTRAP),
             group_id=f"bench-{uuid.uuid4().hex[:8]}",
             topics=[topic],
             session_timeout_ms=3000,

@@ -119,8 +119,8 @@ def relay_settings(
         "server_id": 100_000 + (uuid.uuid4().int % 1_000_000),
         "enable_idempotence": False,  # tansu has no idempotent producer (DESIGN §5)
         "checkpoint_interval_ms": 100,
-        "heartbeat_seconds": 1.0,
-        "progress_interval_seconds": 0,
+        "heartbeat_ms": 1000,
+        "progress_interval_ms": 0,
         "start_position": start_position,
         "linger_ms": 1,
         # A killed relay holds its lease until the TTL: keep restarts in tests quick.
@@ -128,7 +128,8 @@ def relay_settings(
         "lease_renew_ms": 500,
     }
     values.update(overrides)
-    return RelaySettings(**values)
+    # Flat names (kafka_bootstrap_servers, ...) as the relay's variables and flags spell them.
+    return RelaySettings.from_env({}, **values)
 
 
 @contextlib.asynccontextmanager
@@ -257,20 +258,19 @@ class RelayProcess:
         for name in (
             "mysql_url",
             "redis_url",
-            "kafka_bootstrap_servers",
             "topic_template",
             "key_prefix",
             "relay_name",
             "server_id",
             "checkpoint_interval_ms",
-            "heartbeat_seconds",
+            "heartbeat_ms",
             "start_position",
             "linger_ms",
-            "progress_interval_seconds",
+            "progress_interval_ms",
             "lease_ttl_ms",
             "lease_renew_ms",
             "metrics_port",
-            "reconnect_max_seconds",
+            "reconnect_max_ms",
             "reader",
             "outbox_tables",
             "outbox_table_pattern",
@@ -279,6 +279,7 @@ class RelayProcess:
         ):
             value = getattr(s, name)
             env[env_var(name)] = ",".join(value) if isinstance(value, tuple) else str(value)
+        env[env_var("kafka_bootstrap_servers")] = str(s.kafka.bootstrap_servers)
         env[env_var("enable_idempotence")] = "false"
         return env
 

@@ -188,7 +188,7 @@ async def test_a_failed_batch_is_not_overtaken_by_a_later_batch_of_its_partition
     settings = relay_settings(
         **{**settings_kw, "kafka_bootstrap": bootstrap},
         request_timeout_ms=2000,  # how long a batch may wait for Kafka
-        reconnect_max_seconds=0.5,
+        reconnect_max_ms=500,
     )
     proxy = proxied_broker.proxy
     first, a, b = (make_event(aggregate_id="k", event_type=t) for t in ("First", "A", "B"))

@@ -16,6 +16,7 @@ from transactional_outbox.consumer import (
     AsyncInMemoryStore,
     ClaimStatus,
     InMemoryStore,
+    KafkaConnection,
     OffsetWatermark,
     ReceivedEvent,
     RunnerSettings,
@@ -32,12 +33,12 @@ TP = TopicPartition("outbox.event.order", 0)
 
 def settings(**overrides: Any) -> RunnerSettings:
     values: dict[str, Any] = {
-        "bootstrap_servers": "unused:9092",
+        "kafka": KafkaConnection(bootstrap_servers="unused:9092"),
         "group_id": "g",
         "topics": ["outbox.event.order"],
         "max_attempts": 3,
-        "backoff_initial": 0.001,
-        "backoff_max": 0.002,
+        "backoff_initial_ms": 1,
+        "backoff_max_ms": 2,
     }
     values.update(overrides)
     return RunnerSettings(**values)
@@ -163,7 +164,7 @@ async def test_stop_in_a_backoff_commits_below_it_and_releases_unstarted_claims(
         if event.id == stuck.id:
             raise RuntimeError("down")
 
-    batch = Batch(handle, backoff_initial=30.0, backoff_max=30.0)
+    batch = Batch(handle, backoff_initial_ms=30_000, backoff_max_ms=30_000)
     events = [others[0], stuck, behind, *others[1:]]
     run = asyncio.ensure_future(batch.run(events))
     await wait_for(lambda: all(store.is_done(e.id) for e in others), what="other keys done")
@@ -177,7 +178,7 @@ async def test_stop_in_a_backoff_commits_below_it_and_releases_unstarted_claims(
 
 
 async def test_a_claim_held_elsewhere_is_waited_for() -> None:
-    store = AsyncInMemoryStore(poll_interval=0.001)
+    store = AsyncInMemoryStore(poll_interval_ms=1)
     held = order_event(1)
     other_worker = await store.claim(held.id, None)
     assert other_worker is not None

@@ -78,11 +78,11 @@ async def test_claim_many_reports_claimed_done_and_busy() -> None:
 
 
 async def test_release_only_deletes_the_own_claim() -> None:
-    store = AsyncInMemoryStore(processing_ttl=0.05)
+    store = AsyncInMemoryStore(processing_ttl_ms=50)
     event_id = uuid.uuid4()
     old = await store.claim(event_id, None)
     assert old is not None
-    await asyncio.sleep(0.06)  # the claim expires (processing_ttl), another worker retakes it
+    await asyncio.sleep(0.06)  # the claim expires (processing_ttl_ms), another worker retakes it
     new = await store.claim(event_id, None)
     assert new is not None and new.token != old.token
     await store.release(old)  # late release by the first worker: must not free the new claim
@@ -111,7 +111,7 @@ async def test_failure_releases_so_a_retry_processes() -> None:
 
 
 async def test_concurrent_duplicate_waits_for_the_first_outcome() -> None:
-    store = AsyncInMemoryStore(poll_interval=0.001)
+    store = AsyncInMemoryStore(poll_interval_ms=1)
     entered, release = asyncio.Event(), asyncio.Event()
     runs: Counter[uuid.UUID] = Counter()
 
@@ -133,7 +133,7 @@ async def test_concurrent_duplicate_waits_for_the_first_outcome() -> None:
 
 
 async def test_wait_timeout_raises_event_in_progress() -> None:
-    store = AsyncInMemoryStore(wait_timeout=0.01, poll_interval=0.001)
+    store = AsyncInMemoryStore(wait_timeout_ms=10, poll_interval_ms=1)
     event_id = uuid.uuid4()
     assert await store.claim(event_id, "c") is not None
     with pytest.raises(EventInProgressError, match=str(event_id)):
@@ -141,7 +141,7 @@ async def test_wait_timeout_raises_event_in_progress() -> None:
 
 
 def test_sync_store_dedups_across_threads() -> None:
-    store = InMemoryStore(poll_interval=0.001)
+    store = InMemoryStore(poll_interval_ms=1)
     runs: Counter[uuid.UUID] = Counter()
     lock = threading.Lock()
 
@@ -160,8 +160,8 @@ def test_sync_store_dedups_across_threads() -> None:
 
 
 def test_bad_settings_name_the_setting() -> None:
-    with pytest.raises(ConfigurationError, match="processing_ttl: must be > 0 seconds, got 0"):
-        InMemoryStore(processing_ttl=0)
+    with pytest.raises(ConfigurationError, match=r"processing_ttl_ms: must be > 0 \(ms\), got 0"):
+        InMemoryStore(processing_ttl_ms=0)
 
 
 def test_a_non_store_is_refused_naming_the_setting() -> None:

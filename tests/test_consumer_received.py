@@ -11,11 +11,9 @@ from transactional_outbox.consumer import (
     ConsumerError,
     InvalidRecordError,
     ReceivedEvent,
-    RunnerSettings,
     dead_letter_headers,
 )
 from transactional_outbox.event import OutboxEvent, kafka_headers
-from transactional_outbox.exceptions import ConfigurationError
 
 from ._consumer_helpers import make_record, order_event
 
@@ -132,47 +130,6 @@ def test_dead_letter_headers_keep_the_original_and_replace_old_failures() -> Non
         "dlq.offset": b"9",
         "dlq.group": b"g",
     }
-
-
-def test_settings_validate_and_hide_secrets() -> None:
-    settings = RunnerSettings(
-        bootstrap_servers="k:9092",
-        group_id="g",
-        topics="outbox.event.order",
-        dead_letter_topic="{topic}.dlq",
-        sasl_mechanism="PLAIN",
-        sasl_plain_username="svc",
-        sasl_plain_password="hunter2",
-        security_protocol="SASL_SSL",
-    )
-    assert settings.topics == ("outbox.event.order",)
-    assert settings.dead_letter_topic_for("outbox.event.order") == "outbox.event.order.dlq"
-    assert "hunter2" not in repr(settings)
-    assert settings._consumer_kwargs()["enable_auto_commit"] is False
-    assert settings._consumer_kwargs()["sasl_plain_password"] == "hunter2"
-    with pytest.raises(ConfigurationError, match="topics"):
-        RunnerSettings(bootstrap_servers="k", group_id="g")
-    with pytest.raises(ConfigurationError, match="topics"):
-        RunnerSettings(bootstrap_servers="k", group_id="g", topics=["a"], topic_pattern="a.*")
-    with pytest.raises(ConfigurationError, match="max_attempts"):
-        RunnerSettings(bootstrap_servers="k", group_id="g", topics=["a"], max_attempts=0)
-    with pytest.raises(ConfigurationError, match="dead_letter_topic"):
-        RunnerSettings(bootstrap_servers="k", group_id="g", topics=["a"], dead_letter_topic="a")
-    with pytest.raises(ConfigurationError, match="dead_letter_topic"):
-        RunnerSettings(
-            bootstrap_servers="k", group_id="g", topic_pattern=r"a\..*", dead_letter_topic="a.dlq"
-        )
-    with pytest.raises(ConfigurationError, match="placeholder"):
-        RunnerSettings(
-            bootstrap_servers="k", group_id="g", topics=["a"], dead_letter_topic="{nope}.dlq"
-        )
-    forced = RunnerSettings(
-        bootstrap_servers="k",
-        group_id="g",
-        topics=["a"],
-        consumer_options={"enable_auto_commit": True},
-    )
-    assert forced._consumer_kwargs()["enable_auto_commit"] is False
 
 
 def test_null_header_values_count_as_absent() -> None:

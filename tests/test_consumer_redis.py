@@ -49,7 +49,7 @@ async def test_concurrent_duplicates_run_once(
     calls: Counter[str] = Counter()
     release = asyncio.Event()
 
-    @idempotent_consumer(store=AsyncRedisStore(aredis, prefix=redis_prefix, poll_interval=0.01))
+    @idempotent_consumer(store=AsyncRedisStore(aredis, prefix=redis_prefix, poll_interval_ms=10))
     async def handle(event: ReceivedEvent) -> None:
         calls[str(event.id)] += 1
         await release.wait()  # keep the claim held while the duplicates arrive
@@ -94,7 +94,7 @@ async def test_a_waiting_duplicate_runs_after_the_first_fails(
     fail = asyncio.Event()
     runs = 0
 
-    @idempotent_consumer(store=AsyncRedisStore(aredis, prefix=redis_prefix, poll_interval=0.01))
+    @idempotent_consumer(store=AsyncRedisStore(aredis, prefix=redis_prefix, poll_interval_ms=10))
     async def handle(event: ReceivedEvent) -> None:
         nonlocal runs
         runs += 1
@@ -186,7 +186,7 @@ async def test_wait_timeout_reports_in_progress(
     aredis: redis.asyncio.Redis, redis_prefix: str
 ) -> None:
     release = asyncio.Event()
-    store = AsyncRedisStore(aredis, prefix=redis_prefix, wait_timeout=0.05, poll_interval=0.01)
+    store = AsyncRedisStore(aredis, prefix=redis_prefix, wait_timeout_ms=50, poll_interval_ms=10)
 
     @idempotent_consumer(store=store)
     async def handle(event: ReceivedEvent) -> None:
@@ -225,7 +225,7 @@ def test_sync_store_dedups_across_threads(redis_url: str, redis_prefix: str) -> 
     lock = threading.Lock()
     gate = threading.Event()
 
-    @idempotent_consumer(store=RedisStore(client, prefix=redis_prefix, poll_interval=0.01))
+    @idempotent_consumer(store=RedisStore(client, prefix=redis_prefix, poll_interval_ms=10))
     def handle(event: ReceivedEvent) -> None:
         with lock:
             calls[str(event.id)] += 1

@@ -26,7 +26,7 @@ def test_redis_stores_satisfy_the_protocols(redis_url: str) -> None:
 async def test_claim_many_complete_many_release_many(
     aredis: redis.asyncio.Redis, redis_prefix: str
 ) -> None:
-    store = AsyncRedisStore(aredis, prefix=redis_prefix, done_ttl=60)
+    store = AsyncRedisStore(aredis, prefix=redis_prefix, done_ttl_ms=60_000)
     done, busy, fresh, other = (uuid.uuid4() for _ in range(4))
     await aredis.set(f"{redis_prefix}c:{done}", "done")
     await aredis.set(f"{redis_prefix}c:{busy}", "claim:someone-else", px=60_000)
@@ -41,12 +41,12 @@ async def test_claim_many_complete_many_release_many(
     fresh_claim, other_claim = results[2].claim, results[3].claim
     assert fresh_claim is not None and other_claim is not None
     assert await aredis.get(f"{redis_prefix}c:{fresh}") == fresh_claim.token.encode()
-    assert 0 < await aredis.pttl(f"{redis_prefix}c:{fresh}") <= 60_000  # processing_ttl
+    assert 0 < await aredis.pttl(f"{redis_prefix}c:{fresh}") <= 60_000  # processing_ttl_ms
 
     await store.complete_many([fresh_claim])
     await store.release_many([other_claim])
     assert await aredis.get(f"{redis_prefix}c:{fresh}") == b"done"
-    assert 0 < await aredis.pttl(f"{redis_prefix}c:{fresh}") <= 60_000  # done_ttl
+    assert 0 < await aredis.pttl(f"{redis_prefix}c:{fresh}") <= 60_000  # done_ttl_ms
     assert await aredis.get(f"{redis_prefix}c:{other}") is None
     assert await aredis.get(f"{redis_prefix}c:{busy}") == b"claim:someone-else"
     assert await store.claim_many([], "c") == []

@@ -22,6 +22,7 @@ from transactional_outbox.consumer import (
     ConsumerError,
     ConsumerRunner,
     InvalidRecordError,
+    KafkaConnection,
     ReceivedEvent,
     RunnerSettings,
     SqlStore,
@@ -47,13 +48,13 @@ class Harness:
 
     def settings(self, **overrides: Any) -> RunnerSettings:
         values: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
+            "kafka": KafkaConnection(bootstrap_servers=self.bootstrap),
             "group_id": self.group,
             "topics": [self.topic],
             "dead_letter_topic": self.dlq,
             "max_attempts": 3,
-            "backoff_initial": 0.01,
-            "backoff_max": 0.05,
+            "backoff_initial_ms": 10,
+            "backoff_max_ms": 50,
             "session_timeout_ms": 1000,
             "heartbeat_interval_ms": 300,
         }
@@ -338,7 +339,7 @@ async def test_stop_interrupts_a_backoff_wait_without_committing(kafka: Harness)
         raise RuntimeError("not yet")
 
     await publish(kafka.bootstrap, kafka.topic, [order_event(1)])
-    task = kafka.start(handler, backoff_initial=30.0, backoff_max=30.0)
+    task = kafka.start(handler, backoff_initial_ms=30_000, backoff_max_ms=30_000)
     await failed.wait()
     kafka._tasks[-1][0].stop()
     async with asyncio.timeout(5):
@@ -379,7 +380,7 @@ async def test_event_in_progress_elsewhere_is_retried_without_using_up_attempts(
     event = order_event()
     key = f"{redis_prefix}{event.id}"
     await aredis.set(key, "claim:another-worker", px=60_000)
-    store = AsyncRedisStore(aredis, prefix=redis_prefix, wait_timeout=0.001, poll_interval=0.001)
+    store = AsyncRedisStore(aredis, prefix=redis_prefix, wait_timeout_ms=1, poll_interval_ms=1)
     ran: list[str] = []
 
     @idempotent_consumer(store=store)

@@ -28,6 +28,7 @@ from transactional_outbox.consumer import (
     AsyncSqlStore,
     ClaimStatus,
     ConsumerRunner,
+    KafkaConnection,
     ReceivedEvent,
     RunnerSettings,
     idempotent_consumer,
@@ -59,12 +60,12 @@ class Topic:
 
     def start(self, handler: Callable[..., Any], group: str, **overrides: Any) -> ConsumerRunner:
         values: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap,
+            "kafka": KafkaConnection(bootstrap_servers=self.bootstrap),
             "group_id": self.prefix + group,
             "topics": [self.name],
             "max_attempts": 5,
-            "backoff_initial": 0.01,
-            "backoff_max": 0.05,
+            "backoff_initial_ms": 10,
+            "backoff_max_ms": 50,
             "session_timeout_ms": 1000,
             "heartbeat_interval_ms": 300,
             "max_poll_records": 50,  # several batches per run
@@ -180,7 +181,7 @@ async def test_duplicate_storm_with_redis_store(
 ) -> None:
     events, published = storm_events()
     seen = Effects(events)
-    store = CountingRedisStore(aredis, prefix=redis_prefix, poll_interval=0.005)
+    store = CountingRedisStore(aredis, prefix=redis_prefix, poll_interval_ms=5)
 
     @idempotent_consumer(store=store, consumer_name="billing")
     async def on_order(event: ReceivedEvent) -> None:
@@ -264,7 +265,7 @@ async def test_committed_offset_never_passes_an_unfinished_record(topic: Topic) 
     # offset 0: b0 (done), 1: stuck (fails, 30 s backoff), 2-6: other keys (done)
     first = order_event(0, aggregate_id="b0")
     await publish(topic.bootstrap, topic.name, [first, stuck, *others], partition=0)
-    runner = topic.start(handler, "a", backoff_initial=30.0, backoff_max=30.0)
+    runner = topic.start(handler, "a", backoff_initial_ms=30_000, backoff_max_ms=30_000)
     await wait_for(lambda: sorted(done) == [0, 2, 3, 4, 5, 6], within=30, what="the others done")
     runner.stop()
     await topic.stop()

@@ -66,7 +66,7 @@ def kafka_proxy(tmp_path: Path) -> Iterator[TcpProxy]:
 
 @pytest.fixture
 def settings_kw(settings_kw: dict) -> dict:
-    return {**settings_kw, "reconnect_max_seconds": 0.5}
+    return {**settings_kw, "reconnect_max_ms": 500}
 
 
 def saved_checkpoint(stack: Stack, key: str) -> tuple[str, int] | None:
@@ -157,7 +157,7 @@ async def test_silent_mysql_stream_is_detected_and_reconnected(
 ) -> None:
     with TcpProxy(stack.mysql_url.port or 3306) as proxy:
         settings_kw["mysql_url"] = settings_kw["mysql_url"].set(port=proxy.port)
-        settings = relay_settings(**settings_kw, heartbeat_seconds=0.5)
+        settings = relay_settings(**settings_kw, heartbeat_ms=500)
         before = [make_event(aggregate_id="b")]
         after = [make_event(aggregate_id="a")]
         async with Collector(stack.kafka_bootstrap) as col:

@@ -52,7 +52,7 @@ def settings_kw(settings_kw: dict) -> dict:
         **settings_kw,
         "lease_ttl_ms": 1500,
         "lease_renew_ms": 300,
-        "reconnect_max_seconds": 0.5,
+        "reconnect_max_ms": 500,
     }
 
 

@@ -20,7 +20,7 @@ import redis
 from sqlalchemy.engine import make_url
 
 from outbox_dev.scratch import RelayChild, ScratchRedis, free_port
-from transactional_outbox.relay import RelaySettings
+from transactional_outbox.relay import KafkaConnection, RelaySettings
 from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint
 
 from . import _binlog
@@ -168,7 +168,7 @@ async def test_relay_with_redis_auth_publishes_and_checkpoints(
         {
             "mysql_url": settings.mysql_url,
             "redis_url": settings.redis_url,
-            "kafka_bootstrap_servers": settings.kafka_bootstrap_servers,
+            "kafka_bootstrap_servers": settings.kafka.bootstrap_servers,
             "topic_template": settings.topic_template,
             "key_prefix": settings.key_prefix,
             "server_id": settings.server_id,
@@ -252,8 +252,8 @@ def test_no_password_reaches_the_relays_output(
             "start_position": f"{file}:{pos}",
             "enable_idempotence": False,
             "log_level": "DEBUG",
-            "progress_interval_seconds": 0.2,
-            "reconnect_max_seconds": 0.5,
+            "progress_interval_ms": 200,
+            "reconnect_max_ms": 500,
             "request_timeout_ms": 2000,
             "lease_ttl_ms": 2000,
             "lease_renew_ms": 300,
@@ -328,24 +328,26 @@ def test_settings_repr_hides_every_password() -> None:
     settings = RelaySettings(
         mysql_url=f"mysql+pymysql://relay:{mysql_secret}@db.example:3306/app",
         redis_url=f"redis://:{redis_secret}@cache.example:6379/0",
-        kafka_security_protocol="SASL_SSL",
-        kafka_sasl_mechanism="SCRAM-SHA-512",
-        kafka_sasl_username="relay",
-        kafka_sasl_password=sasl_secret,
-        kafka_bootstrap_servers="kafka.example:9092",
+        kafka=KafkaConnection(
+            bootstrap_servers="kafka.example:9092",
+            security_protocol="SASL_SSL",
+            sasl_mechanism="SCRAM-SHA-512",
+            sasl_username="relay",
+            sasl_password=sasl_secret,
+        ),
     )
     for text in (repr(settings), str(settings), f"{settings!r}"):
         for secret in (mysql_secret, redis_secret, sasl_secret):
             assert secret not in text
     assert "relay:***@db.example:3306/app" in repr(settings)
     assert "redis://:***@cache.example:6379/0" in repr(settings)
-    assert "kafka_sasl_password='***'" in repr(settings)
+    assert "sasl_password='***'" in repr(settings)
     # A setting that fails validation does not quote the URL's password either.
     with pytest.raises(Exception) as info:
         RelaySettings(
             mysql_url=f"mysql+pymysql://relay:{mysql_secret}@/app",
             redis_url="redis://cache.example:6379/0",
-            kafka_bootstrap_servers="kafka.example:9092",
+            kafka=KafkaConnection(bootstrap_servers="kafka.example:9092"),
         )
     assert mysql_secret not in str(info.value)
     assert "mysql_url" in str(info.value)

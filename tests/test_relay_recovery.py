@@ -179,7 +179,7 @@ async def test_mysql_restart_reconnects_from_the_last_position(
             kafka_bootstrap=stack.kafka_bootstrap,
             topic_prefix=topic_prefix,
             redis_prefix=redis_prefix,
-            reconnect_max_seconds=1.0,
+            reconnect_max_ms=1000,
         )
         before = [make_event(aggregate_id=str(i)) for i in range(5)]
         after = [make_event(aggregate_id=str(i)) for i in range(5)]
@@ -209,7 +209,7 @@ async def test_progress_lines_report_rate_lag_and_checkpoint(
     conn, settings_kw, topic_prefix, stack: Stack, tmp_path: Path
 ) -> None:
     port = free_port()
-    settings = relay_settings(**settings_kw, progress_interval_seconds=0.2, metrics_port=port)
+    settings = relay_settings(**settings_kw, progress_interval_ms=200, metrics_port=port)
     proc = RelayProcess(settings, tmp_path / "relay.log")
     proc.start()
     try:

@@ -62,12 +62,12 @@ def settings_for(
         "key_prefix": redis_prefix,
         "topic_template": topic_prefix + "{aggregatetype}",
         "enable_idempotence": False,
-        "progress_interval_seconds": 0,
-        "heartbeat_seconds": 1.0,
+        "progress_interval_ms": 0,
+        "heartbeat_ms": 1000,
         "checkpoint_interval_ms": 100,
     }
     values.update(kw)
-    return RelaySettings(**values)  # type: ignore[arg-type]
+    return RelaySettings.from_env({}, **values)
 
 
 async def startup_error(settings: RelaySettings) -> Exception:
@@ -255,14 +255,14 @@ async def purge_binlogs_before(conn: pymysql.Connection, file: str) -> None:
 
 
 def _env(settings: RelaySettings) -> dict[str, str]:
-    return {
+    kafka = {env_var("kafka_bootstrap_servers"): str(settings.kafka.bootstrap_servers)}
+    return kafka | {
         env_var(name): str(getattr(settings, name)).lower()
         if isinstance(getattr(settings, name), bool)
         else str(getattr(settings, name))
         for name in (
             "mysql_url",
             "redis_url",
-            "kafka_bootstrap_servers",
             "key_prefix",
             "topic_template",
             "enable_idempotence",

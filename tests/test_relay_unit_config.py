@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from transactional_outbox import KafkaConnection
 from transactional_outbox.exceptions import ConfigurationError
 from transactional_outbox.relay.__main__ import main
 from transactional_outbox.relay.config import (
@@ -21,7 +22,7 @@ from transactional_outbox.relay.config import (
     env_var,
     mask_url,
 )
-from transactional_outbox.relay.options import convert, option
+from transactional_outbox.relay.options import convert, flat_fields, option
 from transactional_outbox.relay.position import StartPolicy
 
 MYSQL_SECRET = "Hunter2#MyS/ql?Pw"  # characters urlsplit misreads as fragment/path/query
@@ -31,6 +32,7 @@ MYSQL_URL = f"mysql+pymysql://outbox:{MYSQL_SECRET}@db.example:3307/shop"
 REDIS_URL = f"redis://default:{REDIS_SECRET}@cache.example:6380/2"
 
 FIELDS = [f.name for f in dataclasses.fields(RelaySettings)]
+SETTINGS = [name for name, _ in flat_fields(RelaySettings)]  # kafka's fields flattened
 # The connection settings have no default: every test names them.
 CONN = {
     "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
@@ -41,8 +43,9 @@ CONN_ENV = {env_var(k): v for k, v in CONN.items()}
 
 
 def settings(**kw: Any) -> RelaySettings:
-    """RelaySettings with the connection settings filled in unless given."""
-    return RelaySettings(**{**CONN, **kw})
+    """RelaySettings with the connection settings filled in unless given (flat names,
+    ``kafka_*`` included, as ``from_env`` overrides take them)."""
+    return RelaySettings.from_env({}, **{**CONN, **kw})
 
 
 def env(values: dict[str, str] | None = None) -> dict[str, str]:
@@ -93,14 +96,19 @@ def test_defaults() -> None:
     assert s.start_policy() == StartPolicy("latest")
     assert s.ignore_checkpoint is False
     assert s.queue_max_events == 20_000
-    assert s.heartbeat_seconds == 2.0
+    assert s.heartbeat_ms == 2_000
+    assert s.reconnect_max_ms == 30_000
+    assert s.progress_interval_ms == 10_000
+    assert s.kafka == KafkaConnection(bootstrap_servers="127.0.0.1:19092")
     assert s.router().topic("order") == "outbox.event.order"
 
 
 @pytest.mark.parametrize("name", ["mysql_url", "kafka_bootstrap_servers", "redis_url"])
 def test_connection_settings_have_no_default(name: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        RelaySettings(**{k: v for k, v in CONN.items() if k != name})
+        in_code = {k: v for k, v in CONN.items() if k != name}
+        kafka = in_code.pop("kafka_bootstrap_servers", None)
+        RelaySettings(**in_code, kafka=kafka and KafkaConnection(bootstrap_servers=kafka))
     assert info.value.setting == name
     assert env_var(name) in str(info.value)
     with pytest.raises(ConfigurationError) as info:
@@ -229,8 +237,12 @@ def test_checkpoint_key() -> None:
         ({"checkpoint_interval_ms": 0}, "checkpoint_interval_ms"),
         ({"queue_max_events": 0}, "queue_max_events"),
         ({"max_request_size": -1}, "max_request_size"),
-        ({"heartbeat_seconds": 0.0}, "heartbeat_seconds"),
+        ({"heartbeat_ms": 0}, "heartbeat_ms"),
+        ({"reconnect_max_ms": 0}, "reconnect_max_ms"),
+        ({"progress_interval_ms": -1}, "progress_interval_ms"),
         ({"kafka_security_protocol": "SASL_PLAINTEXT"}, "kafka_sasl_username"),
+        ({"kafka_bootstrap_servers": "kafka:ninety"}, "kafka_bootstrap_servers"),
+        ({"kafka_bootstrap_servers": " , "}, "kafka_bootstrap_servers"),
     ],
 )
 def test_invalid_values_name_the_setting(kw: dict[str, Any], setting: str) -> None:
@@ -271,7 +283,10 @@ def test_from_env_reads_every_kind() -> None:
             "OUTBOX_SERVER_ID": "4242",
             "OUTBOX_ENABLE_IDEMPOTENCE": "false",
             "OUTBOX_IGNORE_CHECKPOINT": "YES",
-            "OUTBOX_HEARTBEAT_SECONDS": "0.5",
+            "OUTBOX_HEARTBEAT_MS": "500",
+            "OUTBOX_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "OUTBOX_KAFKA_SASL_USERNAME": "relay",
+            "OUTBOX_KAFKA_SASL_PASSWORD": SASL_SECRET,
             "OUTBOX_TOPIC_OVERRIDES": "order=orders,customer=crm.customers",
             "OUTBOX_KAFKA_ACKS": "1",
             "OUTBOX_START_POSITION": "mysql-bin.000003:1234",
@@ -284,7 +299,9 @@ def test_from_env_reads_every_kind() -> None:
     assert s.server_id == 4242
     assert s.enable_idempotence is False
     assert s.ignore_checkpoint is True
-    assert s.heartbeat_seconds == 0.5
+    assert s.heartbeat_ms == 500
+    assert s.kafka.security_protocol == "SASL_SSL"
+    assert (s.kafka.sasl_username, s.kafka.sasl_password) == ("relay", SASL_SECRET)
     assert s.topic_overrides == {"order": "orders", "customer": "crm.customers"}
     assert s.router().topic("customer") == "crm.customers"
     assert s.kafka_acks == "1"
@@ -344,7 +361,8 @@ def test_from_env_mapping(raw: str, expected: dict[str, str]) -> None:
         ("OUTBOX_SERVER_ID", "1.5", "server_id"),
         ("OUTBOX_LINGER_MS", "", "linger_ms"),
         ("OUTBOX_ENABLE_IDEMPOTENCE", "maybe", "enable_idempotence"),
-        ("OUTBOX_HEARTBEAT_SECONDS", "fast", "heartbeat_seconds"),
+        ("OUTBOX_HEARTBEAT_MS", "fast", "heartbeat_ms"),
+        ("OUTBOX_HEARTBEAT_MS", "0.5", "heartbeat_ms"),
         ("OUTBOX_TOPIC_OVERRIDES", "order", "topic_overrides"),
         ("OUTBOX_TOPIC_OVERRIDES", "=orders", "topic_overrides"),
         ("OUTBOX_TOPIC_OVERRIDES", "order=", "topic_overrides"),
@@ -405,8 +423,10 @@ def test_from_cli_kinds() -> None:
             "--ignore-checkpoint",
             "--topic-overrides",
             "order=orders",
-            "--heartbeat-seconds",
-            "1.25",
+            "--heartbeat-ms",
+            "1250",
+            "--kafka-bootstrap-servers",
+            "k1:9092,k2:9093",
             "--log-level",
             "DEBUG",
             "--start-position",
@@ -417,7 +437,8 @@ def test_from_cli_kinds() -> None:
     assert s.enable_idempotence is False
     assert s.ignore_checkpoint is True
     assert s.topic_overrides == {"order": "orders"}
-    assert s.heartbeat_seconds == 1.25
+    assert s.heartbeat_ms == 1250
+    assert s.kafka.servers == ("k1:9092", "k2:9093")
     assert s.log_level == "DEBUG"
     assert s.start_policy() == StartPolicy("gtid", gtid="0-1-42")
 
@@ -447,19 +468,20 @@ def test_from_cli_bad_values_name_the_setting_and_flag(argv: list[str], setting:
 def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("COLUMNS", "10000")  # no wrapping inside a flag's help
     text = " ".join(build_parser().format_help().split())
-    for f in dataclasses.fields(RelaySettings):
-        flag = "--" + f.name.replace("_", "-")
+    for name, f in flat_fields(RelaySettings):
+        flag = "--" + name.replace("_", "-")
         assert flag in text
-        assert f"[env {env_var(f.name)}]" in text
-        if f.name == "kafka_sasl_password":
+        assert f"[env {env_var(name)}]" in text
+        if name == "kafka_sasl_password":
             default = "(unset)"
-        elif f.name in ("topic_overrides", "outbox_tables"):
+        elif name in ("topic_overrides", "outbox_tables"):
             default = "(none)"
-        elif f.name in CONN:
+        elif name in CONN:
             default = "(required)"
         else:
             default = str(f.default)
-        assert f"{f.metadata['help']} [env {env_var(f.name)}] (default: {default})" in text, f.name
+        assert f"{f.metadata['help']} [env {env_var(name)}] (default: {default})" in text, name
+    assert "--kafka " not in text and "OUTBOX_KAFKA " not in text  # the nested field itself
     assert "--no-enable-idempotence" in text
     assert "{DEBUG,INFO,WARNING,ERROR}" in text  # choices shown
     assert "exit codes:" in text
@@ -480,8 +502,9 @@ def test_help_in_a_subprocess_lists_exit_codes() -> None:
     for code in ("0 stopped cleanly", "1 unexpected error", "2 invalid setting", "3 checkpoint"):
         assert code in text
     assert "4 an event was rejected by Kafka" in text
-    for name in FIELDS:
+    for name in SETTINGS:
         assert "--" + name.replace("_", "-") in text
+    assert "seconds" not in text  # durations are milliseconds; old flags are hidden
 
 
 @pytest.mark.parametrize(
@@ -504,9 +527,9 @@ def test_main_returns_2_on_invalid_flag(
 def test_main_invalid_env_returns_2(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    monkeypatch.setenv("OUTBOX_HEARTBEAT_SECONDS", "soon")
+    monkeypatch.setenv("OUTBOX_HEARTBEAT_MS", "soon")
     assert main([]) == 2
-    assert "heartbeat_seconds: OUTBOX_HEARTBEAT_SECONDS='soon'" in capsys.readouterr().err
+    assert "heartbeat_ms: OUTBOX_HEARTBEAT_MS='soon'" in capsys.readouterr().err
 
 
 def test_main_error_does_not_echo_the_mysql_password(
@@ -530,8 +553,8 @@ def test_repr_and_str_hide_every_secret() -> None:
         assert SASL_SECRET not in text
         assert "mysql_url='mysql+pymysql://outbox:***@db.example:3307/shop'" in text
         assert "redis_url='redis://default:***@cache.example:6380/2'" in text
-        assert "kafka_sasl_password='***'" in text
-        assert "kafka_sasl_username='relay'" in text
+        assert "sasl_password='***'" in text
+        assert "sasl_username='relay'" in text
 
 
 def test_repr_lists_every_field() -> None:
@@ -539,7 +562,7 @@ def test_repr_lists_every_field() -> None:
     assert text.startswith("RelaySettings(")
     for name in FIELDS:
         assert f"{name}=" in text
-    assert "kafka_sasl_password=''" in text  # unset: nothing to hide
+    assert "kafka=KafkaConnection(bootstrap_servers='127.0.0.1:19092')" in text
 
 
 @pytest.mark.parametrize(
@@ -567,7 +590,7 @@ def test_mask_url(url: str, masked: str) -> None:
 def test_producer_args_plaintext() -> None:
     args = settings(relay_name="billing").producer_args()
     assert args == {
-        "bootstrap_servers": "127.0.0.1:19092",
+        "bootstrap_servers": ["127.0.0.1:19092"],
         "client_id": "outbox-relay-billing",
         "acks": "all",
         "enable_idempotence": True,

@@ -17,7 +17,7 @@ from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
 
 from transactional_outbox.relay.config import RelaySettings
 from transactional_outbox.relay.faults import (
-    _kafka_misconfiguration,
+    kafka_misconfiguration,
     mysql_misconfiguration,
     redis_misconfiguration,
 )
@@ -30,7 +30,7 @@ CONN = {
 
 
 def settings(**kw: Any) -> RelaySettings:
-    return RelaySettings(**{**CONN, **kw})
+    return RelaySettings.from_env({}, **{**CONN, **kw})
 
 
 @pytest.mark.parametrize(
@@ -65,22 +65,22 @@ def test_redis_classification() -> None:
 
 def test_kafka_sasl_classification_as_apache_kafka_answers() -> None:
     s = settings(kafka_security_protocol="SASL_SSL", kafka_sasl_username="relay")
-    refused = _kafka_misconfiguration(
-        SaslAuthenticationFailed("Authentication failed during authentication"), s
+    refused = kafka_misconfiguration(
+        SaslAuthenticationFailed("Authentication failed during authentication"), s.kafka
     )
     assert refused is not None and refused.setting == "kafka_sasl_username"
     assert "Authentication failed during authentication" in str(refused)
-    mechanism = _kafka_misconfiguration(UnsupportedSaslMechanismError("enabled: PLAIN"), s)
+    mechanism = kafka_misconfiguration(UnsupportedSaslMechanismError("enabled: PLAIN"), s.kafka)
     assert mechanism is not None and mechanism.setting == "kafka_sasl_mechanism"
-    assert _kafka_misconfiguration(KafkaConnectionError("closed"), s) is None
-    assert _kafka_misconfiguration(ConnectionRefusedError(111, "refused"), s) is None
+    assert kafka_misconfiguration(KafkaConnectionError("closed"), s.kafka) is None
+    assert kafka_misconfiguration(ConnectionRefusedError(111, "refused"), s.kafka) is None
 
 
 def test_kafka_tls_classification() -> None:
     s = settings(kafka_security_protocol="SSL")
     bad = ssl.SSLCertVerificationError(1, "certificate verify failed")
-    found = _kafka_misconfiguration(bad, s)
+    found = kafka_misconfiguration(bad, s.kafka)
     assert found is not None and found.setting == "kafka_ssl_cafile"
-    assert _kafka_misconfiguration(ssl.SSLEOFError(8, "EOF"), s) is None  # a cut: retried
+    assert kafka_misconfiguration(ssl.SSLEOFError(8, "EOF"), s.kafka) is None  # a cut: retried
     # Without SASL, an authentication-looking error is left to the producer.
-    assert _kafka_misconfiguration(KeyError("v"), settings()) is None
+    assert kafka_misconfiguration(KeyError("v"), settings().kafka) is None

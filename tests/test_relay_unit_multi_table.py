@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from transactional_outbox import KafkaConnection
 from transactional_outbox.exceptions import ConfigurationError
 from transactional_outbox.relay.binlog.events import BinlogParser
 from transactional_outbox.relay.config import RelaySettings
@@ -26,7 +27,7 @@ from .test_relay_rowdecoder import encode_row, row
 
 CONN = {
     "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
-    "kafka_bootstrap_servers": "127.0.0.1:19092",
+    "kafka": KafkaConnection(bootstrap_servers="127.0.0.1:19092"),
     "redis_url": "redis://127.0.0.1:16379/0",
 }
 COLS = B.OUTBOX_COLUMNS
@@ -90,7 +91,11 @@ def test_many_tables_with_one_table_settings_is_an_error(
 
 
 def _env() -> dict[str, str]:
-    return {"OUTBOX_" + k.upper(): v for k, v in CONN.items()}
+    return {
+        "OUTBOX_MYSQL_URL": str(CONN["mysql_url"]),
+        "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092",
+        "OUTBOX_REDIS_URL": str(CONN["redis_url"]),
+    }
 
 
 # -- routing -----------------------------------------------------------------------

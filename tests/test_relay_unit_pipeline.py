@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from transactional_outbox.relay import BinlogPosition, Relay, RelaySettings
+from transactional_outbox.relay import BinlogPosition, KafkaConnection, Relay, RelaySettings
 from transactional_outbox.relay.leadership import Lease, LeaseKeys
 from transactional_outbox.relay.publish_session import PublishSession
 from transactional_outbox.relay.routing import TopicRouter, build_record
@@ -14,7 +14,7 @@ from .test_relay_unit_routing import event as make_event
 
 CONN = {
     "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
-    "kafka_bootstrap_servers": "127.0.0.1:19092",
+    "kafka": KafkaConnection(bootstrap_servers="127.0.0.1:19092"),
     "redis_url": "redis://127.0.0.1:16379/0",
 }
 P1 = BinlogPosition(file="mysql-bin.000001", pos=100)

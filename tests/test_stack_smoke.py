@@ -106,13 +106,13 @@ def test_docker_compose_parses_and_matches_the_stack(path: str) -> None:
 
 
 def test_docker_compose_example_services_use_the_dockerfile_and_known_settings() -> None:
-    import dataclasses
     import re
 
     import yaml
 
     from transactional_outbox.relay import RelaySettings
     from transactional_outbox.relay.config import env_var
+    from transactional_outbox.relay.options import flat_fields
 
     from .conftest import ROOT
 
@@ -136,7 +136,7 @@ def test_docker_compose_example_services_use_the_dockerfile_and_known_settings()
             assert "127.0.0.1" not in str(value) and "localhost" not in str(value)
 
     # The relay: every variable is a real setting; real Kafka gets the idempotent producer.
-    relay_vars = {env_var(f.name) for f in dataclasses.fields(RelaySettings)}
+    relay_vars = {env_var(name) for name, _ in flat_fields(RelaySettings)}
     assert set(env["relay"]) <= relay_vars
     assert env["relay"]["OUTBOX_MYSQL_URL"].startswith("mysql+pymysql://")
     assert "@mysql:3306/" in env["relay"]["OUTBOX_MYSQL_URL"]

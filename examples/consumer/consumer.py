@@ -17,7 +17,9 @@ Read model, one row per customer:
 Settings (environment):
   STATS_DATABASE_URL              read-model database; its driver is replaced by asyncmy
                                   (default: the local stack's ``outbox_read`` database)
-  OUTBOX_KAFKA_BOOTSTRAP_SERVERS  default 127.0.0.1:19092
+  OUTBOX_KAFKA_BOOTSTRAP_SERVERS  default 127.0.0.1:19092; the brokers and login are read
+                                  as the relay reads them (``KafkaConnection.from_env``:
+                                  OUTBOX_KAFKA_SECURITY_PROTOCOL, ..._SASL_*, ..._SSL_*)
   ORDERS_TOPIC                    default outbox.event.order
   CONSUMER_GROUP                  default customer-stats
   CONSUMER_SESSION_TIMEOUT_MS     default 10000 (the local tansu broker: 1000)
@@ -51,6 +53,7 @@ from sqlalchemy.ext.asyncio import (
 from transactional_outbox.consumer import (
     AsyncSqlStore,
     ConsumerRunner,
+    KafkaConnection,
     ReceivedEvent,
     RunnerSettings,
     idempotent_consumer,
@@ -122,9 +125,9 @@ def make_handler(engine: AsyncEngine):
     return handle
 
 
-async def ensure_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
+async def ensure_topic(kafka: KafkaConnection, topic: str, partitions: int = 3) -> None:
     """Create the topic if missing, so the group's subscription finds it at once."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(**kafka.client_args())
     await admin.start()
     try:
         if topic not in await admin.list_topics():
@@ -135,10 +138,12 @@ async def ensure_topic(bootstrap: str, topic: str, partitions: int = 3) -> None:
 
 
 async def consume() -> None:
-    bootstrap = os.environ.get("OUTBOX_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    kafka = KafkaConnection.from_env(
+        bootstrap_servers=os.environ.get("OUTBOX_KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:19092")
+    )
     topic = os.environ.get("ORDERS_TOPIC", "outbox.event.order")
     settings = RunnerSettings(
-        bootstrap_servers=bootstrap,
+        kafka=kafka,
         group_id=os.environ.get("CONSUMER_GROUP", "customer-stats"),
         topics=[topic],
         dead_letter_topic="{topic}.dlq",
@@ -146,7 +151,7 @@ async def consume() -> None:
         session_timeout_ms=int(os.environ.get("CONSUMER_SESSION_TIMEOUT_MS", "10000")),
         heartbeat_interval_ms=int(os.environ.get("CONSUMER_HEARTBEAT_INTERVAL_MS", "3000")),
     )
-    await ensure_topic(bootstrap, topic)
+    await ensure_topic(kafka, topic)
     engine = create_async_engine(database_url(), pool_pre_ping=True)
     try:
         # Stops cleanly on SIGTERM/SIGINT: running handlers finish, offsets are committed.

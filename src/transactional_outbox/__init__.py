@@ -23,6 +23,7 @@ from .exceptions import (
     SerializationError,
     ServerConfigurationError,
 )
+from .kafka import KafkaConnection
 
 if TYPE_CHECKING:
     from .session import AsyncOutboxSession, OutboxSession, enable_outbox
@@ -52,6 +53,7 @@ __all__ = [
     "InvalidEventError",
     "InvalidRecordError",
     "JsonSerializer",
+    "KafkaConnection",
     "LeadershipLostError",
     "OutboxError",
     "OutboxEvent",

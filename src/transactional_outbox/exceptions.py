@@ -105,7 +105,7 @@ class InvalidRecordError(ConsumerError, ValueError):
 class EventInProgressError(ConsumerError):
     """Another worker holds the claim on this event and did not finish in time.
 
-    Raised by a dedup store with a ``wait_timeout`` (e.g. the Redis stores). The
+    Raised by a dedup store with a ``wait_timeout_ms`` (e.g. the Redis stores). The
     event is neither done nor failed: retry it later (the runner does, without
     counting an attempt). ``key`` names the claim.
     """

@@ -96,7 +96,7 @@ class DemoProcesses:
             "OUTBOX_RELAY_NAME": res.relay_name,
             "OUTBOX_KEY_PREFIX": res.key_prefix,
             "OUTBOX_CHECKPOINT_INTERVAL_MS": "200",
-            "OUTBOX_HEARTBEAT_SECONDS": "1",
+            "OUTBOX_HEARTBEAT_MS": "1000",
             "OUTBOX_LINGER_MS": "1",
         }
         api_env = {**base, "ORDERS_DATABASE_URL": res.url(res.db, "mysql+asyncmy")}

@@ -7,9 +7,10 @@
   :class:`SqlStore`, :func:`inbox_table`), process memory
   (:class:`AsyncInMemoryStore`, :class:`InMemoryStore`), or your own
   (:class:`AsyncDedupStore`, :class:`DedupStore` protocols).
-- :class:`ConsumerRunner` + :class:`RunnerSettings` — consume in a group, dedup
-  per fetched batch, order per key, commit after handling, retry with backoff,
-  dead-letter what keeps failing.
+- :class:`ConsumerRunner` + :class:`RunnerSettings` (its brokers: a
+  :class:`KafkaConnection`) — consume in a group, dedup per fetched batch,
+  order per key, commit after handling, retry with backoff, dead-letter what
+  keeps failing.
 
 Needs the ``consumer`` extra (aiokafka, redis). The SQL stores import
 SQLAlchemy on first use only.
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
 from ..exceptions import ConsumerError, EventInProgressError, InvalidRecordError
+from ..kafka import KafkaConnection
 from .dead_letter import DLQ_HEADER_PREFIX, dead_letter_headers
 from .decorator import (
     AsyncConsumer,
@@ -80,6 +82,7 @@ __all__ = [
     "InMemoryStore",
     "InboxStore",
     "InvalidRecordError",
+    "KafkaConnection",
     "OffsetWatermark",
     "ReceivedEvent",
     "RecordLike",

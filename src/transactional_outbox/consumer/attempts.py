@@ -119,9 +119,9 @@ class Attempts:
         return True
 
     def backoff(self, attempt: int) -> float:
-        """How long to wait before attempt ``attempt + 1`` (exponential, with jitter)."""
+        """Seconds to wait before attempt ``attempt + 1`` (exponential, with jitter)."""
         s = self.settings
-        delay = min(s.backoff_max, s.backoff_initial * 2.0 ** (attempt - 1))
+        delay = min(s.backoff_max_ms, s.backoff_initial_ms * 2.0 ** (attempt - 1)) / 1000
         # Jitter spreads retries of many consumers hitting the same broken dependency.
         return delay * random.uniform(0.5, 1.0)
 

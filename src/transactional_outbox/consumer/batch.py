@@ -350,7 +350,7 @@ class BatchHandler:
         try:
             await self._store_call(self._claims.release_many, claims)
         except Exception as exc:
-            # The claims expire after processing_ttl; the records are retried anyway.
+            # The claims expire after processing_ttl_ms; the records are retried anyway.
             logger.warning("releasing %d claims failed: %r", len(claims), exc)
 
     async def _release_unused(self, items: list[_Item]) -> None:

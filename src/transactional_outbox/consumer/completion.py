@@ -75,7 +75,7 @@ class Completer(Generic[T]):
                 return
             except Exception as exc:
                 # Handled but not marked done: retry (the claims hold for
-                # processing_ttl); give up and stop rather than dead-letter
+                # processing_ttl_ms); give up and stop rather than dead-letter
                 # events that were handled.
                 failures += 1
                 if failures >= self._attempts:

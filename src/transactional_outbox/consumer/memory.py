@@ -2,7 +2,7 @@
 
 Same semantics as the Redis stores (claim tokens, processing TTL, done TTL, a
 concurrent duplicate waiting for the holder's outcome or raising
-:class:`~transactional_outbox.EventInProgressError` after ``wait_timeout``), but
+:class:`~transactional_outbox.EventInProgressError` after ``wait_timeout_ms``), but
 nothing survives the process: a restarted consumer processes redeliveries again.
 """
 
@@ -36,18 +36,20 @@ class _Table:
     def __init__(
         self,
         *,
-        processing_ttl: float,
-        done_ttl: float | None,
-        wait_timeout: float | None,
-        poll_interval: float,
+        processing_ttl_ms: int,
+        done_ttl_ms: int | None,
+        wait_timeout_ms: int | None,
+        poll_interval_ms: int,
     ) -> None:
         check_claim_timing(
-            processing_ttl=processing_ttl, done_ttl=done_ttl, poll_interval=poll_interval
+            processing_ttl_ms=processing_ttl_ms,
+            done_ttl_ms=done_ttl_ms,
+            poll_interval_ms=poll_interval_ms,
         )
-        self.processing_ttl = processing_ttl
-        self.done_ttl = done_ttl
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
+        self.processing_ttl_ms = processing_ttl_ms
+        self.done_ttl_ms = done_ttl_ms
+        self.wait_timeout_ms = wait_timeout_ms
+        self.poll_interval_ms = poll_interval_ms
         self.entries: dict[_Key, _Entry] = {}
 
     def _live(self, key: _Key, now: float) -> _Entry | None:
@@ -61,13 +63,13 @@ class _Table:
         now = time.monotonic()
         entry = self._live((name, event_id), now)
         if entry is None:
-            self.entries[(name, event_id)] = _Entry(token, now + self.processing_ttl)
+            self.entries[(name, event_id)] = _Entry(token, now + self.processing_ttl_ms / 1000)
             return ClaimStatus.CLAIMED
         return ClaimStatus.DONE if entry.token is None else ClaimStatus.BUSY
 
     def complete(self, claim: Claim) -> None:
         # Done whoever holds it: the handler did succeed.
-        expires = None if self.done_ttl is None else time.monotonic() + self.done_ttl
+        expires = None if self.done_ttl_ms is None else time.monotonic() + self.done_ttl_ms / 1000
         self.entries[(claim.consumer_name, claim.event_id)] = _Entry(None, expires)
 
     def release(self, claim: Claim) -> None:
@@ -86,7 +88,9 @@ class _Table:
         return out
 
     def deadline(self) -> float | None:
-        return None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
+        return (
+            None if self.wait_timeout_ms is None else time.monotonic() + self.wait_timeout_ms / 1000
+        )
 
     def check_wait(self, event_id: uuid.UUID, name: str | None, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() >= deadline:
@@ -104,24 +108,24 @@ def _token() -> str:
 class AsyncInMemoryStore:
     """An :class:`AsyncDedupStore` in this process's memory (one event loop).
 
-    Settings as :class:`AsyncRedisStore` (``processing_ttl``, ``done_ttl``,
-    ``wait_timeout``, ``poll_interval``). :meth:`is_done` tells a test whether
+    Settings as :class:`AsyncRedisStore` (``processing_ttl_ms``, ``done_ttl_ms``,
+    ``wait_timeout_ms``, ``poll_interval_ms``). :meth:`is_done` tells a test whether
     an event was marked done.
     """
 
     def __init__(
         self,
         *,
-        processing_ttl: float = 60.0,
-        done_ttl: float | None = None,
-        wait_timeout: float | None = None,
-        poll_interval: float = 0.01,
+        processing_ttl_ms: int = 60_000,
+        done_ttl_ms: int | None = None,
+        wait_timeout_ms: int | None = None,
+        poll_interval_ms: int = 10,
     ) -> None:
         self._table = _Table(
-            processing_ttl=processing_ttl,
-            done_ttl=done_ttl,
-            wait_timeout=wait_timeout,
-            poll_interval=poll_interval,
+            processing_ttl_ms=processing_ttl_ms,
+            done_ttl_ms=done_ttl_ms,
+            wait_timeout_ms=wait_timeout_ms,
+            poll_interval_ms=poll_interval_ms,
         )
 
     def is_done(self, event_id: uuid.UUID, consumer_name: str | None = None) -> bool:
@@ -140,7 +144,7 @@ class AsyncInMemoryStore:
             if status is ClaimStatus.DONE:
                 return None
             table.check_wait(event_id, consumer_name, deadline)
-            await asyncio.sleep(table.poll_interval)
+            await asyncio.sleep(table.poll_interval_ms / 1000)
 
     async def complete(self, claim: Claim) -> None:
         """Mark the claim's event done."""
@@ -180,16 +184,16 @@ class InMemoryStore:
     def __init__(
         self,
         *,
-        processing_ttl: float = 60.0,
-        done_ttl: float | None = None,
-        wait_timeout: float | None = None,
-        poll_interval: float = 0.01,
+        processing_ttl_ms: int = 60_000,
+        done_ttl_ms: int | None = None,
+        wait_timeout_ms: int | None = None,
+        poll_interval_ms: int = 10,
     ) -> None:
         self._table = _Table(
-            processing_ttl=processing_ttl,
-            done_ttl=done_ttl,
-            wait_timeout=wait_timeout,
-            poll_interval=poll_interval,
+            processing_ttl_ms=processing_ttl_ms,
+            done_ttl_ms=done_ttl_ms,
+            wait_timeout_ms=wait_timeout_ms,
+            poll_interval_ms=poll_interval_ms,
         )
         self._lock = threading.Lock()
 
@@ -211,7 +215,7 @@ class InMemoryStore:
             if status is ClaimStatus.DONE:
                 return None
             table.check_wait(event_id, consumer_name, deadline)
-            time.sleep(table.poll_interval)
+            time.sleep(table.poll_interval_ms / 1000)
 
     def complete(self, claim: Claim) -> None:
         """See :meth:`AsyncInMemoryStore.complete`."""

@@ -109,19 +109,21 @@ class _RedisSettings:
         self,
         *,
         prefix: str,
-        processing_ttl: float,
-        done_ttl: float | None,
-        wait_timeout: float | None,
-        poll_interval: float,
+        processing_ttl_ms: int,
+        done_ttl_ms: int | None,
+        wait_timeout_ms: int | None,
+        poll_interval_ms: int,
     ) -> None:
         check_claim_timing(
-            processing_ttl=processing_ttl, done_ttl=done_ttl, poll_interval=poll_interval
+            processing_ttl_ms=processing_ttl_ms,
+            done_ttl_ms=done_ttl_ms,
+            poll_interval_ms=poll_interval_ms,
         )
         self.prefix = prefix
-        self.processing_ttl = processing_ttl
-        self.done_ttl = done_ttl
-        self.wait_timeout = wait_timeout
-        self.poll_interval = poll_interval
+        self.processing_ttl_ms = processing_ttl_ms
+        self.done_ttl_ms = done_ttl_ms
+        self.wait_timeout_ms = wait_timeout_ms
+        self.poll_interval_ms = poll_interval_ms
 
     def key(self, event_id: uuid.UUID, consumer_name: str | None) -> str:
         """The Redis key that holds ``event_id``'s claim or done marker."""
@@ -133,13 +135,15 @@ class _RedisSettings:
         return f"claim:{secrets.token_hex(16)}"
 
     def _ttl_ms(self) -> int:
-        return max(1, int(self.processing_ttl * 1000))
+        return max(1, int(self.processing_ttl_ms))
 
     def _done_ms(self) -> int:
-        return 0 if self.done_ttl is None else max(1, int(self.done_ttl * 1000))
+        return 0 if self.done_ttl_ms is None else max(1, int(self.done_ttl_ms))
 
     def _deadline(self) -> float | None:
-        return None if self.wait_timeout is None else time.monotonic() + self.wait_timeout
+        return (
+            None if self.wait_timeout_ms is None else time.monotonic() + self.wait_timeout_ms / 1000
+        )
 
     def _check_wait(self, key: str, deadline: float | None) -> None:
         if deadline is not None and time.monotonic() >= deadline:
@@ -147,10 +151,10 @@ class _RedisSettings:
 
     def _warn_lost(self, key: str) -> None:
         logger.warning(
-            "claim on %s expired before the handler finished (processing_ttl=%ss):"
+            "claim on %s expired before the handler finished (processing_ttl_ms=%s):"
             " another worker may have processed the event too",
             key,
-            self.processing_ttl,
+            self.processing_ttl_ms,
         )
 
     def _by_token(self, claims: Sequence[Claim]) -> dict[str, list[str]]:
@@ -178,24 +182,24 @@ class _RedisSettings:
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(prefix={self.prefix!r}, "
-            f"processing_ttl={self.processing_ttl}, done_ttl={self.done_ttl})"
+            f"processing_ttl_ms={self.processing_ttl_ms}, done_ttl_ms={self.done_ttl_ms})"
         )
 
 
 class AsyncRedisStore(_RedisSettings):
     """Deduplicate in Redis with a ``redis.asyncio.Redis`` client (async handlers).
 
-    An :class:`AsyncDedupStore`.
+    An :class:`AsyncDedupStore`. Durations are milliseconds, as everywhere in the library.
 
-    - ``processing_ttl``: how long a claim holds while its handler runs. It must
+    - ``processing_ttl_ms``: how long a claim holds while its handler runs (default 60 s). It must
       exceed the longest handler run; a claim left by a crashed worker frees
       itself after it.
-    - ``done_ttl``: how long a processed id is remembered (default 7 days, Kafka's
+    - ``done_ttl_ms``: how long a processed id is remembered (default 7 days, Kafka's
       default retention). A redelivery after it expired is processed again;
       ``None`` keeps done markers forever.
     - A concurrent duplicate (claim held by another worker) waits, polling every
-      ``poll_interval``, for that worker's outcome: done → skipped; released after
-      a failure or expired → claimed and run. With ``wait_timeout`` set, it
+      ``poll_interval_ms``, for that worker's outcome: done → skipped; released after
+      a failure or expired → claimed and run. With ``wait_timeout_ms`` set, it
       raises :class:`EventInProgressError` after that long instead (the runner
       retries it later, without counting an attempt).
 
@@ -214,17 +218,17 @@ class AsyncRedisStore(_RedisSettings):
         client: redis.asyncio.Redis,
         *,
         prefix: str = "outbox:processed:",
-        processing_ttl: float = 60.0,
-        done_ttl: float | None = 7 * 24 * 3600.0,
-        wait_timeout: float | None = None,
-        poll_interval: float = 0.05,
+        processing_ttl_ms: int = 60_000,
+        done_ttl_ms: int | None = 7 * 24 * 3600 * 1000,
+        wait_timeout_ms: int | None = None,
+        poll_interval_ms: int = 50,
     ) -> None:
         super().__init__(
             prefix=prefix,
-            processing_ttl=processing_ttl,
-            done_ttl=done_ttl,
-            wait_timeout=wait_timeout,
-            poll_interval=poll_interval,
+            processing_ttl_ms=processing_ttl_ms,
+            done_ttl_ms=done_ttl_ms,
+            wait_timeout_ms=wait_timeout_ms,
+            poll_interval_ms=poll_interval_ms,
         )
         self._client = client
         self._claim_script = client.register_script(_CLAIM)
@@ -246,7 +250,7 @@ class AsyncRedisStore(_RedisSettings):
             if value == _DONE:
                 return None
             self._check_wait(key, deadline)
-            await asyncio.sleep(self.poll_interval)
+            await asyncio.sleep(self.poll_interval_ms / 1000)
 
     async def complete(self, claim: Claim) -> None:
         """Mark the claim's event done (warns if the claim had expired meanwhile)."""
@@ -300,17 +304,17 @@ class RedisStore(_RedisSettings):
         client: redis.Redis,
         *,
         prefix: str = "outbox:processed:",
-        processing_ttl: float = 60.0,
-        done_ttl: float | None = 7 * 24 * 3600.0,
-        wait_timeout: float | None = None,
-        poll_interval: float = 0.05,
+        processing_ttl_ms: int = 60_000,
+        done_ttl_ms: int | None = 7 * 24 * 3600 * 1000,
+        wait_timeout_ms: int | None = None,
+        poll_interval_ms: int = 50,
     ) -> None:
         super().__init__(
             prefix=prefix,
-            processing_ttl=processing_ttl,
-            done_ttl=done_ttl,
-            wait_timeout=wait_timeout,
-            poll_interval=poll_interval,
+            processing_ttl_ms=processing_ttl_ms,
+            done_ttl_ms=done_ttl_ms,
+            wait_timeout_ms=wait_timeout_ms,
+            poll_interval_ms=poll_interval_ms,
         )
         self._client = client
         self._claim_script = client.register_script(_CLAIM)
@@ -332,7 +336,7 @@ class RedisStore(_RedisSettings):
             if value == _DONE:
                 return None
             self._check_wait(key, deadline)
-            time.sleep(self.poll_interval)
+            time.sleep(self.poll_interval_ms / 1000)
 
     def complete(self, claim: Claim) -> None:
         """See :meth:`AsyncRedisStore.complete`."""

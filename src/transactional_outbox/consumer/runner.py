@@ -51,7 +51,7 @@ class ConsumerRunner:
     ::
 
         runner = ConsumerRunner(on_order, RunnerSettings(
-            bootstrap_servers="localhost:9092", group_id="billing",
+            kafka=KafkaConnection(bootstrap_servers="localhost:9092"), group_id="billing",
             topics=["outbox.event.order"], dead_letter_topic="{topic}.dlq"))
         asyncio.run(runner.run())        # until SIGTERM/SIGINT
 
@@ -130,8 +130,8 @@ class ConsumerRunner:
                     loop.add_signal_handler(sig, self._on_signal, sig)
                     installed.append(sig)
         s = self.settings
-        consumer = AIOKafkaConsumer(**s._consumer_kwargs())
-        producer = AIOKafkaProducer(**s._producer_kwargs()) if s.dead_letter_topic else None
+        consumer = AIOKafkaConsumer(**s.consumer_kwargs())
+        producer = AIOKafkaProducer(**s.producer_kwargs()) if s.dead_letter_topic else None
         self._consumer, self._producer = consumer, producer
         attempts = Attempts(s, self._call, self._stopping, producer)
         self._batches = BatchHandler(

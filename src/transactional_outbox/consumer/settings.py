@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import re
-import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ..exceptions import ConfigurationError
+from ..kafka import KafkaConnection
 
 __all__ = ["RunnerSettings"]
 
@@ -20,8 +20,11 @@ class RunnerSettings:
     Subscription: exactly one of ``topics`` (names) or ``topic_pattern`` (a
     regular expression, e.g. ``r"outbox\\.event\\..*"``).
 
+    ``kafka``: the brokers and login, a :class:`~transactional_outbox.KafkaConnection`
+    (``KafkaConnection.from_env()`` reads the relay's ``OUTBOX_KAFKA_*`` variables).
+
     Retries: a failing record is retried up to ``max_attempts`` times in all,
-    waiting ``backoff_initial`` seconds, doubling up to ``backoff_max`` (with
+    waiting ``backoff_initial_ms`` milliseconds, doubling up to ``backoff_max_ms`` (with
     jitter: each wait is 50-100 % of that). Attempts are counted in memory: a
     restart starts the count again.
 
@@ -37,32 +40,31 @@ class RunnerSettings:
     ``session_timeout_ms`` / ``heartbeat_interval_ms``: group membership; small
     values make group joins fast (e.g. 1000/300 in tests). ``consumer_options``
     and ``producer_options`` are passed to aiokafka as extra keyword arguments
-    (they and the SASL password are left out of ``repr``).
+    (they are left out of ``repr``, and so is the SASL password).
     """
 
-    bootstrap_servers: str | Sequence[str]
+    kafka: KafkaConnection
     group_id: str
     topics: Sequence[str] = ()
     topic_pattern: str | None = None
     max_attempts: int = 5
     max_concurrency: int = 100
-    backoff_initial: float = 0.5
-    backoff_max: float = 30.0
+    backoff_initial_ms: int = 500
+    backoff_max_ms: int = 30_000
     dead_letter_topic: str | None = None
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
     session_timeout_ms: int = 10_000
     heartbeat_interval_ms: int = 3_000
     max_poll_records: int | None = 500
     client_id: str | None = None
-    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
-    sasl_mechanism: str | None = None
-    sasl_plain_username: str | None = None
-    sasl_plain_password: str | None = field(default=None, repr=False)
-    ssl_context: ssl.SSLContext | None = None
     consumer_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
     producer_options: Mapping[str, Any] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.kafka, KafkaConnection):
+            raise ConfigurationError(
+                "kafka", f"must be a KafkaConnection, not {type(self.kafka).__name__}"
+            )
         if isinstance(self.topics, str):
             # A bare string would be read as a list of one-letter topics.
             object.__setattr__(self, "topics", (self.topics,))
@@ -76,9 +78,11 @@ class RunnerSettings:
             raise ConfigurationError(
                 "max_concurrency", f"must be at least 1, got {self.max_concurrency}"
             )
-        if self.backoff_initial < 0 or self.backoff_max < self.backoff_initial:
+        if self.backoff_initial_ms < 0 or self.backoff_max_ms < self.backoff_initial_ms:
             raise ConfigurationError(
-                "backoff_initial", "must be >= 0 and not more than backoff_max"
+                "backoff_initial_ms",
+                f"{self.backoff_initial_ms} must be >= 0 and not more than backoff_max_ms "
+                f"({self.backoff_max_ms})",
             )
         if self.dead_letter_topic is not None:
             self._check_dead_letter_topic(self.dead_letter_topic)
@@ -106,26 +110,16 @@ class RunnerSettings:
             return None
         return self.dead_letter_topic.format(topic=topic)
 
-    def _security(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"security_protocol": self.security_protocol}
-        if self.ssl_context is not None:
-            out["ssl_context"] = self.ssl_context
-        if self.sasl_mechanism is not None:
-            out["sasl_mechanism"] = self.sasl_mechanism
-            out["sasl_plain_username"] = self.sasl_plain_username
-            out["sasl_plain_password"] = self.sasl_plain_password
-        return out
-
-    def _consumer_kwargs(self) -> dict[str, Any]:
+    def consumer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the runner's ``aiokafka.AIOKafkaConsumer``."""
         kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
+            **self.kafka.client_args(),
             "group_id": self.group_id,
             "enable_auto_commit": False,
             "auto_offset_reset": self.auto_offset_reset,
             "session_timeout_ms": self.session_timeout_ms,
             "heartbeat_interval_ms": self.heartbeat_interval_ms,
             "max_poll_records": self.max_poll_records,
-            **self._security(),
         }
         if self.client_id is not None:
             kwargs["client_id"] = self.client_id
@@ -134,12 +128,9 @@ class RunnerSettings:
         kwargs["enable_auto_commit"] = False
         return kwargs
 
-    def _producer_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {
-            "bootstrap_servers": self.bootstrap_servers,
-            "acks": "all",
-            **self._security(),
-        }
+    def producer_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for the runner's dead-letter ``aiokafka.AIOKafkaProducer``."""
+        kwargs: dict[str, Any] = {**self.kafka.client_args(), "acks": "all"}
         if self.client_id is not None:
             kwargs["client_id"] = self.client_id
         kwargs.update(self.producer_options)

@@ -198,15 +198,15 @@ class InboxStore(Protocol):
 
 
 def check_claim_timing(
-    *, processing_ttl: float, done_ttl: float | None, poll_interval: float
+    *, processing_ttl_ms: int, done_ttl_ms: int | None, poll_interval_ms: int
 ) -> None:
     """Validate the timing settings of a claim-based store (Redis, in-memory), naming
     the field and the value in a :class:`ConfigurationError`."""
-    if processing_ttl <= 0:
-        raise ConfigurationError("processing_ttl", f"must be > 0 seconds, got {processing_ttl}")
-    if done_ttl is not None and done_ttl <= 0:
+    if processing_ttl_ms <= 0:
+        raise ConfigurationError("processing_ttl_ms", f"must be > 0 (ms), got {processing_ttl_ms}")
+    if done_ttl_ms is not None and done_ttl_ms <= 0:
         raise ConfigurationError(
-            "done_ttl", f"must be > 0 seconds, or None to keep forever, got {done_ttl}"
+            "done_ttl_ms", f"must be > 0 (ms), or None to keep forever, got {done_ttl_ms}"
         )
-    if poll_interval <= 0:
-        raise ConfigurationError("poll_interval", f"must be > 0 seconds, got {poll_interval}")
+    if poll_interval_ms <= 0:
+        raise ConfigurationError("poll_interval_ms", f"must be > 0 (ms), got {poll_interval_ms}")

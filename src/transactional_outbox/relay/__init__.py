@@ -2,13 +2,14 @@
 
 Run it with ``python -m transactional_outbox.relay --help``, or embed it::
 
-    relay = Relay(RelaySettings.from_env())
+    relay = Relay(RelaySettings.from_env())   # or RelaySettings(kafka=KafkaConnection(...), ...)
     await relay.run()          # until relay.stop()
 """
 
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
+from ..kafka import KafkaConnection
 from .position import BinlogPosition, StartPolicy
 
 if TYPE_CHECKING:
@@ -20,4 +21,4 @@ if TYPE_CHECKING:
 __getattr__ = lazy_attributes(__name__, {"RelaySettings": "config", "Relay": "pipeline"})
 
 
-__all__ = ["BinlogPosition", "Relay", "RelaySettings", "StartPolicy"]
+__all__ = ["BinlogPosition", "KafkaConnection", "Relay", "RelaySettings", "StartPolicy"]

@@ -14,7 +14,6 @@ import os
 import re
 import secrets
 import socket
-import ssl
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,18 +22,30 @@ from typing import Any
 from sqlalchemy.engine import make_url
 
 from ..exceptions import ConfigurationError
+from ..kafka import KafkaConnection
 from .options import (
     SECRET,
     env_var,
+    flag,
+    nest_values,
+    nested,
     option,
     options_parser,
+    overlay,
     values_from_cli,
     values_from_env,
 )
 from .position import StartPolicy
 from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
 
-__all__ = ["RelaySettings", "build_parser", "derive_server_id", "env_var", "mask_url"]
+__all__ = [
+    "RENAMED",
+    "RelaySettings",
+    "build_parser",
+    "derive_server_id",
+    "env_var",
+    "mask_url",
+]
 
 
 def mask_url(url: str) -> str:
@@ -87,20 +98,11 @@ class RelaySettings:
         "table, also one created while the relay runs ('[a-z_]+\\.outbox'); may be combined "
         "with --outbox-tables",
     )
-    kafka_bootstrap_servers: str = option("", "required: Kafka bootstrap servers, comma-separated")
-    kafka_security_protocol: str = option(
-        "PLAINTEXT",
-        "Kafka security protocol",
-        choices=("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"),
+    kafka: KafkaConnection = nested(
+        KafkaConnection,
+        prefix="kafka_",
+        help="Kafka brokers and login, set as the kafka_* settings (a KafkaConnection)",
     )
-    kafka_sasl_mechanism: str = option(
-        "PLAIN", "SASL mechanism", choices=("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
-    )
-    kafka_sasl_username: str = option("", "SASL user name")
-    kafka_sasl_password: str = option("", "SASL password", secret=True)
-    kafka_ssl_cafile: str = option("", "CA bundle to verify the brokers (SSL)")
-    kafka_ssl_certfile: str = option("", "client certificate (SSL)")
-    kafka_ssl_keyfile: str = option("", "client key (SSL)")
     kafka_acks: str = option("all", "producer acks", choices=("all", "1", "0"))
     enable_idempotence: bool = option(
         True,
@@ -151,10 +153,10 @@ class RelaySettings:
     )
     checkpoint_interval_ms: int = option(1000, "save the checkpoint at most this often (ms)")
     queue_max_events: int = option(20_000, "events read ahead of Kafka acks before reading pauses")
-    heartbeat_seconds: float = option(
-        2.0, "replication heartbeat; a stream silent for 3x this is reconnected"
+    heartbeat_ms: int = option(
+        2_000, "replication heartbeat (ms); a stream silent for 3x this is reconnected"
     )
-    reconnect_max_seconds: float = option(30.0, "longest wait between reconnect attempts (s)")
+    reconnect_max_ms: int = option(30_000, "longest wait between reconnect attempts (ms)")
     reader: str = option(
         "process",
         "where the binlog is read and decoded: process (a child process, so decoding does "
@@ -162,7 +164,7 @@ class RelaySettings:
         "or thread (one process)",
         choices=("process", "thread"),
     )
-    progress_interval_seconds: float = option(10.0, "seconds between progress lines (0 = off)")
+    progress_interval_ms: int = option(10_000, "time between progress lines (ms, 0 = off)")
     lease_ttl_ms: int = option(
         10_000, "leader lease TTL (ms): a standby takes over this long after the leader dies"
     )
@@ -185,12 +187,14 @@ class RelaySettings:
         if self.topic_overrides is None:
             object.__setattr__(self, "topic_overrides", {})
         for name in _REQUIRED:
-            if not getattr(self, name):
+            if not (self.kafka if name == "kafka_bootstrap_servers" else getattr(self, name)):
                 raise ConfigurationError(
                     name,
-                    f"not set: set {env_var(name)} or --{name.replace('_', '-')} (no default, "
+                    f"not set: set {env_var(name)} or {flag(name)} (no default, "
                     "so a relay never connects somewhere by accident)",
                 )
+        if not isinstance(self.kafka, KafkaConnection):
+            raise ConfigurationError("kafka", f"must be a KafkaConnection, not {self.kafka!r}")
         if isinstance(self.kafka_acks, int) and not isinstance(self.kafka_acks, bool):
             object.__setattr__(self, "kafka_acks", str(self.kafka_acks))
         for f in dataclasses.fields(self):
@@ -234,11 +238,13 @@ class RelaySettings:
                 f"{self.lease_renew_ms} must be positive and at most half of lease_ttl_ms "
                 f"({self.lease_ttl_ms}), so one missed renewal does not lose the lease",
             )
-        if self.heartbeat_seconds <= 0:
-            raise ConfigurationError("heartbeat_seconds", "must be positive")
-        if self.kafka_security_protocol.startswith("SASL") and not self.kafka_sasl_username:
+        for name in ("heartbeat_ms", "reconnect_max_ms"):
+            if getattr(self, name) <= 0:
+                raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
+        if self.progress_interval_ms < 0:
             raise ConfigurationError(
-                "kafka_sasl_username", f"required with {self.kafka_security_protocol}"
+                "progress_interval_ms",
+                f"must be 0 (off) or positive, got {self.progress_interval_ms}",
             )
 
     def _check_tables(self) -> None:
@@ -320,8 +326,12 @@ class RelaySettings:
 
     def producer_args(self) -> dict[str, Any]:
         """Keyword arguments for ``aiokafka.AIOKafkaProducer``."""
-        args: dict[str, Any] = {
-            "bootstrap_servers": self.kafka_bootstrap_servers,
+        try:
+            connection = self.kafka.client_args()
+        except ConfigurationError as exc:
+            raise ConfigurationError("kafka_" + exc.setting, exc.message) from None
+        return {
+            **connection,
             "client_id": f"outbox-relay-{self.relay_name}",
             "acks": "all" if self.kafka_acks == "all" else int(self.kafka_acks),
             "enable_idempotence": self.enable_idempotence,
@@ -332,20 +342,7 @@ class RelaySettings:
             "max_batch_size": min(self.max_batch_size, self.max_request_size),
             "max_request_size": self.max_request_size,
             "request_timeout_ms": self.request_timeout_ms,
-            "security_protocol": self.kafka_security_protocol,
         }
-        if self.kafka_security_protocol.startswith("SASL"):
-            args.update(
-                sasl_mechanism=self.kafka_sasl_mechanism,
-                sasl_plain_username=self.kafka_sasl_username,
-                sasl_plain_password=self.kafka_sasl_password,
-            )
-        if self.kafka_security_protocol.endswith("SSL"):
-            ctx = ssl.create_default_context(cafile=self.kafka_ssl_cafile or None)
-            if self.kafka_ssl_certfile:
-                ctx.load_cert_chain(self.kafka_ssl_certfile, self.kafka_ssl_keyfile or None)
-            args["ssl_context"] = ctx
-        return args
 
     def __repr__(self) -> str:
         shown = []
@@ -363,8 +360,14 @@ class RelaySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelaySettings:
-        """Settings from ``OUTBOX_<FIELD>`` variables (``OUTBOX_MYSQL_URL``…), then overrides."""
-        return cls(**{**values_from_env(cls, environ), **overrides})
+        """Settings from ``OUTBOX_<FIELD>`` variables (``OUTBOX_MYSQL_URL``…), then overrides.
+
+        ``overrides`` are field values (``kafka=KafkaConnection(...)``) or flat
+        settings (``kafka_bootstrap_servers=...``). A variable of a renamed setting
+        (``OUTBOX_HEARTBEAT_SECONDS``) is an error naming the new one.
+        """
+        values = overlay(cls, values_from_env(cls, environ, renamed=RENAMED), overrides)
+        return cls(**nest_values(cls, values))
 
     @classmethod
     def from_cli(
@@ -375,6 +378,13 @@ class RelaySettings:
 
 
 _REQUIRED = ("mysql_url", "kafka_bootstrap_servers", "redis_url")
+
+RENAMED = {
+    "heartbeat_seconds": "heartbeat_ms",
+    "reconnect_max_seconds": "reconnect_max_ms",
+    "progress_interval_seconds": "progress_interval_ms",
+}
+"""Settings renamed in 0.2 (durations are milliseconds): old name → new name."""
 
 
 def derive_server_id(relay_name: str, *, avoid: int | None = None) -> int:
@@ -398,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     return options_parser(
         RelaySettings,
         required=_REQUIRED,
+        renamed=RENAMED,
         prog=(
             "outbox-relay"
             if os.path.basename(sys.argv[0]) == "outbox-relay"

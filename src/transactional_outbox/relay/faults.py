@@ -26,9 +26,15 @@ from aiokafka.errors import (
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
 
 from ..exceptions import ConfigurationError
+from ..kafka import KafkaConnection
 from .config import RelaySettings
 
-__all__ = ["check_kafka_login", "mysql_misconfiguration", "redis_misconfiguration"]
+__all__ = [
+    "check_kafka_login",
+    "kafka_misconfiguration",
+    "mysql_misconfiguration",
+    "redis_misconfiguration",
+]
 
 # A connection cut during the handshake may be a broker restarting: retried.
 _SSL_TRANSIENT = (ssl.SSLEOFError, ssl.SSLZeroReturnError, ssl.SSLSyscallError)
@@ -76,27 +82,13 @@ def redis_misconfiguration(exc: BaseException) -> ConfigurationError | None:
     return None
 
 
-def _hosts(bootstrap: str) -> list[tuple[str, int]]:
-    out = []
-    for item in bootstrap.split(","):
-        item = item.strip()
-        if not item:
-            continue
-        host, _, port = item.rpartition(":")
-        if not host:
-            host, port = item, "9092"
-        try:
-            out.append((host.strip("[]"), int(port)))
-        except ValueError:
-            raise ConfigurationError(
-                "kafka_bootstrap_servers", f"{item!r} is not HOST:PORT"
-            ) from None
-    return out
+def kafka_misconfiguration(exc: BaseException, s: KafkaConnection) -> ConfigurationError | None:
+    """The configuration error a Kafka login error means, or None if it may be transient.
 
-
-def _kafka_misconfiguration(exc: BaseException, s: RelaySettings) -> ConfigurationError | None:
+    The settings named are the relay's (``kafka_*``: ``OUTBOX_KAFKA_*``, ``--kafka-*``).
+    """
     if isinstance(exc, ssl.SSLCertVerificationError):
-        where = s.kafka_ssl_cafile or "the system's CA bundle"
+        where = s.ssl_cafile or "the system's CA bundle"
         return ConfigurationError(
             "kafka_ssl_cafile",
             f"the broker's TLS certificate does not verify against {where}: "
@@ -106,9 +98,9 @@ def _kafka_misconfiguration(exc: BaseException, s: RelaySettings) -> Configurati
         return ConfigurationError(
             "kafka_security_protocol",
             f"TLS with the broker failed ({getattr(exc, 'reason', None) or exc}); is "
-            f"{s.kafka_security_protocol} what its listener speaks?",
+            f"{s.security_protocol} what its listener speaks?",
         )
-    if not s.kafka_security_protocol.startswith("SASL"):
+    if not s.security_protocol.startswith("SASL"):
         return None
     if isinstance(exc, UnsupportedSaslMechanismError):
         return ConfigurationError("kafka_sasl_mechanism", str(exc))
@@ -124,8 +116,8 @@ def _kafka_misconfiguration(exc: BaseException, s: RelaySettings) -> Configurati
         return None
     return ConfigurationError(
         "kafka_sasl_username",
-        f"the broker refused SASL {s.kafka_sasl_mechanism} authentication of user "
-        f"{s.kafka_sasl_username!r} (check kafka_sasl_username/kafka_sasl_password): {reason}",
+        f"the broker refused SASL {s.sasl_mechanism} authentication of user "
+        f"{s.sasl_username!r} (check kafka_sasl_username/kafka_sasl_password): {reason}",
     )
 
 
@@ -138,7 +130,8 @@ async def check_kafka_login(settings: RelaySettings, producer_args: dict[str, An
     such failures and moves on, which would retry a wrong password forever.
     """
     timeout_ms = min(settings.request_timeout_ms, 10_000)
-    for host, port in _hosts(settings.kafka_bootstrap_servers):
+    kafka = settings.kafka
+    for host, port in kafka.addresses:
         try:
             conn = await create_conn(
                 host,
@@ -146,17 +139,17 @@ async def check_kafka_login(settings: RelaySettings, producer_args: dict[str, An
                 client_id=str(producer_args.get("client_id", "outbox-relay")),
                 request_timeout_ms=timeout_ms,
                 ssl_context=producer_args.get("ssl_context"),
-                security_protocol=settings.kafka_security_protocol,
-                sasl_mechanism=settings.kafka_sasl_mechanism,
-                sasl_plain_username=settings.kafka_sasl_username or None,
-                sasl_plain_password=settings.kafka_sasl_password or None,
+                security_protocol=kafka.security_protocol,
+                sasl_mechanism=kafka.sasl_mechanism,
+                sasl_plain_username=kafka.sasl_username or None,
+                sasl_plain_password=kafka.sasl_password or None,
             )
         except (TimeoutError, KafkaConnectionError, ConnectionError) as exc:
             if isinstance(exc.__cause__, ssl.SSLError):
-                raise _kafka_misconfiguration(exc.__cause__, settings) or exc from None
+                raise kafka_misconfiguration(exc.__cause__, kafka) or exc from None
             continue  # unreachable: the producer retries
         except Exception as exc:
-            found = _kafka_misconfiguration(exc, settings)
+            found = kafka_misconfiguration(exc, kafka)
             if found is not None:
                 raise found from None
             continue

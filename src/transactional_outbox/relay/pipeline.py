@@ -104,8 +104,8 @@ class Relay:
         store = RedisCheckpointStore(rds, key=keys.checkpoint)
         lease = Lease(rds, keys, ttl_ms=s.lease_ttl_ms)
         background = [asyncio.create_task(self._tick_loop(), name="outbox-tick")]
-        if s.progress_interval_seconds > 0:
-            progress = self.stats.log_progress(s.progress_interval_seconds)
+        if s.progress_interval_ms > 0:
+            progress = self.stats.log_progress(s.progress_interval_ms / 1000)
             background.append(asyncio.create_task(progress, name="outbox-progress"))
         try:
             while await wait_for_lease(
@@ -209,7 +209,7 @@ class Relay:
                 )
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._stopping.wait(), delay)
-                delay = min(delay * 2, self.settings.reconnect_max_seconds)
+                delay = min(delay * 2, self.settings.reconnect_max_ms / 1000)
 
     async def _tick_loop(self) -> None:
         # Proves the loop runs, for /healthz (which answers from another thread).

@@ -150,7 +150,7 @@ class PublishSession:
             # else a publish failure woke the pump; handled below
         finally:
             source.stop()
-            await asyncio.to_thread(source.join, s.heartbeat_seconds * 3 + 5)
+            await asyncio.to_thread(source.join, s.heartbeat_ms * 3 / 1000 + 5)
             self._source = None
             self._channel = None
             try:

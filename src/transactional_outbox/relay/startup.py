@@ -91,7 +91,7 @@ async def prepare_start(
                 await asyncio.wait_for(stopping.wait(), delay)
             if stopping.is_set():
                 return None
-            delay = min(delay * 2, s.reconnect_max_seconds)
+            delay = min(delay * 2, s.reconnect_max_ms / 1000)
     server_id = choose_server_id(s, info, server_id)
     if s.multi_table:
         for sch, tab in (*s.tables, *matched):
@@ -106,7 +106,7 @@ async def prepare_start(
         info.version,
         f"{args['host']}:{args['port']}",
         names,
-        s.kafka_bootstrap_servers,
+        s.kafka.bootstrap_servers,
         mask_url(s.redis_url),
         start,
         why,
@@ -182,7 +182,7 @@ def source_settings(settings: RelaySettings, start: Start) -> SourceSettings:
         tables=s.tables if s.multi_table else (),
         table_pattern=s.outbox_table_pattern or None,
         is_mariadb=start.server.is_mariadb,
-        heartbeat_seconds=s.heartbeat_seconds,
-        max_reconnect_delay_seconds=s.reconnect_max_seconds,
+        heartbeat_seconds=s.heartbeat_ms / 1000,
+        max_reconnect_delay_seconds=s.reconnect_max_ms / 1000,
         idle_commit_seconds=min(1.0, s.checkpoint_interval_ms / 1000),
     )

@@ -1,6 +1,6 @@
 """Record the outbox events sessions commit, as they commit.
 
-How: the session reports each write of events (``session._write_hooks``); the
+How: the session reports each write of events (``session.write_hooks``); the
 events are kept against the transaction they were written in (the innermost
 SAVEPOINT, else the root) and follow SQLAlchemy's public session events:
 
@@ -30,7 +30,7 @@ from sqlalchemy.orm import Session, SessionTransaction
 
 from .. import session as outbox_session
 from ..event import OutboxEvent
-from ._event_list import EventList
+from ._event_list import GrowingEventList
 
 if TYPE_CHECKING:
     from ..session import OutboxSession
@@ -38,7 +38,7 @@ if TYPE_CHECKING:
 __all__ = ["CapturedEvents", "capture_events"]
 
 
-class CapturedEvents(EventList):
+class CapturedEvents(GrowingEventList):
     """The events committed while a capture is open, in commit order; grows as they commit.
 
     Every :class:`EventList` filter and assertion applies (filters return a
@@ -50,10 +50,7 @@ class CapturedEvents(EventList):
     def clear(self) -> None:
         """Forget the events captured so far (e.g. those of a test's setup)."""
         with _lock:
-            self._events.clear()
-
-    def _add(self, event: OutboxEvent) -> None:
-        self._events.append(event)
+            super().clear()
 
 
 _lock = threading.Lock()
@@ -97,7 +94,7 @@ def _install() -> None:
     with _lock:
         if _installed:
             return
-        outbox_session._write_hooks.append(_on_write)
+        outbox_session.write_hooks.append(_on_write)
         # OutboxSession and its subclasses (enable_outbox's, AsyncOutboxSession's
         # sync session): class-level listeners apply to all of them.
         sa_event.listen(outbox_session.OutboxSession, "after_commit", _on_commit)
@@ -148,7 +145,7 @@ def _on_commit(session: Session) -> None:
             for event, captures in events:
                 for captured in captures:
                     if any(captured is c for c in _open):  # still open
-                        captured._add(event)
+                        captured.append(event)
 
 
 def _on_end(session: Session, transaction: SessionTransaction) -> None:

@@ -12,7 +12,7 @@ from ._records import DEFAULT_TOPIC_TEMPLATE, TestRecord, numbered_records
 if TYPE_CHECKING:
     from ..consumer.received import ReceivedEvent
 
-__all__ = ["EventList", "payload_json"]
+__all__ = ["EventList", "GrowingEventList", "payload_json"]
 
 
 def payload_json(event: OutboxEvent) -> Any:
@@ -175,3 +175,17 @@ def _criteria(event_type: str | None, aggregate_type: str | None, agg_id: object
     if agg_id is not None:
         parts.append(f"aggregate_id={str(agg_id)!r}")
     return " ".join(parts) if parts else "(any)"
+
+
+class GrowingEventList(EventList):
+    """An :class:`EventList` that events are appended to (a capture's base)."""
+
+    __slots__ = ()
+
+    def append(self, event: OutboxEvent) -> None:
+        """Add ``event`` at the end (a capture does, as events commit)."""
+        self._events.append(event)
+
+    def clear(self) -> None:
+        """Forget every event."""
+        self._events.clear()

@@ -59,44 +59,12 @@ from .format import (
     uuid_text,
     verify,
 )
+from .outboxtables import UNKNOWN, Mapped, Table, names_of, place
 from .tablemap import TableLayout, packed_int, parse_layout
 
 __all__ = ["BinlogParser", "DumpEnded", "ServerError"]
 
 log = logging.getLogger("transactional_outbox.relay.source")
-
-
-_UNKNOWN: Any = object()  # a table name not looked up yet
-
-
-class _Table:
-    """One outbox table the parser reads: its names, its row memo, its maps by layout."""
-
-    __slots__ = ("mapped", "memo", "name", "where")
-
-    def __init__(self, schema: str, table: str, router: TopicRouter, shared: RowMemo | None):
-        self.name = f"{schema}.{table}"
-        self.where = f"`{schema}`.`{table}`"
-        self.memo = RowMemo(router, schema=schema, table=table, shared=shared)
-        self.mapped: dict[bytes, _Mapped] = {}  # map bytes after the names -> its _Mapped
-
-
-class _Mapped:
-    """What a table id maps to: an outbox table and the layout its TABLE_MAP gave.
-
-    The fields the row path reads per WRITE_ROWS are copied here (one attribute
-    load each, no second hop).
-    """
-
-    __slots__ = ("decoder", "head", "layout", "memo", "name", "where")
-
-    def __init__(self, layout: TableLayout, table: _Table) -> None:
-        self.layout = layout
-        self.head = layout.head
-        self.decoder = layout.decoder
-        self.memo = table.memo
-        self.name = table.name
-        self.where = table.where
 
 
 class BinlogParser:
@@ -137,24 +105,24 @@ class BinlogParser:
         # table-independent ones (names, headers, seconds).
         self._memo = RowMemo(router, schema=schema, table=table)
         self._layouts = layouts  # shared across connections: keyed by the map's bytes
-        self._tables: dict[int, _Mapped] = {}
-        self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, _Mapped
+        self._tables: dict[int, Mapped] = {}
+        self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, Mapped
         self._pattern = re.compile(pattern) if pattern else None
-        self._targets: dict[bytes, _Table | None] = {}  # name bytes -> table (None: not one)
-        self._listed: dict[bytes, _Table] = {}
+        self._targets: dict[bytes, Table | None] = {}  # name bytes -> table (None: not one)
+        self._listed: dict[bytes, Table] = {}
         self._needle: bytes | None = None
         self._runs: list[tuple[str, int]] | None = None
         self.handed_tables: dict[str, int] | None = None  # rows by table of the last take
         if tables or pattern:
             self._runs = []
             for sch, tab in tables:
-                self._listed[_names(sch, tab)] = _Table(sch, tab, router, self._memo)
+                self._listed[names_of(sch, tab)] = Table(sch, tab, router, self._memo)
             self._targets.update(self._listed)
         else:
             # TABLE_MAP after the table id and flags starts with these bytes exactly
             # when it maps the outbox table.
-            self._needle = _names(schema, table)
-            self._one = _Table(schema, table, router, None)
+            self._needle = names_of(schema, table)
+            self._one = Table(schema, table, router, None)
             self._one.memo = self._memo
         self._cap = cap
         self._cs = 0  # trailing checksum bytes of this file's events
@@ -349,7 +317,7 @@ class BinlogParser:
                                     runs.append((mapped.name, len(rows)))
                                 for r in rows:
                                     if type(r) is RejectedRow:
-                                        _place(rows, commit_file, commit_pos, mapped)
+                                        place(rows, commit_file, commit_pos, mapped)
                                         break
                                 records += rows
                 elif etype == XID:
@@ -379,20 +347,20 @@ class BinlogParser:
             self._last = (last_key, last_mapped)
         return pos
 
-    def _map(self, buf: bytes, ev: int, end: int, cs: int) -> _Mapped | None:
+    def _map(self, buf: bytes, ev: int, end: int, cs: int) -> Mapped | None:
         """What the TABLE_MAP at ``ev`` maps its id to: an outbox table's layout, or None."""
         k0 = ev + 27
         needle = self._needle
         if needle is not None:
-            table: _Table | None = self._one
+            table: Table | None = self._one
             nlen = len(needle)
         else:
             # schema_len schema NUL table_len table NUL
             slen = buf[k0]
             nlen = slen + buf[k0 + slen + 2] + 4
             names = buf[k0 : k0 + nlen]
-            table = self._targets.get(names, _UNKNOWN)
-            if table is _UNKNOWN:
+            table = self._targets.get(names, UNKNOWN)
+            if table is UNKNOWN:
                 table = self._resolve(names)
         if table is None:
             return None
@@ -410,13 +378,13 @@ class BinlogParser:
             elif layout.plan is None:
                 # Shared with another table: say so for this one too.
                 log.warning("%s cannot hold outbox events: %s", table.where, layout.reject)
-            mapped = _Mapped(layout, table)
+            mapped = Mapped(layout, table)
             if len(table.mapped) >= 64:
                 table.mapped.clear()
             table.mapped[key] = mapped
         return mapped
 
-    def _resolve(self, names: bytes) -> _Table | None:
+    def _resolve(self, names: bytes) -> Table | None:
         """The outbox table a name not seen before is, by the pattern; None if none.
 
         Evaluated once per distinct name (bounded: forgotten when 10,000 are known).
@@ -426,7 +394,7 @@ class BinlogParser:
         table = names[slen + 3 : -1].decode("utf-8", "replace")
         found = None
         if self._pattern is not None and self._pattern.fullmatch(f"{schema}.{table}"):
-            found = _Table(schema, table, self._router, self._memo)
+            found = Table(schema, table, self._router, self._memo)
             log.info("reading outbox table `%s`.`%s` (matches outbox_table_pattern)", schema, table)
         if len(self._targets) >= 10_000:
             self._targets = {k: v for k, v in self._targets.items() if v is not None}
@@ -504,7 +472,7 @@ class BinlogParser:
         ev: int,
         end: int,
         etype: int,
-        mapped: _Mapped,
+        mapped: Mapped,
         commit_file: str,
         commit_pos: int,
     ) -> None:
@@ -540,7 +508,7 @@ class BinlogParser:
             self._runs.append((mapped.name, len(rows)))
         for r in rows:
             if type(r) is RejectedRow:
-                _place(rows, commit_file, commit_pos, mapped)
+                place(rows, commit_file, commit_pos, mapped)
                 break
         self.records += rows
 
@@ -591,17 +559,3 @@ class BinlogParser:
 
     def _format_description(self, buf: bytes, ev: int, end: int) -> None:
         self._cs = checksum_size(buf, ev, end, self.file)
-
-
-def _names(schema: str, table: str) -> bytes:
-    """A TABLE_MAP's name bytes: schema_len schema NUL table_len table NUL."""
-    s, t = schema.encode(), table.encode()
-    return bytes([len(s)]) + s + b"\0" + bytes([len(t)]) + t + b"\0"
-
-
-def _place(rows: list[KafkaRecord | RejectedRow], file: str, pos: int, mapped: _Mapped) -> None:
-    """Say where each rejected row of ``rows`` is: its table, the transaction after ``file:pos``."""
-    where = f"of {mapped.where} in the transaction after {file}:{pos}"
-    for i, r in enumerate(rows):
-        if type(r) is RejectedRow:
-            rows[i] = RejectedRow(r.reason, r.event_id, r.aggregate_id, where, mapped.name)
