@@ -22,7 +22,8 @@ share. The modes:
 Each relay mode starts its relays at the binlog head and waits for one warm-up event
 per table (start-up stays out), then measures from the writers' start until every
 event has been received: CPU seconds (user + system, from /proc) of all relay
-processes including their binlog reader children, their summed peak RSS, of the
+processes including their binlog reader children (``relay-s``; per second of the window
+``relay-core``, per 1,000 committed events ``ms/1k-ev``), their summed peak RSS, of the
 MariaDB server process (``server-s``; ``over-base``: minus the baseline's, the relays'
 cost to the server, a difference of two runs that other work on the machine swamps), of
 the server threads of the relays' binlog dump connections
