@@ -78,16 +78,19 @@ def master_status(cur: Any) -> tuple[str, int]:
     return str(file), int(pos)
 
 
-def one_event_sql(eid: bytes, aggregate_id: str, payload: str, timestamp: str) -> str:
+def one_event_sql(
+    eid: bytes, aggregate_id: str, payload: str, timestamp: str, table: str = "outbox"
+) -> str:
     """One outbox transaction of one event, as one multi-statement body (one round trip):
     what ``session.add_event()`` + commit writes (insert, then delete, then commit).
 
     ``payload`` must be SQL-safe text (no quote or backslash); ids go in as hex literals.
+    ``table``: the outbox table, ``schema.outbox`` for one outside the connection's database.
     """
     h = eid.hex()
     return (
-        f"BEGIN;INSERT INTO outbox VALUES (X'{h}','order','{aggregate_id}','OrderPlaced',"
-        f"'{payload}','{{}}','{timestamp}');DELETE FROM outbox WHERE id=X'{h}';COMMIT;"
+        f"BEGIN;INSERT INTO {table} VALUES (X'{h}','order','{aggregate_id}','OrderPlaced',"
+        f"'{payload}','{{}}','{timestamp}');DELETE FROM {table} WHERE id=X'{h}';COMMIT;"
     )
 
 

@@ -1,4 +1,5 @@
-"""The latency and recovery benchmarks run end to end (``--quick``) against the local stack.
+"""The latency, recovery, keeps-up and multi-table benchmarks run end to end (``--quick``)
+against the local stack.
 
 Smoke tests only: they check that each script exits 0 and prints its table, never how
 fast anything was.
@@ -93,4 +94,24 @@ def test_keeps_up_smoke(stack: Stack, tmp_path: Path) -> None:
             break
         samples.append(line.split())
     assert int(samples[-1][2]) == committed
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_multi_tables_smoke(stack: Stack, tmp_path: Path) -> None:
+    png = tmp_path / "multi_tables.png"
+    lines = run_bench("multi_tables.py", "--modes", "baseline,Nx1", "--plot", str(png))
+    header = (
+        "mode relays dumps txn/s relay-s relay-core ms/1k-ev RSS-MB server-s over-base dump-s"
+        " broker-s p50-ms p99-ms max-ms delivered committed load"
+    )
+    rows = table(lines, header)
+    assert [r[:3] for r in rows] == [["baseline", "0", "0"], ["3x1", "3", "3"]]  # 3 tables
+    for row in rows:
+        assert len(row) == 18
+    baseline, each = rows
+    assert baseline[-3] == "-" and int(baseline[-2]) == 400  # 200/s for 2 s, no relay
+    assert each[-3] == each[-2] == "400"  # every committed event delivered
+    for v in each[3:-3]:
+        float(v)  # every relay column numeric
+    assert "3x1: every table delivered = committed" in "\n".join(lines)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
