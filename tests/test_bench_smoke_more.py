@@ -99,19 +99,29 @@ def test_keeps_up_smoke(stack: Stack, tmp_path: Path) -> None:
 
 def test_multi_tables_smoke(stack: Stack, tmp_path: Path) -> None:
     png = tmp_path / "multi_tables.png"
-    lines = run_bench("multi_tables.py", "--modes", "baseline,Nx1", "--plot", str(png))
+    lines = run_bench(
+        "multi_tables.py", "--modes", "baseline,Nx1,1xN", "--pattern", "--plot", str(png)
+    )
     header = (
         "mode relays dumps txn/s relay-s relay-core ms/1k-ev RSS-MB server-s over-base dump-s"
         " broker-s p50-ms p99-ms max-ms delivered committed load"
     )
     rows = table(lines, header)
-    assert [r[:3] for r in rows] == [["baseline", "0", "0"], ["3x1", "3", "3"]]  # 3 tables
+    # 3 tables: one relay each, then one relay for all (by pattern), one dump thread
+    assert [r[:3] for r in rows] == [
+        ["baseline", "0", "0"],
+        ["3x1", "3", "3"],
+        ["1x3", "1", "1"],
+    ]
     for row in rows:
         assert len(row) == 18
-    baseline, each = rows
+    baseline, each, one = rows
     assert baseline[-3] == "-" and int(baseline[-2]) == 400  # 200/s for 2 s, no relay
-    assert each[-3] == each[-2] == "400"  # every committed event delivered
-    for v in each[3:-3]:
-        float(v)  # every relay column numeric
-    assert "3x1: every table delivered = committed" in "\n".join(lines)
+    for mode in (each, one):
+        assert mode[-3] == mode[-2] == "400"  # every committed event delivered
+        for v in mode[3:-3]:
+            float(v)  # every relay column numeric
+    text = "\n".join(lines)
+    assert "3x1: every table delivered = committed" in text
+    assert "1x3: every table delivered = committed" in text
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
