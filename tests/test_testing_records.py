@@ -57,6 +57,22 @@ def test_topic_template_and_overrides_are_the_relays_settings() -> None:
         to_record(EVENT, topic_template="bad topic {aggregatetype}")
 
 
+def test_outbox_table_feeds_schema_placeholders_and_table_overrides() -> None:
+    # One relay for many outbox tables routes by the table an event was written to.
+    template = "outbox.{schema}.{table}.{aggregatetype}"
+    rec = to_record(EVENT, topic_template=template, outbox_table="shop.outbox")
+    assert rec.topic == "outbox.shop.outbox.order"
+    overrides = {"shop.outbox:order": "shop-orders", "order": "orders"}
+    assert to_record(EVENT, topic_overrides=overrides, outbox_table="shop.outbox").topic == (
+        "shop-orders"
+    )
+    assert to_record(EVENT, topic_overrides=overrides, outbox_table="crm.outbox").topic == (
+        "orders"
+    )
+    received = to_received(EVENT, topic_template=template, outbox_table="crm.outbox")
+    assert received.topic == "outbox.crm.outbox.order"
+
+
 def test_to_received_decodes_what_the_consumer_would_get() -> None:
     received = to_received(EVENT, partition=1, offset=5)
     assert received == ReceivedEvent.from_event(

@@ -59,15 +59,20 @@ def to_record(
     offset: int = 0,
     topic_template: str = DEFAULT_TOPIC_TEMPLATE,
     topic_overrides: Mapping[str, str] | None = None,
+    outbox_table: str = "",
 ) -> TestRecord:
     """The record the relay would publish for ``event``, as a consumer reads it.
 
     ``topic_template`` / ``topic_overrides`` are the relay's settings of the same
-    name. ``partition`` and ``offset`` say where it was "read" (Kafka picks the
-    real partition from the key; nothing here depends on it).
+    name. ``outbox_table`` is the ``schema.table`` the event was written to, for a
+    template using ``{schema}``/``{table}`` or an override naming a table (one relay
+    for many outbox tables); without it those parts are empty. ``partition`` and
+    ``offset`` say where it was "read" (Kafka picks the real partition from the key;
+    nothing here depends on it).
     """
     router = TopicRouter(template=topic_template, overrides=topic_overrides)
-    record = build_record(event, router)
+    schema, _, table = outbox_table.partition(".")
+    record = build_record(event, router, schema=schema, table=table)
     return TestRecord(
         topic=record.topic,
         partition=partition,
@@ -87,6 +92,7 @@ def to_received(
     offset: int = 0,
     topic_template: str = DEFAULT_TOPIC_TEMPLATE,
     topic_overrides: Mapping[str, str] | None = None,
+    outbox_table: str = "",
 ) -> ReceivedEvent:
     """The :class:`~transactional_outbox.consumer.ReceivedEvent` a consumer gets for ``event``.
 
@@ -103,6 +109,7 @@ def to_received(
         offset=offset,
         topic_template=topic_template,
         topic_overrides=topic_overrides,
+        outbox_table=outbox_table,
     )
     return ReceivedEvent.from_record(record)
 
