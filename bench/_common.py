@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import multiprocessing as mp
 import os
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pymysql
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from pymysql.constants import CLIENT
 
 from outbox_dev import stack
@@ -148,3 +151,57 @@ class BinlogOffsets:
         if file not in self._base:
             self.refresh()
         return self._base[file] + pos
+
+
+async def paced_writers(
+    target: Callable[..., None],
+    writers: int,
+    args_of: Callable[[int, tuple[Any, Any, Any], Any], tuple[Any, ...]],
+    *,
+    lead: float,
+    at_go: Callable[[], None] | None = None,
+) -> tuple[list[Any], int]:
+    """Run ``writers`` processes of ``target`` (spawned) and gather what they send back.
+
+    ``args_of(w, sync, pipe)`` gives writer ``w``'s arguments; ``sync`` is (a barrier all
+    writers and this process wait on once connected, an event set to start, a shared
+    start time ``lead`` seconds ahead), so every writer starts at the same moment. Each
+    writer sends ``(commits, late)`` down its pipe; returned: every writer's commits, in
+    writer order, and the late count summed. ``at_go()`` runs once all are connected.
+    """
+    ctx = mp.get_context("spawn")
+    sync = (ctx.Barrier(writers + 1), ctx.Event(), ctx.Value("d", 0.0, lock=False))
+    procs, pipes = [], []
+    for w in range(writers):
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=target, args=args_of(w, sync, child), daemon=True)
+        proc.start()
+        child.close()
+        procs.append(proc)
+        pipes.append(parent)
+    await asyncio.to_thread(sync[0].wait)
+    if at_go is not None:
+        at_go()
+    sync[2].value = time.monotonic() + lead
+    sync[1].set()
+    commits: list[Any] = []
+    late = 0
+    for parent, proc in zip(pipes, procs, strict=True):
+        try:
+            got, n_late = await asyncio.to_thread(parent.recv)
+        except EOFError:
+            raise SystemExit("a writer process failed; see its traceback above") from None
+        commits += got
+        late += n_late
+        await asyncio.to_thread(proc.join)
+    return commits, late
+
+
+async def create_topics(topics: list[str], partitions: int, bootstrap: str = BOOTSTRAP) -> None:
+    """Create ``topics`` with ``partitions`` partitions each, replication factor 1."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+    finally:
+        await admin.close()

@@ -44,9 +44,8 @@ from typing import Any
 
 import redis.asyncio
 import sqlalchemy as sa
-from _common import BOOTSTRAP, REDIS_URL, connect, mysql_url
+from _common import BOOTSTRAP, REDIS_URL, connect, create_topics, mysql_url
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from transactional_outbox.consumer import (
@@ -73,12 +72,7 @@ def cpu() -> float:
 async def publish(n: int, partitions: int, keys: int) -> str:
     """A new topic holding N events, the same N again, then a sentinel per partition."""
     topic = f"bench.consumer.{uuid.uuid4().hex[:10]}"
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, partitions, 1)])
-    finally:
-        await admin.close()
+    await create_topics([topic], partitions)
     events = []
     for i in range(n):
         key = i % keys

@@ -39,7 +39,6 @@ import asyncio
 import contextlib
 import json
 import math
-import multiprocessing as mp
 import os
 import random
 import sys
@@ -56,14 +55,15 @@ from _common import (
     ROOT,
     assign_from_start,
     connect,
+    create_topics,
     master_status,
     one_event_sql,
+    paced_writers,
     relay_env,
     run_multi,
 )
 from _relay import RelayChild
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from transactional_outbox.relay.config import RelaySettings
 
@@ -161,15 +161,6 @@ class Receiver:
         await self.consumer.stop()
 
 
-async def create_topic(topic: str) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
-    finally:
-        await admin.close()
-
-
 def percentile(sorted_values: list[float], p: float) -> float:
     """Nearest-rank percentile of an ascending list."""
     k = max(math.ceil(p / 100 * len(sorted_values)) - 1, 0)
@@ -231,33 +222,12 @@ async def run_rate(
 ) -> tuple[list[tuple[bytes, float]], int]:
     """Commit one-event transactions at ``rate``/s from several paced writer processes."""
     writers = args.writers or default_writers(rate)
-    ctx = mp.get_context("spawn")
-    sync = (ctx.Barrier(writers + 1), ctx.Event(), ctx.Value("d", 0.0, lock=False))
-    procs, pipes = [], []
-    for w in range(writers):
-        parent, child = ctx.Pipe(duplex=False)
-        proc = ctx.Process(
-            target=writer_main,
-            args=(db, rate / writers, args.seconds, w / rate, sync, child),
-            daemon=True,
-        )
-        proc.start()
-        child.close()
-        procs.append(proc)
-        pipes.append(parent)
-    await asyncio.to_thread(sync[0].wait)
-    sync[2].value = time.monotonic() + 0.1  # every writer connected: start together
-    sync[1].set()
-    commits: list[tuple[bytes, float]] = []
-    late = 0
-    for parent, proc in zip(pipes, procs, strict=True):
-        try:
-            got, n_late = await asyncio.to_thread(parent.recv)
-        except EOFError:
-            raise SystemExit("a writer process failed; see its traceback above") from None
-        commits += got
-        late += n_late
-        await asyncio.to_thread(proc.join)
+    commits, late = await paced_writers(
+        writer_main,
+        writers,
+        lambda w, sync, pipe: (db, rate / writers, args.seconds, w / rate, sync, pipe),
+        lead=0.1,  # every writer connected: start together
+    )
     commits.sort(key=lambda c: c[1])
     return commits, late
 
@@ -282,7 +252,7 @@ async def run(args: argparse.Namespace) -> tuple[list[dict[str, Any]], RelaySett
         if args.linger_ms is not None:
             env["OUTBOX_LINGER_MS"] = str(args.linger_ms)
         settings = RelaySettings.from_env(env)  # what the relay will run with
-        await create_topic(topic)
+        await create_topics([topic], PARTITIONS)
         await receiver.start()
         relay = RelayChild(env, log)
         relay.start()

@@ -48,7 +48,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import multiprocessing as mp
 import os
 import secrets
 import sys
@@ -66,15 +65,16 @@ from _common import (
     OUTBOX_DDL,
     PORT,
     connect,
+    create_topics,
     master_status,
     one_event_sql,
+    paced_writers,
     relay_env,
 )
 from _common import run_multi as run_sql
 from _multi_tables_report import Result, plot, report
 from _relay import RelayChild, cpu_by_process
 from aiokafka import AIOKafkaConsumer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from latency import CATCH_UP, default_writers
 
 from outbox_dev import stack
@@ -117,30 +117,14 @@ async def write(
     """The paced writes of one mode; ``at_go()`` runs once every writer is connected, just
     before they start. Returns the commits in commit order and the late count."""
     writers = args.writers or default_writers(rate)
-    ctx = mp.get_context("spawn")
     total = round(rate * args.seconds)
-    sync = (ctx.Barrier(writers + 1), ctx.Event(), ctx.Value("d", 0.0, lock=False))
-    procs, pipes = [], []
-    for w in range(writers):
-        parent, child = ctx.Pipe(duplex=False)
-        target_args = (tables, w, (*sync, writers, rate, total), child)
-        procs.append(ctx.Process(target=writer_main, args=target_args, daemon=True))
-        procs[-1].start()
-        child.close()
-        pipes.append(parent)
-    await asyncio.to_thread(sync[0].wait)
-    at_go()
-    sync[2].value = time.monotonic() + 0.05
-    sync[1].set()
-    commits, late = [], 0
-    for parent, proc in zip(pipes, procs, strict=True):
-        try:
-            got, n_late = await asyncio.to_thread(parent.recv)
-        except EOFError:
-            raise SystemExit("a writer process failed; see its traceback above") from None
-        commits += got
-        late += n_late
-        await asyncio.to_thread(proc.join)
+    commits, late = await paced_writers(
+        writer_main,
+        writers,
+        lambda w, sync, pipe: (tables, w, (*sync, writers, rate, total), pipe),
+        lead=0.05,
+        at_go=at_go,
+    )
     return sorted(commits, key=lambda c: c[1]), late
 
 
@@ -158,12 +142,7 @@ class Receiver:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(t, 1, 1) for t in self.topics])
-        finally:
-            await admin.close()
+        await create_topics(self.topics, 1)
         await self.consumer.start()
         tps = [TopicPartition(t, 0) for t in self.topics]
         self.consumer.assign(tps)

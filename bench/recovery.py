@@ -46,10 +46,10 @@ from _common import (
     assign_from_start,
     bench_database,
     connect,
+    create_topics,
     relay_env,
 )
 from aiokafka import AIOKafkaConsumer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from transactional_outbox.relay.config import RelaySettings
 from transactional_outbox.relay.position import decode_checkpoint
@@ -114,12 +114,7 @@ class Receiver:
         self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=BOOTSTRAP)
-        await admin.start()
-        try:
-            await admin.create_topics([NewTopic(self.topic, PARTITIONS, 1)])
-        finally:
-            await admin.close()
+        await create_topics([self.topic], PARTITIONS)
         await self.consumer.start()
         await assign_from_start(self.consumer, self.topic)
         self.task = asyncio.create_task(self._loop())
