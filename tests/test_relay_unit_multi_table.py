@@ -326,3 +326,18 @@ def test_progress_line_and_metrics_break_counts_down_by_table() -> None:
     text = RelayMetrics(stats).render().decode()
     assert 'outbox_relay_table_events_published_total{table="s1.outbox"} 120.0' in text
     assert stats.health()["published_by_table"] == {"s1.outbox": 120, "s2.outbox": 80}
+
+
+def test_a_pattern_matched_table_is_announced_once_across_connections(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # Each binlog connection gets a new parser; the source shares the set of tables
+    # already logged, so a reconnect does not log them again.
+    caplog.set_level("INFO", logger="transactional_outbox")
+    data = stream(*txn(1, 1000, (70, "mt_a", "outbox", encode_row(row(), COLS))))
+    announced: set[str] = set()
+    for _ in range(3):  # three connections
+        got = feed_all(parser(pattern=r"mt_\w+\.outbox", announced=announced), data)
+        assert len(got[0][0]) == 1
+    assert caplog.text.count("reading outbox table `mt_a`.`outbox`") == 1
+    assert announced == {"mt_a.outbox"}

@@ -105,6 +105,7 @@ class BinlogSource:
         self._on_state = on_state or (lambda state: None)
         self._pushed_in_txn = 0
         self._layouts: dict[bytes, TableLayout] = {}
+        self._announced: set[str] = set()  # pattern-matched tables logged once, not per connection
         self.connected = False
         self.reconnects = 0
         self.last_packet_at = time.monotonic()
@@ -238,6 +239,7 @@ class BinlogSource:
             layouts=self._layouts,
             tables=s.tables,
             pattern=s.table_pattern,
+            announced=self._announced,
             cap=s.chunk_events,
             # After a reconnect the open transaction is read again from its
             # start; its rows already handed over are skipped, not sent twice.

@@ -94,6 +94,7 @@ class BinlogParser:
         skip: int = 0,
         tables: Sequence[tuple[str, str]] = (),
         pattern: str | None = None,
+        announced: set[str] | None = None,
     ) -> None:
         self._outbox = OutboxTables(
             schema=schema,
@@ -102,6 +103,7 @@ class BinlogParser:
             layouts=layouts,
             tables=tables,
             pattern=pattern,
+            announced=announced,
         )
         self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, Mapped
         # With many tables: runs of rows of one table waiting, (schema.table, count).

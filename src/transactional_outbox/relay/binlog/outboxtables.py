@@ -85,7 +85,9 @@ class OutboxTables:
     The outbox table is ``schema``.``table``; or, for many (:attr:`many`),
     ``tables`` (pairs of schema and table) and/or ``pattern`` (a regex
     full-matched against ``schema.table``, for tables not listed). ``layouts``
-    is shared across connections, keyed by the map's bytes after the names.
+    is shared across connections, keyed by the map's bytes after the names;
+    ``announced``, the pattern-matched tables already logged, too (so a reconnect
+    does not log them again).
     """
 
     def __init__(
@@ -97,8 +99,10 @@ class OutboxTables:
         layouts: dict[bytes, TableLayout],
         tables: Sequence[tuple[str, str]] = (),
         pattern: str | None = None,
+        announced: set[str] | None = None,
     ) -> None:
         self._router = router
+        self._announced: set[str] = set() if announced is None else announced
         # Memos of what repeats row to row; the tables' memos share the
         # table-independent ones (names, headers, seconds).
         self._memo = RowMemo(router, schema=schema, table=table)
@@ -178,7 +182,11 @@ class OutboxTables:
         found = None
         if self.pattern is not None and self.pattern.fullmatch(f"{schema}.{table}"):
             found = Table(schema, table, self._router, self._memo)
-            log.info("reading outbox table `%s`.`%s` (matches outbox_table_pattern)", schema, table)
+            if found.name not in self._announced and len(self._announced) < 10_000:
+                self._announced.add(found.name)
+                log.info(
+                    "reading outbox table `%s`.`%s` (matches outbox_table_pattern)", schema, table
+                )
         if len(self._targets) >= 10_000:
             self._targets = {k: v for k, v in self._targets.items() if v is not None}
         self._targets[names] = found
