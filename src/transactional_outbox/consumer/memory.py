@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from ..exceptions import EventInProgressError
-from .store import Claim, ClaimResult, ClaimStatus, check_claim_timing
+from .store import Claim, ClaimResult, ClaimStatus, ClaimTiming
 
 __all__ = ["AsyncInMemoryStore", "InMemoryStore"]
 
@@ -30,7 +30,7 @@ class _Entry:
     expires: float | None  # monotonic time; None: never
 
 
-class _Table:
+class _Table(ClaimTiming):
     """The pure state both stores share; callers hold the lock (sync) or the loop (async)."""
 
     def __init__(
@@ -41,15 +41,12 @@ class _Table:
         wait_timeout_ms: int | None,
         poll_interval_ms: int,
     ) -> None:
-        check_claim_timing(
+        super().__init__(
             processing_ttl_ms=processing_ttl_ms,
             done_ttl_ms=done_ttl_ms,
+            wait_timeout_ms=wait_timeout_ms,
             poll_interval_ms=poll_interval_ms,
         )
-        self.processing_ttl_ms = processing_ttl_ms
-        self.done_ttl_ms = done_ttl_ms
-        self.wait_timeout_ms = wait_timeout_ms
-        self.poll_interval_ms = poll_interval_ms
         self.entries: dict[_Key, _Entry] = {}
 
     def _live(self, key: _Key, now: float) -> _Entry | None:

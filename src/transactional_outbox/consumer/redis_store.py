@@ -20,7 +20,7 @@ import redis
 import redis.asyncio
 
 from ..exceptions import EventInProgressError
-from .store import Claim, ClaimResult, ClaimStatus, check_claim_timing
+from .store import Claim, ClaimResult, ClaimStatus, ClaimTiming
 
 __all__ = ["AsyncRedisStore", "RedisStore"]
 
@@ -104,7 +104,7 @@ def _text(value: Any) -> str | None:
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-class _RedisSettings:
+class _RedisSettings(ClaimTiming):
     def __init__(
         self,
         *,
@@ -114,16 +114,13 @@ class _RedisSettings:
         wait_timeout_ms: int | None,
         poll_interval_ms: int,
     ) -> None:
-        check_claim_timing(
+        super().__init__(
             processing_ttl_ms=processing_ttl_ms,
             done_ttl_ms=done_ttl_ms,
+            wait_timeout_ms=wait_timeout_ms,
             poll_interval_ms=poll_interval_ms,
         )
         self.prefix = prefix
-        self.processing_ttl_ms = processing_ttl_ms
-        self.done_ttl_ms = done_ttl_ms
-        self.wait_timeout_ms = wait_timeout_ms
-        self.poll_interval_ms = poll_interval_ms
 
     def key(self, event_id: uuid.UUID, consumer_name: str | None) -> str:
         """The Redis key that holds ``event_id``'s claim or done marker."""

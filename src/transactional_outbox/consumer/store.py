@@ -197,11 +197,28 @@ class InboxStore(Protocol):
         ...
 
 
-def check_claim_timing(
-    *, processing_ttl_ms: int, done_ttl_ms: int | None, poll_interval_ms: int
+class ClaimTiming:
+    """The timing settings of a claim-based store (Redis, in-memory), validated when
+    set: a bad one is a :class:`ConfigurationError` naming the field and the value."""
+
+    def __init__(
+        self,
+        *,
+        processing_ttl_ms: int,
+        done_ttl_ms: int | None,
+        wait_timeout_ms: int | None,
+        poll_interval_ms: int,
+    ) -> None:
+        _check_claim_timing(processing_ttl_ms, done_ttl_ms, poll_interval_ms)
+        self.processing_ttl_ms = processing_ttl_ms
+        self.done_ttl_ms = done_ttl_ms
+        self.wait_timeout_ms = wait_timeout_ms
+        self.poll_interval_ms = poll_interval_ms
+
+
+def _check_claim_timing(
+    processing_ttl_ms: int, done_ttl_ms: int | None, poll_interval_ms: int
 ) -> None:
-    """Validate the timing settings of a claim-based store (Redis, in-memory), naming
-    the field and the value in a :class:`ConfigurationError`."""
     if processing_ttl_ms <= 0:
         raise ConfigurationError("processing_ttl_ms", f"must be > 0 (ms), got {processing_ttl_ms}")
     if done_ttl_ms is not None and done_ttl_ms <= 0:
