@@ -22,6 +22,8 @@ def read_batches(
     cap: int = 2000,
 ) -> list[tuple[list[KafkaRecord | RejectedRow], BinlogPosition]]:
     """Like :func:`read_records`, as the hand-overs: (records, position after them)."""
+    if isinstance(start, tuple):
+        start = BinlogPosition(file=start[0], pos=start[1], gtid=gtid)
     out: list[tuple[list[KafkaRecord | RejectedRow], BinlogPosition]] = []
     _read(stack, database, start, router, table, gtid, cap, out)
     return out
@@ -39,24 +41,20 @@ def read_records(
 ) -> tuple[list[KafkaRecord | RejectedRow], list[BinlogPosition]]:
     """Every committed outbox record from ``start`` to the binlog's end, and each
     hand-over position (one per read), as the relay's source would see them."""
-    out: list[tuple[list[KafkaRecord | RejectedRow], BinlogPosition]] = []
-    _read(stack, database, start, router, table, gtid, cap, out)
+    out = read_batches(stack, database, start, router, table=table, gtid=gtid, cap=cap)
     return [r for records, _ in out for r in records], [at for _, at in out]
 
 
 def _read(
     stack: Stack,
     database: str,
-    start: tuple[str, int] | BinlogPosition,
+    start: BinlogPosition,
     router: TopicRouter,
     table: str,
     gtid: str | None,
     cap: int,
     out: list[tuple[list[KafkaRecord | RejectedRow], BinlogPosition]],
 ) -> None:
-    if isinstance(start, tuple):
-        start = BinlogPosition(file=start[0], pos=start[1], gtid=gtid)
-    gtid = gtid if gtid is not None else None
     url = stack.mysql_url
     dump = DumpConnection(
         {"host": url.host, "port": url.port, "user": url.username, "password": url.password},
