@@ -7,6 +7,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -114,20 +115,61 @@ def relay_env(db: str, start: tuple[str, int], name: str, template: str) -> dict
     return env
 
 
-async def assign_from_start(consumer: AIOKafkaConsumer, topic: str) -> None:
-    """Assign every partition of ``topic`` (waiting for it to exist) from offset 0."""
-    parts = None
-    for _ in range(200):
-        metadata = await consumer._client.fetch_all_metadata()
-        parts = metadata.partitions_for_topic(topic)
-        if parts:
-            break
-        await asyncio.sleep(0.05)
-    if not parts:
-        raise SystemExit(f"topic {topic} not found")
-    tps = [TopicPartition(topic, p) for p in sorted(parts)]
+async def assign_from_start(consumer: AIOKafkaConsumer, *topics: str) -> None:
+    """Assign every partition of ``topics`` (waiting for them to exist) from offset 0."""
+    tps: list[TopicPartition] = []
+    for topic in topics:
+        parts = None
+        for _ in range(200):
+            metadata = await consumer._client.fetch_all_metadata()
+            parts = metadata.partitions_for_topic(topic)
+            if parts:
+                break
+            await asyncio.sleep(0.05)
+        if not parts:
+            raise SystemExit(f"topic {topic} not found")
+        tps += [TopicPartition(topic, p) for p in sorted(parts)]
     consumer.assign(tps)
     await consumer.seek_to_beginning(*tps)
+
+
+class TopicReader:
+    """Reads every partition of ``topics`` from offset 0 in a background task and hands
+    each record's event id (the ``id`` header), topic and receive time (wall clock, one
+    per fetched batch) to :meth:`on_record`. ``max_records`` caps one fetch."""
+
+    max_records: int | None = 10_000
+
+    def __init__(self, topics: list[str]) -> None:
+        self.topics = topics
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, fetch_max_wait_ms=5
+        )
+        self.task: asyncio.Task[None] | None = None
+
+    def on_record(self, event_id: bytes, topic: str, now: float) -> None:
+        """One record read (override)."""
+        raise NotImplementedError
+
+    async def start(self) -> None:
+        await self.consumer.start()
+        await assign_from_start(self.consumer, *self.topics)
+        self.task = asyncio.create_task(self._loop())
+
+    async def _loop(self) -> None:
+        while True:
+            batch = await self.consumer.getmany(timeout_ms=100, max_records=self.max_records)
+            now = time.time()
+            for tp, records in batch.items():
+                for r in records:
+                    self.on_record(uuid.UUID(dict(r.headers)["id"].decode()).bytes, tp.topic, now)
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self.consumer.stop()
 
 
 class BinlogOffsets:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import math
 import os
@@ -50,10 +49,9 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    BOOTSTRAP,
     OUTBOX_DDL,
     ROOT,
-    assign_from_start,
+    TopicReader,
     connect,
     create_topics,
     master_status,
@@ -63,7 +61,6 @@ from _common import (
     run_multi,
 )
 from _relay import RelayChild
-from aiokafka import AIOKafkaConsumer
 
 from transactional_outbox.relay.config import RelaySettings
 
@@ -116,34 +113,21 @@ def writer_main(
     out.close()
 
 
-class Receiver:
+class Receiver(TopicReader):
     """Reads every partition of one topic from the start; first receive time per event id."""
 
+    max_records = None  # everything fetched at once: no wait added to latency
+
     def __init__(self, topic: str) -> None:
-        self.topic = topic
+        super().__init__([topic])
         self.received: dict[bytes, float] = {}
         self.duplicates = 0
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, fetch_max_wait_ms=5
-        )
-        self.task: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
-        await self.consumer.start()
-        await assign_from_start(self.consumer, self.topic)
-        self.task = asyncio.create_task(self._loop())
-
-    async def _loop(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100)
-            now = time.time()
-            for records in batch.values():
-                for r in records:
-                    eid = uuid.UUID(dict(r.headers)["id"].decode()).bytes
-                    if eid in self.received:
-                        self.duplicates += 1
-                    else:
-                        self.received[eid] = now
+    def on_record(self, event_id: bytes, topic: str, now: float) -> None:
+        if event_id in self.received:
+            self.duplicates += 1
+        else:
+            self.received[event_id] = now
 
     async def wait_for(self, ids: list[bytes], within: float) -> bool:
         deadline = time.monotonic() + within
@@ -152,13 +136,6 @@ class Receiver:
                 return True
             await asyncio.sleep(0.05)
         return False
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        await self.consumer.stop()
 
 
 def percentile(sorted_values: list[float], p: float) -> float:

@@ -60,10 +60,10 @@ from pathlib import Path
 from typing import Any
 
 from _common import (
-    BOOTSTRAP,
     HOST,
     OUTBOX_DDL,
     PORT,
+    TopicReader,
     connect,
     create_topics,
     master_status,
@@ -74,7 +74,6 @@ from _common import (
 from _common import run_multi as run_sql
 from _multi_tables_report import Result, plot, report
 from _relay import RelayChild, cpu_by_process
-from aiokafka import AIOKafkaConsumer, TopicPartition
 from latency import CATCH_UP, default_writers
 
 from outbox_dev import stack
@@ -128,38 +127,24 @@ async def write(
     return sorted(commits, key=lambda c: c[1]), late
 
 
-class Receiver:
+class Receiver(TopicReader):
     """Reads every partition of ``topics`` from the start: first receive time and topic per
     event id."""
 
     def __init__(self, topics: list[str]) -> None:
-        self.topics = topics
+        super().__init__(topics)
         self.received: dict[bytes, tuple[float, str]] = {}
         self.duplicates = 0
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, fetch_max_wait_ms=5
-        )
-        self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         await create_topics(self.topics, 1)
-        await self.consumer.start()
-        tps = [TopicPartition(t, 0) for t in self.topics]
-        self.consumer.assign(tps)
-        await self.consumer.seek_to_beginning(*tps)
-        self.task = asyncio.create_task(self._loop())
+        await super().start()
 
-    async def _loop(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=10_000)
-            now = time.time()
-            for tp, records in batch.items():
-                for r in records:
-                    eid = uuid.UUID(dict(r.headers)["id"].decode()).bytes
-                    if eid in self.received:
-                        self.duplicates += 1
-                    else:
-                        self.received[eid] = (now, tp.topic)
+    def on_record(self, event_id: bytes, topic: str, now: float) -> None:
+        if event_id in self.received:
+            self.duplicates += 1
+        else:
+            self.received[event_id] = (now, topic)
 
     async def wait_for(self, ids: list[bytes], within: float, relays: list[RelayChild]) -> None:
         deadline = time.monotonic() + within
@@ -167,13 +152,6 @@ class Receiver:
             for relay in relays:
                 relay.check_alive()
             await asyncio.sleep(0.05)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        await self.consumer.stop()
 
 
 def cpu_s(path: str) -> float:

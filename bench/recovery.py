@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import os
 import signal
 import subprocess
@@ -40,16 +39,14 @@ from typing import Any
 
 import redis.asyncio
 from _common import (
-    BOOTSTRAP,
     INSERT_OUTBOX,
     REDIS_URL,
-    assign_from_start,
+    TopicReader,
     bench_database,
     connect,
     create_topics,
     relay_env,
 )
-from aiokafka import AIOKafkaConsumer
 
 from transactional_outbox.relay.config import RelaySettings
 from transactional_outbox.relay.position import decode_checkpoint
@@ -101,42 +98,24 @@ def write(cur: Any, n: int) -> tuple[set[bytes], Position]:
     return ids, master_position(cur)
 
 
-class Receiver:
+class Receiver(TopicReader):
     """Reads every partition of one topic from offset 0; counts records per event id."""
 
     def __init__(self, topic: str) -> None:
-        self.topic = topic
+        super().__init__([topic])
         self.counts: dict[bytes, int] = {}
         self.records = 0
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=BOOTSTRAP, enable_auto_commit=False, fetch_max_wait_ms=5
-        )
-        self.task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        await create_topics([self.topic], PARTITIONS)
-        await self.consumer.start()
-        await assign_from_start(self.consumer, self.topic)
-        self.task = asyncio.create_task(self._loop())
+        await create_topics(self.topics, PARTITIONS)
+        await super().start()
 
-    async def _loop(self) -> None:
-        while True:
-            batch = await self.consumer.getmany(timeout_ms=100, max_records=10_000)
-            for records in batch.values():
-                for r in records:
-                    eid = uuid.UUID(dict(r.headers)["id"].decode()).bytes
-                    self.counts[eid] = self.counts.get(eid, 0) + 1
-                    self.records += 1
+    def on_record(self, event_id: bytes, topic: str, now: float) -> None:
+        self.counts[event_id] = self.counts.get(event_id, 0) + 1
+        self.records += 1
 
     def received(self, ids: set[bytes]) -> int:
         return sum(1 for i in ids if i in self.counts)
-
-    async def stop(self) -> None:
-        if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
-        await self.consumer.stop()
 
 
 class Relay:
