@@ -86,7 +86,7 @@ def check_server(
     privilege or table to fix (a table's error names ``setting``, the setting
     that listed it).
     """
-    user = str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
+    user = _user_of(conn)
     with conn.cursor() as cur:
         version, own_id = _one(cur, "SELECT VERSION(), @@server_id")
         version = str(version)
@@ -208,7 +208,7 @@ def check_matching_tables(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The tables ``pattern`` matches now (beyond ``listed``): the good ones, and a
     problem line for each that cannot hold outbox events."""
-    user = str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
+    user = _user_of(conn)
     good, bad = [], []
     with conn.cursor() as cur:
         for schema, table in matching_tables(conn, pattern):
@@ -220,6 +220,10 @@ def check_matching_tables(
             else:
                 bad.append(problem)
     return good, bad
+
+
+def _user_of(conn: pymysql.Connection) -> str:
+    return str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
 
 
 def _all(cur: Any, sql: str) -> list[Any]:

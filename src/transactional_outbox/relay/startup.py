@@ -43,9 +43,6 @@ class Start:
     server: ServerInfo
     position: BinlogPosition
     server_id: int
-    # Outbox tables the pattern matched at startup (beyond the listed ones): for
-    # the start line and the per-table counts.
-    matched: tuple[tuple[str, str], ...] = ()
 
 
 def choose_server_id(settings: RelaySettings, info: ServerInfo, current: int) -> int:
@@ -132,7 +129,7 @@ async def prepare_start(
         start,
         why,
     )
-    return Start(server=info, position=start, server_id=server_id, matched=tuple(matched))
+    return Start(server=info, position=start, server_id=server_id)
 
 
 async def _resolve(
