@@ -158,13 +158,10 @@ def overlay(cls: type, below: Mapping[str, Any], above: Mapping[str, Any]) -> di
     ``above`` (``kafka=KafkaConnection(...)``) replaces its flat settings from ``below``."""
     out = dict(below)
     for f in dataclasses.fields(cls):
-        if f.metadata.get("nested") is not None and f.name in above:
-            for name in [n for n in out if n.startswith(f.metadata["prefix"])]:
-                if name in {
-                    f.metadata["prefix"] + sub.name
-                    for sub in dataclasses.fields(f.metadata["nested"])
-                }:
-                    del out[name]
+        inner = f.metadata.get("nested")
+        if inner is not None and f.name in above:
+            for sub in dataclasses.fields(inner):
+                out.pop(f.metadata["prefix"] + sub.name, None)
     out.update(above)
     return out
 
