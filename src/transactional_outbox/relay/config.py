@@ -34,6 +34,7 @@ from .options import (
     values_from_env,
 )
 from .position import StartPolicy
+from .resume import gtid_mode
 from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
 
 __all__ = [
@@ -126,8 +127,16 @@ class RelaySettings:
         "checkpoint",
     )
     ignore_checkpoint: bool = option(False, "start at --start-position even if a checkpoint exists")
-    resume_by_gtid: bool = option(
-        False, "reconnect and resume by GTID rather than FILE:POS (needs GTIDs on the server)"
+    resume_by_gtid: str | bool = dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "how every (re)connection finds its place: auto (by GTID when the server "
+            "has GTIDs, else by FILE:POS on the server that wrote it), on (by GTID) or off (by "
+            "FILE:POS); true/false mean on/off",
+            "choices": (),
+            "bare": "on",  # --resume-by-gtid alone, as when this was a true/false flag
+            "negated": "off",  # --no-resume-by-gtid
+        },
     )
     checkpoint_interval_ms: int = option(1000, "save the checkpoint at most this often (ms)")
     queue_max_events: int = option(20_000, "events read ahead of Kafka acks before reading pauses")
@@ -206,6 +215,7 @@ class RelaySettings:
         if self.server_id < 0 or self.server_id > 2**32 - 1:
             raise ConfigurationError("server_id", f"{self.server_id} is not in 0..4294967295")
         StartPolicy.parse(self.start_position)
+        object.__setattr__(self, "resume_by_gtid", gtid_mode(self.resume_by_gtid))
         self.router()  # validates the template and overrides
         for name in ("checkpoint_interval_ms", "queue_max_events", "max_request_size"):
             if getattr(self, name) <= 0:
@@ -356,6 +366,7 @@ class RelaySettings:
 
 
 _REQUIRED = ("mysql_url", "kafka_bootstrap_servers", "redis_url")
+
 
 RENAMED = {
     "heartbeat_seconds": "heartbeat_ms",
