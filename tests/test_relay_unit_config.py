@@ -332,7 +332,9 @@ def test_from_env_keyword_overrides_win() -> None:
     ],
 )
 def test_from_env_bool(raw: str, expected: bool) -> None:
-    assert RelaySettings.from_env(env({"OUTBOX_IGNORE_CHECKPOINT": raw})).ignore_checkpoint is expected
+    assert (
+        RelaySettings.from_env(env({"OUTBOX_IGNORE_CHECKPOINT": raw})).ignore_checkpoint is expected
+    )
 
 
 @pytest.mark.parametrize(
