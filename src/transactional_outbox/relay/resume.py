@@ -216,8 +216,8 @@ def resume_checkpoint(
             raise _not_on_server(gtid, missing, info)
         if _purged_by_gtid(gtid, info, gtid_at):
             raise BinlogPurgedError(
-                f"the server purged binlogs with transactions after the checkpoint's GTID "
-                f"state {gtid} (oldest binlog: {info.binlogs[0] if info.binlogs else 'none'}); "
+                f"the server purged binlogs with transactions after the checkpoint {checkpoint} "
+                f"(oldest binlog: {info.binlogs[0] if info.binlogs else 'none'}); "
                 "events in them may be lost. Restart once with --start-position FILE:POS or "
                 f"a GTID set {_START_ONCE} to accept that and start there."
             )
