@@ -123,7 +123,7 @@ class RelaySettings:
     start_position: str = option(
         "latest",
         "where to start without a checkpoint: latest, earliest, FILE:POS or a GTID set "
-        "(gtid:SET or a MariaDB D-S-N list); FILE:POS or a GTID set also overrides a purged "
+        "(gtid:SET or a MariaDB D-S-N list); FILE:POS or a GTID set also overrides an unusable "
         "checkpoint",
     )
     ignore_checkpoint: bool = option(False, "start at --start-position even if a checkpoint exists")
