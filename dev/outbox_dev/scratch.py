@@ -131,17 +131,26 @@ class ScratchReplicaPair:
     Both binlogs start at ``mysql-bin.000001``, as every fresh server's do.
     """
 
-    def __init__(self, name: str) -> None:
-        self.primary = ScratchMariaDB(f"{name}-p", server_id=1)
-        self.replica = ScratchMariaDB(f"{name}-r", server_id=2)
-        for db in (self.primary, self.replica):
-            db.server.flags = [*db.server.flags, *GTID_REPLICATION_FLAGS]
+    def __init__(self, name: str, *, flags: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.flags = (*GTID_REPLICATION_FLAGS, *flags)  # ``flags``: more for every server
+        self.primary = self._server(1)
+        self.replica = self._server(2)
+
+    def _server(self, server_id: int) -> ScratchMariaDB:
+        db = ScratchMariaDB(f"{self.name}-{server_id}", server_id=server_id)
+        db.server.flags = [*db.server.flags, *self.flags]
+        return db
 
     def start(self) -> None:
         """Start both (fresh) and make the replica follow the primary from its first GTID."""
-        for db in (self.primary, self.replica):
-            db.destroy()
-            db.start()
+        self.primary.destroy()
+        self.primary.start()
+        self._start_replica()
+
+    def _start_replica(self) -> None:
+        self.replica.destroy()
+        self.replica.start()
         with self.replica.connect() as conn, conn.cursor() as cur:
             # The replica's own setup (user, database) is not the primary's history:
             # forget it, then take everything from the primary's first GTID on.
@@ -195,6 +204,16 @@ class ScratchReplicaPair:
                 time.sleep(0.05)
             cur.execute("STOP SLAVE")
             cur.execute("RESET SLAVE ALL")
+
+    def replace_replica(self) -> None:
+        """After :meth:`promote`: the promoted replica is the primary, the dead old
+        primary is gone, and a fresh replica (a new server id) follows the new primary
+        from its first GTID (its binlog holds the whole history: ``log_slave_updates``)."""
+        dead = self.primary
+        self.primary = self.replica
+        self.replica = self._server(max(dead.server_id, self.primary.server_id) + 1)
+        dead.destroy()
+        self._start_replica()
 
     def destroy(self) -> None:
         self.replica.destroy()
