@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -28,7 +31,7 @@ from transactional_outbox.exceptions import CheckpointError
 from transactional_outbox.relay import Relay, RelaySettings
 from transactional_outbox.relay.position import BinlogPosition, encode_checkpoint
 
-from .conftest import Stack, unique
+from .conftest import ROOT, Stack, unique
 from .relay_harness import (
     OUTBOX_DDL,
     Collector,
@@ -446,3 +449,27 @@ async def test_colliding_binlog_names_resume_by_gtid_and_skip_nothing(
         assert_order(col, [(e, a) for e, a in f.ledger() if e in set(after)])
     finally:
         client.close()
+
+
+def test_chaos_failovers_lose_nothing(stack: Stack) -> None:
+    """bench/chaos.py's "primary failover" fault, three times under writers: every
+    committed event delivered (committed = delivered), none invented or misordered."""
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "chaos.py"),
+            "--quick",
+            "--failover",
+            "--only",
+            "primary_failover",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-5000:]
+    summary = json.loads(out.split("CHAOS_SUMMARY ", 1)[1].splitlines()[0])
+    assert summary["faults"]["primary_failover"] == 3
+    assert summary["committed"] > 0 and summary["delivered"] == summary["committed"]
+    assert summary["lost"] == summary["invented"] == summary["misordered"] == 0
