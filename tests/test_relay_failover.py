@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pymysql
 import pytest
@@ -35,6 +36,7 @@ from .conftest import ROOT, Stack, unique
 from .relay_harness import (
     OUTBOX_DDL,
     Collector,
+    RelayProcess,
     make_event,
     relay_settings,
     wait_until,
@@ -287,7 +289,7 @@ async def test_relay_restarted_during_the_failover_resumes_by_the_checkpoints_gt
 
 
 async def test_promoted_replica_behind_the_relay_stops_with_advice_that_works(
-    failover: Failover, stack: Stack, topic_prefix: str, redis_prefix: str
+    failover: Failover, stack: Stack, topic_prefix: str, redis_prefix: str, tmp_path: Path
 ) -> None:
     """The relay published transactions the replica never received: the promoted
     server does not have the checkpoint's GTID. Not "purged": its own message, and
@@ -316,6 +318,13 @@ async def test_promoted_replica_behind_the_relay_stops_with_advice_that_works(
             before = writer.committed
             await until(lambda: writer.committed >= before + 50, "writes on the new primary")
             writer.stop()
+            # A restart as it was (the command line): exit 3, one line, no traceback.
+            cli = RelayProcess(settings, tmp_path / "relay.log")
+            cli.start()
+            assert cli.proc is not None
+            assert await asyncio.to_thread(cli.proc.wait, 60) == 3, cli.log()
+            assert "the server does not have GTID 0-1-" in cli.log()
+            assert "Traceback" not in cli.log()
             # Following the advice as written: the same relay name (the unusable
             # checkpoint is still stored) with the suggested --start-position.
             advised = settings_for(f, stack, topic_prefix, redis_prefix, start_position=advice[1])

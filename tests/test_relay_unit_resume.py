@@ -28,8 +28,6 @@ from transactional_outbox.relay.resume import (
     uses_gtid,
 )
 
-pytestmark = pytest.mark.unit
-
 OLD = "server_id=1"  # the old primary
 NEW = "server_id=2"  # the promoted replica
 UUID_A = "3e11fa47-71ca-11e1-9e33-c80aa9429562"
