@@ -14,10 +14,10 @@ handed over: by that commit's GTID state when ``use_gtid`` (the server behind
 the address may have changed: a failover), else by its FILE:POS after checking,
 on the new connection, that it reached the same server at the same GTID state
 (:mod:`.resume`). Each commit handed over names the server that streamed it.
-A refused dump (1236) is explained by asking the server why. A silent stream is detected with the replication heartbeat plus
-a socket read timeout. MariaDB refusing a second connection with the same
-server id (error 4052, while an old one is still registered) is retried the
-same way.
+A refused dump (1236) is explained by asking the server why. A silent stream
+is detected with the replication heartbeat plus a socket read timeout. MariaDB
+refusing a second connection with the same server id (error 4052, while an old
+one is still registered) is retried the same way.
 """
 
 from __future__ import annotations
