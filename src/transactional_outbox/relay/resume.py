@@ -58,7 +58,7 @@ _MODES = {
     "auto": "auto",
     "on": "on",
     "off": "off",
-    # resume_by_gtid was a true/false setting before 0.3: its values still work.
+    # resume_by_gtid was a true/false setting before it had auto: those values still work.
     "true": "on",
     "false": "off",
     "1": "on",
