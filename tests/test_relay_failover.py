@@ -83,8 +83,8 @@ def _uuid(raw: bytes) -> str:
 @pytest.fixture
 def failover(stack: Stack) -> Iterator[Failover]:
     pair = ScratchReplicaPair(unique("failover"))
-    pair.start()
     try:
+        pair.start()
         with pair.primary.connect() as conn, conn.cursor() as cur:
             cur.execute("CREATE DATABASE app")
             cur.execute("USE app")
