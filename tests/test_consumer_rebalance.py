@@ -141,6 +141,7 @@ class Group:
             within=60,
             what=lambda: f"every partition committed to its end {self.ends}",
         )
+        assert self.violations == [], "a commit passed records not done"
         rows = await self.effects()
         counts = Counter(row.event_id for row in rows)
         lost = set(self.ids.values()) - set(counts)
@@ -150,7 +151,6 @@ class Group:
             seqs = [row.seq for row in rows if row.k == key_of(k)]
             assert seqs == list(range(PER_KEY)), f"{key_of(k)} out of order: {seqs}"
         assert self.commits_seen > 0
-        assert self.violations == []
         return rows
 
     async def close(self) -> None:
