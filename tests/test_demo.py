@@ -27,7 +27,14 @@ EVENTS = 7  # 4 OrderPlaced, 2 OrderStatusChanged, 1 OrderCancelled
 
 def run_demo(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], Any]:
     summary = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    # No OUTBOX_ settings leak into the demo, but it shares the tests' stack: with the
+    # OUTBOX_STACK_* ports dropped it started the default-port stack in the same .stack/
+    # directory, taking over the state (pid files) of the stack the tests run on.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OUTBOX_") or k.startswith("OUTBOX_STACK_")
+    }
     proc = subprocess.run(
         [str(ROOT / "dev" / "demo"), "--once", "--summary-json", str(summary), *flags],
         cwd=ROOT,
