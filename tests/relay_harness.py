@@ -9,7 +9,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +23,7 @@ from transactional_outbox.event import OutboxEvent, encode_headers
 from transactional_outbox.relay import Relay, RelaySettings
 
 from .conftest import OUTBOX_DDL as OUTBOX_DDL  # re-exported for test modules
+from .polling import wait_until as wait_until  # the suite's one poll-until helper
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,17 +144,6 @@ async def running_relay(settings: RelaySettings) -> AsyncIterator[Relay]:
         await asyncio.wait_for(task, 30)
 
 
-async def wait_until(
-    condition: Callable[[], bool], *, within: float = 20.0, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until true; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 class Collector:
     """Reads every partition of some topics from the start, without a group."""
 
@@ -189,17 +178,23 @@ class Collector:
         topics = list(topics)
         await ensure_topics(self.bootstrap, topics)
         parts: set[TopicPartition] = set(self._assigned)
+        consumer = self._consumer
+        found: dict[str, set[int]] = {}
+
+        async def partitions_known() -> bool:
+            # The consumer's own metadata covers only assigned topics.
+            metadata = await consumer._client.fetch_all_metadata()
+            for topic in topics:
+                found[topic] = metadata.partitions_for_topic(topic) or set()
+            return all(found.values())
+
+        await wait_until(
+            partitions_known,
+            within=10,
+            what=lambda: f"partitions of {[t for t in topics if not found.get(t)]}",
+        )
         for topic in topics:
-            found = None
-            for _ in range(100):
-                # The consumer's own metadata covers only assigned topics.
-                metadata = await self._consumer._client.fetch_all_metadata()
-                found = metadata.partitions_for_topic(topic)
-                if found:
-                    break
-                await asyncio.sleep(0.05)
-            assert found, f"topic {topic} not found"
-            parts |= {TopicPartition(topic, p) for p in found}
+            parts |= {TopicPartition(topic, p) for p in found[topic]}
         # Re-assigning forgets positions: keep the old partitions where they were.
         kept = {tp: await self._consumer.position(tp) for tp in self._assigned}
         self._consumer.assign(sorted(parts))
@@ -225,7 +220,7 @@ class Collector:
         await wait_until(
             lambda: len(self.records) >= count,
             within=within,
-            what=f"{count} records (have {len(self.records)})",
+            what=lambda: f"{count} records (have {len(self.records)})",
         )
 
 

@@ -455,10 +455,12 @@ def test_from_cli_without_flags_is_from_env() -> None:
         (["--start-position", "nowhere"], "start_position"),
     ],
 )
-def test_from_cli_bad_values_name_the_setting_and_flag(argv: list[str], setting: str) -> None:
+def test_from_cli_bad_values_name_the_setting_and_the_value(argv: list[str], setting: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         RelaySettings.from_cli(argv, env())
     assert info.value.setting == setting
+    assert str(info.value).startswith(f"{setting}: ")
+    assert repr(argv[1]) in str(info.value)  # the value given, as given
 
 
 def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
