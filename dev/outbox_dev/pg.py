@@ -128,9 +128,7 @@ class ScratchPostgres:
             args, user=OS_USER, group=OS_USER, capture_output=True, check=False, cwd=self.dir
         )
         if proc.returncode != 0:
-            raise RuntimeError(
-                f"{args[0]} failed: {proc.stderr.decode(errors='replace')[-2000:]}"
-            )
+            raise RuntimeError(f"{args[0]} failed: {proc.stderr.decode(errors='replace')[-2000:]}")
 
     def _init(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
