@@ -43,11 +43,12 @@ CREATE TABLE {name} (
 """
 
 
-def start_server(**kw: object) -> ScratchPostgres:
-    """A scratch PostgreSQL in a fresh directory (port: ``OUTBOX_TEST_PG_PORT`` or free)."""
+def start_server(*, main: bool = False, **kw: object) -> ScratchPostgres:
+    """A scratch PostgreSQL in a fresh directory, on a free port (``main``: the session's
+    server, on ``OUTBOX_TEST_PG_PORT`` when set)."""
     workdir = Path(tempfile.mkdtemp(prefix="outbox-pg-"))
-    port = int(os.environ.get("OUTBOX_TEST_PG_PORT", "0")) or None
-    server = ScratchPostgres(workdir, port, **kw)  # type: ignore[arg-type]
+    port = int(os.environ.get("OUTBOX_TEST_PG_PORT", "0")) if main else None
+    server = ScratchPostgres(workdir, port or None, **kw)  # type: ignore[arg-type]
     server.start()
     return server
 
@@ -195,7 +196,9 @@ def make_db(server: ScratchPostgres) -> Iterator[PgDb]:
 @pytest.fixture(scope="session")
 def pg() -> Iterator[ScratchPostgres]:
     """The scratch PostgreSQL of these tests (SCRAM logins over TCP, as in production)."""
-    server = start_server(auth="scram-sha-256", max_replication_slots=40, max_wal_senders=40)
+    server = start_server(
+        main=True, auth="scram-sha-256", max_replication_slots=40, max_wal_senders=40
+    )
     try:
         yield server
     finally:
