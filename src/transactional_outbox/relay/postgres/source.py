@@ -32,7 +32,7 @@ from ..routing import KafkaRecord, TopicRouter
 from ..rowrecord import RejectedRow
 from .checks import SlotLostError
 from .pgoutput import PgOutputParser, StreamEnded
-from .wire import PgConnectParams, PgServerError, PgWire, format_lsn
+from .wire import RECV_BYTES, PgConnectParams, PgServerError, PgWire, format_lsn
 
 __all__ = ["PgBatch", "PgBatchSink", "PgSource", "PgSourceSettings"]
 
@@ -222,7 +222,8 @@ class PgSource:
         while not self._stop.is_set():
             try:
                 data = wire.recv()
-                full = len(data) >= 65536
+                # A read that filled the buffer: more is waiting (the binlog source's rule).
+                full = len(data) == RECV_BYTES
                 buf = buf[pos:] + data if pos < len(buf) else data
                 pos = 0
             except TimeoutError:

@@ -1,0 +1,110 @@
+"""Write overhead of the outbox on PostgreSQL: table mode vs table-less (message) mode.
+
+On a scratch PostgreSQL 15 (``outbox_dev.pg``, ``wal_level=logical``, a
+pgoutput slot present as with a relay), one SQLAlchemy session (psycopg 3)
+commits N transactions of each kind, interleaved in rounds so the shared
+machine's noise hits all alike:
+
+* ``bare``: one business row (``INSERT INTO orders``), commit;
+* ``table``: the same plus ``add_event`` (INSERT + DELETE in the outbox table);
+* ``message``: the same plus the event as ``pg_logical_emit_message(true, ...)``
+  (``_pg_message.emit_events``: what ``add_event`` runs in the table-less mode).
+
+Prints the median µs per transaction of each over the rounds and the ratio to bare.
+
+    python bench/pg_write_overhead.py [--txns 2000] [--rounds 5] [--port 25438]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "src"))
+
+import sqlalchemy as sa  # noqa: E402
+from sqlalchemy.orm import sessionmaker  # noqa: E402
+
+from outbox_dev.pg import ScratchPostgres  # noqa: E402
+from transactional_outbox import OutboxEvent, OutboxSession, outbox_table  # noqa: E402
+from transactional_outbox._pg_message import emit_events  # noqa: E402
+
+PAYLOAD = {"order": 1, "total": "10.00", "lines": [{"sku": "A", "qty": 2}]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--txns", type=int, default=2000, help="per kind and round")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--port", type=int, default=0)
+    args = ap.parse_args()
+    server = ScratchPostgres(Path(tempfile.mkdtemp(prefix="outbox-pg-bench-")), args.port or None)
+    server.start()
+    try:
+        engine = sa.create_engine(server.url(driver="psycopg"))
+        md = sa.MetaData()
+        outbox = outbox_table(md)
+        orders = sa.Table(
+            "orders",
+            md,
+            sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+            sa.Column("total", sa.Text, nullable=False),
+        )
+        md.create_all(engine)
+        with engine.begin() as conn:
+            conn.execute(sa.text("CREATE PUBLICATION pub FOR TABLE outbox"))
+        with engine.begin() as conn:
+            conn.execute(sa.text("SELECT pg_create_logical_replication_slot('bench', 'pgoutput')"))
+        factory = sessionmaker(engine, class_=OutboxSession, outbox_table=outbox)
+        insert = orders.insert()
+
+        def bare(session: OutboxSession) -> None:
+            session.execute(insert, {"total": "10.00"})
+
+        def table(session: OutboxSession) -> None:
+            session.execute(insert, {"total": "10.00"})
+            session.add_event(
+                aggregate_type="order", aggregate_id="1", event_type="Placed", payload=PAYLOAD
+            )
+
+        def message(session: OutboxSession) -> None:
+            session.execute(insert, {"total": "10.00"})
+            event = OutboxEvent.create(
+                aggregate_type="order", aggregate_id="1", event_type="Placed", payload=PAYLOAD
+            )
+            emit_events(session.connection(), [event])
+
+        kinds = {"bare": bare, "table": table, "message": message}
+        times: dict[str, list[float]] = {k: [] for k in kinds}
+        with factory() as session:
+            for _ in range(200):  # warm up the connection and statement caches
+                for fn in kinds.values():
+                    fn(session)
+                    session.commit()
+            for _ in range(args.rounds):
+                for name, fn in kinds.items():
+                    t = time.perf_counter()
+                    for _ in range(args.txns):
+                        fn(session)
+                        session.commit()
+                    times[name].append((time.perf_counter() - t) / args.txns * 1e6)
+        base = statistics.median(times["bare"])
+        print(f"{args.rounds} rounds x {args.txns} transactions per kind, one session:")
+        for name, values in times.items():
+            med = statistics.median(values)
+            print(
+                f"  {name:8} {med:7.1f} µs/txn  {med / base:5.2f}x bare  "
+                f"(rounds: {', '.join(f'{v:.0f}' for v in values)})"
+            )
+        engine.dispose()
+    finally:
+        server.destroy()
+
+
+if __name__ == "__main__":
+    main()
