@@ -6,6 +6,7 @@ relay ran before is a :class:`SlotLostError` (exit 3), never a silent new slot.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 
 import pytest
@@ -128,7 +129,7 @@ def test_a_slot_gone_after_the_relay_ran_is_slot_lost_never_a_new_slot(db: PgDb)
 
 
 def test_no_free_slot_or_wal_sender_names_the_server_setting(small: ScratchPostgres) -> None:
-    for database in make_db(small):
+    with contextlib.contextmanager(make_db)(small) as database:
         conn = database.wire()
         try:
             ensure_slot(conn, "first", ran_before=False, create=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import random
 import uuid
+from collections import Counter
 from datetime import UTC, datetime
 
 import psycopg
@@ -76,6 +77,7 @@ def test_differential_random_transactions_both_modes_many_tables(db: PgDb) -> No
     want: list[KafkaRecord] = []
     big_left = [3]
     other_id = 0
+    seen: Counter[str] = Counter()  # what the random run covered (asserted below)
 
     def write(session: OutboxSession, target: str, event: OutboxEvent) -> str:
         conn = session.connection()
@@ -96,8 +98,14 @@ def test_differential_random_transactions_both_modes_many_tables(db: PgDb) -> No
             pending: list[KafkaRecord] = []
             for _ in range(_size(rng)):
                 event = _event(rng, big_left)
-                pending.append(expected(event, write(session, rng.choice("abm"), event)))
+                target = rng.choice("abm")
+                pending.append(expected(event, write(session, target, event)))
+                seen[target] += 1
+                seen["1 MB+"] += len(event.payload) >= 1_000_000
+                seen["id ending in 0"] += event.id.bytes[-1] == 0
+                seen["not UTF-8"] += not _utf8(event.payload)
                 if rng.random() < 0.05:
+                    seen["other table"] += 1
                     other_id += 1
                     session.connection().execute(other.insert(), {"id": other_id, "v": "x"})
             if rng.random() < 0.25:
@@ -105,9 +113,12 @@ def test_differential_random_transactions_both_modes_many_tables(db: PgDb) -> No
                 for _ in range(rng.randint(1, 5)):
                     write(session, rng.choice("abm"), _event(rng, [0]))
                 nested.rollback()
+                seen["savepoint rolled back"] += 1
             if rng.random() < 0.1:
                 session.rollback()
+                seen["rolled back"] += 1
                 continue
+            seen["max events"] = max(seen["max events"], len(pending))
             session.commit()
             want += pending
     with factory() as session:  # a sentinel: once read, nothing written before is missing
@@ -115,6 +126,9 @@ def test_differential_random_transactions_both_modes_many_tables(db: PgDb) -> No
         want.append(expected(sentinel, write(session, "m", sentinel)))
         session.commit()
 
+    covered = ("a", "b", "m", "1 MB+", "id ending in 0", "not UTF-8", "other table")
+    covered += ("savepoint rolled back", "rolled back")
+    assert all(seen[k] for k in covered) and seen["max events"] > 500, seen
     _, sink = db.source(tables, prefixes=("outbox",), chunk_events=300)
     wait_for(lambda: sink.error or len(sink.records) >= len(want), what="every event")
     assert sink.error is None
@@ -125,6 +139,14 @@ def test_differential_random_transactions_both_modes_many_tables(db: PgDb) -> No
     commits = sink.commits()
     assert commits == sorted(commits) and len(set(commits)) == len(commits)
     assert any(b.commit is None for b in sink.batches), "no large transaction was split"
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode()
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _row(event: OutboxEvent) -> tuple[object, ...]:
