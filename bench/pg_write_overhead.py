@@ -10,7 +10,8 @@ machine's noise hits all alike:
 * ``message``: the same plus the event as ``pg_logical_emit_message(true, ...)``
   (``_pg_message.emit_events``: what ``add_event`` runs in the table-less mode).
 
-Prints the median (and mean) µs per transaction of each and the ratio to bare.
+Prints the median (and mean) µs per transaction of each and the ratio to bare;
+then the same three as DO loops inside the server (no client round trips).
 
     python bench/pg_write_overhead.py [--txns 2000] [--rounds 5] [--port 25438]
 """
@@ -32,9 +33,38 @@ from sqlalchemy.orm import sessionmaker  # noqa: E402
 
 from outbox_dev.pg import ScratchPostgres  # noqa: E402
 from transactional_outbox import OutboxEvent, OutboxSession, outbox_table  # noqa: E402
-from transactional_outbox._pg_message import emit_events  # noqa: E402
+from transactional_outbox._pg_message import emit_events, encode_message  # noqa: E402
 
 PAYLOAD = {"order": 1, "total": "10.00", "lines": [{"sku": "A", "qty": 2}]}
+
+
+def server_side(server: ScratchPostgres, txns: int, rounds: int) -> None:
+    """The same three kinds as one DO loop each, inside the server: no round trips,
+    so what is left is the server's own cost of each way to write an event."""
+    event = OutboxEvent.create(
+        aggregate_type="order", aggregate_id="1", event_type="Placed", payload=PAYLOAD
+    )
+    payload, content = event.payload.hex(), encode_message(event).hex()
+    bare = "INSERT INTO orders (total) VALUES ('10.00');"
+    row = (
+        "INSERT INTO outbox VALUES (uuid_send(gen_random_uuid()), 'order', '1', 'Placed', "
+        f"'\\x{payload}'::bytea, '{{\"content-type\":\"application/json\"}}', "
+        "now()::timestamp) RETURNING id INTO x; DELETE FROM outbox WHERE id = x;"
+    )
+    message = f"PERFORM pg_logical_emit_message(true, 'outbox', '\\x{content}'::bytea);"
+    kinds = {"bare": bare, "table": bare + row, "message": bare + message}
+    times: dict[str, list[float]] = {k: [] for k in kinds}
+    for _ in range(rounds):
+        for name, body in kinds.items():
+            sql = f"DO $$ DECLARE x bytea; BEGIN FOR i IN 1..{txns} LOOP {body} COMMIT; "
+            t = time.perf_counter()
+            server.psql(sql + "END LOOP; END $$", database="outbox")
+            times[name].append((time.perf_counter() - t) / txns)
+    base = statistics.median(times["bare"])
+    print(f"inside the server (DO loop, {rounds} rounds x {txns} transactions per kind):")
+    for name, values in times.items():
+        med = statistics.median(values)
+        print(f"  {name:8} median {med * 1e6:7.1f} µs/txn  {med / base:5.2f}x bare")
 
 
 def main() -> None:
@@ -107,6 +137,7 @@ def main() -> None:
                 f"(mean {mean * 1e6:.0f} µs, {mean / statistics.fmean(times['bare']):.2f}x)"
             )
         engine.dispose()
+        server_side(server, max(args.txns * 10, 20_000), args.rounds)
     finally:
         server.destroy()
 
