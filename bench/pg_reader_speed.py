@@ -14,15 +14,18 @@ of its own with each reader, to the end:
 
 Modes: ``table`` (INSERT + DELETE in the outbox table, as ``add_event`` does)
 and ``message`` (``pg_logical_emit_message(true, 'outbox', ...)``).
-Prints wall seconds and transactions/s per reader, and the reader's CPU.
+Each reader reads ``--repeat`` times (a slot each, the order rotated: the
+machine is shared); prints the best and median wall seconds and
+transactions/s per reader, and the reader process's CPU (median).
 
-    python bench/pg_reader_speed.py --txns 100000 [--modes table,message] [--port 25438]
+    python bench/pg_reader_speed.py --txns 100000 [--repeat 3] [--modes table,message]
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -155,6 +158,7 @@ def main() -> None:
     ap.add_argument("--txns", type=int, default=100_000)
     ap.add_argument("--modes", default="table,message")
     ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--repeat", type=int, default=3, help="reads per reader, order rotated")
     args = ap.parse_args()
     server = ScratchPostgres(Path(tempfile.mkdtemp(prefix="outbox-pg-bench-")), args.port or None)
     server.start()
@@ -164,33 +168,43 @@ def main() -> None:
         server.psql(
             "CREATE PUBLICATION pub FOR TABLE outbox WITH (publish = 'insert')", database="outbox"
         )
+        readers = ("recv", "pg2", "own")
         for mode in args.modes.split(","):
-            for reader in ("recv", "pg2", "own"):
-                server.psql(
-                    f"SELECT pg_create_logical_replication_slot('{mode}_{reader}', 'pgoutput')",
-                    database="outbox",
-                )
+            slots = [f"{mode}_{r}_{i}" for i in range(args.repeat) for r in readers]
+            for slot in slots:
+                create = f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
+                server.psql(create, database="outbox")
             t = time.monotonic()
             write(server, mode, args.txns)
             wrote = time.monotonic() - t
             end = server.psql("SELECT pg_current_wal_lsn()", database="outbox").strip()
             print(f"{mode}: wrote {args.txns} one-event transactions in {wrote:.1f}s; end {end}")
-            secs = read_recvlogical(server, f"{mode}_recv", end)
-            print(f"  pg_recvlogical   {secs:6.2f}s  {args.txns / secs:9,.0f} txn/s")
-            secs, cpu = read_psycopg2(server, f"{mode}_pg2", args.txns)
-            print(
-                f"  psycopg2 (count) {secs:6.2f}s  {args.txns / secs:9,.0f} txn/s  "
-                f"cpu {cpu:.2f}s ({cpu / args.txns * 1e6:.1f} µs/txn)"
-            )
-            secs, cpu = read_own(server, f"{mode}_own", args.txns)
-            print(
-                f"  own reader       {secs:6.2f}s  {args.txns / secs:9,.0f} txn/s  "
-                f"cpu {cpu:.2f}s ({cpu / args.txns * 1e6:.1f} µs/txn)"
-            )
-            for reader in ("recv", "pg2", "own"):
-                server.psql(
-                    f"SELECT pg_drop_replication_slot('{mode}_{reader}')", database="outbox"
-                )
+            wall: dict[str, list[float]] = {r: [] for r in readers}
+            cpu: dict[str, list[float]] = {r: [] for r in readers}
+            for i in range(args.repeat):
+                # Rotate the order: the shared machine's load drifts.
+                for reader in readers[i % 3 :] + readers[: i % 3]:
+                    slot = f"{mode}_{reader}_{i}"
+                    if reader == "recv":
+                        secs, used = read_recvlogical(server, slot, end), float("nan")
+                    elif reader == "pg2":
+                        secs, used = read_psycopg2(server, slot, args.txns)
+                    else:
+                        secs, used = read_own(server, slot, args.txns)
+                    wall[reader].append(secs)
+                    cpu[reader].append(used)
+            names = {"recv": "pg_recvlogical", "pg2": "psycopg2 (count)", "own": "own reader"}
+            for reader in readers:
+                best, med = min(wall[reader]), statistics.median(wall[reader])
+                line = f"  {names[reader]:16} best {best:5.2f}s ({args.txns / best:8,.0f} txn/s)"
+                line += f"  median {med:5.2f}s ({args.txns / med:8,.0f} txn/s)"
+                if reader != "recv":
+                    c = statistics.median(cpu[reader])
+                    line += f"  cpu {c:.2f}s ({c / args.txns * 1e6:.1f} µs/txn)"
+                print(line)
+            for slot in slots:
+                drop = f"SELECT pg_drop_replication_slot('{slot}')"
+                server.psql(drop, database="outbox")
     finally:
         server.destroy()
 
