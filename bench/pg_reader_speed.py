@@ -10,7 +10,9 @@ of its own with each reader, to the end:
 * ``psycopg2``: ``LogicalReplicationConnection.consume_stream`` with a callback
   that only counts commits: one ``ReplicationMessage`` per pgoutput message,
   no parsing at all (what a psycopg2-based reader costs before doing anything);
-* ``own``: :class:`PgSource` (raw socket, in-place parsing) to Kafka records.
+* ``own``: :class:`PgSource` (raw socket, in-place parsing) to Kafka records;
+  and its parser alone on the captured stream (CPU per transaction, the
+  figure least disturbed by the shared machine).
 
 Modes: ``table`` (INSERT + DELETE in the outbox table, as ``add_event`` does)
 and ``message`` (``pg_logical_emit_message(true, 'outbox', ...)``).
@@ -42,9 +44,12 @@ from transactional_outbox._pg_message import encode_message  # noqa: E402
 from transactional_outbox.relay.postgres import (  # noqa: E402
     PgBatch,
     PgConnectParams,
+    PgOutputParser,
     PgSource,
     PgSourceSettings,
+    PgWire,
 )
+from transactional_outbox.relay.postgres.wire import RECV_BYTES  # noqa: E402
 from transactional_outbox.relay.routing import TopicRouter  # noqa: E402
 
 DDL = """CREATE TABLE outbox (id bytea PRIMARY KEY, aggregatetype varchar(255) NOT NULL,
@@ -153,6 +158,46 @@ def read_own(server: ScratchPostgres, slot: str, txns: int) -> tuple[float, floa
     return out
 
 
+def capture(server: ScratchPostgres, slot: str, txns: int) -> bytes:
+    """The raw replication stream of a slot (the CopyData bytes), to the last commit."""
+    wire = PgWire(PgConnectParams.from_url(server.url()), replication=True)
+    wire.start_replication(slot, 0, OPTIONS)
+    parser = PgOutputParser(router=TopicRouter(), tables=frozenset({"public.outbox"}), cap=10**9)
+    chunks, seen, pos, buf = [], 0, 0, b""
+    while seen < txns:
+        data = wire.recv()
+        chunks.append(data)
+        buf = buf[pos:] + data
+        pos = parser.feed(buf, 0)
+        seen += parser.commits
+        parser.take_committed()
+    wire.close()
+    return b"".join(chunks)
+
+
+def parse_only(stream: bytes, txns: int) -> float:
+    """CPU µs per transaction of framing, parsing and building records (best of 3)."""
+    best = float("inf")
+    for _ in range(3):
+        parser = PgOutputParser(
+            router=TopicRouter(),
+            tables=frozenset({"public.outbox"}),
+            prefixes=frozenset({"outbox"}),
+        )
+        t = time.process_time()
+        buf, pos = b"", 0
+        for i in range(0, len(stream), RECV_BYTES):
+            buf = buf[pos:] + stream[i : i + RECV_BYTES]
+            pos = 0
+            while True:
+                pos = parser.feed(buf, pos)
+                parser.take_committed()
+                if pos >= len(buf) or len(parser.records) < parser.cap:
+                    break
+        best = min(best, time.process_time() - t)
+    return best / txns * 1e6
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--txns", type=int, default=100_000)
@@ -171,6 +216,7 @@ def main() -> None:
         readers = ("recv", "pg2", "own")
         for mode in args.modes.split(","):
             slots = [f"{mode}_{r}_{i}" for i in range(args.repeat) for r in readers]
+            slots.append(f"{mode}_raw")
             for slot in slots:
                 create = f"SELECT pg_create_logical_replication_slot('{slot}', 'pgoutput')"
                 server.psql(create, database="outbox")
@@ -202,6 +248,11 @@ def main() -> None:
                     c = statistics.median(cpu[reader])
                     line += f"  cpu {c:.2f}s ({c / args.txns * 1e6:.1f} µs/txn)"
                 print(line)
+            stream = capture(server, f"{mode}_raw", args.txns)
+            print(
+                f"  own parser alone (captured stream, {len(stream) / args.txns:.0f} B/txn): "
+                f"{parse_only(stream, args.txns):.1f} µs CPU per transaction"
+            )
             for slot in slots:
                 drop = f"SELECT pg_drop_replication_slot('{slot}')"
                 server.psql(drop, database="outbox")

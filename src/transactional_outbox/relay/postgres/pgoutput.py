@@ -120,13 +120,16 @@ class PgOutputParser:
     def feed(self, buf: bytes, pos: int = 0) -> int:
         """Parse the whole messages of ``buf`` from ``pos``; the offset of the first one
         not parsed (incomplete, or after :attr:`cap` records)."""
+        # The hot path: Begin, Insert and Commit are handled here with the
+        # state in locals (a one-event transaction is three XLogData messages).
         end = len(buf)
         records = self.records
         cap = self.cap
+        u32 = _U32.unpack_from
+        insert = self._insert
         while pos + 5 <= end:
             kind = buf[pos]
-            length = _U32.unpack_from(buf, pos + 1)[0]
-            nxt = pos + 1 + length
+            nxt = pos + 1 + u32(buf, pos + 1)[0]
             if nxt > end:
                 break
             if kind == _D:
@@ -134,7 +137,21 @@ class PgOutputParser:
                 if sub == _W:
                     # Its WAL end field is the message's own LSN (or 0), not the
                     # server's progress: only keepalives say that.
-                    self._pgoutput(buf, pos + 5 + _XLOG_HEADER, nxt)
+                    p = pos + 5 + _XLOG_HEADER
+                    tag = buf[p]
+                    if tag == _INSERT:
+                        insert(buf, p, nxt)
+                    elif tag == _BEGIN:
+                        self.in_txn = True
+                    elif tag == _COMMIT:
+                        self.commit_lsn = _U64.unpack_from(buf, p + 10)[0]
+                        self.in_txn = False
+                        self.committed = len(records)
+                        self.commits += 1
+                        if self.open_tables:
+                            self._close_tables()
+                    else:
+                        self._other(buf, p, nxt)
                 elif sub == _K:
                     self.wal_end = _U64.unpack_from(buf, pos + 6)[0]
                     if buf[pos + 22]:
@@ -148,22 +165,15 @@ class PgOutputParser:
                 break
         return pos
 
-    def _pgoutput(self, buf: bytes, p: int, end: int) -> None:
+    def _close_tables(self) -> None:
+        committed = self.committed_tables
+        for name, n in self.open_tables.items():
+            committed[name] = committed.get(name, 0) + n
+        self.open_tables = {}
+
+    def _other(self, buf: bytes, p: int, end: int) -> None:
         tag = buf[p]
-        if tag == _INSERT:
-            self._insert(buf, p, end)
-        elif tag == _BEGIN:
-            self.in_txn = True
-        elif tag == _COMMIT:
-            self.commit_lsn = _U64.unpack_from(buf, p + 10)[0]
-            self.in_txn = False
-            self.committed = len(self.records)
-            self.commits += 1
-            if self.open_tables:
-                for name, n in self.open_tables.items():
-                    self.committed_tables[name] = self.committed_tables.get(name, 0) + n
-                self.open_tables = {}
-        elif tag == _RELATION:
+        if tag == _RELATION:
             self._relation(buf, p)
         elif tag == _MESSAGE:
             self._message(buf, p, end)
@@ -205,18 +215,17 @@ class PgOutputParser:
         layout, reason, memo = entry
         ncols = _U16.unpack_from(buf, p + 6)[0]
         pos = p + 8
-        values: list[Any] = []
-        append = values.append
+        values: list[Any] = [None] * ncols
+        u32 = _U32.unpack_from
         text_kinds = False
-        for _ in range(ncols):
+        for i in range(ncols):
             kind = buf[pos]
             if kind in (_NULL, _UNCHANGED):
-                append(None)
                 pos += 1
             else:
-                length = _U32.unpack_from(buf, pos + 1)[0]
+                length = u32(buf, pos + 1)[0]
                 pos += 5
-                append(buf[pos : pos + length])
+                values[i] = buf[pos : pos + length]
                 pos += length
                 if kind == _TEXT:
                     text_kinds = True
@@ -272,9 +281,7 @@ class PgOutputParser:
             self.records.append(record_of_message(content, memo))
         if not self.in_txn:
             self.committed = len(self.records)
-            for name, k in self.open_tables.items():
-                self.committed_tables[name] = self.committed_tables.get(name, 0) + k
-            self.open_tables = {}
+            self._close_tables()
 
 
 def _jsonb_text(value: bytes, column: str) -> bytes:
