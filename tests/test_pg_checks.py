@@ -15,7 +15,11 @@ import sqlalchemy as sa
 from outbox_dev.pg import ScratchPostgres
 from tests._pg import OUTBOX_DDL, PgDb, db, make_db, pg, start_server
 from transactional_outbox import outbox_table
-from transactional_outbox.exceptions import ConfigurationError, ServerConfigurationError
+from transactional_outbox.exceptions import (
+    CheckpointError,
+    ConfigurationError,
+    ServerConfigurationError,
+)
 from transactional_outbox.relay.postgres import (
     PgConnectParams,
     PgServerError,
@@ -23,6 +27,7 @@ from transactional_outbox.relay.postgres import (
     SlotLostError,
     check_role,
     check_server,
+    check_start_lsn,
     check_tables,
     ensure_publication,
     ensure_slot,
@@ -176,3 +181,14 @@ def test_url_parsing_names_the_setting_and_hides_the_password() -> None:
         PgConnectParams.from_url("postgresql://u@h/app?sslmode=bogus")
     with pytest.raises(ConfigurationError, match="database_url: names no database"):
         PgConnectParams.from_url("postgresql://u@h")
+
+
+def test_a_checkpoint_beyond_the_servers_wal_is_refused(db: PgDb) -> None:
+    conn = db.wire()
+    try:
+        slot = ensure_slot(conn, db.slot, ran_before=False, create=True)
+        check_start_lsn(conn, slot.confirmed_flush_lsn)  # the slot's own: fine
+        with pytest.raises(CheckpointError, match="beyond this server's WAL"):
+            check_start_lsn(conn, slot.confirmed_flush_lsn + (1 << 40))
+    finally:
+        conn.close()

@@ -16,13 +16,14 @@ from dataclasses import dataclass
 
 from ...exceptions import CheckpointError, ConfigurationError, ServerConfigurationError
 from .layout import layout_of
-from .wire import PgServerError, PgWire, parse_lsn, quote_ident, quote_literal
+from .wire import PgServerError, PgWire, format_lsn, parse_lsn, quote_ident, quote_literal
 
 __all__ = [
     "SlotLostError",
     "SlotState",
     "check_role",
     "check_server",
+    "check_start_lsn",
     "check_tables",
     "ensure_publication",
     "ensure_slot",
@@ -236,6 +237,21 @@ def ensure_slot(conn: PgWire, name: str, *, ran_before: bool, create: bool) -> S
             "checkpoint in Redis and restart"
         )
     return SlotState(name, parse_lsn(str(row[5])), parse_lsn(str(row[6])), active == "t", created)
+
+
+def check_start_lsn(conn: PgWire, lsn: int) -> None:
+    """A checkpoint's LSN is not beyond the server's WAL: one that is comes from another
+    cluster or timeline (a restored or promoted server), and starting there would skip
+    every transaction committed up to it. Raises :class:`CheckpointError`."""
+    row = _one(conn, "SELECT pg_current_wal_lsn()")
+    current = parse_lsn(str(row[0])) if row else 0
+    if lsn > current:
+        raise CheckpointError(
+            f"the checkpoint's LSN {format_lsn(lsn)} is beyond this server's WAL "
+            f"({format_lsn(current)}): it was saved against another server or timeline, and "
+            "starting there would skip what this one committed. Delete the relay's checkpoint "
+            "in Redis to start from the slot"
+        )
 
 
 def slot_lag_bytes(conn: PgWire, name: str) -> tuple[int, int] | None:
