@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 import uuid
 from collections import Counter
 from datetime import UTC, datetime
@@ -19,10 +20,10 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from outbox_dev.pg import ScratchPostgres
-from tests._pg import PgDb, db, expected, pg, wait_for
+from tests._pg import ListSink, PgDb, db, expected, pg, wait_for
 from transactional_outbox import OutboxEvent, OutboxSession, outbox_table
 from transactional_outbox._pg_message import emit_events
-from transactional_outbox.relay.postgres import slot_lag_bytes
+from transactional_outbox.relay.postgres import PgBatch, slot_lag_bytes
 from transactional_outbox.relay.routing import KafkaRecord
 
 __all__ = ["db", "pg"]  # fixtures
@@ -339,3 +340,50 @@ def test_idle_stream_hands_over_the_servers_wal_end_for_the_caller_to_confirm(db
     assert db.confirmed_flush() == start  # nothing confirmed until the caller says so
     source.confirm(sink.commits()[-1])
     wait_for(lambda: db.confirmed_flush() == sink.commits()[-1], what="the slot advanced")
+
+
+class GatedSink(ListSink):
+    """Holds the first part of an open transaction until ``gate`` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gate = threading.Event()
+        self.held = threading.Event()
+
+    def put(self, batch: PgBatch) -> bool:
+        if batch.commit is None and not self.gate.is_set():
+            self.held.set()
+            self.gate.wait(60)
+        return super().put(batch)
+
+
+def test_a_large_transaction_cut_by_a_restart_is_not_handed_over_twice(
+    db: PgDb, pg: ScratchPostgres
+) -> None:
+    md = sa.MetaData()
+    outbox_table(md).create(db.engine)
+    db.prepare([("public", "outbox")])
+    factory = sessionmaker(db.engine, class_=OutboxSession)
+    events: list[OutboxEvent] = []
+    with factory() as session:
+        events.append(
+            session.add_event(aggregate_type="t", aggregate_id="0", event_type="E", payload=b"s")
+        )
+        session.commit()
+        for i in range(3000):  # ~6 MB: more than the socket buffers hold
+            events.append(
+                session.add_event(
+                    aggregate_type="t", aggregate_id=str(i), event_type="E", payload=bytes(2000)
+                )
+            )
+        session.commit()
+    want = [expected(e, "public.outbox") for e in events]
+    sink = GatedSink()
+    source, _ = db.source([("public", "outbox")], sink=sink, chunk_events=100)
+    wait_for(sink.held.is_set, what="the first part of the large transaction")
+    pg.restart(kill=True)  # the rest of the transaction is cut off mid-stream
+    sink.gate.set()
+    wait_for(lambda: sink.error or len(sink.records) >= len(want), within=60, what="all events")
+    assert source.reconnects >= 1
+    assert sink.error is None and sink.records == want
+    assert sum(sum((b.tables or {}).values()) for b in sink.batches) == len(want)

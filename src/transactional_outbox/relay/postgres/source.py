@@ -111,6 +111,7 @@ class PgSource:
         self._stop = threading.Event()
         self._wire: PgWire | None = None
         self._pushed_in_txn = 0
+        self._pushed_tables: dict[str, int] = {}  # their counts per outbox
         self._on_state = on_state or (lambda state: None)
         self._thread = threading.Thread(target=self.run, name="outbox-pg", daemon=True)
         self.connected = False
@@ -235,6 +236,9 @@ class PgSource:
                     del parser.records[:n]
                     parser.committed = max(0, parser.committed - n)
                     skip -= n
+                    if not skip:  # the same rows again: take their counts back out
+                        for name, k in self._pushed_tables.items():
+                            parser.open_tables[name] = parser.open_tables.get(name, 0) - k
                 if len(parser.records) - parser.committed >= s.chunk_events:
                     if parser.commit_lsn is not None and not self._hand_over(parser):
                         return
@@ -242,6 +246,8 @@ class PgSource:
                     if not self._sink.put(PgBatch(records, None, tables)):
                         return
                     self._pushed_in_txn += len(records)
+                    for name, k in tables.items():
+                        self._pushed_tables[name] = self._pushed_tables.get(name, 0) + k
                     continue
                 if len(parser.records) >= s.chunk_events:
                     if not self._hand_over(parser):
@@ -283,6 +289,7 @@ class PgSource:
             return False
         self._position = lsn
         self._pushed_in_txn = 0
+        self._pushed_tables = {}
         return True
 
 
