@@ -193,16 +193,25 @@ def make_db(server: ScratchPostgres) -> Iterator[PgDb]:
         server.psql(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
 
 
+_SHARED: list[ScratchPostgres] = []
+
+
 @pytest.fixture(scope="session")
 def pg() -> Iterator[ScratchPostgres]:
-    """The scratch PostgreSQL of these tests (SCRAM logins over TCP, as in production)."""
-    server = start_server(
-        main=True, auth="scram-sha-256", max_replication_slots=40, max_wal_senders=40
-    )
+    """The scratch PostgreSQL of these tests (SCRAM logins over TCP, as in production).
+
+    Each test module imports this fixture, which makes one fixture per module:
+    they share one server (one port when ``OUTBOX_TEST_PG_PORT`` is set).
+    """
+    if not _SHARED:
+        slots = {"max_replication_slots": 40, "max_wal_senders": 40}
+        _SHARED.append(start_server(main=True, auth="scram-sha-256", **slots))
     try:
-        yield server
+        yield _SHARED[0]
     finally:
-        server.destroy()
+        # Session fixtures end together, after the last test: the first stops it.
+        if _SHARED:
+            _SHARED.pop().destroy()
 
 
 @pytest.fixture
