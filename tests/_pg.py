@@ -49,7 +49,11 @@ def start_server(*, main: bool = False, **kw: object) -> ScratchPostgres:
     workdir = Path(tempfile.mkdtemp(prefix="outbox-pg-"))
     port = int(os.environ.get("OUTBOX_TEST_PG_PORT", "0")) if main else None
     server = ScratchPostgres(workdir, port or None, **kw)  # type: ignore[arg-type]
-    server.start()
+    try:
+        server.start()
+    except BaseException:
+        server.destroy()
+        raise
     return server
 
 
