@@ -35,7 +35,15 @@ from sqlalchemy.dialects import postgresql
 from .exceptions import ConfigurationError
 from .record_format import COLUMNS
 
-__all__ = ["DELETE_CHUNK", "ONE_STATEMENT_MAX_BYTES", "TablePlan", "table_plan", "write_rows"]
+__all__ = [
+    "DELETE_CHUNK",
+    "ONE_STATEMENT_MAX_BYTES",
+    "TablePlan",
+    "compound_statements",
+    "delete_sql",
+    "table_plan",
+    "write_rows",
+]
 
 DELETE_CHUNK = 1000
 """Most ids one ``DELETE`` names (and most events in one MariaDB compound statement).
@@ -121,7 +129,7 @@ def write_rows(conn: sa.Connection, plan: TablePlan, rows: list[Row], *, delete:
 
 def _write_mysql(conn: sa.Connection, plan: TablePlan, rows: list[Row], delete: bool) -> None:
     dialect = conn.dialect
-    if delete and len(rows) <= DELETE_CHUNK and _one_statement(dialect):
+    if delete and len(rows) <= DELETE_CHUNK and compound_statements(dialect):
         size = sum(_ROW_OVERHEAD + 2 * (len(r[4]) + len(r[5] or "")) for r in rows)
         if size <= ONE_STATEMENT_MAX_BYTES:
             sql = _MysqlNames.of(conn, plan).compound(len(rows))
@@ -130,14 +138,22 @@ def _write_mysql(conn: sa.Connection, plan: TablePlan, rows: list[Row], delete: 
     conn.execute(plan.insert, [dict(zip(plan.keys, row, strict=True)) for row in rows])
     if delete:
         names = _MysqlNames.of(conn, plan)
-        ids = [row[0] for row in rows]
+        process = _processors(plan, dialect)[0]
+        ids = [process(row[0]) if process else row[0] for row in rows]
+        driver_sql = dialect.paramstyle in ("format", "pyformat")
         for start in range(0, len(ids), DELETE_CHUNK):
             chunk = ids[start : start + DELETE_CHUNK]
-            conn.execute(names.delete(len(chunk)), {f"i{k}": i for k, i in enumerate(chunk)})
+            if driver_sql:
+                conn.exec_driver_sql(_delete_sql(names, len(chunk)), tuple(chunk))
+            else:
+                conn.execute(
+                    _delete_text(names, len(chunk)), {f"i{k}": i for k, i in enumerate(chunk)}
+                )
 
 
-def _one_statement(dialect: sa.Dialect) -> bool:
-    # Anonymous compound statements are MariaDB's (10.1+); MySQL 8 has none.
+def compound_statements(dialect: sa.Dialect) -> bool:
+    """Whether a flush can be one compound statement: MariaDB (10.1+; MySQL 8 has no
+    anonymous compound statements) with a driver that binds client-side."""
     return bool(getattr(dialect, "is_mariadb", False)) and dialect.driver in _CLIENT_SIDE_BINDING
 
 
@@ -178,10 +194,6 @@ class _MysqlNames:
         """INSERT of ``n`` rows and DELETE of their ids, one statement, ``%s`` placeholders."""
         return _compound_sql(self, n)
 
-    def delete(self, n: int) -> sa.TextClause:
-        """DELETE of ``n`` ids bound as ``:i0`` ... (compiled for any paramstyle)."""
-        return _delete_text(self, n)
-
 
 @functools.lru_cache(maxsize=256)
 def _mysql_names(plan: TablePlan, schema: str | None, preparer: Any) -> _MysqlNames:
@@ -207,17 +219,26 @@ def delete_sql(table: str, id_column: str, placeholders: Sequence[str]) -> str:
     )
 
 
+# The names come from the dialect's identifier preparer, which already doubles "%"
+# for the drivers whose paramstyle formats with "%" (exec_driver_sql's text goes to
+# that formatting as it is); the others get text(), which reads ":name" as a parameter.
+
+
 @functools.lru_cache(maxsize=256)
 def _compound_sql(names: _MysqlNames, n: int) -> str:
-    # exec_driver_sql hands the text to the driver's own "%" formatting.
-    table, columns, id_ = (s.replace("%", "%%") for s in (names.table, names.columns, names.id))
     values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * n)
-    delete = delete_sql(table, id_, ["%s"] * n)
-    return f"BEGIN NOT ATOMIC INSERT INTO {table} {columns} VALUES {values}; {delete}; END"
+    delete = delete_sql(names.table, names.id, ["%s"] * n)
+    return (
+        f"BEGIN NOT ATOMIC INSERT INTO {names.table} {names.columns} VALUES {values}; {delete}; END"
+    )
+
+
+@functools.lru_cache(maxsize=256)
+def _delete_sql(names: _MysqlNames, n: int) -> str:
+    return delete_sql(names.table, names.id, ["%s"] * n)
 
 
 @functools.lru_cache(maxsize=256)
 def _delete_text(names: _MysqlNames, n: int) -> sa.TextClause:
-    # text() reads ":name" as a parameter: escape colons inside the quoted names.
     table, id_ = (s.replace(":", "\\:") for s in (names.table, names.id))
     return sa.text(delete_sql(table, id_, [f":i{k}" for k in range(n)]))
