@@ -190,14 +190,14 @@ def other_schema(stack: Stack) -> Any:
 SCHEMA_WAYS: dict[str, Callable[[sa.Engine, str], tuple[sa.Table, sessionmaker[Session]]]] = {
     "table schema": lambda engine, schema: (
         (t := outbox_table(sa.MetaData(), schema=schema)),
-        sessionmaker(engine, class_=OutboxSession, outbox_table=t),  # type: ignore[call-arg]
+        sessionmaker(engine, class_=OutboxSession, outbox_table=t),
     ),
     "schema_translate_map": lambda engine, schema: (
         (t := outbox_table(sa.MetaData(), schema="app")),
         sessionmaker(
             engine.execution_options(schema_translate_map={"app": schema}),
             class_=OutboxSession,
-            outbox_table=t,  # type: ignore[call-arg]
+            outbox_table=t,
         ),
     ),
 }
