@@ -1,7 +1,8 @@
 """Concurrent writers on the stack's MariaDB: bulk transactions never wait on each other.
 
 8 writers commit transactions of one business row plus 1, 5, 40 or 1,000 events (each
-size alone, then mixed), under REPEATABLE READ and READ COMMITTED, with a short
+size alone, then mixed, then two flushes of 20), under REPEATABLE READ and READ
+COMMITTED, with a short
 ``innodb_lock_wait_timeout``, and no retries: one deadlock (1213) or lock wait timeout
 (1205) fails the test. Afterwards the outbox table is empty and the relay's own reader
 finds every event on the binlog exactly once. Before the SDK deleted several ids
@@ -32,13 +33,16 @@ from .conftest import Stack
 
 WRITERS = 8
 LOCK_WAIT_TIMEOUT = 5  # seconds; per session. A wait on another writer's rows would hit it
-# Transactions per writer of each size: ~19,000 events per isolation level.
-PHASES: dict[str, list[int]] = {
-    "1": [1] * 20,
-    "5": [5] * 10,
-    "40": [40] * 5,
-    "1000": [1000],
-    "mixed": [1, 5, 40, 1000, 1, 5, 40],
+# Per phase: the events of each flush of a writer's transactions, and the flushes per
+# transaction (2: as when autoflush writes events mid-transaction). ~20,000 events per
+# isolation level.
+PHASES: dict[str, tuple[list[int], int]] = {
+    "1": ([1] * 20, 1),
+    "5": ([5] * 10, 1),
+    "40": ([40] * 5, 1),
+    "1000": ([1000], 1),
+    "mixed": ([1, 5, 40, 1000, 1, 5, 40], 1),
+    "2 x 20, two flushes": ([20] * 5, 2),
 }
 ROUTER = TopicRouter(template="t.{aggregatetype}")
 
@@ -68,9 +72,12 @@ def writer_engine(request: pytest.FixtureRequest, mysql_url: URL) -> Iterator[sa
     engine.dispose()
 
 
-def run_writers(factory: sessionmaker[OutboxSession], sizes: list[int], seed: int) -> list[str]:
-    """Each writer commits one transaction per size (in its own shuffled order); returns
-    the ids of the events committed. Any error fails the test."""
+def run_writers(
+    factory: sessionmaker[OutboxSession], sizes: list[int], flushes: int, seed: int
+) -> list[str]:
+    """Each writer commits one transaction per size (in its own shuffled order), of
+    ``flushes`` flushes of that many events; returns the ids of the events committed.
+    Any error fails the test."""
     start = threading.Barrier(WRITERS)
     written: list[list[str]] = [[] for _ in range(WRITERS)]
     errors: list[BaseException] = []
@@ -80,20 +87,23 @@ def run_writers(factory: sessionmaker[OutboxSession], sizes: list[int], seed: in
         try:
             start.wait()
             for n in order:
+                events = []
                 with factory.begin() as session:
                     session.add(Item(writer=w))
-                    # Random (v4) ids for odd writers: their rows land anywhere in the
-                    # index, not only at its end as the default time-ordered v7 ids do.
-                    events = [
-                        session.add_event(
-                            aggregate_type="item",
-                            aggregate_id=w,
-                            event_type=f"E{i}",
-                            payload={"w": w, "i": i},
-                            id=uuid.uuid4() if w % 2 else None,
-                        )
-                        for i in range(n)
-                    ]
+                    for _ in range(flushes):
+                        # Random (v4) ids for odd writers: their rows land anywhere in the
+                        # index, not only at its end as the default time-ordered v7 ids do.
+                        events += [
+                            session.add_event(
+                                aggregate_type="item",
+                                aggregate_id=w,
+                                event_type=f"E{i}",
+                                payload={"w": w, "i": i},
+                                id=uuid.uuid4() if w % 2 else None,
+                            )
+                            for i in range(n)
+                        ]
+                        session.flush()
                 written[w].extend(str(e.id) for e in events)
         except BaseException as exc:
             errors.append(exc)
@@ -116,10 +126,10 @@ def test_concurrent_writers_never_deadlock_or_wait(
     factory = sessionmaker(writer_engine, class_=OutboxSession)
     start = position(stack)
     written: list[str] = []
-    for seed, sizes in enumerate(PHASES.values()):
-        written += run_writers(factory, sizes, seed)
+    for seed, (sizes, flushes) in enumerate(PHASES.values()):
+        written += run_writers(factory, sizes, flushes, seed)
     assert count_rows(writer_engine, outbox) == 0
     records, _ = read_records(stack, database, start, ROUTER)
     on_binlog = Counter(dict(r.headers)["id"].decode() for r in records)  # type: ignore[union-attr]
     assert on_binlog == Counter(written)
-    assert len(written) == WRITERS * sum(sum(sizes) for sizes in PHASES.values())
+    assert len(written) == WRITERS * sum(sum(sizes) * n for sizes, n in PHASES.values())
