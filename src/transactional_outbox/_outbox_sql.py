@@ -130,7 +130,7 @@ def write_rows(conn: sa.Connection, plan: TablePlan, rows: list[Row], *, delete:
 def _write_mysql(conn: sa.Connection, plan: TablePlan, rows: list[Row], delete: bool) -> None:
     dialect = conn.dialect
     if delete and len(rows) <= DELETE_CHUNK and compound_statements(dialect):
-        size = sum(_ROW_OVERHEAD + 2 * (len(r[4]) + len(r[5] or "")) for r in rows)
+        size = sum(_statement_bytes(r) for r in rows)
         if size <= ONE_STATEMENT_MAX_BYTES:
             sql = _MysqlNames.of(conn, plan).compound(len(rows))
             conn.exec_driver_sql(sql, _compound_params(plan, dialect, rows))
@@ -149,6 +149,13 @@ def _write_mysql(conn: sa.Connection, plan: TablePlan, rows: list[Row], delete: 
                 conn.execute(
                     _delete_text(names, len(chunk)), {f"i{k}": i for k, i in enumerate(chunk)}
                 )
+
+
+def _statement_bytes(row: Row) -> int:
+    # An upper estimate of a row in the SQL text: escaping at most doubles the payload's
+    # bytes; text is at most 4 bytes a character in UTF-8.
+    text = len(row[1]) + len(row[2]) + len(row[3]) + len(row[5] or "")
+    return _ROW_OVERHEAD + 2 * len(row[4]) + 4 * text
 
 
 def compound_statements(dialect: sa.Dialect) -> bool:
