@@ -32,6 +32,7 @@ from aiokafka.errors import (
 )
 from aiokafka.protocol.transaction import InitProducerIdRequest
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from sqlalchemy.engine import make_url
 
 from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
@@ -43,6 +44,7 @@ __all__ = [
     "kafka_misconfiguration",
     "mysql_misconfiguration",
     "redis_misconfiguration",
+    "select_grants",
 ]
 
 # A connection cut during the handshake may be a broker restarting: retried.
@@ -76,8 +78,22 @@ def mysql_misconfiguration(
             if settings.outbox_schema
             else "mysql_url"
         )
+        if code == _DB_ACCESS_DENIED:
+            # No privilege at all on the outbox table's schema: the relay's one
+            # grant there is SELECT on its outbox table(s) (README, least privilege).
+            reason += f"; {select_grants(settings)}"
         return ConfigurationError(setting, f"error {code} from the server: {reason}")
     return None
+
+
+def select_grants(settings: RelaySettings) -> str:
+    """The GRANT statement(s) giving the relay's user SELECT on its outbox table(s)."""
+    user = make_url(settings.mysql_url).username or "<relay user>"
+    statements = [
+        f"GRANT SELECT ON `{schema}`.`{table}` TO '{user}'@'%';"
+        for schema, table in settings.tables
+    ]
+    return "the relay's user needs SELECT on the outbox table: " + " ".join(statements)
 
 
 def redis_misconfiguration(exc: BaseException) -> ConfigurationError | None:
