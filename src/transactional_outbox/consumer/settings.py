@@ -36,7 +36,7 @@ class RunnerSettings:
     never consumes its own dead letters: a plain dead-letter topic that is one of
     ``topics`` or matches ``topic_pattern`` is refused, and with ``{topic}`` the
     subscription leaves out the dead-letter topic of every topic the pattern
-    matches (``r"outbox\.event\..*"`` with ``"{topic}.dlq"`` reads
+    matches (``r"outbox\\.event\\..*"`` with ``"{topic}.dlq"`` reads
     ``outbox.event.order``, not ``outbox.event.order.dlq``): see
     :meth:`subscription_pattern`.
 
