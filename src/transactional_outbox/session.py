@@ -224,9 +224,14 @@ def enable_outbox(
         factory.class_ = _with_base(factory.class_, OutboxSession)
     else:
         # The async parts need greenlet (the ``async`` extra): imported only here.
-        from .async_session import AsyncOutboxSession, is_async_sessionmaker
-
-        if not is_async_sessionmaker(factory):
+        # Without it, nothing can be an async_sessionmaker.
+        try:
+            from .async_session import AsyncOutboxSession, is_async_sessionmaker
+        except ImportError:
+            is_async = False
+        else:
+            is_async = is_async_sessionmaker(factory)
+        if not is_async:
             raise ConfigurationError(
                 "factory", f"must be a sessionmaker or async_sessionmaker, not {factory!r}"
             )
