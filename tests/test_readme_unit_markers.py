@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -42,3 +43,8 @@ def test_the_demo_keep_option_says_it_keeps_the_redis_keys() -> None:
     assert "`--keep`: keep the databases, the topic and the run's Redis keys" in (
         _readme.README.read_text()
     )
+
+
+def test_the_readme_gives_no_test_count_that_rots() -> None:
+    # issue 24 row 9: "637 tests" while there were 668.
+    assert not re.search(r"\b\d{3,} tests\b", _readme.README.read_text())
