@@ -28,7 +28,13 @@ EVENTS = 7  # 4 OrderPlaced, 2 OrderStatusChanged, 1 OrderCancelled
 
 def run_demo(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], Any]:
     summary = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    # Not the OUTBOX_* settings of the caller, but its stack ports (OUTBOX_STACK_*): the
+    # demo must use the stack the tests use, not start (and take over) a default one.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OUTBOX_") or k.startswith("OUTBOX_STACK_")
+    }
     started = time.monotonic()
     proc = subprocess.run(
         [str(ROOT / "dev" / "demo"), "--once", "--summary-json", str(summary), *flags],
