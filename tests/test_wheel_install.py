@@ -69,7 +69,7 @@ def install_lines() -> list[tuple[str, str]]:
 
 PLAIN = """
 import importlib.util, sys
-assert importlib.util.find_spec("greenlet") is None, "greenlet installed: this proves nothing"
+assert importlib.util.find_spec("greenlet") is None, "greenlet is installed"
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 from transactional_outbox import OutboxSession, outbox_table
@@ -101,6 +101,7 @@ print("relay ok")
 
 CONSUMER = """
 from transactional_outbox.consumer import AsyncRedisStore, ConsumerRunner, RunnerSettings
+from transactional_outbox.testing import InMemoryStore, to_received
 print("consumer ok")
 """
 
@@ -117,6 +118,10 @@ def test_the_wheel_installs_and_starts_each_role(wheel: Path, tmp_path: Path) ->
     for extra, line in lines:
         target = f"{wheel}[{extra}]" if extra else str(wheel)
         ok(run([py, "-m", "pip", "install", "-q", target], env=env, cwd=tmp_path))
+        if extra == "":
+            # SQLAlchemy 2.1 no longer installs greenlet; an older one may still: the
+            # plain install must work without it either way.
+            ok(run([py, "-m", "pip", "uninstall", "-q", "-y", "greenlet"], env=env))
         assert f"{extra or 'plain'} ok" in ok(
             run([py, "-c", CHECKS[extra]], env=env, cwd=tmp_path)
         ), line
