@@ -15,11 +15,10 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, cast, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._otel import trace_headers
@@ -28,6 +27,11 @@ from .event import OutboxEvent, Serializer
 from .exceptions import ConfigurationError, InvalidEventError
 from .record_format import encode_headers
 from .table import outbox_table
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from .async_session import AsyncOutboxSession
 
 __all__ = ["AsyncOutboxSession", "OutboxSession", "enable_outbox"]
 
@@ -149,53 +153,6 @@ class OutboxSession(Session):
             hook(self, events)
 
 
-class AsyncOutboxSession(AsyncSession):
-    """An :class:`~sqlalchemy.ext.asyncio.AsyncSession` with :meth:`add_event`.
-
-    Its ``sync_session_class`` is :class:`OutboxSession`, which takes the
-    ``outbox_*`` settings (pass them to ``async_sessionmaker`` or here).
-    """
-
-    sync_session_class: type[Session] = OutboxSession
-
-    def __init__(self, bind: Any = None, **kw: Any) -> None:
-        super().__init__(bind, **kw)
-        if not isinstance(self.sync_session, OutboxSession):
-            raise ConfigurationError(
-                "sync_session_class",
-                f"must be a subclass of OutboxSession, not {type(self.sync_session).__name__}",
-            )
-        self._outbox_sync: OutboxSession = self.sync_session
-
-    def add_event(
-        self,
-        *,
-        aggregate_type: str,
-        aggregate_id: str | int,
-        event_type: str,
-        payload: Any,
-        headers: Mapping[str, str] | None = None,
-        id: uuid.UUID | None = None,
-        timestamp: datetime | None = None,
-        serializer: Serializer | None = None,
-    ) -> OutboxEvent:
-        """Same as :meth:`OutboxSession.add_event` (no I/O, so not a coroutine)."""
-        return self._outbox_sync.add_event(
-            aggregate_type=aggregate_type,
-            aggregate_id=aggregate_id,
-            event_type=event_type,
-            payload=payload,
-            headers=headers,
-            id=id,
-            timestamp=timestamp,
-            serializer=serializer,
-        )
-
-    def add_events(self, events: Iterable[OutboxEvent]) -> None:
-        """Same as :meth:`OutboxSession.add_events`."""
-        self._outbox_sync.add_events(events)
-
-
 @overload
 def enable_outbox(
     factory: sessionmaker[Any],
@@ -226,17 +183,25 @@ def enable_outbox(
     returned, typed accordingly. ``table``, ``keep_rows`` and ``serializer``
     are the ``outbox_*`` settings of :class:`OutboxSession`.
     """
-    if isinstance(factory, async_sessionmaker):
+    if isinstance(factory, sessionmaker):
+        factory.class_ = _with_base(factory.class_, OutboxSession)
+    else:
+        # The async parts need greenlet (the ``async`` extra): imported only here.
+        # Without it, nothing can be an async_sessionmaker.
+        try:
+            from .async_session import AsyncOutboxSession, is_async_sessionmaker
+        except ImportError:
+            is_async = False
+        else:
+            is_async = is_async_sessionmaker(factory)
+        if not is_async:
+            raise ConfigurationError(
+                "factory", f"must be a sessionmaker or async_sessionmaker, not {factory!r}"
+            )
         # Read the sync class before wrapping: AsyncOutboxSession's own would win.
         sync_class = factory.kw.get("sync_session_class") or factory.class_.sync_session_class
         factory.class_ = _with_base(factory.class_, AsyncOutboxSession)
         factory.kw["sync_session_class"] = _with_base(sync_class, OutboxSession)
-    elif isinstance(factory, sessionmaker):
-        factory.class_ = _with_base(factory.class_, OutboxSession)
-    else:
-        raise ConfigurationError(
-            "factory", f"must be a sessionmaker or async_sessionmaker, not {factory!r}"
-        )
     factory.kw.update(outbox_table=table, outbox_keep_rows=keep_rows, outbox_serializer=serializer)
     return cast("sessionmaker[OutboxSession] | async_sessionmaker[AsyncOutboxSession]", factory)
 
@@ -328,3 +293,13 @@ def _discard_at_end(session: Session, transaction: Any) -> None:
     pending = _pending(session)
     if pending and transaction.parent is None:
         pending.clear()
+
+
+def __getattr__(name: str) -> Any:
+    # ``AsyncOutboxSession`` lives in ``async_session`` (it needs greenlet, the
+    # ``async`` extra); still importable from here, as before.
+    if name == "AsyncOutboxSession":
+        from .async_session import AsyncOutboxSession
+
+        return AsyncOutboxSession
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

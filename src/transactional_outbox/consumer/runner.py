@@ -148,7 +148,7 @@ class ConsumerRunner:
             try:
                 consumer.subscribe(
                     topics=list(s.topics),
-                    pattern=s.topic_pattern,
+                    pattern=s.subscription_pattern(),
                     listener=_Listener(self),
                 )
                 logger.info("consumer runner started: %r", s)
