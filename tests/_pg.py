@@ -6,9 +6,8 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -55,15 +54,6 @@ def start_server(*, main: bool = False, **kw: object) -> ScratchPostgres:
         server.destroy()
         raise
     return server
-
-
-def wait_for(condition: Callable[[], object], *, within: float = 30.0, what: str = "") -> None:
-    """Poll ``condition`` until true; fail after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
-        time.sleep(0.01)
 
 
 def expected(event: OutboxEvent, table: str) -> KafkaRecord:

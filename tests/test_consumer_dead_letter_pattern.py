@@ -17,7 +17,8 @@ from transactional_outbox.consumer import (
     RunnerSettings,
 )
 
-from ._consumer_helpers import order_event, publish, wait_for
+from ._consumer_helpers import order_event, publish
+from .polling import wait_until
 
 
 async def topics(bootstrap: str) -> set[str]:
@@ -61,15 +62,15 @@ async def test_a_pattern_runner_does_not_consume_its_dead_letters(
     runner = ConsumerRunner(handler, settings)
     task = asyncio.ensure_future(runner.run(install_signal_handlers=False))
     try:
-        await wait_for(lambda: str(good.id) in handled, within=30, what="the good record")
-        await wait_for(
+        await wait_until(lambda: str(good.id) in handled, within=30, what="the good record")
+        await wait_until(
             lambda: calls[str(poison.id)] == 2, within=30, what="the poison record's attempts"
         )
         assert order_topic + ".dlq" in await topics(kafka_bootstrap)
         # A topic created after the dead-letter topic: once it is handled, the
         # subscription has been matched against metadata that lists both.
         await publish(kafka_bootstrap, late_topic, [late])
-        await wait_for(lambda: str(late.id) in handled, within=30, what="the late topic")
+        await wait_until(lambda: str(late.id) in handled, within=30, what="the late topic")
         await asyncio.sleep(0)
     finally:
         runner.stop()

@@ -12,7 +12,8 @@ import pytest
 import sqlalchemy as sa
 
 from outbox_dev.pg import ScratchPostgres
-from tests._pg import ListSink, PgDb, expected, make_db, wait_for
+from tests._pg import ListSink, PgDb, expected, make_db
+from tests.polling import wait_until_sync
 from transactional_outbox import OutboxEvent, outbox_table
 from transactional_outbox._pg_message import emit_events
 from transactional_outbox.exceptions import ConfigurationError
@@ -89,7 +90,7 @@ def test_tls_logins_and_a_replication_stream_over_tls() -> None:
             sink = ListSink()
             source = _source(db, tls_db, sink)
             try:
-                wait_for(lambda: sink.error or sink.records, what="the event over TLS")
+                wait_until_sync(lambda: sink.error or sink.records, what="the event over TLS")
                 assert sink.records == [expected(event, f"{db.name}.outbox")]
             finally:
                 source.stop()

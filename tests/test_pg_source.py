@@ -20,7 +20,8 @@ import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
 from outbox_dev.pg import ScratchPostgres
-from tests._pg import ListSink, PgDb, db, expected, pg, wait_for
+from tests._pg import ListSink, PgDb, db, expected, pg
+from tests.polling import wait_until_sync
 from transactional_outbox import OutboxEvent, OutboxSession, outbox_table
 from transactional_outbox._pg_message import emit_events
 from transactional_outbox.relay.postgres import PgBatch, slot_lag_bytes
@@ -131,7 +132,7 @@ def test_differential_random_transactions_both_modes_many_tables(db: PgDb) -> No
     covered += ("savepoint rolled back", "rolled back")
     assert all(seen[k] for k in covered) and seen["max events"] > 500, seen
     _, sink = db.source(tables, prefixes=("outbox",), chunk_events=300)
-    wait_for(lambda: sink.error or len(sink.records) >= len(want), what="every event")
+    wait_until_sync(lambda: sink.error or len(sink.records) >= len(want), what="every event")
     assert sink.error is None
     got = sink.records
     assert len(got) == len(want)
@@ -208,7 +209,7 @@ def test_debezium_layouts_publish_the_same_record_jsonb_as_its_text(db: PgDb) ->
             want.append(expected(e, f"public.{name}"))
         conn.commit()
     _, sink = db.source(tables)
-    wait_for(lambda: sink.error or len(sink.records) >= 3, what="three records")
+    wait_until_sync(lambda: sink.error or len(sink.records) >= 3, what="three records")
     assert sink.records == want
 
 
@@ -240,22 +241,22 @@ def test_the_slot_is_never_confirmed_past_an_unacknowledged_event(db: PgDb) -> N
     db.prepare([("public", "outbox")])
     a = _write_one(db, 1)
     source, sink = db.source([("public", "outbox")])
-    wait_for(lambda: len(sink.records) == 1, what="event A")
+    wait_until_sync(lambda: len(sink.records) == 1, what="event A")
     b = _write_one(db, 2)
-    wait_for(lambda: len(sink.records) == 2, what="event B")
+    wait_until_sync(lambda: len(sink.records) == 2, what="event B")
     lsn_a, lsn_b = sink.commits()[:2]
     assert lsn_a < lsn_b
     source.confirm(lsn_a)  # Kafka acknowledged A only
-    wait_for(lambda: db.confirmed_flush() == lsn_a, what="the slot at A's commit")
+    wait_until_sync(lambda: db.confirmed_flush() == lsn_a, what="the slot at A's commit")
     seen = _reply_time(db)
-    wait_for(lambda: _reply_time(db) != seen, what="a later status update")
+    wait_until_sync(lambda: _reply_time(db) != seen, what="a later status update")
     seen = _reply_time(db)
-    wait_for(lambda: _reply_time(db) != seen, what="yet another status update")
+    wait_until_sync(lambda: _reply_time(db) != seen, what="yet another status update")
     assert db.confirmed_flush() == lsn_a
     db.stop_sources()
     # A new reader from the slot gets B again (and not A): nothing unacknowledged is lost.
     _, again = db.source([("public", "outbox")])
-    wait_for(lambda: len(again.records) >= 1, what="B redelivered")
+    wait_until_sync(lambda: len(again.records) >= 1, what="B redelivered")
     assert again.records[0] == expected(b, "public.outbox") != expected(a, "public.outbox")
     assert len(again.records) == 1
 
@@ -280,9 +281,9 @@ def test_postgres_killed_mid_stream_the_source_reconnects_and_loses_nothing(
                 session.commit()
         session.commit()
     source, sink = db.source([("public", "outbox")], chunk_events=50)
-    wait_for(lambda: len(sink.records) >= 200, what="part of the stream")
+    wait_until_sync(lambda: len(sink.records) >= 200, what="part of the stream")
     pg.restart(kill=True)
-    wait_for(lambda: source.reconnects >= 1, what="the source to notice")
+    wait_until_sync(lambda: source.reconnects >= 1, what="the source to notice")
     with factory() as session:
         for _ in range(100):
             events.append(
@@ -292,14 +293,16 @@ def test_postgres_killed_mid_stream_the_source_reconnects_and_loses_nothing(
             )
         session.commit()
     want = [expected(e, "public.outbox") for e in events]
-    wait_for(lambda: sink.error or len(sink.records) >= len(want), within=60, what="all events")
+    wait_until_sync(
+        lambda: sink.error or len(sink.records) >= len(want), within=60, what="all events"
+    )
     assert sink.error is None
     assert sink.records == want
     # Resume from a confirmed LSN: a new source after confirming half gets the rest.
     commits = sink.commits()
     half = commits[len(commits) // 2]
     source.confirm(half)
-    wait_for(lambda: db.confirmed_flush() == half, what="the slot at the half")
+    wait_until_sync(lambda: db.confirmed_flush() == half, what="the slot at the half")
     read = 0
     for batch in sink.batches:
         read += len(batch.records)
@@ -307,7 +310,7 @@ def test_postgres_killed_mid_stream_the_source_reconnects_and_loses_nothing(
             break
     db.stop_sources()
     _, rest = db.source([("public", "outbox")])
-    wait_for(lambda: len(rest.records) >= len(want) - read, within=60, what="the rest")
+    wait_until_sync(lambda: len(rest.records) >= len(want) - read, within=60, what="the rest")
     assert rest.records == want[read:]
 
 
@@ -335,11 +338,11 @@ def test_idle_stream_hands_over_the_servers_wal_end_for_the_caller_to_confirm(db
     start = db.confirmed_flush()
     source, sink = db.source([("public", "outbox")])
     db.sql("INSERT INTO noise SELECT generate_series(1, 1000)")  # other tables' WAL only
-    wait_for(lambda: any(c > start for c in sink.commits()), what="an idle position")
+    wait_until_sync(lambda: any(c > start for c in sink.commits()), what="an idle position")
     assert not sink.records
     assert db.confirmed_flush() == start  # nothing confirmed until the caller says so
     source.confirm(sink.commits()[-1])
-    wait_for(lambda: db.confirmed_flush() == sink.commits()[-1], what="the slot advanced")
+    wait_until_sync(lambda: db.confirmed_flush() == sink.commits()[-1], what="the slot advanced")
 
 
 class GatedSink(ListSink):
@@ -380,10 +383,12 @@ def test_a_large_transaction_cut_by_a_restart_is_not_handed_over_twice(
     want = [expected(e, "public.outbox") for e in events]
     sink = GatedSink()
     source, _ = db.source([("public", "outbox")], sink=sink, chunk_events=100)
-    wait_for(sink.held.is_set, what="the first part of the large transaction")
+    wait_until_sync(sink.held.is_set, what="the first part of the large transaction")
     pg.restart(kill=True)  # the rest of the transaction is cut off mid-stream
     sink.gate.set()
-    wait_for(lambda: sink.error or len(sink.records) >= len(want), within=60, what="all events")
+    wait_until_sync(
+        lambda: sink.error or len(sink.records) >= len(want), within=60, what="all events"
+    )
     assert source.reconnects >= 1
     assert sink.error is None and sink.records == want
     assert sum(sum((b.tables or {}).values()) for b in sink.batches) == len(want)
