@@ -28,7 +28,42 @@ from pathlib import Path
 from typing import Any
 
 HOST = "127.0.0.1"
-BIN = Path(os.environ.get("OUTBOX_PG_BIN", "/usr/lib/postgresql/15/bin"))
+
+
+def _find_bin() -> Path:
+    """Debian's PostgreSQL binaries (the newest installed major version), installed with
+    apt-get when there are none: the tests and the stack need no manual step on a fresh
+    machine."""
+    if "OUTBOX_PG_BIN" in os.environ:
+        return Path(os.environ["OUTBOX_PG_BIN"])
+
+    def installed() -> list[Path]:
+        found = [p for p in Path("/usr/lib/postgresql").glob("*/bin") if (p / "initdb").exists()]
+        return sorted(found, key=lambda p: int(p.parent.name) if p.parent.name.isdigit() else 0)
+
+    if not installed():
+        from outbox_dev.stack import apt_install
+
+        apt_install("postgresql")
+    found = installed()
+    if not found:
+        raise SystemExit("no PostgreSQL server binaries under /usr/lib/postgresql after install")
+    return found[-1]
+
+
+class _LazyBin:
+    """The binaries' folder, looked up (and installed) on first use, not at import."""
+
+    _path: Path | None = None
+
+    def __truediv__(self, name: str) -> Path:
+        if self._path is None:
+            _LazyBin._path = _find_bin()
+        assert self._path is not None
+        return self._path / name
+
+
+BIN = _LazyBin()
 USER = "outbox"
 PASSWORD = "outbox"
 DATABASE = "outbox"
