@@ -25,6 +25,7 @@ from .deadletter import dead_letter_record, rejected_event_id, rejection_reason
 from .faults import check_kafka_login
 from .position import BinlogPosition
 from .publisher import KafkaPublisher, is_permanent
+from .reach import recheck_after_reconnect
 from .reader_process import ProcessSource
 from .routing import KafkaRecord, TopicRouter, record_id
 from .rowdecoder import RejectedRow
@@ -74,6 +75,9 @@ class PublishSession:
         self._channel: Channel | None = None
         self._publisher: KafkaPublisher | None = None
         self._dead_letter_tasks: set[asyncio.Future[None]] = set()
+        self._checks: set[asyncio.Future[None]] = set()
+        self._reconnecting = False  # the source lost its connection since it last had one
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"PublishSession(start={self.start}, stopped={self._stopped})"
@@ -126,7 +130,8 @@ class PublishSession:
             raise SessionFailed(str(exc)) from exc
         self._stats.kafka = "ok"
         self._publisher = publisher
-        channel = self._channel = Channel(asyncio.get_running_loop(), max_events=s.queue_max_events)
+        self._loop = asyncio.get_running_loop()
+        channel = self._channel = Channel(self._loop, max_events=s.queue_max_events)
         start = self.start
         use_gtid = s.resume_by_gtid or (start.file == "" and start.gtid is not None)
         reader = ProcessSource if s.reader == "process" else BinlogSource
@@ -279,4 +284,16 @@ class PublishSession:
             sent(exc)
 
     def _on_source_state(self, state: str) -> None:
+        # Called from the source's thread. After a reconnect, check again that the
+        # outbox rows reach the binlog read (the address may lead to another server).
         self._stats.mysql = "ok" if state == "connected" else "degraded"
+        if state != "connected":
+            self._reconnecting = True
+        elif self._reconnecting and self._channel is not None and self._loop is not None:
+            self._reconnecting = False
+            self._loop.call_soon_threadsafe(self._recheck, self._channel)
+
+    def _recheck(self, channel: Channel) -> None:
+        task = recheck_after_reconnect(self.settings, channel.fail)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)
