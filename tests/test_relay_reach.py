@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import subprocess
 import sys
 import time
@@ -226,3 +227,38 @@ async def test_a_filter_found_after_a_reconnect_stops_the_relay(
         if not task.done():
             await asyncio.wait_for(task, 30)
     assert info.value.setting == "replicate_ignore_db"
+
+
+def _least_privileged(server: ScratchMariaDB) -> tuple[str, str]:
+    """A user with the relay's documented grants but SLAVE MONITOR (created on ``server``
+    alone)."""
+    with server.connect() as conn, conn.cursor() as cur:
+        cur.execute("SET SESSION sql_log_bin = 0")
+        cur.execute("CREATE USER IF NOT EXISTS 'lp'@'%' IDENTIFIED BY 'lp-secret'")
+        cur.execute("GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.* TO 'lp'@'%'")
+        cur.execute(f"GRANT SELECT ON `{SCHEMA}`.`outbox` TO 'lp'@'%'")
+    return "lp", "lp-secret"
+
+
+async def test_without_slave_monitor_a_running_replica_is_still_checked(
+    servers: dict[str, ScratchMariaDB], stack: Stack
+) -> None:
+    replica = servers["no_updates"]
+    user, password = _least_privileged(replica)
+    settings = _settings(replica, SCHEMA, stack, mysql_url=replica.url(SCHEMA, user, password))
+    exc = await _startup_error(settings)
+    assert exc.setting == "log_slave_updates"
+
+
+async def test_without_slave_monitor_a_primary_starts_with_one_warning(
+    servers: dict[str, ScratchMariaDB], stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    primary = servers["primary"]
+    user, password = _least_privileged(primary)
+    settings = _settings(primary, SCHEMA, stack, mysql_url=primary.url(SCHEMA, user, password))
+    with caplog.at_level(logging.WARNING, logger="transactional_outbox.relay"):
+        async with running_relay(settings) as relay:
+            await wait_until(lambda: relay.stats.mysql == "ok", within=60, what="relay streaming")
+    warnings = [r.getMessage() for r in caplog.records if "SLAVE MONITOR" in r.getMessage()]
+    assert len(warnings) == 1
+    assert "GRANT SLAVE MONITOR ON *.* TO 'lp'@'%';" in warnings[0]
