@@ -595,6 +595,7 @@ def test_producer_args_plaintext() -> None:
         "max_batch_size": 262_144,
         "max_request_size": 1_048_576,
         "request_timeout_ms": 40_000,
+        "retry_backoff_ms": 500,
         "security_protocol": "PLAINTEXT",
     }
 

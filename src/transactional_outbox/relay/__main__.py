@@ -15,6 +15,7 @@ from ..exceptions import (
     PublishError,
 )
 from .config import RelaySettings
+from .logs import limit_library_logs
 from .pipeline import Relay
 
 EXIT_OK = 0
@@ -46,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    limit_library_logs()  # aiokafka logs each failed attempt: one line every 5 s at most
     try:
         asyncio.run(_run(settings))
     except ConfigurationError as exc:

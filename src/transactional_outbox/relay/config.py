@@ -96,6 +96,8 @@ class RelaySettings:
         1_048_576, "largest record the producer sends (bytes); match the topic's max.message.bytes"
     )
     request_timeout_ms: int = option(40_000, "Kafka request timeout (ms)")
+    ack_stall_ms: int = option(5_000, "sent events unacknowledged this long: Kafka down (ms)")
+    retry_backoff_ms: int = option(500, "producer's wait before a retry or reconnect (ms)")
     redis_url: str = option("", "required: Redis URL for the checkpoint and the lease")
     relay_name: str = option("default", "relay name: namespaces the checkpoint key")
     key_prefix: str = option("outbox:relay:", "prefix of the relay's Redis keys")
@@ -216,7 +218,7 @@ class RelaySettings:
                 f"{self.lease_renew_ms} must be positive and at most half of lease_ttl_ms "
                 f"({self.lease_ttl_ms}), so one missed renewal does not lose the lease",
             )
-        for name in ("heartbeat_ms", "reconnect_max_ms"):
+        for name in ("heartbeat_ms", "reconnect_max_ms", "ack_stall_ms", "retry_backoff_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
         if self.progress_interval_ms < 0:
@@ -320,6 +322,7 @@ class RelaySettings:
             "max_batch_size": min(self.max_batch_size, self.max_request_size),
             "max_request_size": self.max_request_size,
             "request_timeout_ms": self.request_timeout_ms,
+            "retry_backoff_ms": self.retry_backoff_ms,
         }
 
     def __repr__(self) -> str:

@@ -156,7 +156,7 @@ class Relay:
                     checkpointer.run(
                         over,
                         interval=s.checkpoint_interval_ms / 1000,
-                        kafka_timeout=s.request_timeout_ms / 1000,
+                        kafka_timeout=s.ack_stall_ms / 1000,
                     ),
                     name="outbox-checkpoint",
                 ),
@@ -198,7 +198,7 @@ class Relay:
                 await session.run()
                 return
             except SessionFailed as exc:
-                self.stats.kafka = "degraded"
+                self.stats.kafka_down(f"{exc.__cause__ or exc}")
                 self.stats.kafka_errors += 1
                 position = session.watermark.position or position
                 log.warning(

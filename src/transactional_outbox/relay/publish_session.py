@@ -128,7 +128,7 @@ class PublishSession:
         except Exception as exc:
             await topics.close()
             raise SessionFailed(str(exc)) from exc
-        self._stats.kafka = "ok"
+        self._stats.kafka_up("the producer connected")
         self._publisher = publisher
         self._loop = asyncio.get_running_loop()
         channel = self._channel = Channel(self._loop, max_events=s.queue_max_events)
