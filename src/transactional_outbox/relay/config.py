@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from .._fields import mask_url
 from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
+from .canary import CanarySettings
 from .options import (
     SECRET,
     env_var,
@@ -80,6 +81,9 @@ class RelaySettings:
         KafkaConnection,
         prefix="kafka_",
         help="Kafka brokers and login, set as the kafka_* settings (a KafkaConnection)",
+    )
+    canary: CanarySettings | None = nested(
+        CanarySettings, prefix="canary_", help="the canary event (canary_*; unset: none)"
     )
     kafka_acks: str = option("all", "producer acks", choices=("all", "1", "0"))
     enable_idempotence: bool = option(
@@ -293,9 +297,9 @@ class RelaySettings:
         """The topic router these settings describe."""
         return TopicRouter(template=self.topic_template, overrides=self.topic_overrides)
 
-    def mysql_connection_args(self) -> dict[str, Any]:
-        """PyMySQL connection arguments from :attr:`mysql_url`."""
-        url = make_url(self.mysql_url)
+    def mysql_connection_args(self, other_url: str = "") -> dict[str, Any]:
+        """PyMySQL connection arguments from :attr:`mysql_url` (or ``other_url``)."""
+        url = make_url(other_url or self.mysql_url)
         args: dict[str, Any] = {
             "host": url.host,
             "port": url.port or 3306,

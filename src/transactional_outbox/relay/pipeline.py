@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..exceptions import LeadershipLostError
+from .canary import Canary
 from .checkpoint import RedisCheckpointStore
 from .checkpointer import Checkpointer
 from .checks import ServerInfo
@@ -59,6 +60,8 @@ class Relay:
         self._router = settings.router()
         self._loop_tick = time.monotonic()
         self._health_server: HealthServer | None = None
+        on = settings.canary is not None and settings.canary.interval_ms > 0
+        self.canary = Canary(settings, self.stats) if on else None
 
     def __repr__(self) -> str:
         return f"Relay(name={self.settings.relay_name!r}, stopping={self._stopping.is_set()})"
@@ -170,6 +173,8 @@ class Relay:
                     name="outbox-binlog-head",
                 ),
             ]
+            if self.canary is not None:
+                tasks.append(asyncio.create_task(self.canary.run(over), name="outbox-canary"))
             try:
                 await self._supervise(start, term)
             finally:
@@ -193,6 +198,7 @@ class Relay:
                 term=term,
                 stats=self.stats,
                 observe_batch=self.metrics.batch_size.observe,
+                canary_seen=self.canary.seen if self.canary is not None else lambda event_id: None,
             )
             try:
                 await session.run()

@@ -51,6 +51,11 @@ class RelayStats:
     last_progress_at: float = field(default_factory=time.monotonic)
     kafka_down_since: float | None = None  # monotonic, while Kafka is reported down
     kafka_outages: int = 0
+    canary: str = "off"  # off, ok, late (not back in time), failing (cannot be written)
+    canary_alarms: int = 0
+    canary_roundtrip: float | None = None  # seconds, the last canary's
+    canaries_written: int = 0
+    canaries_seen: int = 0
     checkpoint: BinlogPosition | None = None
     checkpoint_saved_at: float | None = None
     dead_lettered: int = 0
@@ -137,6 +142,7 @@ class RelayStats:
             f"{describe(self.behind_bytes, self.last_event_age())}, "
             f"checkpoint {self.checkpoint or '-'}, queue {self.queue_depth}, "
             f"mysql {self.mysql}, kafka {self._kafka_shown()}, redis {self.redis}"
+            + ("" if self.canary == "off" else f", canary {self.canary}")
         )
 
     def _kafka_shown(self) -> str:
@@ -164,7 +170,8 @@ class RelayStats:
         connected = self.mysql == self.kafka == self.redis == "ok"
         since = self.kafka_down_since
         return {
-            "ready": self.role == "standby" or (self.role == "leader" and connected),
+            "ready": self.role == "standby"
+            or (self.role == "leader" and connected and self.canary in ("off", "ok")),
             "role": self.role,
             "mysql": self.mysql,
             "kafka": self.kafka,
@@ -173,6 +180,7 @@ class RelayStats:
             **({"published_by_table": dict(self.by_table)} if self.by_table else {}),
             "dead_lettered": self.dead_lettered,
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "canary": self.canary,
             "kafka_unacknowledged_seconds": round(self.unacknowledged_for(), 3),
             "kafka_down_seconds": (None if since is None else round(time.monotonic() - since, 3)),
         }
