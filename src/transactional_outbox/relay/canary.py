@@ -27,6 +27,7 @@ import contextlib
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -85,8 +86,15 @@ class Canary:
     """Writes canaries, takes them back from the publisher, and keeps the alarm state in
     ``stats.canary`` (``ok``, ``late``, ``failing``)."""
 
-    def __init__(self, settings: RelaySettings, stats: RelayStats) -> None:
+    def __init__(
+        self,
+        settings: RelaySettings,
+        stats: RelayStats,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         assert settings.canary is not None
+        self._clock = clock
         self.settings = settings.canary
         self.tables = settings.tables
         url = settings.canary.mysql_url or settings.mysql_url
@@ -101,14 +109,40 @@ class Canary:
     def __repr__(self) -> str:
         return f"Canary(every {self.settings.interval_ms} ms, state={self._stats.canary})"
 
+    def expect(self, event_id: str, table: str) -> None:
+        """A canary is about to be written to ``table``: expect it back."""
+        if len(self._pending) >= _MAX_PENDING:
+            self._pending.pop(next(iter(self._pending)))
+        self._pending[event_id] = (self._clock(), table)
+
     def seen(self, event_id: str) -> None:
-        """A canary came back through the binlog (the publisher's callback)."""
-        written = self._pending.pop(event_id, None)
-        if written is None:
+        """A canary came back through the binlog (the publisher's callback).
+
+        Canaries are written one after another over one connection, so they come
+        back in that order: those written before this one and still pending never
+        will, and the rows written with them missed the binlog too.
+        """
+        if event_id not in self._pending:
             return  # another relay's canary, or one already forgotten
-        now = time.monotonic()
+        now = self._clock()
+        missed = []
+        for eid, (_, table) in list(self._pending.items()):  # in the order written
+            if eid == event_id:
+                break
+            missed.append((eid, table))
+            del self._pending[eid]
+        written = self._pending.pop(event_id)
         self._stats.canary_roundtrip = now - written[0]
         self._stats.canaries_seen += 1
+        if missed:
+            eid, table = missed[0]
+            self._alarm(
+                "late",
+                f"canary event {eid} written to {table} never came back though one written "
+                f"{now - written[0]:.1f}s ago did ({len(missed)} missing): rows written "
+                "meanwhile did not reach the binlog the relay reads; events may be missing",
+            )
+            return
         timeout = self.settings.timeout_ms / 1000
         if self._stats.canary == "late" and not any(
             now - at > timeout for at, _ in self._pending.values()
@@ -132,7 +166,7 @@ class Canary:
         st = self._stats
         if st.canary != "ok" or not (st.kafka == st.mysql == "ok" and st.behind_bytes == 0):
             return  # already alarmed, or the relay is behind or down: cannot tell yet
-        now = time.monotonic()
+        now = self._clock()
         timeout = self.settings.timeout_ms / 1000
         late = [
             (eid, at, table) for eid, (at, table) in self._pending.items() if now - at > timeout
@@ -153,9 +187,12 @@ class Canary:
         for schema, table in self.tables:
             name = f"`{schema}`.`{table}`"
             event_id = uuid.uuid4()
+            # Expected before the write: it may come back before the write returns.
+            self.expect(str(event_id), name)
             try:
                 await asyncio.to_thread(self._write, schema, table, event_id)
             except (pymysql.err.Error, OSError) as exc:
+                self._pending.pop(str(event_id), None)
                 await asyncio.to_thread(self._close)
                 user = self._args.get("user", "")
                 grant = f"GRANT INSERT, DELETE ON {name} TO '{user}'@'%'"
@@ -165,9 +202,6 @@ class Canary:
                     f"canary_mysql_url needs: {grant};",
                 )
                 continue
-            if len(self._pending) >= _MAX_PENDING:
-                self._pending.pop(next(iter(self._pending)))
-            self._pending[str(event_id)] = (time.monotonic(), name)
             self._stats.canaries_written += 1
             if self._stats.canary == "failing":
                 self._recover(f"the canary event is written to {name} again")
@@ -197,12 +231,12 @@ class Canary:
             return
         st.canary = state
         st.canary_alarms += 1
-        self._alarm_since = time.monotonic()
+        self._alarm_since = self._clock()
         log.error("%s (one line now, one when it recovers)", message)
 
     def _recover(self, how: str) -> None:
         since = self._alarm_since
-        took = "" if since is None else f" after {time.monotonic() - since:.1f}s"
+        took = "" if since is None else f" after {self._clock() - since:.1f}s"
         self._stats.canary = "ok"
         self._alarm_since = None
         log.info("canary recovered%s: %s", took, how)
