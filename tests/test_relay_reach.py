@@ -262,3 +262,43 @@ async def test_without_slave_monitor_a_primary_starts_with_one_warning(
     warnings = [r.getMessage() for r in caplog.records if "SLAVE MONITOR" in r.getMessage()]
     assert len(warnings) == 1
     assert "GRANT SLAVE MONITOR ON *.* TO 'lp'@'%';" in warnings[0]
+
+
+async def test_canary_alarms_when_the_primarys_rows_stop_reaching_the_replica(
+    servers: dict[str, ScratchMariaDB], stack: Stack, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The relay reads a correct replica; a replication filter added while it runs (no
+    reconnect, so no new startup check) drops the outbox rows: only the canary sees it."""
+    replica, primary = servers["updates"], servers["primary"]
+    settings = _settings(
+        replica,
+        SCHEMA,
+        stack,
+        canary_interval_ms=200,
+        canary_timeout_ms=3000,
+        canary_mysql_url=primary.url(SCHEMA),
+    )
+    with caplog.at_level(logging.INFO, logger="transactional_outbox.relay"):
+        async with running_relay(settings) as relay:
+            await wait_until(
+                lambda: relay.stats.canaries_seen >= 2, within=60, what="canaries coming back"
+            )
+            assert relay.stats.canary == "ok" and relay.stats.health()["ready"]
+            _set_filter(replica, SCHEMA)
+            try:
+                await wait_until(
+                    lambda: relay.stats.canary == "late", within=60, what="the canary alarm"
+                )
+                health = relay.stats.health()
+                assert health["canary"] == "late" and health["ready"] is False
+            finally:
+                _set_filter(replica, "")
+            await wait_until(
+                lambda: relay.stats.canary == "ok", within=60, what="the canary recovering"
+            )
+            assert relay.stats.published == 0  # canaries are never published
+    canary_lines = [r for r in caplog.records if "canary" in r.getMessage()]
+    errors = [r.getMessage() for r in canary_lines if r.levelno == logging.ERROR]
+    infos = [r.getMessage() for r in canary_lines if r.levelno == logging.INFO]
+    assert len(errors) == 1 and "has not come back through the binlog" in errors[0], errors
+    assert len(infos) == 1 and "canary recovered" in infos[0], infos
