@@ -12,8 +12,6 @@ from transactional_outbox.relay.config import RelaySettings
 from transactional_outbox.relay.routing import CANARY_AGGREGATE_TYPE, CANARY_TOPIC, TopicRouter
 from transactional_outbox.relay.stats import RelayStats
 
-pytestmark = pytest.mark.unit
-
 BASE = {
     "mysql_url": "mysql+pymysql://relay:s3cret@db:3306/shop",
     "redis_url": "redis://r:6379/0",

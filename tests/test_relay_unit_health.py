@@ -10,8 +10,6 @@ import pytest
 from transactional_outbox.relay.logs import RateLimitFilter
 from transactional_outbox.relay.stats import RelayStats
 
-pytestmark = pytest.mark.unit
-
 
 class _Session:
     def __init__(self, outstanding: int) -> None:

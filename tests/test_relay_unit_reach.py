@@ -11,8 +11,6 @@ from transactional_outbox.relay.reach import (
     wild_match,
 )
 
-pytestmark = pytest.mark.unit
-
 
 @pytest.mark.parametrize(
     ("do", "ignore", "expected"),

@@ -78,7 +78,9 @@ class PublishSession:
         self._publisher: KafkaPublisher | None = None
         self._dead_letter_tasks: set[asyncio.Future[None]] = set()
         self._checks: set[asyncio.Future[None]] = set()
-        self._reconnecting = False  # the source lost its connection since it last had one
+        # The source lost its connection since it last had one; a later session's
+        # first connection is a reconnect too (its server is checked again).
+        self._reconnecting = stats.sessions > 0
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
