@@ -89,7 +89,9 @@ async def test_kafka_outage_is_reported_once_logged_briefly_and_loses_nothing(
                 state = _ready(port)
                 return state.get("kafka") == "degraded" and state.get("ready") is False
 
-            await wait_until(down, within=60, what="/readyz saying Kafka is down")
+            # Within ack_stall_ms (2 s) and a checkpoint tick; well before the 40 s
+            # request timeout that used to be the only signal.
+            await wait_until(down, within=30, what="/readyz saying Kafka is down")
             code, metrics = await asyncio.to_thread(_get, port, "/metrics")
             assert 'outbox_relay_server_up{server="kafka"} 0.0' in metrics
             assert "outbox_relay_kafka_outages_total 1.0" in metrics

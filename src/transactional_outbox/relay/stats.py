@@ -149,10 +149,12 @@ class RelayStats:
         since = self.kafka_down_since
         if self.kafka != "degraded" or since is None:
             return self.kafka
-        return (
-            f"DOWN for {time.monotonic() - since:.0f}s ({self.outstanding} unacknowledged, "
-            f"none for {self.unacknowledged_for():.0f}s)"
-        )
+        shown = f"DOWN for {time.monotonic() - since:.0f}s"
+        if self.outstanding:
+            shown += (
+                f" ({self.outstanding} unacknowledged, none for {self.unacknowledged_for():.0f}s)"
+            )
+        return shown
 
     async def log_progress(self, interval: float) -> None:
         """Log a progress line every ``interval`` seconds (until cancelled)."""
