@@ -9,6 +9,7 @@ import pytest
 from transactional_outbox.exceptions import ConfigurationError
 from transactional_outbox.relay.canary import Canary, CanarySettings
 from transactional_outbox.relay.config import RelaySettings
+from transactional_outbox.relay.metrics import RelayMetrics
 from transactional_outbox.relay.routing import CANARY_AGGREGATE_TYPE, CANARY_TOPIC, TopicRouter
 from transactional_outbox.relay.stats import RelayStats
 
@@ -91,3 +92,23 @@ def test_a_canary_skipped_before_a_later_one_is_an_alarm(caplog: pytest.LogCaptu
     canary.expect("c3", "`shop`.`outbox`")
     canary.seen("c3")
     assert stats.canary == "ok"
+
+
+def test_a_canary_needs_a_listed_table() -> None:
+    settings = RelaySettings.from_env(
+        {}, **BASE, outbox_table_pattern=r"[a-z]+\.outbox", canary_interval_ms=100
+    )
+    with pytest.raises(ConfigurationError, match=r"canary_interval_ms.*outbox_tables"):
+        Canary(settings, RelayStats())
+
+
+def test_metrics_show_the_outage_and_the_canary() -> None:
+    _, stats = _canary()
+    stats.kafka_down("test")
+    text = RelayMetrics(stats).render().decode()
+    assert 'outbox_relay_server_up{server="kafka"} 0.0' in text
+    assert "outbox_relay_kafka_outages_total 1.0" in text
+    assert "outbox_relay_kafka_unacknowledged_seconds 0.0" in text
+    assert "outbox_relay_canary_ok 1.0" in text
+    assert "outbox_relay_canary_alarms_total 0.0" in text
+    assert "canary" not in RelayMetrics(RelayStats()).render().decode()  # off: not shown

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING
 import pymysql
 
 from .._fields import mask_url, option
+from ..exceptions import ConfigurationError
 from .routing import CANARY_AGGREGATE_TYPE
 
 if TYPE_CHECKING:
@@ -66,8 +67,6 @@ class CanarySettings:
     )
 
     def __post_init__(self) -> None:
-        from ..exceptions import ConfigurationError
-
         if self.interval_ms < 0:
             raise ConfigurationError("canary_interval_ms", f"must be >= 0, got {self.interval_ms}")
         if self.timeout_ms <= 0:
@@ -94,6 +93,12 @@ class Canary:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         assert settings.canary is not None
+        if not settings.tables:
+            raise ConfigurationError(
+                "canary_interval_ms",
+                "the canary writes to the listed outbox tables and there are none: list one "
+                "in outbox_tables (tables found by outbox_table_pattern alone are not written)",
+            )
         self._clock = clock
         self.settings = settings.canary
         self.tables = settings.tables
