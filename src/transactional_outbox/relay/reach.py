@@ -191,15 +191,16 @@ def check_rows_reach_binlog(
     *,
     tables: Sequence[tuple[str, str]],
     version: str,
+    warn: bool = True,
 ) -> None:
     """Raise :class:`ServerConfigurationError` naming the setting if a change of one of
     ``tables`` (schema, table) would not reach this server's binlog.
 
-    ``version`` is the server's ``VERSION()``. Checks ``binlog_do_db``/``binlog_ignore_db``
-    (``SHOW MASTER STATUS`` columns), and on a
-    replica ``log_slave_updates`` and its replication filters. A MariaDB user
-    without ``SLAVE MONITOR`` whose server runs no replica thread gets one WARNING
-    (a stopped replica cannot be seen without it).
+    ``version`` is the server's ``VERSION()``. Checks ``binlog_do_db`` and
+    ``binlog_ignore_db`` (``SHOW MASTER STATUS`` columns), and on a replica
+    ``log_slave_updates`` and its replication filters. A MariaDB user without
+    ``SLAVE MONITOR`` whose server runs no replica thread gets one WARNING, unless
+    not ``warn`` (a stopped replica cannot be seen without it).
     """
     user = str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
     is_mariadb = "mariadb" in version.lower()
@@ -216,6 +217,8 @@ def check_rows_reach_binlog(
                     _binlog_excluded(setting, do_db or ignore_db, schema, table)
         replicas = _replica_rows(cur, is_mariadb)
         if replicas is None:
+            if not warn:
+                return
             log.warning(
                 "cannot check whether this server is a replica that drops outbox rows "
                 "(SHOW ALL SLAVES STATUS refused): GRANT SLAVE MONITOR ON *.* TO '%s'@'%%'; "
@@ -270,7 +273,8 @@ def recheck_rows_reach_binlog(settings: RelaySettings) -> None:
         pattern = settings.table_pattern
         matched = [] if pattern is None else matching_tables(conn, pattern)
         tables = [*settings.tables, *(t for t in matched if t not in settings.tables)]
-        check_rows_reach_binlog(conn, tables=tables, version=version)
+        # The startup check has said it once if the user may not see replication.
+        check_rows_reach_binlog(conn, tables=tables, version=version, warn=False)
     finally:
         conn.close()
 
