@@ -157,6 +157,8 @@ class Canary:
     async def run(self, over: asyncio.Event) -> None:
         """Write a canary every interval and check for late ones, until ``over``."""
         interval = self.settings.interval_ms / 1000
+        # A new term may start past canaries of an earlier one: expect only its own.
+        self._pending.clear()
         try:
             while not over.is_set():
                 await self._write_all()
