@@ -202,12 +202,14 @@ class Canary:
                 self._pending.pop(str(event_id), None)
                 await asyncio.to_thread(self._close)
                 user = self._args.get("user", "")
-                grant = f"GRANT INSERT, DELETE ON {name} TO '{user}'@'%'"
-                self._alarm(
-                    "failing",
-                    f"cannot write the canary event to {name}: {exc}; the relay's user for "
-                    f"canary_mysql_url needs: {grant};",
+                code = exc.args[0] if exc.args else None
+                fix = (
+                    f"the canary_mysql_url user needs: GRANT INSERT, DELETE ON {name} TO "
+                    f"'{user}'@'%';"
+                    if code in (1142, 1044)  # command / database access denied
+                    else "check that canary_mysql_url (default mysql_url) can write there"
                 )
+                self._alarm("failing", f"cannot write the canary event to {name}: {exc}; {fix}")
                 continue
             self._stats.canaries_written += 1
             if self._stats.canary == "failing":
