@@ -37,8 +37,9 @@ from .relay_harness import (
 
 # What the README's "Relay: least-privilege user" section tells users to grant.
 GRANTS = {
-    # MariaDB 10.5+: REPLICATION CLIENT is an alias of BINLOG MONITOR
-    "MariaDB": "REPLICATION SLAVE, BINLOG MONITOR",
+    # MariaDB 10.5+: REPLICATION CLIENT is an alias of BINLOG MONITOR; SLAVE MONITOR
+    # lets the startup check read SHOW ALL SLAVES STATUS (is this a replica that drops rows?)
+    "MariaDB": "REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR",
     "MySQL": "REPLICATION SLAVE, REPLICATION CLIENT",
 }
 
@@ -85,9 +86,10 @@ async def test_relay_runs_with_replication_grants_and_select_on_the_outbox_only(
         with stack.mysql_connect() as conn, conn.cursor() as cur:
             cur.execute(f"SHOW GRANTS FOR '{user}'@'%'")
             grants = sorted(str(r[0]).split(" TO ")[0] for r in cur.fetchall())
-        # Both statements give the same two grants on MariaDB: nothing more.
+        # Both statements give the same grants on MariaDB (but SLAVE MONITOR): nothing more.
+        monitor = ", SLAVE MONITOR" if server_flavour == "MariaDB" else ""
         assert grants == [
-            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.*",
+            f"GRANT REPLICATION SLAVE, BINLOG MONITOR{monitor} ON *.*",
             f"GRANT SELECT ON `{outbox_db}`.`outbox`",
         ]
         url = stack.mysql_url.set(database=outbox_db, username=user, password=password)

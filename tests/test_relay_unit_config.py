@@ -17,7 +17,7 @@ from transactional_outbox._fields import mask_url
 from transactional_outbox.exceptions import ConfigurationError
 from transactional_outbox.relay.__main__ import main
 from transactional_outbox.relay.config import RelaySettings, build_parser, env_var
-from transactional_outbox.relay.options import convert, flat_fields, option
+from transactional_outbox.relay.options import SECRET, convert, flat_fields, option
 from transactional_outbox.relay.position import StartPolicy
 from transactional_outbox.relay.startup import derive_server_id
 
@@ -470,7 +470,7 @@ def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.Mon
         flag = "--" + name.replace("_", "-")
         assert flag in text
         assert f"[env {env_var(name)}]" in text
-        if name == "kafka_sasl_password":
+        if f.metadata.get(SECRET):  # kafka_sasl_password, canary_mysql_url
             default = "(unset)"
         elif name in ("topic_overrides", "outbox_tables"):
             default = "(none)"
@@ -597,6 +597,7 @@ def test_producer_args_plaintext() -> None:
         "max_batch_size": 262_144,
         "max_request_size": 1_048_576,
         "request_timeout_ms": 40_000,
+        "retry_backoff_ms": 500,
         "security_protocol": "PLAINTEXT",
     }
 

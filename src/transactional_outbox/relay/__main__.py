@@ -15,6 +15,7 @@ from ..exceptions import (
     OutboxError,
     PublishError,
 )
+from .logs import limit_library_logs
 
 if TYPE_CHECKING:
     from .config import RelaySettings
@@ -67,6 +68,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    limit_library_logs()  # aiokafka logs each failed attempt: one line every 5 s at most
     try:
         asyncio.run(_run(settings))
     except ConfigurationError as exc:

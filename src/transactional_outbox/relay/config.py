@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from .._fields import mask_url
 from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
+from .canary import CanarySettings
 from .options import (
     SECRET,
     env_var,
@@ -81,6 +82,9 @@ class RelaySettings:
         prefix="kafka_",
         help="Kafka brokers and login, set as the kafka_* settings (a KafkaConnection)",
     )
+    canary: CanarySettings | None = nested(
+        CanarySettings, prefix="canary_", help="the canary event (canary_*; unset: none)"
+    )
     kafka_acks: str = option("all", "producer acks", choices=("all", "1", "0"))
     enable_idempotence: bool = option(
         True,
@@ -96,6 +100,8 @@ class RelaySettings:
         1_048_576, "largest record the producer sends (bytes); match the topic's max.message.bytes"
     )
     request_timeout_ms: int = option(40_000, "Kafka request timeout (ms)")
+    ack_stall_ms: int = option(5_000, "sent events unacknowledged this long: Kafka down (ms)")
+    retry_backoff_ms: int = option(500, "producer's wait before a retry or reconnect (ms)")
     redis_url: str = option("", "required: Redis URL for the checkpoint and the lease")
     relay_name: str = option("default", "relay name: namespaces the checkpoint key")
     key_prefix: str = option("outbox:relay:", "prefix of the relay's Redis keys")
@@ -216,7 +222,7 @@ class RelaySettings:
                 f"{self.lease_renew_ms} must be positive and at most half of lease_ttl_ms "
                 f"({self.lease_ttl_ms}), so one missed renewal does not lose the lease",
             )
-        for name in ("heartbeat_ms", "reconnect_max_ms"):
+        for name in ("heartbeat_ms", "reconnect_max_ms", "ack_stall_ms", "retry_backoff_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
         if self.progress_interval_ms < 0:
@@ -291,9 +297,9 @@ class RelaySettings:
         """The topic router these settings describe."""
         return TopicRouter(template=self.topic_template, overrides=self.topic_overrides)
 
-    def mysql_connection_args(self) -> dict[str, Any]:
-        """PyMySQL connection arguments from :attr:`mysql_url`."""
-        url = make_url(self.mysql_url)
+    def mysql_connection_args(self, other_url: str = "") -> dict[str, Any]:
+        """PyMySQL connection arguments from :attr:`mysql_url` (or ``other_url``)."""
+        url = make_url(other_url or self.mysql_url)
         args: dict[str, Any] = {
             "host": url.host,
             "port": url.port or 3306,
@@ -320,6 +326,7 @@ class RelaySettings:
             "max_batch_size": min(self.max_batch_size, self.max_request_size),
             "max_request_size": self.max_request_size,
             "request_timeout_ms": self.request_timeout_ms,
+            "retry_backoff_ms": self.retry_backoff_ms,
         }
 
     def __repr__(self) -> str:

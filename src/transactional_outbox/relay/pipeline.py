@@ -21,6 +21,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..exceptions import LeadershipLostError
+from .canary import Canary
 from .checkpoint import RedisCheckpointStore
 from .checkpointer import Checkpointer
 from .checks import ServerInfo
@@ -59,6 +60,8 @@ class Relay:
         self._router = settings.router()
         self._loop_tick = time.monotonic()
         self._health_server: HealthServer | None = None
+        on = settings.canary is not None and settings.canary.interval_ms > 0
+        self.canary = Canary(settings, self.stats) if on else None
 
     def __repr__(self) -> str:
         return f"Relay(name={self.settings.relay_name!r}, stopping={self._stopping.is_set()})"
@@ -156,7 +159,7 @@ class Relay:
                     checkpointer.run(
                         over,
                         interval=s.checkpoint_interval_ms / 1000,
-                        kafka_timeout=s.request_timeout_ms / 1000,
+                        kafka_timeout=s.ack_stall_ms / 1000,
                     ),
                     name="outbox-checkpoint",
                 ),
@@ -170,6 +173,8 @@ class Relay:
                     name="outbox-binlog-head",
                 ),
             ]
+            if self.canary is not None:
+                tasks.append(asyncio.create_task(self.canary.run(over), name="outbox-canary"))
             try:
                 await self._supervise(start, term)
             finally:
@@ -193,12 +198,13 @@ class Relay:
                 term=term,
                 stats=self.stats,
                 observe_batch=self.metrics.batch_size.observe,
+                canary_seen=self.canary.seen if self.canary is not None else lambda event_id: None,
             )
             try:
                 await session.run()
                 return
             except SessionFailed as exc:
-                self.stats.kafka = "degraded"
+                self.stats.kafka_down(f"{exc.__cause__ or exc}")
                 self.stats.kafka_errors += 1
                 position = session.watermark.position or position
                 log.warning(

@@ -25,6 +25,7 @@ from .checks import ServerInfo, check_matching_tables, check_server, resolve_sta
 from .config import RelaySettings
 from .faults import mysql_misconfiguration, redis_misconfiguration
 from .position import BinlogPosition
+from .reach import check_rows_reach_binlog
 from .source import SourceSettings
 from .stats import RelayStats
 
@@ -150,6 +151,7 @@ async def _resolve(
                 setting="outbox_tables" if s.multi_table else "outbox_table",
             )
             matched = _check_pattern(conn, s)
+            check_rows_reach_binlog(conn, tables=(*s.tables, *matched), version=info.version)
             start, why = resolve_start(
                 conn,
                 info,
