@@ -22,7 +22,9 @@ from redis.exceptions import RedisError
 
 from ..exceptions import LeadershipLostError
 from .checkpoint import RedisCheckpointStore
+from .checkpoint_topic import KafkaCheckpointTopic
 from .checkpointer import Checkpointer
+from .checkpoints import CheckpointStores
 from .checks import ServerInfo
 from .config import RelaySettings
 from .health import HealthServer
@@ -101,8 +103,13 @@ class Relay:
             )
         rds = aioredis.from_url(s.redis_url)
         keys = LeaseKeys.for_relay(s.key_prefix, s.relay_name)
-        store = RedisCheckpointStore(rds, key=keys.checkpoint)
         lease = Lease(rds, keys, ttl_ms=s.lease_ttl_ms)
+        store = CheckpointStores(
+            RedisCheckpointStore(rds, key=keys.checkpoint),
+            _checkpoint_topic(s),
+            lease,
+            relay_name=s.relay_name,
+        )
         background = [asyncio.create_task(self._tick_loop(), name="outbox-tick")]
         if s.progress_interval_ms > 0:
             progress = self.stats.log_progress(s.progress_interval_ms / 1000)
@@ -128,9 +135,11 @@ class Relay:
                 self._health_server.stop()
             with contextlib.suppress(RedisError, OSError):
                 await lease.release()
+            if store.kafka is not None:
+                await store.kafka.close()
             await rds.aclose()
 
-    async def _lead(self, store: RedisCheckpointStore, lease: Lease) -> None:
+    async def _lead(self, store: CheckpointStores, lease: Lease) -> None:
         s = self.settings
         term = LeaderTerm(
             lease, renew_ms=s.lease_renew_ms, stats=self.stats, on_lost=self._end_session
@@ -178,6 +187,7 @@ class Relay:
                     await _cancel(task)
                 if not term.lost.is_set():
                     await checkpointer.final_save()
+                await checkpointer.abandon()
         if term.lost.is_set():
             raise LeadershipLostError(term.reason)
 
@@ -216,6 +226,20 @@ class Relay:
         while True:
             self._loop_tick = time.monotonic()
             await asyncio.sleep(0.5)
+
+
+def _checkpoint_topic(s: RelaySettings) -> KafkaCheckpointTopic | None:
+    """The Kafka copy of the checkpoint, unless ``checkpoint_topic`` is empty."""
+    if not s.checkpoint_topic:
+        return None
+    return KafkaCheckpointTopic(
+        s.producer_args(),
+        topic=s.checkpoint_topic,
+        key=f"{s.key_prefix}{s.relay_name}",
+        create=s.create_topics,
+        replication_factor=s.topic_replication_factor,
+        timeout_ms=min(s.request_timeout_ms, 30_000),
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
