@@ -47,12 +47,10 @@ class RedisCheckpointStore:
         raw = await self._client.get(self.key)
         return None if raw is None else decode_checkpoint(raw)
 
-    async def load_copy(self) -> CheckpointCopy | None:
-        """The stored copy with its token and save number, undecoded; ``None`` if absent."""
+    async def load_copy(self) -> tuple[CheckpointCopy | None, bool]:
+        """The stored copy with its token and save number, undecoded (``None`` if absent),
+        and whether a save left its token key: the relay saved here before."""
         raw, meta = await self._client.mget(self.key, self.token_key)
-        if raw is None:
-            return None
-        value = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
         token: int | None = None
         seq = 0
         if meta is not None:
@@ -60,7 +58,10 @@ class RedisCheckpointStore:
             head, _, tail = text.partition(":")
             if head.isdigit() and tail.isdigit():
                 token, seq = int(head), int(tail)
-        return CheckpointCopy("Redis", token, seq, value)
+        if raw is None:
+            return None, meta is not None
+        value = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
+        return CheckpointCopy("Redis", token, seq, value), True
 
     async def save_value(self, value: str, *, fence: Lease, seq: int) -> bool:
         """Store the encoded checkpoint ``value`` with ``fence``'s token and ``seq``.

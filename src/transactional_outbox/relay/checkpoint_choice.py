@@ -149,7 +149,7 @@ def choose_copy(
     evidence = " and ".join(
         what
         for what, shown in (
-            ("Redis has its lease's fencing-token counter", ran_before_in_redis),
+            ("Redis has the token key of its last save", ran_before_in_redis),
             ("Kafka has records for it", kafka.seen),
         )
         if shown

@@ -61,7 +61,7 @@ class CheckpointStores:
         (retried) when the topic cannot be read in time.
         """
         await self._warn_eviction()
-        redis_copy = await self.redis.load_copy()
+        redis_copy, saved_before = await self.redis.load_copy()
         stats.redis = "ok"
         kafka = KafkaCopies()
         if self.kafka is not None:
@@ -73,7 +73,7 @@ class CheckpointStores:
         chosen = choose_copy(
             redis_copy,
             kafka,
-            ran_before_in_redis=acquired > 1,
+            ran_before_in_redis=saved_before,
             explicit_start=settings.start_policy().explicit,
             ignore_checkpoint=settings.ignore_checkpoint,
             relay=settings.relay_name,
