@@ -114,6 +114,8 @@ def relay_settings(
         "redis_url": redis_url,
         "kafka_bootstrap_servers": kafka_bootstrap,
         "topic_template": topic_prefix + "{aggregatetype}",
+        # A checkpoint topic per test: a start reads its topic to the end.
+        "checkpoint_topic": topic_prefix + "checkpoints",
         "key_prefix": redis_prefix,
         "relay_name": "test",
         "server_id": 100_000 + (uuid.uuid4().int % 1_000_000),
@@ -260,6 +262,7 @@ class RelayProcess:
             "redis_url",
             "topic_template",
             "key_prefix",
+            "checkpoint_topic",
             "relay_name",
             "server_id",
             "checkpoint_interval_ms",
