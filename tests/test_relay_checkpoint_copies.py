@@ -201,6 +201,11 @@ async def test_a_relay_that_ran_before_without_a_checkpoint_exits_2(
             await col.wait_for(4)
         finally:
             assert child.kill(signal.SIGTERM) == 0
+        # The other way out: --ignore-checkpoint starts at latest.
+        client.delete(settings.checkpoint_key)
+        ignoring = dataclasses.replace(settings, start_position="latest", ignore_checkpoint=True)
+        async with running_relay(ignoring) as relay:
+            await wait_until(lambda: relay.stats.checkpoint is not None, what="a started relay")
     assert Counter(col.ids())[str(later[0].id)] == 1
     assert {str(e.id) for e in later} <= set(col.ids())
 

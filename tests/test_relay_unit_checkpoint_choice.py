@@ -135,3 +135,10 @@ def test_an_explicit_start_or_ignore_checkpoint_is_followed() -> None:
     kafka = fold_records([(0, None)], where=WHERE)
     assert choose(None, kafka, ran=True, explicit=True) is None
     assert choose(None, kafka, ran=True, ignore=True) is None
+
+
+def test_with_ignore_checkpoint_a_foreign_record_is_counted_not_fatal() -> None:
+    records = [(0, record(5, 1, "a")), (0, b"not json")]
+    folded = fold_records(records, where=WHERE, strict=False)
+    assert folded.unreadable == 1 and folded.max_token == 5
+    assert folded.latest is not None and folded.latest.value == "a"

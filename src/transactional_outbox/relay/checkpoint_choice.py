@@ -12,8 +12,8 @@ The rule, for copies that name only acknowledged positions:
    record before it in its partition.
 2. Of the copies left (the Redis one and the Kafka records), the highest
    ``(token, seq)`` wins; a tie goes to Redis (the same save, written there
-   first). A Redis copy without a token (written by hand or by a relay before
-   0.3) outranks every Kafka record.
+   first). A Redis copy without a token (written by hand or by an older relay)
+   outranks every Kafka record.
 
 Tokens only grow (a new leader's is higher than any before it, also after
 Redis lost its counter: the relay raises the counter above the highest token
@@ -70,6 +70,7 @@ class KafkaCopies:
     seen: bool = False  # any record or tombstone for the key: the relay ran before
     max_token: int = 0  # the highest token of any record, tombstoned or not
     records: int = 0
+    unreadable: int = 0  # records that are not copies (read with strict=False)
 
 
 def encode_copy(*, token: int, seq: int, value: str) -> bytes:
@@ -105,22 +106,36 @@ def decode_copy(raw: bytes, *, where: str) -> CheckpointCopy:
     return CheckpointCopy("Kafka", int(data["token"]), int(data["seq"]), str(data["checkpoint"]))
 
 
-def fold_records(records: Iterable[tuple[int, bytes | None]], *, where: str) -> KafkaCopies:
-    """Fold the key's records, ``(partition, value)`` in each partition's log order."""
+def fold_records(
+    records: Iterable[tuple[int, bytes | None]], *, where: str, strict: bool = True
+) -> KafkaCopies:
+    """Fold the key's records, ``(partition, value)`` in each partition's log order.
+
+    A record that is not a copy raises :class:`CheckpointError`, or, unless
+    ``strict`` (``--ignore-checkpoint``), is counted in ``unreadable``.
+    """
     live: dict[int, list[CheckpointCopy]] = {}
-    seen, max_token, count = False, 0, 0
+    seen, max_token, count, unreadable = False, 0, 0, 0
     for partition, value in records:
         seen = True
         count += 1
         if value is None:
             live[partition] = []  # a tombstone deletes what came before it
             continue
-        copy = decode_copy(value, where=where)
+        try:
+            copy = decode_copy(value, where=where)
+        except CheckpointError:
+            if strict:
+                raise
+            unreadable += 1
+            continue
         max_token = max(max_token, copy.token or 0)
         live.setdefault(partition, []).append(copy)
     candidates = [c for copies in live.values() for c in copies]
     latest = max(candidates, key=lambda c: c.rank) if candidates else None
-    return KafkaCopies(latest=latest, seen=seen, max_token=max_token, records=count)
+    return KafkaCopies(
+        latest=latest, seen=seen, max_token=max_token, records=count, unreadable=unreadable
+    )
 
 
 def choose_copy(

@@ -83,12 +83,13 @@ class KafkaCheckpointTopic:
         """The topic and key, for messages."""
         return f"Kafka topic {self.topic!r} (key {self.key!r})"
 
-    async def read(self) -> KafkaCopies:
+    async def read(self, *, strict: bool = True) -> KafkaCopies:
         """Every record of the key, folded; empty if the topic does not exist.
 
         Raises :class:`CheckpointTopicUnreadable` if the topic cannot be read to
         its end within the timeout, :class:`~transactional_outbox.CheckpointError`
-        for a record of the key that is not a checkpoint copy.
+        for a record of the key that is not a checkpoint copy (counted instead
+        unless ``strict``).
         """
         consumer = AIOKafkaConsumer(
             **self._consumer_args,
@@ -124,7 +125,7 @@ class KafkaCheckpointTopic:
         finally:
             with contextlib.suppress(Exception):
                 await consumer.stop()
-        return fold_records(found, where=self.where)
+        return fold_records(found, where=self.where, strict=strict)
 
     async def write(self, *, token: int, seq: int, value: str) -> None:
         """Append one copy and wait for the broker's acknowledgement (bounded in time).

@@ -67,9 +67,18 @@ class CheckpointStores:
         if self.kafka is not None:
             # A refused login fails every retry: exit 2 now, not "unreadable" forever.
             await check_kafka_login(settings, settings.producer_args())
-            kafka = await self.kafka.read()
+            kafka = await self.kafka.read(strict=not settings.ignore_checkpoint)
         acquired = self.lease.token or 0
         await self._keep_tokens_growing(kafka, acquired)
+        if settings.ignore_checkpoint:
+            # Still read: tokens must outgrow the copies, so this start's saves win next time.
+            if kafka.unreadable and self.kafka is not None:
+                log.warning(
+                    "%d record(s) in %s are not checkpoint copies; ignored (--ignore-checkpoint)",
+                    kafka.unreadable,
+                    self.kafka.where,
+                )
+            return None
         chosen = choose_copy(
             redis_copy,
             kafka,
