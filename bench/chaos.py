@@ -720,7 +720,7 @@ class Chaos:
                 for k, n in sorted(self.details.items())
                 if k.startswith(kind + ":")
             )
-            print(f"  {kind:16} {self.faults[kind]:5}" + (f"   ({extra})" if extra else ""))
+            print(f"  {kind:19} {self.faults[kind]:5}" + (f"   ({extra})" if extra else ""))
         print(
             f"writers: {counts['transactions']} transactions: {counts['commits']} committed, "
             f"{counts['rollbacks']} rolled back, {counts['savepoint_rollbacks']} savepoint "

@@ -108,10 +108,9 @@ class Checkpointer:
             if not self._kafka_failing:
                 self._kafka_failing = True
                 log.warning(
-                    "checkpoint copy not written to %s (%s: %s); retrying with every save",
+                    "checkpoint copy not written to %s (%s); retrying with every save",
                     kafka.where,
-                    type(exc).__name__,
-                    exc,
+                    f"{type(exc).__name__}: {exc}" if str(exc) else "no acknowledgement in time",
                 )
             return
         self._kafka_saved = position
