@@ -20,10 +20,12 @@ from transactional_outbox.relay import RelaySettings
 from transactional_outbox.relay.checkpoint import RedisCheckpointStore
 from transactional_outbox.relay.checkpoint_choice import KafkaCopies
 from transactional_outbox.relay.checkpoint_topic import KafkaCheckpointTopic
+from transactional_outbox.relay.checkpointer import Checkpointer
 from transactional_outbox.relay.checkpoints import CheckpointStores
 from transactional_outbox.relay.leadership import Lease, LeaseKeys
-from transactional_outbox.relay.position import BinlogPosition, encode_checkpoint
+from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint, encode_checkpoint
 from transactional_outbox.relay.stats import RelayStats
+from transactional_outbox.relay.term import LeaderTerm
 
 from .conftest import Stack
 from .relay_harness import (
@@ -318,3 +320,55 @@ async def test_an_allkeys_eviction_policy_is_a_warning_unless_config_is_refused(
     finally:
         await admin.aclose()
         await asyncio.to_thread(scratch.stop)
+
+
+async def latest_kafka_copy(topic: KafkaCheckpointTopic, within: float = 20.0) -> Any:
+    deadline = asyncio.get_running_loop().time() + within
+    while (copies := await topic.read()).latest is None:
+        assert asyncio.get_running_loop().time() < deadline, "no copy reached Kafka"
+        await asyncio.sleep(0.1)
+    return copies.latest
+
+
+async def test_the_kafka_copy_is_written_while_redis_is_down_but_not_by_a_stale_leader(
+    settings_kw: dict[str, Any], tmp_path: Path
+) -> None:
+    scratch = ScratchRedis(tmp_path / "redis")
+    scratch.start()
+    settings = relay_settings(**{**settings_kw, "redis_url": scratch.url})
+    rds = aioredis.Redis.from_url(scratch.url, socket_timeout=1)
+    keys = LeaseKeys.for_relay(settings.key_prefix, settings.relay_name)
+    topic = checkpoint_topic(settings)
+    stats = RelayStats()
+    stores = CheckpointStores(
+        RedisCheckpointStore(rds, key=keys.checkpoint),
+        topic,
+        Lease(rds, keys, ttl_ms=30_000),
+        relay_name="test",
+    )
+    current = position(100)
+    try:
+        # A stale leader: its Redis write is refused, so it writes no Kafka copy either.
+        assert await stores.lease.try_acquire()
+        await rds.delete(keys.lease)
+        newer = Lease(rds, keys, ttl_ms=30_000)
+        assert await newer.try_acquire()
+        stale = Checkpointer(
+            stores, LeaderTerm(stores.lease, renew_ms=1000, stats=stats), stats, lambda: current
+        )
+        await stale.save()
+        await stale.final_save()
+        assert (await topic.read()).records == 0
+        # The leader, with Redis down: Redis fails, the Kafka copy is written all the same.
+        stores.lease = newer
+        term = LeaderTerm(newer, renew_ms=1000, stats=stats)
+        leader = Checkpointer(stores, term, stats, lambda: current)
+        scratch.stop()
+        with pytest.raises((redis.RedisError, OSError)):
+            await leader.save()
+        copy = await latest_kafka_copy(topic)
+        assert copy.token == newer.token and decode_checkpoint(copy.value) == current
+    finally:
+        await topic.close()
+        await rds.aclose()
+        scratch.stop()

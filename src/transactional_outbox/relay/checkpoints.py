@@ -98,15 +98,18 @@ class CheckpointStores:
         if kafka.max_token < acquired:
             return
         # Redis lost the fence counter (restarted empty, failed over): its tokens
-        # restarted below the Kafka copy's, whose record would outrank ours.
+        # restarted below the Kafka copy's, whose record would outrank ours. (Equal:
+        # also this process retaking its own lease, which a new token does no harm.)
         if not await self.lease.raise_token_above(kafka.max_token):
             raise LeadershipLostError("another relay holds the lease")
-        log.warning(
-            "fencing token %d from Redis is not above %d, the highest in %s: Redis lost its "
-            "counter; now leading with token %d",
+        log.log(
+            logging.WARNING if kafka.max_token > acquired else logging.INFO,
+            "fencing token %d from Redis is not above %d, the highest in %s%s; now leading "
+            "with token %d",
             acquired,
             kafka.max_token,
             self.kafka.where if self.kafka is not None else "Kafka",
+            ": Redis lost its counter" if kafka.max_token > acquired else "",
             self.lease.token,
         )
 
