@@ -93,6 +93,7 @@ class Relay:
         again; :meth:`stop` ends it cleanly.
         """
         s = self.settings
+        kafka_copy = _checkpoint_topic(s)  # a bad Kafka setting fails here, before any server
         if s.metrics_port:
             self._health_server = HealthServer.serve(
                 host=s.metrics_host,
@@ -106,7 +107,7 @@ class Relay:
         lease = Lease(rds, keys, ttl_ms=s.lease_ttl_ms)
         store = CheckpointStores(
             RedisCheckpointStore(rds, key=keys.checkpoint),
-            _checkpoint_topic(s),
+            kafka_copy,
             lease,
             relay_name=s.relay_name,
         )
