@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -115,7 +116,7 @@ def relay_settings(
         "kafka_bootstrap_servers": kafka_bootstrap,
         "topic_template": topic_prefix + "{aggregatetype}",
         # A checkpoint topic per test: a start reads its topic to the end.
-        "checkpoint_topic": topic_prefix + "checkpoints",
+        "checkpoint_topic": re.sub(r"[^A-Za-z0-9._-]", "", topic_prefix) + "checkpoints",
         "key_prefix": redis_prefix,
         "relay_name": "test",
         "server_id": 100_000 + (uuid.uuid4().int % 1_000_000),
