@@ -18,8 +18,10 @@ the ledger.
 
 Meanwhile, at random intervals, one fault at a time: SIGKILL the relay (restarted
 after a moment), restart MariaDB (SIGTERM or SIGKILL), restart Redis (SIGTERM or
-SIGKILL), cut or stall the Kafka proxy, SIGSTOP the broker; now and then the relay
-is also SIGKILLed in the middle of another fault. A relay that exits by itself is
+SIGKILL), restart Redis empty (as without persistence: checkpoint, lease and fencing
+counter gone while the relay runs; it resumes from the checkpoint's Kafka copy), cut or
+stall the Kafka proxy, SIGSTOP the broker; now and then the relay is also SIGKILLed in
+the middle of another fault. A relay that exits by itself is
 restarted (as a supervisor would) and reported.
 
 At the end faults stop, writers stop, the relay catches up, and the ledger is
@@ -74,6 +76,7 @@ KINDS = (
     "kafka_cut",
     "kafka_stall",
     "broker_pause",
+    "redis_restart_empty",
 )
 CONNECTION_ERRORS = frozenset({1053, 1927, 2003, 2006, 2013, 2055})
 
@@ -447,6 +450,8 @@ class Chaos:
         self.faults[kind] += 1
         if kind == "relay_kill":
             await self.kill_relay("alone")
+        elif kind == "redis_restart_empty":
+            await self.restart_redis_empty()
         elif kind in ("mariadb_restart", "redis_restart"):
             server: ScratchMariaDB | ScratchRedis = (
                 self.db if kind == "mariadb_restart" else self.redis
@@ -473,6 +478,16 @@ class Chaos:
                 await asyncio.sleep(duration - split)
             finally:
                 revert()
+
+    async def restart_redis_empty(self) -> None:
+        """Redis restarted without persistence while the relay runs: its keys are gone."""
+        kill = self.rng.random() < 0.5
+        self.details[f"redis_restart_empty:{'SIGKILL' if kill else 'SIGTERM'}"] += 1
+        await asyncio.to_thread(self.redis.stop, kill=kill)
+        await asyncio.to_thread(self.redis.forget)
+        await asyncio.sleep(self.rng.uniform(*self.plan.down))
+        await self.maybe_kill_relay_during("redis_restart_empty")
+        await asyncio.to_thread(self.redis.start)
 
     async def supervise_relay(self) -> None:
         """Restart a relay that exited by itself (as systemd would) and remember it."""
@@ -705,7 +720,7 @@ class Chaos:
                 for k, n in sorted(self.details.items())
                 if k.startswith(kind + ":")
             )
-            print(f"  {kind:16} {self.faults[kind]:5}" + (f"   ({extra})" if extra else ""))
+            print(f"  {kind:19} {self.faults[kind]:5}" + (f"   ({extra})" if extra else ""))
         print(
             f"writers: {counts['transactions']} transactions: {counts['commits']} committed, "
             f"{counts['rollbacks']} rolled back, {counts['savepoint_rollbacks']} savepoint "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -114,6 +115,8 @@ def relay_settings(
         "redis_url": redis_url,
         "kafka_bootstrap_servers": kafka_bootstrap,
         "topic_template": topic_prefix + "{aggregatetype}",
+        # A checkpoint topic per test: a start reads its topic to the end.
+        "checkpoint_topic": re.sub(r"[^A-Za-z0-9._-]", "", topic_prefix) + "checkpoints",
         "key_prefix": redis_prefix,
         "relay_name": "test",
         "server_id": 100_000 + (uuid.uuid4().int % 1_000_000),
@@ -255,6 +258,7 @@ class RelayProcess:
             "redis_url",
             "topic_template",
             "key_prefix",
+            "checkpoint_topic",
             "relay_name",
             "server_id",
             "checkpoint_interval_ms",

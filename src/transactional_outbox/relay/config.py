@@ -35,7 +35,7 @@ from .options import (
     values_from_env,
 )
 from .position import StartPolicy
-from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
+from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter, invalid_topic_reason
 
 __all__ = [
     "RENAMED",
@@ -136,6 +136,11 @@ class RelaySettings:
         False, "reconnect and resume by GTID rather than FILE:POS (needs GTIDs on the server)"
     )
     checkpoint_interval_ms: int = option(1000, "save the checkpoint at most this often (ms)")
+    checkpoint_topic: str = option(
+        "outbox.relay.checkpoints",
+        "compacted topic with a second copy of the checkpoint, keyed by key prefix + relay "
+        "name; created if missing (cleanup.policy=compact); empty: Redis only",
+    )
     queue_max_events: int = option(20_000, "events read ahead of Kafka acks before reading pauses")
     heartbeat_ms: int = option(
         2_000, "replication heartbeat (ms); a stream silent for 3x this is reconnected"
@@ -213,6 +218,8 @@ class RelaySettings:
             raise ConfigurationError("server_id", f"{self.server_id} is not in 0..4294967295")
         StartPolicy.parse(self.start_position)
         self.router()  # validates the template and overrides
+        if self.checkpoint_topic and (why := invalid_topic_reason(self.checkpoint_topic)):
+            raise ConfigurationError("checkpoint_topic", why)
         for name in ("checkpoint_interval_ms", "queue_max_events", "max_request_size"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")

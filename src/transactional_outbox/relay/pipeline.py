@@ -23,7 +23,9 @@ from redis.exceptions import RedisError
 from ..exceptions import LeadershipLostError
 from .canary import Canary
 from .checkpoint import RedisCheckpointStore
+from .checkpoint_topic import KafkaCheckpointTopic
 from .checkpointer import Checkpointer
+from .checkpoints import CheckpointStores
 from .checks import ServerInfo
 from .config import RelaySettings
 from .health import HealthServer
@@ -94,6 +96,7 @@ class Relay:
         again; :meth:`stop` ends it cleanly.
         """
         s = self.settings
+        kafka_copy = _checkpoint_topic(s)  # a bad Kafka setting fails here, before any server
         if s.metrics_port:
             self._health_server = HealthServer.serve(
                 host=s.metrics_host,
@@ -104,8 +107,13 @@ class Relay:
             )
         rds = aioredis.from_url(s.redis_url)
         keys = LeaseKeys.for_relay(s.key_prefix, s.relay_name)
-        store = RedisCheckpointStore(rds, key=keys.checkpoint)
         lease = Lease(rds, keys, ttl_ms=s.lease_ttl_ms)
+        store = CheckpointStores(
+            RedisCheckpointStore(rds, key=keys.checkpoint),
+            kafka_copy,
+            lease,
+            relay_name=s.relay_name,
+        )
         background = [asyncio.create_task(self._tick_loop(), name="outbox-tick")]
         if s.progress_interval_ms > 0:
             progress = self.stats.log_progress(s.progress_interval_ms / 1000)
@@ -131,9 +139,11 @@ class Relay:
                 self._health_server.stop()
             with contextlib.suppress(RedisError, OSError):
                 await lease.release()
+            if store.kafka is not None:
+                await store.kafka.close()
             await rds.aclose()
 
-    async def _lead(self, store: RedisCheckpointStore, lease: Lease) -> None:
+    async def _lead(self, store: CheckpointStores, lease: Lease) -> None:
         s = self.settings
         term = LeaderTerm(
             lease, renew_ms=s.lease_renew_ms, stats=self.stats, on_lost=self._end_session
@@ -183,6 +193,7 @@ class Relay:
                     await _cancel(task)
                 if not term.lost.is_set():
                     await checkpointer.final_save()
+                await checkpointer.abandon()
         if term.lost.is_set():
             raise LeadershipLostError(term.reason)
 
@@ -222,6 +233,20 @@ class Relay:
         while True:
             self._loop_tick = time.monotonic()
             await asyncio.sleep(0.5)
+
+
+def _checkpoint_topic(s: RelaySettings) -> KafkaCheckpointTopic | None:
+    """The Kafka copy of the checkpoint, unless ``checkpoint_topic`` is empty."""
+    if not s.checkpoint_topic:
+        return None
+    return KafkaCheckpointTopic(
+        s.producer_args(),
+        topic=s.checkpoint_topic,
+        key=f"{s.key_prefix}{s.relay_name}",
+        create=s.create_topics,
+        replication_factor=s.topic_replication_factor,
+        timeout_ms=min(s.request_timeout_ms, 30_000),
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

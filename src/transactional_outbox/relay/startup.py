@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from .._fields import mask_url
 from ..exceptions import ConfigurationError, ServerConfigurationError
-from .checkpoint import RedisCheckpointStore
+from .checkpoints import CheckpointStores
 from .checks import ServerInfo, check_matching_tables, check_server, resolve_start
 from .config import RelaySettings
 from .faults import mysql_misconfiguration, redis_misconfiguration
@@ -86,7 +86,7 @@ def derive_server_id(relay_name: str, *, avoid: int | None = None) -> int:
 
 async def prepare_start(
     settings: RelaySettings,
-    store: RedisCheckpointStore,
+    store: CheckpointStores,
     stats: RelayStats,
     stopping: asyncio.Event,
     *,
@@ -134,10 +134,9 @@ async def prepare_start(
 
 
 async def _resolve(
-    s: RelaySettings, store: RedisCheckpointStore, stats: RelayStats
+    s: RelaySettings, store: CheckpointStores, stats: RelayStats
 ) -> tuple[ServerInfo, BinlogPosition, str, list[tuple[str, str]]]:
-    checkpoint = await store.load()
-    stats.redis = "ok"
+    checkpoint = await store.load_start(s, stats)  # Redis's or Kafka's copy
 
     def blocking() -> tuple[ServerInfo, BinlogPosition, str, list[tuple[str, str]]]:
         # With the database: the server then says "unknown database" itself
