@@ -31,7 +31,7 @@ from typing import Any
 import pymysql
 from _common import connect, master_status, run_multi
 
-from transactional_outbox.session import DELETE_ONE_BY_ONE
+from transactional_outbox._outbox_sql import delete_sql
 
 NOISE_STATEMENTS = 4  # single-row statements per unrelated transaction
 ACCOUNTS_PER_WRITER = 100  # each writer updates its own accounts: no lock waits
@@ -73,12 +73,9 @@ def outbox_txn_sql(shape: Shape, first: int, base: datetime, payload: str) -> st
     if orders:
         sql += f"INSERT INTO orders (customer,total,created) VALUES {','.join(orders)};"
     sql += f"INSERT INTO outbox VALUES {','.join(rows)};"
-    # As the SDK deletes (session.DELETE_ONE_BY_ONE): one id per statement up to 32 events,
-    # since an IN list of several ids is planned as a locking full scan here.
-    if len(ids) <= DELETE_ONE_BY_ONE:
-        sql += "".join(f"DELETE FROM outbox WHERE id = {i};" for i in ids)
-    else:
-        sql += f"DELETE FROM outbox WHERE id IN ({','.join(ids)});"
+    # As the SDK deletes (_outbox_sql.delete_sql): the ids joined to the table by primary
+    # key, since an IN list of several ids is planned as a locking full scan here.
+    sql += delete_sql("outbox", "id", ids) + ";"
     return sql + "COMMIT;"
 
 
@@ -297,8 +294,6 @@ def prewrite(db: str, other: str, shape: Shape, txns: int, noise_pct: int, write
         per_txn = max(ours - one.row_events["business"], 0)
         noise_txns = math.ceil(per_txn * txns / NOISE_STATEMENTS)
     start = master_status(cur)
-    # Over 32 events per transaction: fewer writers, as they deadlock (see run_txns).
-    writers = writers if shape.per_txn <= DELETE_ONE_BY_ONE else max(1, writers // 4)
     ctx = mp.get_context("spawn")
     ready, go = ctx.Barrier(writers + 1), ctx.Event()
     procs, pipes = [], []

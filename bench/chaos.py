@@ -18,8 +18,10 @@ the ledger.
 
 Meanwhile, at random intervals, one fault at a time: SIGKILL the relay (restarted
 after a moment), restart MariaDB (SIGTERM or SIGKILL), restart Redis (SIGTERM or
-SIGKILL), cut or stall the Kafka proxy, SIGSTOP the broker; now and then the relay
-is also SIGKILLed in the middle of another fault. A relay that exits by itself is
+SIGKILL), restart Redis empty (as without persistence: checkpoint, lease and fencing
+counter gone while the relay runs; it resumes from the checkpoint's Kafka copy), cut or
+stall the Kafka proxy, SIGSTOP the broker; now and then the relay is also SIGKILLed in
+the middle of another fault. A relay that exits by itself is
 restarted (as a supervisor would) and reported.
 
 ``--failover`` adds the "primary failover" fault: MariaDB runs as a GTID primary and
@@ -91,6 +93,7 @@ KINDS = (
     "kafka_cut",
     "kafka_stall",
     "broker_pause",
+    "redis_restart_empty",
 )
 FAILOVER = "primary_failover"
 # Every server of the --failover pair: a COMMIT returns once the replica has the
@@ -526,6 +529,8 @@ class Chaos:
             await self.fail_over()
         elif kind == "relay_kill":
             await self.kill_relay("alone")
+        elif kind == "redis_restart_empty":
+            await self.restart_redis_empty()
         elif kind in ("mariadb_restart", "redis_restart"):
             server: ScratchMariaDB | ScratchRedis = (
                 self.db if kind == "mariadb_restart" else self.redis
@@ -575,6 +580,16 @@ class Chaos:
             self.relay_db.proxy.restore()
         await asyncio.to_thread(pair.replace_replica)
         self.details[f"{FAILOVER}:to server_id {pair.primary.server_id}"] += 1
+
+    async def restart_redis_empty(self) -> None:
+        """Redis restarted without persistence while the relay runs: its keys are gone."""
+        kill = self.rng.random() < 0.5
+        self.details[f"redis_restart_empty:{'SIGKILL' if kill else 'SIGTERM'}"] += 1
+        await asyncio.to_thread(self.redis.stop, kill=kill)
+        await asyncio.to_thread(self.redis.forget)
+        await asyncio.sleep(self.rng.uniform(*self.plan.down))
+        await self.maybe_kill_relay_during("redis_restart_empty")
+        await asyncio.to_thread(self.redis.start)
 
     async def supervise_relay(self) -> None:
         """Restart a relay that exited by itself (as systemd would) and remember it."""
@@ -807,7 +822,7 @@ class Chaos:
                 for k, n in sorted(self.details.items())
                 if k.startswith(kind + ":")
             )
-            print(f"  {kind:16} {self.faults[kind]:5}" + (f"   ({extra})" if extra else ""))
+            print(f"  {kind:19} {self.faults[kind]:5}" + (f"   ({extra})" if extra else ""))
         print(
             f"writers: {counts['transactions']} transactions: {counts['commits']} committed, "
             f"{counts['rollbacks']} rolled back, {counts['savepoint_rollbacks']} savepoint "

@@ -34,7 +34,8 @@ DEFAULTS = {
 }
 # (alembic config, target). "orders@head": the package also ships outbox_0002 (the
 # consumer inbox), a second head the api-server does not need; the orders branch
-# brings only outbox_0001 along (orders_0001 depends on it).
+# brings only outbox_0001 along (orders_0001 depends on it). The consumer's revision
+# creates its inbox itself: no outbox table in the read database.
 CONFIGS = {
     "ORDERS_DATABASE_URL": (HERE / "api-server" / "alembic.ini", "orders@head"),
     "STATS_DATABASE_URL": (HERE / "consumer" / "alembic.ini", "customer_stats@head"),

@@ -1,10 +1,8 @@
-"""Helpers shared by the consumer tests: records without a broker, waiting on conditions."""
+"""Helpers shared by the consumer tests: records without a broker, publishing as the relay."""
 
 from __future__ import annotations
 
-import asyncio
-import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
@@ -55,22 +53,6 @@ def order_event(n: int = 1, **kwargs: Any) -> OutboxEvent:
         payload=kwargs.pop("payload", {"n": n}),
         **kwargs,
     )
-
-
-async def wait_for(
-    condition: Callable[[], bool | Awaitable[bool]], *, within: float = 10.0, what: str = ""
-) -> None:
-    """Poll ``condition`` until it is true; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = condition()
-        if not isinstance(result, bool):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what or condition}")
-        await asyncio.sleep(0.01)
 
 
 async def publish(

@@ -85,12 +85,16 @@ def _read(
                 pos = parser.feed(buf, pos)
             except DumpEnded:
                 break
+            # Stopped at the cap: more packets (up to the end-of-dump one) may wait in
+            # buf, so parse on before reading the socket, as the relay's source does.
+            stopped_early = len(parser.records) >= cap
             if parser.commits:
                 records, at = parser.take_committed()
                 out.append((carry + records, at))
                 carry = []
             if len(parser.records) >= cap:
                 carry += parser.take_open()
+            if stopped_early:
                 continue
             data = dump.recv()
             buf, pos = buf[pos:] + data, 0

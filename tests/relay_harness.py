@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -24,6 +24,7 @@ from transactional_outbox.event import OutboxEvent, encode_headers
 from transactional_outbox.relay import Relay, RelaySettings
 
 from .conftest import OUTBOX_DDL as OUTBOX_DDL  # re-exported for test modules
+from .polling import wait_until as wait_until  # the suite's one poll-until helper
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -114,6 +115,8 @@ def relay_settings(
         "redis_url": redis_url,
         "kafka_bootstrap_servers": kafka_bootstrap,
         "topic_template": topic_prefix + "{aggregatetype}",
+        # A checkpoint topic per test: a start reads its topic to the end.
+        "checkpoint_topic": re.sub(r"[^A-Za-z0-9._-]", "", topic_prefix) + "checkpoints",
         "key_prefix": redis_prefix,
         "relay_name": "test",
         "server_id": 100_000 + (uuid.uuid4().int % 1_000_000),
@@ -142,17 +145,6 @@ async def running_relay(settings: RelaySettings) -> AsyncIterator[Relay]:
     finally:
         relay.stop()
         await asyncio.wait_for(task, 30)
-
-
-async def wait_until(
-    condition: Callable[[], bool], *, within: float = 20.0, what: str = "condition"
-) -> None:
-    """Poll ``condition`` until true; fail the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 class Collector:
@@ -189,17 +181,23 @@ class Collector:
         topics = list(topics)
         await ensure_topics(self.bootstrap, topics)
         parts: set[TopicPartition] = set(self._assigned)
+        consumer = self._consumer
+        found: dict[str, set[int]] = {}
+
+        async def partitions_known() -> bool:
+            # The consumer's own metadata covers only assigned topics.
+            metadata = await consumer._client.fetch_all_metadata()
+            for topic in topics:
+                found[topic] = metadata.partitions_for_topic(topic) or set()
+            return all(found.values())
+
+        await wait_until(
+            partitions_known,
+            within=10,
+            what=lambda: f"partitions of {[t for t in topics if not found.get(t)]}",
+        )
         for topic in topics:
-            found = None
-            for _ in range(100):
-                # The consumer's own metadata covers only assigned topics.
-                metadata = await self._consumer._client.fetch_all_metadata()
-                found = metadata.partitions_for_topic(topic)
-                if found:
-                    break
-                await asyncio.sleep(0.05)
-            assert found, f"topic {topic} not found"
-            parts |= {TopicPartition(topic, p) for p in found}
+            parts |= {TopicPartition(topic, p) for p in found[topic]}
         # Re-assigning forgets positions: keep the old partitions where they were.
         kept = {tp: await self._consumer.position(tp) for tp in self._assigned}
         self._consumer.assign(sorted(parts))
@@ -225,7 +223,7 @@ class Collector:
         await wait_until(
             lambda: len(self.records) >= count,
             within=within,
-            what=f"{count} records (have {len(self.records)})",
+            what=lambda: f"{count} records (have {len(self.records)})",
         )
 
 
@@ -260,6 +258,7 @@ class RelayProcess:
             "redis_url",
             "topic_template",
             "key_prefix",
+            "checkpoint_topic",
             "relay_name",
             "server_id",
             "checkpoint_interval_ms",

@@ -1,8 +1,8 @@
 """The latency, recovery, keeps-up and multi-table benchmarks run end to end (``--quick``)
 against the local stack.
 
-Smoke tests only: they check that each script exits 0 and prints its table, never how
-fast anything was.
+Smoke tests only: they check that each script exits 0 and prints its table, and that
+its loss columns (counts, not timings) are 0; never how fast anything was.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ def test_latency_smoke(stack: Stack, tmp_path: Path) -> None:
         values = [float(v) for v in row]  # every column numeric
         assert values[2] >= 1  # writer processes
         assert values[3] > 0  # events written at that rate
+        assert row[8] == "0", f"events committed but never received: {row}"  # missing
     assert any(line.startswith("relay: linger_ms=") for line in lines)
     assert "one event per transaction" in lines[0]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -65,6 +66,9 @@ def test_recovery_smoke(stack: Stack) -> None:
         assert int(row[2]) == 2000  # backlog
         for v in row[3:]:
             float(v)  # every column numeric
+        received, lost = int(row[10]), int(row[12])
+        assert lost == 0, f"committed events never received: {row}"
+        assert received >= 2000
     assert any(line.startswith("relay: checkpoint_interval_ms=") for line in lines)
 
 

@@ -26,7 +26,8 @@ from transactional_outbox.consumer.attempts import Attempts
 from transactional_outbox.consumer.batch import BatchHandler
 from transactional_outbox.event import OutboxEvent
 
-from ._consumer_helpers import make_record, order_event, wait_for
+from ._consumer_helpers import make_record, order_event
+from .polling import wait_until
 
 TP = TopicPartition("outbox.event.order", 0)
 
@@ -167,7 +168,7 @@ async def test_stop_in_a_backoff_commits_below_it_and_releases_unstarted_claims(
     batch = Batch(handle, backoff_initial_ms=30_000, backoff_max_ms=30_000)
     events = [others[0], stuck, behind, *others[1:]]
     run = asyncio.ensure_future(batch.run(events))
-    await wait_for(lambda: all(store.is_done(e.id) for e in others), what="other keys done")
+    await wait_until(lambda: all(store.is_done(e.id) for e in others), what="other keys done")
     batch.stopping.set()  # the stuck record is in a 30 s backoff wait
     mark = await asyncio.wait_for(run, 5)
     assert mark.commit_offset() == 1  # offset 0 done; 1 (stuck) and 2 (behind it) not
@@ -189,7 +190,7 @@ async def test_a_claim_held_elsewhere_is_waited_for() -> None:
         runs.append(event.aggregate_id)
 
     run = asyncio.ensure_future(Batch(handle).run([held, order_event(2)]))
-    await wait_for(lambda: runs == ["o-2"], what="the free record handled")
+    await wait_until(lambda: runs == ["o-2"], what="the free record handled")
     assert not run.done()
     await store.release(other_worker)  # the other worker failed: this one runs it
     mark = await asyncio.wait_for(run, 5)
@@ -269,7 +270,7 @@ async def test_a_copy_in_a_later_batch_is_skipped_while_the_first_runs() -> None
     mark = OffsetWatermark()
     mark.add([0, 1])
     first = asyncio.ensure_future(batch.handler.handle({TP: records_of([event])}, {TP: mark}))
-    await wait_for(lambda: runs[event.id] == 1, what="first copy running")
+    await wait_until(lambda: runs[event.id] == 1, what="first copy running")
     # Re-sent while the first copy runs: this runner holds its claim, so the
     # store is not asked (it would answer "busy", and the copy would poll).
     later = make_record(event, offset=1)

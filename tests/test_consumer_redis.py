@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -23,7 +22,8 @@ from transactional_outbox.consumer import (
 from transactional_outbox.event import kafka_headers
 from transactional_outbox.exceptions import ConfigurationError
 
-from ._consumer_helpers import make_record, order_event, wait_for
+from ._consumer_helpers import make_record, order_event
+from .polling import wait_until, wait_until_sync
 
 
 async def test_same_record_twice_runs_once(aredis: redis.asyncio.Redis, redis_prefix: str) -> None:
@@ -56,7 +56,7 @@ async def test_concurrent_duplicates_run_once(
 
     event = order_event()
     tasks = [asyncio.ensure_future(handle(make_record(event, offset=i))) for i in range(20)]
-    await wait_for(lambda: sum(calls.values()) == 1, what="first handler to start")
+    await wait_until(lambda: sum(calls.values()) == 1, what="first handler to start")
     release.set()
     results = await asyncio.gather(*tasks)
     assert sorted(results) == [False] * 19 + [True]
@@ -159,7 +159,7 @@ async def test_expired_claim_retaken_by_another_worker_is_not_deleted_by_the_fir
     await a_running.wait()
     a_claim = await aredis.get(key)
     await aredis.pexpire(key, 1)  # A's claim expires while A is still running
-    await wait_for(_gone(aredis, key), what="claim to expire")
+    await wait_until(_gone(aredis, key), what="claim to expire")
     b = asyncio.ensure_future(worker_b(make_record(event)))
     await b_running.wait()
     b_claim = await aredis.get(key)
@@ -195,7 +195,7 @@ async def test_wait_timeout_reports_in_progress(
     event = order_event()
     record = make_record(event)
     first = asyncio.ensure_future(handle(record))
-    await wait_for(lambda: aredis.exists(f"{redis_prefix}{event.id}"))
+    await wait_until(lambda: aredis.exists(f"{redis_prefix}{event.id}"))
     with pytest.raises(EventInProgressError):
         await handle(record)
     release.set()
@@ -240,23 +240,15 @@ def test_sync_store_dedups_across_threads(redis_url: str, redis_prefix: str) -> 
     threads = [threading.Thread(target=worker, args=(i,)) for i in range(10)]
     for t in threads:
         t.start()
-    deadline_ok = _poll_sync(lambda: sum(calls.values()) == 1)
-    gate.set()
-    for t in threads:
-        t.join(10)
-    client.close()
-    assert deadline_ok
+    try:
+        wait_until_sync(lambda: sum(calls.values()) == 1, within=5, what="one handler running")
+    finally:
+        gate.set()
+        for t in threads:
+            t.join(10)
+        client.close()
     assert sorted(results) == [False] * 9 + [True]
     assert calls == {str(event.id): 1}
-
-
-def _poll_sync(condition: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.01)
-    return False
 
 
 def test_store_and_handler_kinds_must_match(redis_url: str) -> None:

@@ -31,7 +31,8 @@ from transactional_outbox.consumer import (
 )
 from transactional_outbox.event import OutboxEvent, kafka_headers
 
-from ._consumer_helpers import order_event, publish, publish_raw, wait_for
+from ._consumer_helpers import order_event, publish, publish_raw
+from .polling import wait_until
 
 
 class Harness:
@@ -151,14 +152,14 @@ async def test_end_to_end_and_republished_events_change_nothing(
     # Keyed by aggregate id with the default partitioner: several partitions.
     await publish(kafka.bootstrap, kafka.topic, events, partition=None)
     kafka.start(on_order)
-    await wait_for(kafka.committed_is(30, total=True), what="30 records handled and committed")
+    await wait_until(kafka.committed_is(30, total=True), what="30 records handled and committed")
     expected = Counter({"o-0": 135, "o-1": 145, "o-2": 155})
     assert totals == expected and calls == 30
     assert seen["o-1"] == list(range(1, 30, 3))  # per-aggregate order kept
 
     # A relay restart republishes events after its last checkpoint: same ids.
     await publish(kafka.bootstrap, kafka.topic, events[10:], partition=None)
-    await wait_for(kafka.committed_is(50, total=True), what="republished records handled")
+    await wait_until(kafka.committed_is(50, total=True), what="republished records handled")
     assert totals == expected and calls == 30
 
 
@@ -183,7 +184,7 @@ async def test_republished_events_with_sql_inbox_and_sync_handler(
     await publish(kafka.bootstrap, kafka.topic, events)
     await publish(kafka.bootstrap, kafka.topic, events[::2])
     kafka.start(on_order)
-    await wait_for(kafka.committed_is(15), what="all records handled")
+    await wait_until(kafka.committed_is(15), what="all records handled")
     with engine.connect() as conn:
         assert conn.execute(sa.select(sa.func.sum(ledger.c.amount))).scalar_one() == 45
         assert conn.execute(sa.select(sa.func.count()).select_from(inbox)).scalar_one() == 10
@@ -202,7 +203,7 @@ async def test_poison_record_is_dead_lettered_and_the_partition_keeps_flowing(
 
     offsets = await publish(kafka.bootstrap, kafka.topic, [poison, good])
     kafka.start(handler)
-    await wait_for(kafka.committed_is(2), what="both records done with")
+    await wait_until(kafka.committed_is(2), what="both records done with")
     assert attempts == {str(poison.id): 3, str(good.id): 1}
 
     [dead] = await kafka.read_dead_letters(1)
@@ -229,7 +230,7 @@ async def test_record_without_id_is_dead_lettered_not_handled(kafka: Harness) ->
     await publish_raw(kafka.bootstrap, kafka.topic, b"{}", key=b"o-5", headers=headers)
     await publish(kafka.bootstrap, kafka.topic, [order_event(6)])
     kafka.start(handler)
-    await wait_for(kafka.committed_is(2), what="both records done with")
+    await wait_until(kafka.committed_is(2), what="both records done with")
     assert [e.aggregate_id for e in handled] == ["o-6"]
     [dead] = await kafka.read_dead_letters(1)
     assert dict(dead.headers)["dlq.attempts"] == b"0"
@@ -283,12 +284,12 @@ async def test_offsets_are_committed_only_after_handling(kafka: Harness) -> None
 
     await publish(kafka.bootstrap, kafka.topic, [order_event(1)])
     kafka.start(handler)
-    await wait_for(kafka.committed_is(1), what="first record committed")
+    await wait_until(kafka.committed_is(1), what="first record committed")
     await publish(kafka.bootstrap, kafka.topic, [order_event(2)])
     await entered.wait()
     assert await kafka.committed() == 1  # record 2 is being handled: not committed
     release.set()
-    await wait_for(kafka.committed_is(2), what="second record committed")
+    await wait_until(kafka.committed_is(2), what="second record committed")
     assert handled == ["o-1", "o-2"]
 
 
@@ -322,7 +323,7 @@ async def test_sigterm_stops_the_runner_gracefully(kafka: Harness) -> None:
     await publish(kafka.bootstrap, kafka.topic, [order_event(1)])
     runner = ConsumerRunner(handler, kafka.settings())
     task = asyncio.ensure_future(runner.run())
-    await wait_for(kafka.committed_is(1), what="record committed")
+    await wait_until(kafka.committed_is(1), what="record committed")
     os.kill(os.getpid(), signal.SIGTERM)
     async with asyncio.timeout(10):
         await task
@@ -339,10 +340,11 @@ async def test_stop_interrupts_a_backoff_wait_without_committing(kafka: Harness)
         raise RuntimeError("not yet")
 
     await publish(kafka.bootstrap, kafka.topic, [order_event(1)])
-    task = kafka.start(handler, backoff_initial_ms=30_000, backoff_max_ms=30_000)
+    # A backoff far longer than the test's own timeout: only an interrupted wait ends.
+    task = kafka.start(handler, backoff_initial_ms=3_600_000, backoff_max_ms=3_600_000)
     await failed.wait()
     kafka._tasks[-1][0].stop()
-    async with asyncio.timeout(5):
+    async with asyncio.timeout(60):
         await task
     assert await kafka.committed() is None  # redelivered on the next start
 
@@ -350,6 +352,8 @@ async def test_stop_interrupts_a_backoff_wait_without_committing(kafka: Harness)
 async def test_a_second_runner_joining_the_group_rebalances_without_double_effects(
     kafka: Harness, aredis: redis.asyncio.Redis, redis_prefix: str
 ) -> None:
+    """An idle hand-over: the first runner has handled everything when the second joins.
+    Revocations with handlers running are in test_consumer_rebalance.py."""
     effects: Counter[str] = Counter()
 
     @idempotent_consumer(store=AsyncRedisStore(aredis, prefix=redis_prefix))
@@ -360,16 +364,16 @@ async def test_a_second_runner_joining_the_group_rebalances_without_double_effec
     first = [order_event(i) for i in range(20)]
     await publish(kafka.bootstrap, kafka.topic, first, partition=None)
     kafka.start(on_order)
-    await wait_for(kafka.committed_is(20, total=True), what="first runner handled all")
+    await wait_until(kafka.committed_is(20, total=True), what="first runner handled all")
     kafka.start(on_order)  # joins the group: partitions are revoked and reassigned
     (a, _), (b, _) = kafka._tasks
-    await wait_for(
+    await wait_until(
         lambda: bool(a.assignment and b.assignment) and len(a.assignment | b.assignment) == 4,
         what="partitions split between the two runners",
     )
     second = [order_event(i) for i in range(20, 60)]
     await publish(kafka.bootstrap, kafka.topic, second, partition=None)
-    await wait_for(kafka.committed_is(60, total=True), what="all handled after rebalance")
+    await wait_until(kafka.committed_is(60, total=True), what="all handled after rebalance")
     assert set(effects) == {str(e.id) for e in first + second}
     assert set(effects.values()) == {1}
 
@@ -396,10 +400,10 @@ async def test_event_in_progress_elsewhere_is_retried_without_using_up_attempts(
 
     await publish(kafka.bootstrap, kafka.topic, [event])
     kafka.start(handler, max_attempts=2)
-    await wait_for(lambda: tries > 4, what="in-progress retries beyond max_attempts")
+    await wait_until(lambda: tries > 4, what="in-progress retries beyond max_attempts")
     assert ran == []
     await aredis.delete(key)  # the other worker's claim expires
-    await wait_for(kafka.committed_is(1), what="record handled")
+    await wait_until(kafka.committed_is(1), what="record handled")
     assert ran == ["o-1"]
 
 
@@ -412,5 +416,5 @@ async def test_topic_pattern_subscription(kafka: Harness) -> None:
     await publish(kafka.bootstrap, kafka.topic, [order_event(1)])
     prefix = kafka.topic.removesuffix("order")
     kafka.start(handler, topics=(), topic_pattern=re.escape(prefix) + r"[a-z]+")
-    await wait_for(kafka.committed_is(1), what="record handled via the pattern")
+    await wait_until(kafka.committed_is(1), what="record handled via the pattern")
     assert handled == ["o-1"]

@@ -36,7 +36,8 @@ from transactional_outbox.consumer import (
 )
 from transactional_outbox.event import OutboxEvent
 
-from ._consumer_helpers import order_event, publish, wait_for
+from ._consumer_helpers import order_event, publish
+from .polling import wait_until
 
 PARTITIONS = 4
 
@@ -148,7 +149,7 @@ class Effects:
 
 async def open_gate_when_both_joined(topic: Topic, seen: Effects) -> None:
     (a, _), (b, _) = topic.runs
-    await wait_for(lambda: bool(a.assignment and b.assignment), within=30, what="both joined")
+    await wait_until(lambda: bool(a.assignment and b.assignment), within=30, what="both joined")
     seen.gate.set()
 
 
@@ -165,7 +166,7 @@ class CountingRedisStore(AsyncRedisStore):
 
 async def settle(topic: Topic, published: int) -> None:
     for group in ("a", "b"):
-        await wait_for(
+        await wait_until(
             lambda g=group: _committed_is(topic, g, published),  # type: ignore[misc]
             within=60,
             what=f"group {group} committed every record",
@@ -246,7 +247,7 @@ async def test_keys_run_in_order_and_concurrently_end_to_end(topic: Topic) -> No
 
     await publish(topic.bootstrap, topic.name, events, partition=0)  # one partition, 3 keys
     topic.start(handler, "a")
-    await wait_for(lambda: sum(len(v) for v in order.values()) == 60, within=30, what="all 60")
+    await wait_until(lambda: sum(len(v) for v in order.values()) == 60, within=30, what="all 60")
     for key, seq in order.items():
         assert seq == sorted(seq), key
     assert peak > 1  # keys of one partition ran at the same time
@@ -266,7 +267,7 @@ async def test_committed_offset_never_passes_an_unfinished_record(topic: Topic) 
     first = order_event(0, aggregate_id="b0")
     await publish(topic.bootstrap, topic.name, [first, stuck, *others], partition=0)
     runner = topic.start(handler, "a", backoff_initial_ms=30_000, backoff_max_ms=30_000)
-    await wait_for(lambda: sorted(done) == [0, 2, 3, 4, 5, 6], within=30, what="the others done")
+    await wait_until(lambda: sorted(done) == [0, 2, 3, 4, 5, 6], within=30, what="the others done")
     runner.stop()
     await topic.stop()
     assert await topic.committed("a", partitions=1) == 1  # stuck at 1 is redelivered

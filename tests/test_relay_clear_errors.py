@@ -11,7 +11,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from transactional_outbox.relay.config import env_var
 from transactional_outbox.relay.startup import choose_server_id
 
 from .conftest import Stack
+from .polling import wait_until_sync
 from .relay_harness import RelayProcess, free_port, relay_settings
 
 SECRET = "S3cretNeverShown"
@@ -114,12 +114,14 @@ def sasl_broker() -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 20
-        while True:
+
+        def listening() -> bool:
+            assert proc.poll() is None, f"tansu exited with {proc.returncode}"
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert time.monotonic() < deadline, "tansu did not listen"
-            time.sleep(0.05)
+                return True
+            return False
+
+        wait_until_sync(listening, within=20, what=f"tansu listening on {port}")
         yield f"127.0.0.1:{port}"
     finally:
         proc.terminate()
@@ -212,11 +214,12 @@ def test_unreachable_mysql_is_retried_not_fatal(
             stderr=subprocess.STDOUT,
         )
     try:
-        deadline = time.monotonic() + 30
-        while proc.log().count("cannot reach a server yet") < 2:
-            assert child.poll() is None, proc.log()
-            assert time.monotonic() < deadline, proc.log()
-            time.sleep(0.1)
+
+        def retried_twice() -> bool:
+            assert child.poll() is None, proc.log()  # retrying, not exited
+            return proc.log().count("cannot reach a server yet") >= 2
+
+        wait_until_sync(retried_twice, within=30, what=lambda: f"two retries:\n{proc.log()}")
     finally:
         child.send_signal(signal.SIGTERM)
         code = child.wait(30)

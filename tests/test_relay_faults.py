@@ -15,6 +15,7 @@ from transactional_outbox.relay.position import decode_checkpoint
 
 from . import _binlog
 from .conftest import Stack
+from .polling import wait_until_sync
 from .relay_harness import (
     Collector,
     free_port,
@@ -50,14 +51,21 @@ def kafka_proxy(tmp_path: Path) -> Iterator[TcpProxy]:
                 stderr=subprocess.STDOUT,
             )
         try:
-            for _ in range(200):
-                with socket.socket() as s:
-                    if s.connect_ex(("127.0.0.1", broker_port)) == 0:
-                        break
-                broker.wait(0.02) if broker.poll() is not None else None
-                import time
 
-                time.sleep(0.02)
+            def listening() -> bool:
+                # A broker that exited never listens: fail now, with its output.
+                assert broker.poll() is None, (tmp_path / "broker.log").read_text()
+                with socket.socket() as s:
+                    return s.connect_ex(("127.0.0.1", broker_port)) == 0
+
+            wait_until_sync(
+                listening,
+                within=20,
+                what=lambda: (
+                    f"the broker on {broker_port}:\n"
+                    + (tmp_path / "broker.log").read_text(errors="replace")[-2000:]
+                ),
+            )
             yield proxy
         finally:
             broker.terminate()

@@ -23,6 +23,7 @@ import pymysql
 import pytest
 
 from .conftest import Stack
+from .polling import wait_until_sync
 from .relay_harness import (
     OUTBOX_DDL,
     Collector,
@@ -282,7 +283,7 @@ def one_db_kw(settings_kw: dict[str, Any], topic_prefix: str) -> dict[str, Any]:
     return many_kw(settings_kw, topic_prefix)
 
 
-def test_stop_policy_names_the_wrong_table_at_startup_and_at_runtime(
+def test_stop_policy_exits_2_naming_a_wrong_or_missing_table_at_startup(
     stack: Stack, schemas: str, one_db_kw: dict[str, Any], tmp_path: Path
 ) -> None:
     good, bad = schemas + "good", schemas + "bad"
@@ -311,12 +312,11 @@ def test_stop_policy_exits_4_naming_a_wrong_table_created_at_runtime(
     proc.start()
     assert proc.proc is not None
     try:
-        asyncio.run(
-            wait_until(
-                lambda: "starting at" in proc.log() or proc.proc.poll() is not None,  # type: ignore[union-attr]
-                what="the relay to start",
-            )
+        wait_until_sync(
+            lambda: "starting at" in proc.log() or proc.proc.poll() is not None,  # type: ignore[union-attr]
+            what="the relay to start",
         )
+        assert proc.proc.poll() is None, proc.log()[-3000:]  # running before the bad table
         create_schema(stack, bad, BAD_DDL)
         with stack.mysql_connect() as conn, conn.cursor() as cur:
             cur.execute(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import random
 import threading
-import time
 import uuid
 from collections.abc import Iterator
 
@@ -25,6 +24,7 @@ from transactional_outbox.relay.source import BinlogSource, SourceSettings
 
 from . import _binlog, _own_reader
 from .conftest import Stack
+from .polling import wait_until_sync
 from .relay_harness import OUTBOX_DDL
 
 ROUTER = TopicRouter(template="t.{aggregatetype}")
@@ -176,14 +176,6 @@ class ListSink:
         self.closed = True
 
 
-def wait(cond, what: str, within: float = 20.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + within
-    while not cond():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
 def test_a_second_connection_with_our_server_id_is_retried_not_fatal(
     stack: Stack, database: str
 ) -> None:
@@ -213,7 +205,7 @@ def test_a_second_connection_with_our_server_id_is_retried_not_fatal(
     source = BinlogSource(settings, sink, BinlogPosition(file=file, pos=pos), router=ROUTER)
     thread = threading.Thread(target=source.run, daemon=True)
     thread.start()
-    wait(lambda: source.connected, "the source to connect")
+    wait_until_sync(lambda: source.connected, what="the source to connect")
     intruder = DumpConnection(
         {"host": url.host, "port": url.port, "user": url.username, "password": url.password},
         server_id=server_id,
@@ -224,14 +216,16 @@ def test_a_second_connection_with_our_server_id_is_retried_not_fatal(
         pos=pos,
     )
     try:
-        wait(lambda: source.reconnects >= 1, "the source to see error 4052 and retry")
-        wait(lambda: source.connected, "the source to connect again")
+        wait_until_sync(
+            lambda: source.reconnects >= 1, what="the source to see error 4052 and retry"
+        )
+        wait_until_sync(lambda: source.connected, what="the source to connect again")
         ids = [uuid.uuid4().bytes for _ in range(3)]
         with conn.cursor() as cur:
             cur.executemany(
                 INSERT.format(t="outbox"), [(i, "order", "a", "T", b"p", "{}") for i in ids]
             )
-        wait(lambda: len(sink.records) == 3, "the rows written after the retry")
+        wait_until_sync(lambda: len(sink.records) == 3, what="the rows written after the retry")
         assert sink.error is None
     finally:
         source.stop()

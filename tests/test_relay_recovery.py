@@ -166,7 +166,7 @@ async def test_mysql_restart_reconnects_from_the_last_position(
 ) -> None:
     from .scratch_server import scratch_mariadb
 
-    with scratch_mariadb("scratch-restart", 13319) as server:
+    with scratch_mariadb("scratch-restart", free_port()) as server:
         with server.connect() as c, c.cursor() as cur:
             cur.execute("CREATE DATABASE app")
             cur.execute("USE app")

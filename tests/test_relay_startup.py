@@ -20,6 +20,7 @@ from .conftest import Stack, unique
 from .relay_harness import (
     OUTBOX_DDL,
     Collector,
+    free_port,
     make_event,
     running_relay,
     wait_until,
@@ -30,13 +31,13 @@ from .scratch_server import ScratchServer, scratch_mariadb
 
 @pytest.fixture(scope="module")
 def binlog_server(stack: Stack) -> Iterator[ScratchServer]:
-    with scratch_mariadb("scratch-checks", 13317) as server:
+    with scratch_mariadb("scratch-checks", free_port()) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def no_binlog_server(stack: Stack) -> Iterator[ScratchServer]:
-    with scratch_mariadb("scratch-nobinlog", 13318, log_bin=False) as server:
+    with scratch_mariadb("scratch-nobinlog", free_port(), log_bin=False) as server:
         yield server
 
 

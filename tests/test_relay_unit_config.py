@@ -17,7 +17,7 @@ from transactional_outbox._fields import mask_url
 from transactional_outbox.exceptions import ConfigurationError
 from transactional_outbox.relay.__main__ import main
 from transactional_outbox.relay.config import RelaySettings, build_parser, env_var
-from transactional_outbox.relay.options import convert, flat_fields, option
+from transactional_outbox.relay.options import SECRET, convert, flat_fields, option
 from transactional_outbox.relay.position import StartPolicy
 from transactional_outbox.relay.startup import derive_server_id
 
@@ -493,10 +493,12 @@ def test_from_cli_without_flags_is_from_env() -> None:
         (["--start-position", "nowhere"], "start_position"),
     ],
 )
-def test_from_cli_bad_values_name_the_setting_and_flag(argv: list[str], setting: str) -> None:
+def test_from_cli_bad_values_name_the_setting_and_the_value(argv: list[str], setting: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         RelaySettings.from_cli(argv, env())
     assert info.value.setting == setting
+    assert str(info.value).startswith(f"{setting}: ")
+    assert repr(argv[1]) in str(info.value)  # the value given, as given
 
 
 def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -506,7 +508,7 @@ def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.Mon
         flag = "--" + name.replace("_", "-")
         assert flag in text
         assert f"[env {env_var(name)}]" in text
-        if name == "kafka_sasl_password":
+        if f.metadata.get(SECRET):  # kafka_sasl_password, canary_mysql_url
             default = "(unset)"
         elif name in ("topic_overrides", "outbox_tables"):
             default = "(none)"
@@ -633,6 +635,7 @@ def test_producer_args_plaintext() -> None:
         "max_batch_size": 262_144,
         "max_request_size": 1_048_576,
         "request_timeout_ms": 40_000,
+        "retry_backoff_ms": 500,
         "security_protocol": "PLAINTEXT",
     }
 

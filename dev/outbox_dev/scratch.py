@@ -273,6 +273,14 @@ class ScratchRedis:
         self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
         _reap(self.proc)
 
+    def forget(self) -> None:
+        """Delete what it persisted (call while stopped): the next start is empty, as a
+        Redis without persistence comes back after a restart."""
+        assert self.proc is None or self.proc.poll() is not None, "stop() first"
+        for path in self.dir.glob("appendonly*"):
+            shutil.rmtree(path) if path.is_dir() else path.unlink()
+        (self.dir / "dump.rdb").unlink(missing_ok=True)
+
 
 class ScratchBroker:
     """A tansu broker whose advertised address is a :class:`TcpProxy`.

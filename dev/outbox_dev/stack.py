@@ -74,6 +74,15 @@ def env_vars() -> dict[str, str]:
     }
 
 
+def shell_env() -> dict[str, str]:
+    """What ``env`` exports: the connection settings plus what the local broker needs.
+
+    tansu has no idempotent producer (InitProducerId answers UnknownError), and the
+    relay's default is on: with ``eval "$(./dev/stack env)"`` the relay runs as is.
+    """
+    return {**env_vars(), "OUTBOX_ENABLE_IDEMPOTENCE": "false"}
+
+
 def port_open(port: int, host: str = HOST) -> bool:
     with socket.socket() as s:
         s.settimeout(0.2)
@@ -336,7 +345,7 @@ SERVICES: list[Service] = [
 
 def write_env() -> None:
     STATE.mkdir(parents=True, exist_ok=True)
-    (STATE / "env").write_text("".join(f"{k}={v}\n" for k, v in env_vars().items()))
+    (STATE / "env").write_text("".join(f"{k}={v}\n" for k, v in shell_env().items()))
 
 
 def start() -> None:
@@ -356,7 +365,7 @@ def start() -> None:
         print(f"{svc.name:8} started on {HOST}:{svc.port} in {time.monotonic() - t:.2f}s")
     write_env()
     print(f"stack ready in {time.monotonic() - t0:.2f}s; environment (also in {STATE / 'env'}):")
-    for k, v in env_vars().items():
+    for k, v in shell_env().items():
         print(f"  export {k}={v}")
 
 
@@ -387,7 +396,7 @@ def main(argv: list[str]) -> int:
     if cmd == "status":
         return status()
     if cmd == "env":
-        for k, v in env_vars().items():
+        for k, v in shell_env().items():
             print(f"export {k}={v}")
         return 0
     print(__doc__, file=sys.stderr)

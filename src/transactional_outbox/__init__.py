@@ -26,7 +26,8 @@ from .exceptions import (
 from .kafka import KafkaConnection
 
 if TYPE_CHECKING:
-    from .session import AsyncOutboxSession, OutboxSession, enable_outbox
+    from .async_session import AsyncOutboxSession
+    from .session import OutboxSession, enable_outbox
     from .table import OutboxMixin, outbox_table
 
 # The write side needs SQLAlchemy; the relay's binlog reader process and
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 __getattr__ = lazy_attributes(
     __name__,
     {
-        "AsyncOutboxSession": "session",
+        "AsyncOutboxSession": "async_session",
         "OutboxSession": "session",
         "enable_outbox": "session",
         "OutboxMixin": "table",

@@ -230,6 +230,15 @@ def kafka_headers(event: OutboxEvent) -> list[tuple[str, bytes]]:
 
 
 def _check_name(name: str, value: object) -> str:
+    if value is None and name == "aggregate_id":
+        # The usual cause: an autoincrement id read right after session.add(obj).
+        raise InvalidEventError(
+            name,
+            value,
+            "must be a str or int, not None; an autoincrement primary key is only set "
+            "at flush: call session.flush() after session.add(...) and before "
+            "add_event, or give the row a client-side id",
+        )
     if not isinstance(value, str):
         raise InvalidEventError(name, value, f"must be a str, not {type(value).__name__}")
     if not value:

@@ -1,10 +1,11 @@
 """Session integration: ``session.add_event(...)`` and insert-then-delete at flush.
 
 Events are buffered on the session in call order and written when the session
-flushes (explicitly, by autoflush, before a SAVEPOINT, or at commit) as one
-executemany ``INSERT`` plus the ``DELETE`` of the same ids on the
-session's own connection, so they commit or roll back with the business rows
-and the table stays empty while the binlog keeps every INSERT.
+flushes (explicitly, by autoflush, before a SAVEPOINT, or at commit) as an
+``INSERT`` of all of them plus the ``DELETE`` of the same ids on the session's
+own connection (the statements: :mod:`._outbox_sql`), so they commit or roll
+back with the business rows and the table stays empty while the binlog keeps
+every INSERT.
 """
 
 from __future__ import annotations
@@ -12,38 +13,27 @@ from __future__ import annotations
 import dataclasses
 import uuid
 import warnings
-import weakref
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import Any, cast, overload
+from typing import TYPE_CHECKING, Any, cast, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from ._otel import trace_headers
+from ._outbox_sql import TablePlan, table_plan, write_rows
 from .event import OutboxEvent, Serializer
 from .exceptions import ConfigurationError, InvalidEventError
-from .record_format import COLUMNS, encode_headers
+from .record_format import encode_headers
 from .table import outbox_table
 
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import async_sessionmaker
+
+    from .async_session import AsyncOutboxSession
+
 __all__ = ["AsyncOutboxSession", "OutboxSession", "enable_outbox"]
-
-DELETE_CHUNK = 50_000
-"""Most ids in one ``DELETE ... IN``: ~1.6 MB of SQL, far below ``max_allowed_packet``."""
-
-DELETE_ONE_BY_ONE = 32
-"""Up to this many events, each id is deleted by its own ``DELETE ... WHERE id = ?``.
-
-On the (almost always empty) outbox table MariaDB 10.11 plans ``id IN (a, b)``
-with two or more ids as a full table scan (EXPLAIN: ``type ALL``), and a
-locking scan waits on every other transaction's uncommitted outbox rows: two
-writers with several events each deadlock (bench pre-writer, 8 writers, 400
-five-event transactions: 358 deadlock retries). ``id = ?`` always takes the
-primary key and locks only its own row. Above this count one ``IN`` per
-:data:`DELETE_CHUNK` ids is kept: round trips would cost more than the rare
-wait on a concurrent bulk writer."""
 
 _DEFAULT_TABLE = outbox_table(sa.MetaData())
 
@@ -54,23 +44,8 @@ yet committed); how ``transactional_outbox.testing`` sees them. Empty in product
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
-class _Plan:
-    """The statements for one outbox table.
-
-    Built once per table: a session per transaction would otherwise rebuild
-    and re-key them every time (a measurable part of a one-event write).
-    """
-
-    table: sa.Table
-    keys: tuple[str, ...]  # the table's column keys, in COLUMNS order
-    insert: sa.Insert
-    delete: sa.Delete
-    delete_one: sa.Delete
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
 class _Settings:
-    plan: _Plan
+    plan: TablePlan
     keep_rows: bool
     serializer: Serializer | None
 
@@ -102,7 +77,7 @@ class OutboxSession(Session):
         table = _DEFAULT_TABLE if outbox_table is None else outbox_table
         if not isinstance(table, sa.Table):
             raise ConfigurationError("outbox_table", f"must be a sqlalchemy Table, not {table!r}")
-        self._outbox = _Settings(_plan(table), bool(outbox_keep_rows), outbox_serializer)
+        self._outbox = _Settings(table_plan(table), bool(outbox_keep_rows), outbox_serializer)
         self._outbox_pending: list[OutboxEvent] = []
 
     def add_event(
@@ -167,16 +142,8 @@ class OutboxSession(Session):
         plan = self._outbox.plan
         try:
             conn = self.connection(bind_arguments={"clause": plan.table})
-            # One executemany: PyMySQL/asyncmy send it as multi-row INSERTs of
-            # at most ~1 MB each, in list order, which is the binlog order.
-            conn.execute(plan.insert, [dict(zip(plan.keys, _row(e), strict=True)) for e in events])
-            if not self._outbox.keep_rows:
-                ids = [e.id.bytes for e in events]
-                if len(ids) <= DELETE_ONE_BY_ONE:
-                    conn.execute(plan.delete_one, [{"id": i} for i in ids])
-                else:
-                    for start in range(0, len(ids), DELETE_CHUNK):
-                        conn.execute(plan.delete, {"ids": ids[start : start + DELETE_CHUNK]})
+            # Rows in list order, which is the binlog order.
+            write_rows(conn, plan, [_row(e) for e in events], delete=not self._outbox.keep_rows)
         except BaseException:
             # Put them back: a commit after a caught error retries (and fails
             # again, e.g. on a duplicate id) instead of silently dropping them.
@@ -184,53 +151,6 @@ class OutboxSession(Session):
             raise
         for hook in write_hooks:
             hook(self, events)
-
-
-class AsyncOutboxSession(AsyncSession):
-    """An :class:`~sqlalchemy.ext.asyncio.AsyncSession` with :meth:`add_event`.
-
-    Its ``sync_session_class`` is :class:`OutboxSession`, which takes the
-    ``outbox_*`` settings (pass them to ``async_sessionmaker`` or here).
-    """
-
-    sync_session_class: type[Session] = OutboxSession
-
-    def __init__(self, bind: Any = None, **kw: Any) -> None:
-        super().__init__(bind, **kw)
-        if not isinstance(self.sync_session, OutboxSession):
-            raise ConfigurationError(
-                "sync_session_class",
-                f"must be a subclass of OutboxSession, not {type(self.sync_session).__name__}",
-            )
-        self._outbox_sync: OutboxSession = self.sync_session
-
-    def add_event(
-        self,
-        *,
-        aggregate_type: str,
-        aggregate_id: str | int,
-        event_type: str,
-        payload: Any,
-        headers: Mapping[str, str] | None = None,
-        id: uuid.UUID | None = None,
-        timestamp: datetime | None = None,
-        serializer: Serializer | None = None,
-    ) -> OutboxEvent:
-        """Same as :meth:`OutboxSession.add_event` (no I/O, so not a coroutine)."""
-        return self._outbox_sync.add_event(
-            aggregate_type=aggregate_type,
-            aggregate_id=aggregate_id,
-            event_type=event_type,
-            payload=payload,
-            headers=headers,
-            id=id,
-            timestamp=timestamp,
-            serializer=serializer,
-        )
-
-    def add_events(self, events: Iterable[OutboxEvent]) -> None:
-        """Same as :meth:`OutboxSession.add_events`."""
-        self._outbox_sync.add_events(events)
 
 
 @overload
@@ -263,17 +183,25 @@ def enable_outbox(
     returned, typed accordingly. ``table``, ``keep_rows`` and ``serializer``
     are the ``outbox_*`` settings of :class:`OutboxSession`.
     """
-    if isinstance(factory, async_sessionmaker):
+    if isinstance(factory, sessionmaker):
+        factory.class_ = _with_base(factory.class_, OutboxSession)
+    else:
+        # The async parts need greenlet (the ``async`` extra): imported only here.
+        # Without it, nothing can be an async_sessionmaker.
+        try:
+            from .async_session import AsyncOutboxSession, is_async_sessionmaker
+        except ImportError:
+            is_async = False
+        else:
+            is_async = is_async_sessionmaker(factory)
+        if not is_async:
+            raise ConfigurationError(
+                "factory", f"must be a sessionmaker or async_sessionmaker, not {factory!r}"
+            )
         # Read the sync class before wrapping: AsyncOutboxSession's own would win.
         sync_class = factory.kw.get("sync_session_class") or factory.class_.sync_session_class
         factory.class_ = _with_base(factory.class_, AsyncOutboxSession)
         factory.kw["sync_session_class"] = _with_base(sync_class, OutboxSession)
-    elif isinstance(factory, sessionmaker):
-        factory.class_ = _with_base(factory.class_, OutboxSession)
-    else:
-        raise ConfigurationError(
-            "factory", f"must be a sessionmaker or async_sessionmaker, not {factory!r}"
-        )
     factory.kw.update(outbox_table=table, outbox_keep_rows=keep_rows, outbox_serializer=serializer)
     return cast("sessionmaker[OutboxSession] | async_sessionmaker[AsyncOutboxSession]", factory)
 
@@ -283,37 +211,6 @@ def _with_base(cls: type[Any], base: type[Any]) -> type[Any]:
         return cls
     # Outbox class first, so its flush()/__init__ wrap the user's class.
     return type(cls.__name__, (base, cls), {})
-
-
-_plans: weakref.WeakKeyDictionary[sa.Table, _Plan] = weakref.WeakKeyDictionary()
-
-
-def _plan(table: sa.Table) -> _Plan:
-    plan = _plans.get(table)
-    if plan is None:  # a race builds it twice, harmlessly
-        keys = _column_keys(table)
-        id_column = table.c[keys[0]]
-        plan = _Plan(
-            table=table,
-            keys=keys,
-            insert=sa.insert(table),
-            delete=sa.delete(table).where(id_column.in_(sa.bindparam("ids", expanding=True))),
-            delete_one=sa.delete(table).where(id_column == sa.bindparam("id")),
-        )
-        _plans[table] = plan
-    return plan
-
-
-def _column_keys(table: sa.Table) -> tuple[str, ...]:
-    # Insert parameters are keyed by Column.key: snake_case in outbox_table(),
-    # the column names in a declarative OutboxMixin class. Look them up by name.
-    by_name = {c.name: c.key for c in table.columns}
-    missing = [n for n in COLUMNS if n not in by_name]
-    if missing:
-        raise ConfigurationError(
-            "outbox_table", f"table {table.fullname!r} has no column(s) {', '.join(missing)}"
-        )
-    return tuple(by_name[n] for n in COLUMNS)
 
 
 def _row(event: OutboxEvent) -> tuple[Any, ...]:
@@ -396,3 +293,13 @@ def _discard_at_end(session: Session, transaction: Any) -> None:
     pending = _pending(session)
     if pending and transaction.parent is None:
         pending.clear()
+
+
+def __getattr__(name: str) -> Any:
+    # ``AsyncOutboxSession`` lives in ``async_session`` (it needs greenlet, the
+    # ``async`` extra); still importable from here, as before.
+    if name == "AsyncOutboxSession":
+        from .async_session import AsyncOutboxSession
+
+        return AsyncOutboxSession
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

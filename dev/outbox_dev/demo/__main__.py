@@ -19,7 +19,11 @@ def main() -> int:
         action="store_true",
         help="stop the relay (SIGTERM) halfway, then restart it replaying from the start",
     )
-    parser.add_argument("--keep", action="store_true", help="keep the databases and topic")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the databases, topic and Redis keys (checkpoint, lease)",
+    )
     parser.add_argument("--summary-json", metavar="PATH", help="write the summary JSON here")
     return asyncio.run(Demo(parser.parse_args()).run())
 

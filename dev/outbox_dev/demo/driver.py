@@ -270,7 +270,10 @@ class Demo:
                 say("Stopped with SIGTERM: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()))
         if self.args.keep:
             res = self.res
-            say(f"Kept databases {res.db}, {res.read_db} and topic {res.topic} (--keep).")
+            say(
+                f"Kept databases {res.db}, {res.read_db}, topic {res.topic} and Redis keys "
+                f"{res.key_prefix}* (--keep)."
+            )
             return
         await self.res.remove()
 

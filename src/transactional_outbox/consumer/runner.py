@@ -148,7 +148,7 @@ class ConsumerRunner:
             try:
                 consumer.subscribe(
                     topics=list(s.topics),
-                    pattern=s.topic_pattern,
+                    pattern=s.subscription_pattern(),
                     listener=_Listener(self),
                 )
                 logger.info("consumer runner started: %r", s)
@@ -297,6 +297,12 @@ class ConsumerRunner:
                     del self._pending[tp]
 
     async def _partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        if revoked:
+            logger.info(
+                "partitions revoked: %s; waiting for %d running batches, then committing",
+                sorted(f"{t.topic}/{t.partition}" for t in revoked),
+                len(self._running),
+            )
         self._revoking |= revoked
         try:
             # Let the records being handled finish, then commit them before the

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -31,7 +32,13 @@ class RunnerSettings:
     ``dead_letter_topic``: where a record goes after its last failed attempt,
     or at once when it has no valid ``id`` header; ``{topic}`` in it is
     replaced by the record's topic (e.g. ``"{topic}.dlq"``). Without one, such
-    a record stops the runner with an error instead of being skipped.
+    a record stops the runner with an error instead of being skipped. A runner
+    never consumes its own dead letters: a plain dead-letter topic that is one of
+    ``topics`` or matches ``topic_pattern`` is refused, and with ``{topic}`` the
+    subscription leaves out the dead-letter topic of every topic the pattern
+    matches (``r"outbox\\.event\\..*"`` with ``"{topic}.dlq"`` reads
+    ``outbox.event.order``, not ``outbox.event.order.dlq``): see
+    :meth:`subscription_pattern`.
 
     ``max_concurrency``: how many records of different keys may be handled at
     once (records of one key always run in order, one at a time); 1 handles a
@@ -103,6 +110,27 @@ class RunnerSettings:
             or (self.topic_pattern is not None and re.fullmatch(self.topic_pattern, template))
         ):
             raise ConfigurationError("dead_letter_topic", "must not be a consumed topic")
+
+    def subscription_pattern(self) -> str | None:
+        """The regex the runner subscribes with: ``topic_pattern`` minus its dead letters.
+
+        aiokafka subscribes to the topics ``pattern.match`` (anchored at the
+        start only) accepts. With a ``{topic}`` dead-letter template, a topic T
+        is left out when it is the dead-letter topic of a topic the pattern
+        accepts, i.e. T = template.format(topic=X) with ``pattern.match(X)``: a
+        negative lookahead with each ``{topic}`` replaced by ``(?:pattern).*``.
+        Otherwise the runner would read ``x.dlq``, fail on it again and write
+        ``x.dlq.dlq``, and so on.
+        """
+        pattern, template = self.topic_pattern, self.dead_letter_topic
+        if pattern is None or template is None or "{topic}" not in template:
+            return pattern
+        parts = []
+        for literal, field_name, _, _ in string.Formatter().parse(template):
+            parts.append(re.escape(literal))
+            if field_name is not None:
+                parts.append(f"(?:{pattern}).*")
+        return f"(?!{''.join(parts)}\\Z)(?:{pattern})"
 
     def dead_letter_topic_for(self, topic: str) -> str | None:
         """The dead-letter topic of records read from ``topic`` (``None``: none set)."""

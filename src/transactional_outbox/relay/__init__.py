@@ -13,12 +13,22 @@ from ..kafka import KafkaConnection
 from .position import BinlogPosition, StartPolicy
 
 if TYPE_CHECKING:
+    from .canary import CanarySettings
     from .config import RelaySettings
     from .pipeline import Relay
 
 # Loaded on first use, so the binlog reader process (which imports only the
 # source side) does not load SQLAlchemy, aiokafka and redis.
-__getattr__ = lazy_attributes(__name__, {"RelaySettings": "config", "Relay": "pipeline"})
+__getattr__ = lazy_attributes(
+    __name__, {"RelaySettings": "config", "Relay": "pipeline", "CanarySettings": "canary"}
+)
 
 
-__all__ = ["BinlogPosition", "KafkaConnection", "Relay", "RelaySettings", "StartPolicy"]
+__all__ = [
+    "BinlogPosition",
+    "CanarySettings",
+    "KafkaConnection",
+    "Relay",
+    "RelaySettings",
+    "StartPolicy",
+]

@@ -199,6 +199,7 @@ def table_problem(cur: Any, user: str, schema: str, table: str, *, hint: str) ->
 
     A missing table's message ends with ``hint``, the caller's advice.
     """
+    grant = f"GRANT SELECT ON `{schema}`.`{table}` TO '{user}'@'%';"
     try:
         cur.execute(
             "SELECT COLUMN_NAME, DATA_TYPE, CHARACTER_MAXIMUM_LENGTH FROM "
@@ -207,11 +208,16 @@ def table_problem(cur: Any, user: str, schema: str, table: str, *, hint: str) ->
         )
         columns = {str(r[0]).lower(): (str(r[1]).lower(), r[2]) for r in cur.fetchall()}
     except pymysql.err.OperationalError as exc:
-        raise _privileges_error(user, f"SELECT ON `{schema}`.`{table}`", exc) from None
+        raise ServerConfigurationError(
+            "mysql_url",
+            f"user {user!r} cannot read the columns of `{schema}`.`{table}`: "
+            f"{exc.args[-1] if exc.args else exc}. Grant it: {grant}",
+        ) from None
     if not columns:
         return (
             f"table `{schema}`.`{table}` does not exist or is not visible to {user!r}: run "
-            f"`alembic upgrade head` (or grant SELECT on it), or {hint}"
+            f"`alembic upgrade head`, or if it exists grant the relay SELECT on it "
+            f"({grant}), or {hint}"
         )
     missing = [c for c in COLUMNS if c not in columns]
     if missing:

@@ -21,6 +21,7 @@ from sqlalchemy.engine import make_url
 from .._fields import mask_url
 from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
+from .canary import CanarySettings
 from .options import (
     SECRET,
     env_var,
@@ -35,7 +36,7 @@ from .options import (
 )
 from .position import StartPolicy
 from .resume import gtid_mode
-from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
+from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter, invalid_topic_reason
 
 __all__ = [
     "RENAMED",
@@ -82,6 +83,9 @@ class RelaySettings:
         prefix="kafka_",
         help="Kafka brokers and login, set as the kafka_* settings (a KafkaConnection)",
     )
+    canary: CanarySettings | None = nested(
+        CanarySettings, prefix="canary_", help="the canary event (canary_*; unset: none)"
+    )
     kafka_acks: str = option("all", "producer acks", choices=("all", "1", "0"))
     enable_idempotence: bool = option(
         True,
@@ -97,6 +101,8 @@ class RelaySettings:
         1_048_576, "largest record the producer sends (bytes); match the topic's max.message.bytes"
     )
     request_timeout_ms: int = option(40_000, "Kafka request timeout (ms)")
+    ack_stall_ms: int = option(5_000, "sent events unacknowledged this long: Kafka down (ms)")
+    retry_backoff_ms: int = option(500, "producer's wait before a retry or reconnect (ms)")
     redis_url: str = option("", "required: Redis URL for the checkpoint and the lease")
     relay_name: str = option("default", "relay name: namespaces the checkpoint key")
     key_prefix: str = option("outbox:relay:", "prefix of the relay's Redis keys")
@@ -139,6 +145,11 @@ class RelaySettings:
         },
     )
     checkpoint_interval_ms: int = option(1000, "save the checkpoint at most this often (ms)")
+    checkpoint_topic: str = option(
+        "outbox.relay.checkpoints",
+        "compacted topic with a second copy of the checkpoint, keyed by key prefix + relay "
+        "name; created if missing (cleanup.policy=compact); empty: Redis only",
+    )
     queue_max_events: int = option(20_000, "events read ahead of Kafka acks before reading pauses")
     heartbeat_ms: int = option(
         2_000, "replication heartbeat (ms); a stream silent for 3x this is reconnected"
@@ -217,6 +228,8 @@ class RelaySettings:
         StartPolicy.parse(self.start_position)
         object.__setattr__(self, "resume_by_gtid", gtid_mode(self.resume_by_gtid))
         self.router()  # validates the template and overrides
+        if self.checkpoint_topic and (why := invalid_topic_reason(self.checkpoint_topic)):
+            raise ConfigurationError("checkpoint_topic", why)
         for name in ("checkpoint_interval_ms", "queue_max_events", "max_request_size"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
@@ -226,7 +239,7 @@ class RelaySettings:
                 f"{self.lease_renew_ms} must be positive and at most half of lease_ttl_ms "
                 f"({self.lease_ttl_ms}), so one missed renewal does not lose the lease",
             )
-        for name in ("heartbeat_ms", "reconnect_max_ms"):
+        for name in ("heartbeat_ms", "reconnect_max_ms", "ack_stall_ms", "retry_backoff_ms"):
             if getattr(self, name) <= 0:
                 raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
         if self.progress_interval_ms < 0:
@@ -301,9 +314,9 @@ class RelaySettings:
         """The topic router these settings describe."""
         return TopicRouter(template=self.topic_template, overrides=self.topic_overrides)
 
-    def mysql_connection_args(self) -> dict[str, Any]:
-        """PyMySQL connection arguments from :attr:`mysql_url`."""
-        url = make_url(self.mysql_url)
+    def mysql_connection_args(self, other_url: str = "") -> dict[str, Any]:
+        """PyMySQL connection arguments from :attr:`mysql_url` (or ``other_url``)."""
+        url = make_url(other_url or self.mysql_url)
         args: dict[str, Any] = {
             "host": url.host,
             "port": url.port or 3306,
@@ -330,6 +343,7 @@ class RelaySettings:
             "max_batch_size": min(self.max_batch_size, self.max_request_size),
             "max_request_size": self.max_request_size,
             "request_timeout_ms": self.request_timeout_ms,
+            "retry_backoff_ms": self.retry_backoff_ms,
         }
 
     def __repr__(self) -> str:

@@ -17,23 +17,34 @@ import pymysql
 from aiokafka.conn import create_conn
 from aiokafka.errors import (
     AuthenticationFailedError,
+    ConcurrentTransactions,
+    CoordinatorLoadInProgressError,
+    CoordinatorNotAvailableError,
     IllegalSaslStateError,
+    IncompatibleBrokerVersion,
     KafkaConnectionError,
     KafkaError,
+    NoError,
+    NotCoordinatorError,
     SaslAuthenticationFailed,
     UnsupportedSaslMechanismError,
+    for_code,
 )
+from aiokafka.protocol.transaction import InitProducerIdRequest
 from redis.exceptions import AuthenticationError, NoPermissionError, ResponseError
+from sqlalchemy.engine import make_url
 
 from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
 from .config import RelaySettings
 
 __all__ = [
+    "check_idempotent_producer",
     "check_kafka_login",
     "kafka_misconfiguration",
     "mysql_misconfiguration",
     "redis_misconfiguration",
+    "select_grants",
 ]
 
 # A connection cut during the handshake may be a broker restarting: retried.
@@ -67,8 +78,22 @@ def mysql_misconfiguration(
             if settings.outbox_schema
             else "mysql_url"
         )
+        if code == _DB_ACCESS_DENIED:
+            # No privilege at all on the outbox table's schema: the relay's one
+            # grant there is SELECT on its outbox table(s) (README, least privilege).
+            reason += f"; {select_grants(settings)}"
         return ConfigurationError(setting, f"error {code} from the server: {reason}")
     return None
+
+
+def select_grants(settings: RelaySettings) -> str:
+    """The GRANT statement(s) giving the relay's user SELECT on its outbox table(s)."""
+    user = make_url(settings.mysql_url).username or "<relay user>"
+    statements = [
+        f"GRANT SELECT ON `{schema}`.`{table}` TO '{user}'@'%';"
+        for schema, table in settings.tables
+    ]
+    return "the relay's user needs SELECT on the outbox table: " + " ".join(statements)
 
 
 def redis_misconfiguration(exc: BaseException) -> ConfigurationError | None:
@@ -153,5 +178,51 @@ async def check_kafka_login(settings: RelaySettings, producer_args: dict[str, An
             if found is not None:
                 raise found from None
             continue
-        conn.close()
+        try:
+            if producer_args.get("enable_idempotence"):
+                await check_idempotent_producer(conn)
+        finally:
+            conn.close()
         return
+
+
+# InitProducerId answers a retry can fix: the broker is still loading or moving
+# its coordinator. aiokafka's producer retries these itself.
+_PID_RETRIABLE = (
+    NoError,
+    CoordinatorNotAvailableError,
+    CoordinatorLoadInProgressError,
+    NotCoordinatorError,
+    ConcurrentTransactions,
+)
+
+
+async def check_idempotent_producer(conn: Any) -> None:
+    """Ask the broker on ``conn`` for a producer id, as the idempotent producer will.
+
+    Raises :class:`ConfigurationError` naming ``enable_idempotence`` when the
+    broker answers with an error a retry cannot fix, or does not know the request
+    at all: aiokafka's producer would log ``Unexpected error during
+    InitProducerIdRequest`` and retry forever without publishing anything (the
+    local tansu broker answers ``UnknownError``). A broker that does not answer
+    is left to the producer's own retries. On Apache Kafka this allocates one
+    unused producer id, as every producer start does.
+    """
+    try:
+        resp = await conn.send(
+            InitProducerIdRequest(transactional_id=None, transaction_timeout_ms=60_000)
+        )
+    except IncompatibleBrokerVersion:
+        reason = "the broker does not support InitProducerIdRequest"
+    except (KafkaError, OSError, TimeoutError):
+        return
+    else:
+        error = for_code(resp.error_code)
+        if error in _PID_RETRIABLE:
+            return
+        reason = f"InitProducerIdRequest failed: {error.__name__}"
+    raise ConfigurationError(
+        "enable_idempotence",
+        f"the broker cannot give the idempotent producer an id ({reason}); for a broker "
+        "without idempotence set OUTBOX_ENABLE_IDEMPOTENCE=false (--no-enable-idempotence)",
+    )

@@ -62,6 +62,24 @@ return 0
 """
 
 
+# KEYS[1] lease, KEYS[2] fence counter; ARGV[1] token:holder, ARGV[2] floor, ARGV[3] holder,
+# ARGV[4] ttl ms. While we hold the lease: a counter at or below the floor moves past it
+# and the lease takes the new token. Returns the token now held, or nil if not ours.
+_RAISE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return nil
+end
+local cur = tonumber(redis.call('GET', KEYS[2]) or '0')
+if cur > tonumber(ARGV[2]) then
+  return cur
+end
+local token = tonumber(ARGV[2]) + 1
+redis.call('SET', KEYS[2], token)
+redis.call('SET', KEYS[1], token .. ':' .. ARGV[3], 'PX', ARGV[4])
+return token
+"""
+
+
 @dataclass(frozen=True, slots=True)
 class LeaseKeys:
     """Redis keys of one relay name."""
@@ -142,6 +160,36 @@ class Lease:
             return False
         ok = await self._client.eval(_FENCED_SET, 2, self.keys.fence, key, self.token, value)
         return bool(ok)
+
+    async def raise_token_above(self, floor: int) -> bool:
+        """Take a token above ``floor`` (a token seen outside Redis) if ours is not.
+
+        After Redis lost the fence counter, tokens restart at 1; a copy of the
+        checkpoint kept elsewhere may carry a higher one. Raising the counter past
+        it keeps tokens growing, so every write from now on outranks it. False if
+        the lease is no longer ours.
+        """
+        if self.token is None:
+            return False
+        if self.token > floor:
+            return True
+        started = time.monotonic()
+        token = await self._client.eval(
+            _RAISE,
+            2,
+            self.keys.lease,
+            self.keys.fence,
+            self._value,
+            floor,
+            self.holder,
+            self.ttl_ms,
+        )
+        if token is None:
+            self.token = None
+            return False
+        self.token = int(token)
+        self.valid_until = started + self.ttl_ms / 1000
+        return True
 
     def __repr__(self) -> str:
         return f"Lease(key={self.keys.lease!r}, holder={self.holder!r}, token={self.token})"

@@ -83,6 +83,30 @@ class _StatsCollector(Collector):
         yield gauge(
             "outbox_relay_events_outstanding", "Events sent, not yet acknowledged", st.outstanding
         )
+        yield gauge(
+            "outbox_relay_kafka_unacknowledged_seconds",
+            "Seconds Kafka has acknowledged nothing while events are outstanding (0 = none "
+            "outstanding; above ack_stall_ms Kafka is reported down)",
+            st.unacknowledged_for(),
+        )
+        yield counter(
+            "outbox_relay_kafka_outages",
+            "Times Kafka was reported down (nothing acknowledged for ack_stall_ms, or a "
+            "session failed)",
+            st.kafka_outages,
+        )
+        if st.canary != "off":
+            yield gauge(
+                "outbox_relay_canary_ok",
+                "1 while canary events come back through the binlog in time and can be written",
+                st.canary == "ok",
+            )
+            yield counter("outbox_relay_canary_alarms", "Canary alarms raised", st.canary_alarms)
+            yield gauge(
+                "outbox_relay_canary_roundtrip_seconds",
+                "Write-to-seen time of the last canary event that came back",
+                st.canary_roundtrip or 0.0,
+            )
         yield gauge("outbox_relay_leader", "1 while this relay leads", st.role == "leader")
         file_index, pos = 0, 0
         if st.checkpoint is not None:

@@ -21,8 +21,11 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from ..exceptions import LeadershipLostError
+from .canary import Canary
 from .checkpoint import RedisCheckpointStore
+from .checkpoint_topic import KafkaCheckpointTopic
 from .checkpointer import Checkpointer
+from .checkpoints import CheckpointStores
 from .checks import ServerInfo
 from .config import RelaySettings
 from .health import HealthServer
@@ -59,6 +62,8 @@ class Relay:
         self._router = settings.router()
         self._loop_tick = time.monotonic()
         self._health_server: HealthServer | None = None
+        on = settings.canary is not None and settings.canary.interval_ms > 0
+        self.canary = Canary(settings, self.stats) if on else None
 
     def __repr__(self) -> str:
         return f"Relay(name={self.settings.relay_name!r}, stopping={self._stopping.is_set()})"
@@ -91,6 +96,7 @@ class Relay:
         again; :meth:`stop` ends it cleanly.
         """
         s = self.settings
+        kafka_copy = _checkpoint_topic(s)  # a bad Kafka setting fails here, before any server
         if s.metrics_port:
             self._health_server = HealthServer.serve(
                 host=s.metrics_host,
@@ -101,8 +107,13 @@ class Relay:
             )
         rds = aioredis.from_url(s.redis_url)
         keys = LeaseKeys.for_relay(s.key_prefix, s.relay_name)
-        store = RedisCheckpointStore(rds, key=keys.checkpoint)
         lease = Lease(rds, keys, ttl_ms=s.lease_ttl_ms)
+        store = CheckpointStores(
+            RedisCheckpointStore(rds, key=keys.checkpoint),
+            kafka_copy,
+            lease,
+            relay_name=s.relay_name,
+        )
         background = [asyncio.create_task(self._tick_loop(), name="outbox-tick")]
         if s.progress_interval_ms > 0:
             progress = self.stats.log_progress(s.progress_interval_ms / 1000)
@@ -128,9 +139,11 @@ class Relay:
                 self._health_server.stop()
             with contextlib.suppress(RedisError, OSError):
                 await lease.release()
+            if store.kafka is not None:
+                await store.kafka.close()
             await rds.aclose()
 
-    async def _lead(self, store: RedisCheckpointStore, lease: Lease) -> None:
+    async def _lead(self, store: CheckpointStores, lease: Lease) -> None:
         s = self.settings
         term = LeaderTerm(
             lease, renew_ms=s.lease_renew_ms, stats=self.stats, on_lost=self._end_session
@@ -156,7 +169,7 @@ class Relay:
                     checkpointer.run(
                         over,
                         interval=s.checkpoint_interval_ms / 1000,
-                        kafka_timeout=s.request_timeout_ms / 1000,
+                        kafka_timeout=s.ack_stall_ms / 1000,
                     ),
                     name="outbox-checkpoint",
                 ),
@@ -170,6 +183,8 @@ class Relay:
                     name="outbox-binlog-head",
                 ),
             ]
+            if self.canary is not None:
+                tasks.append(asyncio.create_task(self.canary.run(over), name="outbox-canary"))
             try:
                 await self._supervise(start, term)
             finally:
@@ -178,6 +193,7 @@ class Relay:
                     await _cancel(task)
                 if not term.lost.is_set():
                     await checkpointer.final_save()
+                await checkpointer.abandon()
         if term.lost.is_set():
             raise LeadershipLostError(term.reason)
 
@@ -193,12 +209,13 @@ class Relay:
                 term=term,
                 stats=self.stats,
                 observe_batch=self.metrics.batch_size.observe,
+                canary_seen=self.canary.seen if self.canary is not None else lambda event_id: None,
             )
             try:
                 await session.run()
                 return
             except SessionFailed as exc:
-                self.stats.kafka = "degraded"
+                self.stats.kafka_down(f"{exc.__cause__ or exc}")
                 self.stats.kafka_errors += 1
                 position = session.watermark.position or position
                 log.warning(
@@ -216,6 +233,20 @@ class Relay:
         while True:
             self._loop_tick = time.monotonic()
             await asyncio.sleep(0.5)
+
+
+def _checkpoint_topic(s: RelaySettings) -> KafkaCheckpointTopic | None:
+    """The Kafka copy of the checkpoint, unless ``checkpoint_topic`` is empty."""
+    if not s.checkpoint_topic:
+        return None
+    return KafkaCheckpointTopic(
+        s.producer_args(),
+        topic=s.checkpoint_topic,
+        key=f"{s.key_prefix}{s.relay_name}",
+        create=s.create_topics,
+        replication_factor=s.topic_replication_factor,
+        timeout_ms=min(s.request_timeout_ms, 30_000),
+    )
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

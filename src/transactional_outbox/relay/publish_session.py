@@ -25,6 +25,7 @@ from .deadletter import dead_letter_record, rejected_event_id, rejection_reason
 from .faults import check_kafka_login
 from .position import BinlogPosition
 from .publisher import KafkaPublisher, is_permanent
+from .reach import recheck_after_reconnect
 from .reader_process import ProcessSource
 from .routing import KafkaRecord, TopicRouter, record_id
 from .rowdecoder import RejectedRow
@@ -56,6 +57,7 @@ class PublishSession:
         term: LeaderTerm,
         stats: RelayStats,
         observe_batch: Callable[[float], None] = lambda n: None,
+        canary_seen: Callable[[str], None] = lambda event_id: None,
     ) -> None:
         self.settings = settings
         self.start = start
@@ -68,12 +70,18 @@ class PublishSession:
         self._term = term
         self._stats = stats
         self._observe_batch = observe_batch
+        self._canary_seen = canary_seen
         self._stopped = False
         self._topics: Topics | None = None
         self._source: BinlogSource | ProcessSource | None = None
         self._channel: Channel | None = None
         self._publisher: KafkaPublisher | None = None
         self._dead_letter_tasks: set[asyncio.Future[None]] = set()
+        self._checks: set[asyncio.Future[None]] = set()
+        # The source lost its connection since it last had one; a later session's
+        # first connection is a reconnect too (its server is checked again).
+        self._reconnecting = stats.sessions > 0
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def __repr__(self) -> str:
         return f"PublishSession(start={self.start}, stopped={self._stopped})"
@@ -118,15 +126,16 @@ class PublishSession:
         )
         if self._stopped:
             topics.abort()
-        publisher = KafkaPublisher(producer_args, topics)
+        publisher = KafkaPublisher(producer_args, topics, on_canary=self._on_canary)
         try:
             await publisher.start()
         except Exception as exc:
             await topics.close()
             raise SessionFailed(str(exc)) from exc
-        self._stats.kafka = "ok"
+        self._stats.kafka_up("the producer connected")
         self._publisher = publisher
-        channel = self._channel = Channel(asyncio.get_running_loop(), max_events=s.queue_max_events)
+        self._loop = asyncio.get_running_loop()
+        channel = self._channel = Channel(self._loop, max_events=s.queue_max_events)
         start = self.start
         # Every connection by GTID when the server has them (resume_by_gtid auto/on):
         # a reconnect may reach another server (a failover) whose FILE:POS differ.
@@ -280,5 +289,22 @@ class PublishSession:
         except PublishError as exc:
             sent(exc)
 
+    def _on_canary(self, record: KafkaRecord, ticket: int) -> None:
+        # Never sent: done at once, so the checkpoint can pass it.
+        self.watermark.ack(ticket, 1)
+        self._canary_seen(record_id(record))
+
     def _on_source_state(self, state: str) -> None:
+        # Called from the source's thread. After a reconnect, check again that the
+        # outbox rows reach the binlog read (the address may lead to another server).
         self._stats.mysql = "ok" if state == "connected" else "degraded"
+        if state != "connected":
+            self._reconnecting = True
+        elif self._reconnecting and self._channel is not None and self._loop is not None:
+            self._reconnecting = False
+            self._loop.call_soon_threadsafe(self._recheck, self._channel)
+
+    def _recheck(self, channel: Channel) -> None:
+        task = recheck_after_reconnect(self.settings, channel.fail)
+        self._checks.add(task)
+        task.add_done_callback(self._checks.discard)

@@ -29,7 +29,7 @@ from aiokafka.partitioner import murmur2
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 
 from ..exceptions import PublishError
-from .routing import KafkaRecord, invalid_topic_reason
+from .routing import CANARY_TOPIC, KafkaRecord, invalid_topic_reason
 from .topics import Topics
 
 __all__ = ["KafkaPublisher", "OnBatchDone", "OnRejected", "is_permanent"]
@@ -64,8 +64,15 @@ def _outcome(fut: Any) -> BaseException | None:
 class KafkaPublisher:
     """Publishes records in per-partition batches and reports each batch's outcome."""
 
-    def __init__(self, producer_args: dict[str, Any], topics: Topics | None = None) -> None:
+    def __init__(
+        self,
+        producer_args: dict[str, Any],
+        topics: Topics | None = None,
+        *,
+        on_canary: Callable[[KafkaRecord, int], None] | None = None,
+    ) -> None:
         self._args = producer_args
+        self._on_canary = on_canary
         self._topics = topics
         self._producer: AIOKafkaProducer | None = None
         self._partition_cache: dict[tuple[str, bytes], tuple[int, int]] = {}
@@ -104,7 +111,8 @@ class KafkaPublisher:
         ``on_done(runs, records, error)`` is called once per batch when Kafka
         answers. A record Kafka would refuse whatever happens (illegal topic,
         larger than ``max_request_size``) goes to ``on_rejected(record, ticket,
-        reason)`` instead, which may raise to stop.
+        reason)`` instead, which may raise to stop; a canary record to
+        ``on_canary(record, ticket)``, unsent.
         """
         producer = self._producer
         assert producer is not None, "start() first"
@@ -128,6 +136,11 @@ class KafkaPublisher:
                         f"max_request_size={limit}"
                     )
             if reason:
+                if topic == CANARY_TOPIC and self._on_canary is not None:
+                    # The relay's own canary (its topic is no legal name): taken back,
+                    # never sent. Checked here, where only illegal topics arrive.
+                    self._on_canary(record, item[1])
+                    continue
                 try:
                     await on_rejected(record, item[1], reason)
                 except Exception as exc:

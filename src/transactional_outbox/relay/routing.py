@@ -12,7 +12,20 @@ from ..event import OutboxEvent
 from ..exceptions import ConfigurationError
 from ..record_format import OWN_HEADERS, format_timestamp, id_text, own_headers, parse_timestamp
 
-__all__ = ["KafkaRecord", "TopicRouter", "build_record", "event_of", "record_id"]
+__all__ = [
+    "CANARY_AGGREGATE_TYPE",
+    "CANARY_TOPIC",
+    "KafkaRecord",
+    "TopicRouter",
+    "build_record",
+    "event_of",
+    "record_id",
+]
+
+CANARY_AGGREGATE_TYPE = "__outbox_relay_canary__"
+"""Reserved: rows of this aggregate type are the relay's canaries, never published."""
+CANARY_TOPIC = "\x00outbox-relay-canary"
+"""The canary's "topic": no legal Kafka name, so it can never be a user topic."""
 
 DEFAULT_TOPIC_TEMPLATE = "outbox.event.{aggregatetype}"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -131,7 +144,9 @@ class TopicRouter:
         topic = self._cache.get(key)
         if topic is None:
             found: str | None = None
-            if self._by_table:
+            if aggregate_type == CANARY_AGGREGATE_TYPE:  # first: no override may catch it
+                found = CANARY_TOPIC
+            elif self._by_table:
                 name = f"{schema}.{table}"
                 found = self._by_table.get((name, aggregate_type)) or self._by_table.get(
                     (name, "*")

@@ -20,11 +20,12 @@ from redis.exceptions import RedisError
 
 from .._fields import mask_url
 from ..exceptions import ConfigurationError, ServerConfigurationError
-from .checkpoint import RedisCheckpointStore
+from .checkpoints import CheckpointStores
 from .checks import ServerInfo, check_matching_tables, check_server, resolve_start
 from .config import RelaySettings
 from .faults import mysql_misconfiguration, redis_misconfiguration
 from .position import BinlogPosition
+from .reach import check_rows_reach_binlog
 from .resume import uses_gtid
 from .source import SourceSettings
 from .stats import RelayStats
@@ -86,7 +87,7 @@ def derive_server_id(relay_name: str, *, avoid: int | None = None) -> int:
 
 async def prepare_start(
     settings: RelaySettings,
-    store: RedisCheckpointStore,
+    store: CheckpointStores,
     stats: RelayStats,
     stopping: asyncio.Event,
     *,
@@ -134,10 +135,9 @@ async def prepare_start(
 
 
 async def _resolve(
-    s: RelaySettings, store: RedisCheckpointStore, stats: RelayStats
+    s: RelaySettings, store: CheckpointStores, stats: RelayStats
 ) -> tuple[ServerInfo, BinlogPosition, str, list[tuple[str, str]]]:
-    checkpoint = await store.load()
-    stats.redis = "ok"
+    checkpoint = await store.load_start(s, stats)  # Redis's or Kafka's copy
 
     def blocking() -> tuple[ServerInfo, BinlogPosition, str, list[tuple[str, str]]]:
         # With the database: the server then says "unknown database" itself
@@ -151,6 +151,7 @@ async def _resolve(
                 setting="outbox_tables" if s.multi_table else "outbox_table",
             )
             matched = _check_pattern(conn, s)
+            check_rows_reach_binlog(conn, tables=(*s.tables, *matched), version=info.version)
             start, why = resolve_start(
                 conn,
                 info,

@@ -49,6 +49,13 @@ class RelayStats:
     # When Kafka last made progress while events were outstanding: an outage
     # shows as outstanding events and no acks, since aiokafka retries silently.
     last_progress_at: float = field(default_factory=time.monotonic)
+    kafka_down_since: float | None = None  # monotonic, while Kafka is reported down
+    kafka_outages: int = 0
+    canary: str = "off"  # off, ok, late (not back in time), failing (cannot be written)
+    canary_alarms: int = 0
+    canary_roundtrip: float | None = None  # seconds, the last canary's
+    canaries_written: int = 0
+    canaries_seen: int = 0
     checkpoint: BinlogPosition | None = None
     checkpoint_saved_at: float | None = None
     dead_lettered: int = 0
@@ -84,21 +91,44 @@ class RelayStats:
         self.published += count
         self.last_progress_at = time.monotonic()
         if self.kafka == "degraded":
-            self.kafka = "ok"
-            log.info("Kafka acknowledges events again")
+            self.kafka_up("it acknowledges events again")
+
+    def kafka_down(self, reason: str) -> None:
+        """Report Kafka down: one ERROR line when an outage starts, none while it lasts."""
+        if self.kafka == "degraded":
+            return
+        self.kafka = "degraded"
+        self.kafka_outages += 1
+        self.kafka_down_since = time.monotonic()
+        log.error(
+            "Kafka down: %s; the producer keeps retrying, the checkpoint holds, nothing is "
+            "lost (one line now, one when it is back)",
+            reason,
+        )
+
+    def kafka_up(self, how: str) -> None:
+        """Report Kafka up: one INFO line if it was down."""
+        since = self.kafka_down_since
+        if self.kafka == "degraded" and since is not None:
+            log.info("Kafka back after %.1fs: %s", time.monotonic() - since, how)
+        self.kafka = "ok"
+        self.kafka_down_since = None
+
+    def unacknowledged_for(self) -> float:
+        """Seconds Kafka has acknowledged nothing while events are outstanding (else 0)."""
+        if self.outstanding == 0:
+            return 0.0
+        return max(time.monotonic() - self.last_progress_at, 0.0)
 
     def check_kafka_progress(self, timeout: float) -> None:
-        """Mark Kafka degraded if events are outstanding and none was acked for ``timeout`` s."""
-        if self.outstanding == 0 or self.kafka == "degraded":
+        """Report Kafka down if events are outstanding and none was acked for ``timeout`` s."""
+        if self.kafka == "degraded":
             return
-        stalled = time.monotonic() - self.last_progress_at
+        stalled = self.unacknowledged_for()
         if stalled > timeout:
-            self.kafka = "degraded"
-            log.warning(
-                "Kafka has acknowledged nothing for %.1fs with %d events outstanding; "
-                "the producer keeps retrying, the checkpoint holds",
-                stalled,
-                self.outstanding,
+            self.kafka_down(
+                f"nothing acknowledged for {stalled:.1f}s with {self.outstanding} events "
+                "outstanding"
             )
 
     def progress_line(self, rate: float) -> str:
@@ -111,8 +141,20 @@ class RelayStats:
             f"{rate:.0f} events/s, {self.published} published{tables}, "
             f"{describe(self.behind_bytes, self.last_event_age())}, "
             f"checkpoint {self.checkpoint or '-'}, queue {self.queue_depth}, "
-            f"mysql {self.mysql}, kafka {self.kafka}, redis {self.redis}"
+            f"mysql {self.mysql}, kafka {self._kafka_shown()}, redis {self.redis}"
+            + ("" if self.canary == "off" else f", canary {self.canary}")
         )
+
+    def _kafka_shown(self) -> str:
+        since = self.kafka_down_since
+        if self.kafka != "degraded" or since is None:
+            return self.kafka
+        shown = f"DOWN for {time.monotonic() - since:.0f}s"
+        if self.outstanding:
+            shown += (
+                f" ({self.outstanding} unacknowledged, none for {self.unacknowledged_for():.0f}s)"
+            )
+        return shown
 
     async def log_progress(self, interval: float) -> None:
         """Log a progress line every ``interval`` seconds (until cancelled)."""
@@ -128,8 +170,10 @@ class RelayStats:
     def health(self) -> dict[str, Any]:
         """A snapshot of the relay's state; ``ready`` as ``/readyz`` reports it."""
         connected = self.mysql == self.kafka == self.redis == "ok"
+        since = self.kafka_down_since
         return {
-            "ready": self.role == "standby" or (self.role == "leader" and connected),
+            "ready": self.role == "standby"
+            or (self.role == "leader" and connected and self.canary in ("off", "ok")),
             "role": self.role,
             "mysql": self.mysql,
             "kafka": self.kafka,
@@ -138,4 +182,7 @@ class RelayStats:
             **({"published_by_table": dict(self.by_table)} if self.by_table else {}),
             "dead_lettered": self.dead_lettered,
             "checkpoint": str(self.checkpoint) if self.checkpoint else None,
+            "canary": self.canary,
+            "kafka_unacknowledged_seconds": round(self.unacknowledged_for(), 3),
+            "kafka_down_seconds": (None if since is None else round(time.monotonic() - since, 3)),
         }

@@ -70,11 +70,13 @@ class Topics:
         create: bool,
         partitions: int,
         replication_factor: int,
+        configs: dict[str, str] | None = None,
     ) -> None:
         self._args = {k: v for k, v in producer_args.items() if k in _CLIENT_KEYS}
         self._create = create
         self._partitions = partitions
         self._replication_factor = replication_factor
+        self._configs = list((configs or {}).items())  # topic configs at creation
         self._client: AIOKafkaClient | None = None
         self._ready: set[str] = set()
         self._announced: set[str] = set()
@@ -156,7 +158,7 @@ class Topics:
         controller = client.cluster.controller
         node = controller.nodeId if controller is not None else client.get_random_node()
         request = CreateTopicsRequest(
-            create_topic_requests=[(topic, partitions, replication, [], [])],
+            create_topic_requests=[(topic, partitions, replication, [], self._configs)],
             timeout=self._timeout_ms,
             validate_only=False,
         )

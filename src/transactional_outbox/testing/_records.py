@@ -7,11 +7,13 @@ value, headers and timestamp the relay would send.
 
 from __future__ import annotations
 
+import string
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..event import OutboxEvent
+from ..exceptions import ConfigurationError
 from ..relay.routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter, build_record
 
 if TYPE_CHECKING:
@@ -66,12 +68,15 @@ def to_record(
     ``topic_template`` / ``topic_overrides`` are the relay's settings of the same
     name. ``outbox_table`` is the ``schema.table`` the event was written to, for a
     template using ``{schema}``/``{table}`` or an override naming a table (one relay
-    for many outbox tables); without it those parts are empty. ``partition`` and
+    for many outbox tables). ``partition`` and
     ``offset`` say where it was "read" (Kafka picks the real partition from the key;
-    nothing here depends on it).
+    nothing here depends on it). A template using ``{schema}``/``{table}`` without
+    ``outbox_table`` raises :class:`~transactional_outbox.ConfigurationError`
+    naming the placeholder, rather than giving a topic such as ``outbox..order``.
     """
     router = TopicRouter(template=topic_template, overrides=topic_overrides)
     schema, _, table = outbox_table.partition(".")
+    _check_fillable(topic_template, outbox_table, schema=schema, table=table)
     record = build_record(event, router, schema=schema, table=table)
     return TestRecord(
         topic=record.topic,
@@ -83,6 +88,19 @@ def to_record(
         value=record.value,
         headers=tuple(record.headers),
     )
+
+
+def _check_fillable(template: str, outbox_table: str, *, schema: str, table: str) -> None:
+    # Without outbox_table a "{schema}" template would give "outbox..order": a topic
+    # the relay never publishes to, so a test would pass on a record that cannot exist.
+    values = {"schema": schema, "table": table}
+    for _, name, _, _ in string.Formatter().parse(template):
+        if name in values and not values[name]:
+            raise ConfigurationError(
+                "outbox_table",
+                f"topic_template {template!r} uses {{{name}}}, which needs the table the "
+                f"event was written to: pass outbox_table='schema.table' (got {outbox_table!r})",
+            )
 
 
 def to_received(
