@@ -35,7 +35,7 @@ from .options import (
     values_from_env,
 )
 from .position import StartPolicy
-from .resume import gtid_mode
+from .resume import gtid_mode, gtid_mode_option
 from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter, invalid_topic_reason
 
 __all__ = [
@@ -133,17 +133,7 @@ class RelaySettings:
         "checkpoint",
     )
     ignore_checkpoint: bool = option(False, "start at --start-position even if a checkpoint exists")
-    resume_by_gtid: str | bool = dataclasses.field(
-        default="auto",
-        metadata={
-            "help": "how every (re)connection finds its place: auto (by GTID when the server "
-            "has GTIDs, else by FILE:POS on the server that wrote it), on (by GTID) or off (by "
-            "FILE:POS); true/false mean on/off",
-            "choices": (),
-            "bare": "on",  # --resume-by-gtid alone, as when this was a true/false flag
-            "negated": "off",  # --no-resume-by-gtid
-        },
-    )
+    resume_by_gtid: str | bool = gtid_mode_option()
     checkpoint_interval_ms: int = option(1000, "save the checkpoint at most this often (ms)")
     checkpoint_topic: str = option(
         "outbox.relay.checkpoints",

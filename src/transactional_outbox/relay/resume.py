@@ -28,6 +28,7 @@ identity check but not the others.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ __all__ = [
     "check_same_place",
     "explain_refusal",
     "gtid_mode",
+    "gtid_mode_option",
     "missing_gtids",
     "read_identity",
     "resume_checkpoint",
@@ -78,6 +80,22 @@ def gtid_mode(value: object) -> str:
             "resume_by_gtid", f"{value!r} is not a choice: choose one of auto, on, off"
         )
     return mode
+
+
+def gtid_mode_option() -> Any:
+    """The ``resume_by_gtid`` settings field: auto, on or off, with the flag's old
+    boolean forms (``--resume-by-gtid`` alone, ``--no-resume-by-gtid``)."""
+    return dataclasses.field(
+        default="auto",
+        metadata={
+            "help": "how every (re)connection finds its place: auto (by GTID when the server "
+            "has GTIDs, else by FILE:POS on the server that wrote it), on (by GTID) or off (by "
+            "FILE:POS); true/false mean on/off",
+            "choices": (),
+            "bare": "on",  # --resume-by-gtid alone, as when this was a true/false flag
+            "negated": "off",  # --no-resume-by-gtid
+        },
+    )
 
 
 def uses_gtid(mode: str, *, gtid_enabled: bool) -> bool:
