@@ -169,9 +169,10 @@ class BinlogParser:
 
     def take_open(self) -> list[KafkaRecord | RejectedRow]:
         """The rows of the open transaction read so far (call with no commit waiting)."""
-        out, self.records = self.records[self.committed :], self.records[: self.committed]
+        n = len(self.records) - self.open_rows  # all of them but a prepared XA group's
+        out, self.records = self.records[n:], self.records[:n]
         if self.runs is not None:
-            kept = take_runs(self.runs, self.committed)
+            kept = take_runs(self.runs, n)
             self.handed_tables = take_runs(self.runs, len(out))
             self.runs = [*kept.items()]
         return out
