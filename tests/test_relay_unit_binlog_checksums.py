@@ -64,7 +64,7 @@ def test_a_damaged_event_stops_the_parser(name: str) -> None:
 
 def test_a_damaged_format_description_stops_the_parser() -> None:
     fd = B.format_description(checksum=True)
-    with pytest.raises(OutboxError, match="FORMAT_DESCRIPTION event .* CRC32"):
+    with pytest.raises(OutboxError, match=r"FORMAT_DESCRIPTION event .* CRC32"):
         parser().feed(B.stream(damaged(fd, 25)), 0)
 
 
