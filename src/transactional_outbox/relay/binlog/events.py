@@ -31,6 +31,7 @@ from ..routing import KafkaRecord, TopicRouter
 from ..rowdecoder import RejectedRow
 from .control import NO_CAP, GroupControl
 from .format import (
+    CRC_RESIDUE,
     EXECUTE_LOAD_QUERY,
     FL_PREPARED_XA,
     FL_STANDALONE,
@@ -131,8 +132,7 @@ class BinlogParser:
 
     @property
     def open_rows(self) -> int:
-        """Rows of the open transaction that may be handed over before its commit
-        (none of a prepared XA transaction: they wait for its outcome)."""
+        """Open rows that may be handed over before their commit (not an XA group's)."""
         return 0 if self.xa_open else len(self.records) - self.committed
 
     @property
@@ -280,7 +280,7 @@ class BinlogParser:
                                         break
                                 records += rows
                 elif etype == XID:
-                    if cs and crc32(buf[ev : nxt - 4]) != u32(buf, nxt - 4)[0]:
+                    if cs and crc32(buf[ev:nxt]) != CRC_RESIDUE:
                         verify(buf, ev, nxt, "XID")
                     if gtid is not None:
                         gtids.append(gtid)
@@ -291,7 +291,7 @@ class BinlogParser:
                     commits += 1
                     seen = skip = 0
                 elif etype == MARIADB_GTID:
-                    if cs and crc32(buf[ev : nxt - 4]) != u32(buf, nxt - 4)[0]:
+                    if cs and crc32(buf[ev:nxt]) != CRC_RESIDUE:
                         verify(buf, ev, nxt, "GTID")
                     # seq_no(8) domain_id(4) flags2(1); the server id is the header's.
                     seq, domain, flags = mdb_gtid(buf, ev + 19)

@@ -57,6 +57,9 @@ VERIFIED = {
     EXECUTE_LOAD_QUERY: "QUERY",
     XA_PREPARE: "XA_PREPARE",
 }
+# The CRC32 of any bytes followed by their own CRC32 (little-endian): an event
+# checks in one crc32 call over all of it, no unpacking (~25% less per check).
+CRC_RESIDUE = 0x2144DF1C
 GIANT = 0xFFFFFF  # a packet of this length continues in the next one
 
 
