@@ -128,7 +128,7 @@ class GroupControl:
                 p.runs = [*kept.items()]
             before = BinlogPosition(file=p.commit_file, pos=p.commit_pos, gtid=p.gtids.fold())
             self.held.hold(xid, Prepared(before, rows, tables))
-            log.info(
+            log.debug(
                 "holding %d outbox rows of prepared XA transaction %s until its XA "
                 "COMMIT or ROLLBACK; the checkpoint stays at %s meanwhile",
                 len(rows),
@@ -154,7 +154,7 @@ class GroupControl:
         committed, xid, one_phase = outcome
         prepared = None if one_phase else self.held.release(xid)
         if prepared is not None:
-            log.info(
+            log.debug(
                 "%s of XA transaction %s: %s its %d outbox rows",
                 "COMMIT" if committed else "ROLLBACK",
                 xid_text(xid),
