@@ -234,3 +234,41 @@ async def test_a_relay_stopped_between_prepare_and_commit_loses_nothing(
     ids = col.ids()
     assert ids.count(str(waiting.id)) == 1 and ids.count(str(later.id)) == 1
     assert str(mark.id) in ids  # (sent again after the restart: at-least-once allows it)
+
+
+async def test_rotations_and_checksum_switches_pass_the_crc_checks(
+    scratch: ScratchMariaDB, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    """Real ROTATE, FORMAT_DESCRIPTION, GTID and XID events across files with and
+    without checksums: every one is checked where it has a CRC32, none is refused."""
+    with scratch.connect("app") as conn:
+        start = master_status(conn)
+    settings = relay_settings(
+        mysql_url=make_url(scratch.url("app")),
+        redis_url=stack.redis_url,
+        kafka_bootstrap=stack.kafka_bootstrap,
+        topic_prefix=topic_prefix,
+        redis_prefix=redis_prefix,
+        start_position=f"{start[0]}:{start[1]}",
+    )
+    events = [make_event(aggregate_id=f"k{i}") for i in range(5)]
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        async with running_relay(settings) as relay:
+            with scratch.connect("app") as conn, conn.cursor() as cur:
+                write_events(conn, [events[0]])
+                cur.execute("FLUSH BINARY LOGS")
+                write_events(conn, [events[1]])
+                cur.execute("SET GLOBAL binlog_checksum = 'NONE'")  # rotates too
+                write_events(conn, [events[2]])
+                cur.execute("FLUSH BINARY LOGS")
+                write_events(conn, [events[3]])
+                cur.execute("SET GLOBAL binlog_checksum = 'CRC32'")
+                write_events(conn, [events[4]])
+                end = master_status(conn)
+            await col.wait_for(len(events))
+            await wait_until(
+                lambda: (p := relay.checkpoint_position) is not None and (p.file, p.pos) == end,
+                what="the checkpoint at the last commit",
+            )
+    assert sorted(col.ids()) == sorted(str(e.id) for e in events)
