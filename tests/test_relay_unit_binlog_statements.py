@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from transactional_outbox.exceptions import ServerConfigurationError
+from transactional_outbox.exceptions import OutboxError, ServerConfigurationError
 from transactional_outbox.relay.binlog.events import BinlogParser
 from transactional_outbox.relay.binlog.outboxtables import OutboxTables
 from transactional_outbox.relay.binlog.statements import written_tables
@@ -252,3 +252,27 @@ def test_a_statement_logged_insert_as_mariadb_wrote_it() -> None:
     text = str(info.value)
     assert "`outbox`.`xa_probe`" in text and "mysql-bin.000002:1519" in text
     assert "--start-position mysql-bin.000002:1657" in text
+
+
+# MariaDB 10.11 with log_bin_compress=ON, a STATEMENT session, db app: GTID 0-1-6,
+# QUERY_COMPRESSED "INSERT INTO outbox VALUES (1, 'xxx...')" (400 x), XID; log_pos
+# 1157, 1272, 1303 in mysql-bin.000001.
+COMPRESSED_INSERT = bytes.fromhex(
+    "e23e116ba50100000073000000f8040000000007000000000000000300001a000000000001010000"
+    "2054000000000603737464042d002d00e000617070008201b1789cf3f40b760d0a51f0f40bf157c8"
+    "2f2d49caaf500873f409750d56d030d45150af1805830aa86b0200c36fc49d710b12eb"
+)
+
+
+def test_a_compressed_statement_is_read_too() -> None:
+    p = parser()
+    text = stops(
+        p,
+        B.mariadb_gtid(0, 6, log_pos=1157),
+        COMPRESSED_INSERT,
+        B.xid(16, log_pos=1303),
+    )
+    assert "`app`.`outbox`" in text and "bin.000001:1157" in text
+    damaged = COMPRESSED_INSERT[:-30] + b"\x00" + COMPRESSED_INSERT[-29:]
+    with pytest.raises(OutboxError, match="QUERY event at log_pos 1272 fails its CRC32"):
+        parser().feed(B.stream(B.format_description(checksum=True), damaged), 0)

@@ -16,7 +16,18 @@ from typing import TYPE_CHECKING
 
 from ...exceptions import OutboxError, ServerConfigurationError
 from ..position import BinlogPosition
-from .format import ARTIFICIAL, HOT, U32, XID, query_statement, rotate_file, verify
+from .format import (
+    ARTIFICIAL,
+    EXECUTE_LOAD_QUERY,
+    HOT,
+    QUERY_COMPRESSED,
+    U32,
+    XID,
+    query_statement,
+    rotate_file,
+    uncompressed,
+    verify,
+)
 from .outboxtables import take_runs
 from .statements import xa_outcome
 from .xa import HeldGroups, Prepared, xa_prepare, xid_text
@@ -41,10 +52,13 @@ class GroupControl:
         # A statement-logged write to an outbox table in the open group: table, file, pos.
         self.statement: tuple[str, str, int] | None = None
 
-    def query(self, buf: bytes, ev: int, end: int, post: int) -> None:
-        """A QUERY (``post`` 13) or EXECUTE_LOAD_QUERY (26) event at ``ev``."""
+    def query(self, buf: bytes, ev: int, end: int, etype: int) -> None:
+        """A QUERY, EXECUTE_LOAD_QUERY or QUERY_COMPRESSED event at ``ev``."""
         p = self._p
+        post = 26 if etype == EXECUTE_LOAD_QUERY else 13
         query, db = query_statement(buf, ev, end - p.cs, post)
+        if etype == QUERY_COMPRESSED:
+            query = uncompressed(query, f"QUERY event at {p.file}:{U32(buf, ev + 13)[0]}")
         if query == b"BEGIN":
             p.in_txn = True
         elif query == b"COMMIT":

@@ -32,7 +32,6 @@ from ..rowdecoder import RejectedRow
 from .control import NO_CAP, GroupControl
 from .format import (
     CRC_RESIDUE,
-    EXECUTE_LOAD_QUERY,
     FL_PREPARED_XA,
     FL_STANDALONE,
     FORMAT_DESCRIPTION,
@@ -41,7 +40,7 @@ from .format import (
     MARIADB_GTID,
     MDB_GTID,
     MYSQL_GTID,
-    QUERY,
+    QUERIES,
     ROTATE,
     TABLE_MAP,
     U16,
@@ -346,8 +345,8 @@ class BinlogParser:
             # flags(1) sid(16) gno(8): a DML transaction then opens with BEGIN.
             self._gtid = (buf[ev + 20 : ev + 36], U64(buf, ev + 36)[0]) if self._track else None
             self.in_txn = False
-        elif etype in (QUERY, EXECUTE_LOAD_QUERY):
-            self._control.query(buf, ev, end, 13 if etype == QUERY else 26)
+        elif etype in QUERIES:
+            self._control.query(buf, ev, end, etype)
         elif etype == XA_PREPARE:
             self._control.xa_prepare(buf, ev)
         elif etype == ROTATE:

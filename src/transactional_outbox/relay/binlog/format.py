@@ -21,6 +21,7 @@ __all__ = [
     "query_statement",
     "rotate_file",
     "status",
+    "uncompressed",
     "unread_error",
     "verify",
 ]
@@ -32,6 +33,8 @@ U64 = struct.Struct("<Q").unpack_from
 # Event types (MySQL binlog_event.h, MariaDB log_event.h).
 QUERY, ROTATE, FORMAT_DESCRIPTION, XID = 2, 4, 15, 16
 EXECUTE_LOAD_QUERY = 18  # LOAD DATA logged as a statement: a QUERY with 13 more post-header bytes
+QUERY_COMPRESSED = 165  # MariaDB log_bin_compress: a QUERY whose statement is compressed
+QUERIES = frozenset({QUERY, EXECUTE_LOAD_QUERY, QUERY_COMPRESSED})
 XA_PREPARE = 38  # the end of a prepared XA transaction's group (MySQL 5.7+, MariaDB 10.5+)
 TABLE_MAP = 19
 WRITE_V1, UPDATE_V1, DELETE_V1 = 23, 24, 25  # MariaDB
@@ -55,6 +58,7 @@ VERIFIED = {
     MYSQL_GTID: "GTID",
     QUERY: "QUERY",
     EXECUTE_LOAD_QUERY: "QUERY",
+    QUERY_COMPRESSED: "QUERY",
     XA_PREPARE: "XA_PREPARE",
 }
 # The CRC32 of any bytes followed by their own CRC32 (little-endian): an event
@@ -135,6 +139,26 @@ def query_statement(buf: bytes, ev: int, end: int, post: int = 13) -> tuple[byte
     db = ev + 19 + post + U16(buf, ev + 30)[0]
     db_end = db + buf[ev + 27]
     return buf[db_end + 1 : end], buf[db:db_end]
+
+
+def uncompressed(data: bytes, where: str) -> bytes:
+    """The text of a MariaDB compressed event's part (``log_bin_compress``).
+
+    header(1): 0x80 | the byte count of the length (bits 4-6, the algorithm,
+    0 = zlib); the uncompressed length, big-endian; zlib data (MariaDB's
+    ``binlog_buf_compress``, checked on 10.11's bytes).
+    """
+    n = data[0] & 0x07
+    if data[0] & 0xF0 != 0x80 or not 1 <= n <= 4:
+        raise OutboxError(f"{where}: unknown compression header 0x{data[0]:02x}")
+    size = int.from_bytes(data[1 : 1 + n], "big")
+    try:
+        out = zlib.decompress(data[1 + n :])
+    except zlib.error as exc:
+        raise OutboxError(f"{where}: cannot uncompress it ({exc})") from exc
+    if len(out) != size:
+        raise OutboxError(f"{where}: uncompressed to {len(out)} bytes, not {size}")
+    return out
 
 
 def unread_error(etype: int, outbox: str | None, track_gtid: bool) -> OutboxError | None:
