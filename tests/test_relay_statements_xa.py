@@ -23,6 +23,7 @@ from sqlalchemy.engine import make_url
 
 from outbox_dev.scratch import ScratchMariaDB
 from transactional_outbox.relay.position import decode_checkpoint
+from transactional_outbox.relay.source import BinlogSource
 
 from .conftest import Stack, unique
 from .relay_harness import (
@@ -272,3 +273,44 @@ async def test_rotations_and_checksum_switches_pass_the_crc_checks(
                 what="the checkpoint at the last commit",
             )
     assert sorted(col.ids()) == sorted(str(e.id) for e in events)
+
+
+async def test_a_reconnect_while_a_prepared_group_waits_reads_it_again(
+    stack: Stack,
+    conn: pymysql.Connection,
+    xa_conn: pymysql.Connection,
+    settings_kw: dict[str, Any],
+    topic_prefix: str,
+) -> None:
+    """The binlog connection lost between PREPARE and COMMIT: the reader resumes
+    from before the PREPARE (the position it handed over), so the prepared rows
+    are read again and published at the COMMIT; what committed in between comes
+    twice (at-least-once)."""
+    waiting, mark, later = (make_event(aggregate_id=k) for k in ("xa", "mark", "later"))
+    xid = f"reconnect-{conn.db.decode()}"
+    settings = relay_settings(**settings_kw, reader="thread")
+    async with Collector(settings_kw["kafka_bootstrap"]) as col:
+        await col.watch([topic_prefix + "order"])
+        async with running_relay(settings) as relay:
+            xa_prepare(xa_conn, xid, [waiting])
+            write_events(conn, [mark])
+            await wait_until(lambda: str(mark.id) in col.ids(), what="the mark")
+            source = relay.session.source if relay.session else None
+            assert isinstance(source, BinlogSource)
+            with stack.mysql_connect() as admin, admin.cursor() as cur:
+                cur.execute(
+                    "SELECT id FROM information_schema.PROCESSLIST"
+                    " WHERE COMMAND LIKE 'Binlog Dump%%' AND DB IS NULL"
+                )
+                for (thread,) in cur.fetchall():
+                    cur.execute(f"KILL {thread}")
+            await wait_until(lambda: source.reconnects > 0, what="a reconnect")
+            xa_outcome(xa_conn, xid, "COMMIT")
+            write_events(conn, [later])
+            await wait_until(
+                lambda: str(waiting.id) in col.ids() and str(later.id) in col.ids(),
+                what="the XA event committed after the reconnect",
+            )
+    ids = col.ids()
+    assert ids.count(str(waiting.id)) == 1 and ids.count(str(later.id)) == 1
+    assert ids.count(str(mark.id)) == 2  # read again from before the PREPARE
