@@ -49,8 +49,9 @@ class GroupControl:
     def __init__(self, parser: BinlogParser) -> None:
         self._p = parser
         self.held = HeldGroups()
-        # A statement-logged write to an outbox table in the open group: table, file, pos.
-        self.statement: tuple[str, str, int] | None = None
+        # A statement-logged write to an outbox table in the open group: the table,
+        # the position before its transaction, the statement's.
+        self.statement: tuple[str, str, str] | None = None
 
     def query(self, buf: bytes, ev: int, end: int, etype: int) -> None:
         """A QUERY, EXECUTE_LOAD_QUERY or QUERY_COMPRESSED event at ``ev``."""
@@ -88,7 +89,7 @@ class GroupControl:
             # the error can say where to start after it); XID events leave the
             # feed's inline path so commit_group sees them.
             start = U32(buf, ev + 13)[0] - U32(buf, ev + 9)[0]
-            self.statement = (where, p.file, start)
+            self.statement = (where, f"{p.commit_file}:{p.commit_pos}", f"{p.file}:{start}")
             p.hot = _HOT_BUT_XID
             if not p.in_txn:
                 p.commit_group(buf, ev)  # a group of its own (a non-transactional table)
@@ -99,11 +100,11 @@ class GroupControl:
         """At the end of a group: raise if it wrote an outbox table by a statement."""
         if self.statement is None:
             return
-        where, file, pos = self.statement
+        where, before, at = self.statement
         raise ServerConfigurationError(
             "binlog_format",
-            f"the transaction at {file}:{pos} wrote {where} by a statement logged as SQL "
-            "text, not as rows (the server or that session logs statements: "
+            f"the transaction after {before} wrote {where} by a statement (at {at}) logged "
+            "as SQL text, not as rows (the server or that session logs statements: "
             "binlog_format STATEMENT or MIXED); the relay cannot read its events and "
             "stopped before it, the checkpoint is before it. Set binlog_format=ROW (SET "
             "GLOBAL and in every session that changed it); that transaction's events "
