@@ -28,7 +28,14 @@ EVENTS = 7  # 4 OrderPlaced, 2 OrderStatusChanged, 1 OrderCancelled
 
 def run_demo(tmp_path: Path, *flags: str) -> tuple[subprocess.CompletedProcess[str], Any]:
     summary = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("OUTBOX_")}
+    # The demo takes its settings from the stack, not OUTBOX_* variables; but the stack's
+    # own ports (OUTBOX_STACK_*_PORT) must stay, or the demo starts a second stack on the
+    # default ports over the same data directory, stopping this one.
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("OUTBOX_") or k.startswith("OUTBOX_STACK_")
+    }
     started = time.monotonic()
     proc = subprocess.run(
         [str(ROOT / "dev" / "demo"), "--once", "--summary-json", str(summary), *flags],
