@@ -219,7 +219,7 @@ def test_a_changed_table_map_is_parsed_again_the_same_one_is_not() -> None:
     p = parser(layouts=layouts)
     p.feed(B.stream(*evs), 0)
     assert len(layouts) == 2
-    tables = p._outbox.ids
+    tables = p.outbox.ids
     assert tables[70] is tables[71] and tables[72] is not tables[70]
     r = row()
     rows = encode_row(r, COLS)

@@ -234,7 +234,7 @@ def test_a_table_id_remapped_to_another_table_stops_being_read() -> None:
 
 def test_pattern_evaluated_once_per_name() -> None:
     p = parser(pattern=r"s\d\.outbox")
-    real = p._outbox.pattern
+    real = p.outbox.pattern
     assert real is not None
     seen: list[str] = []
 
@@ -243,7 +243,7 @@ def test_pattern_evaluated_once_per_name() -> None:
             seen.append(text)
             return real.fullmatch(text)
 
-    p._outbox.pattern = Spy()  # type: ignore[assignment]
+    p.outbox.pattern = Spy()  # type: ignore[assignment]
     evs = []
     for i in range(1, 7):
         evs += txn(i, 1000 * i, (70 + i % 2, f"s{i % 2}", "outbox", encode_row(row(), COLS)))

@@ -272,7 +272,6 @@ class BinlogSource:
         put = self._channel.put
         stop = self._stop
         idle = s.idle_commit_seconds
-        cap = s.chunk_events
         recv = dump.recv
         buf = recv()
         full = len(buf) == RECV_BYTES
@@ -281,8 +280,15 @@ class BinlogSource:
         pos = 0
         last_push = now = time.monotonic()
         while not stop.is_set():
-            pos = parser.feed(buf, pos)
-            if len(parser.records) >= cap:
+            try:
+                pos = parser.feed(buf, pos)
+            except OutboxError:
+                # The parser stops at an event it cannot pass (a statement-logged
+                # outbox write, a bad CRC): what committed before it goes out first.
+                if parser.commits:
+                    self._hand_over(parser, put, open_too=False)
+                raise
+            if parser.full:
                 # A full batch in the middle of a read: hand it over, read on.
                 if not self._hand_over(parser, put, open_too=True):
                     return
@@ -323,5 +329,7 @@ class BinlogSource:
             records = parser.take_open()
             if not put(SourceBatch(records, None, parser.handed_tables)):
                 return False
-            self._pushed_in_txn += len(records)
+            # While a prepared XA transaction holds the position before it, a
+            # reconnect reads this transaction again from its start: skip none.
+            self._pushed_in_txn += 0 if parser.holding else len(records)
         return True

@@ -7,28 +7,32 @@ outbox table's inserts, in order, and the position after each commit.
 Every event is dispatched on its 19-byte header (timestamp 4, type 1,
 server_id 4, event_size 4, log_pos 4, flags 2). Only what the relay needs
 is parsed: GTID and commit events, TABLE_MAPs (names compared as raw bytes,
-the outbox table's layout parsed once per distinct map), and WRITE_ROWS of
-outbox table ids. Everything else (other tables' rows, DELETE/UPDATE rows,
-annotations, GTID lists, heartbeats) is skipped unread: in a one-event
-transaction (GTID, TABLE_MAP, WRITE_ROWS, TABLE_MAP, DELETE_ROWS, XID) the
-library the relay used before built six event objects and parsed both table
-maps in full, ~0.7 ms a transaction (DESIGN §7).
+the outbox table's layout parsed once per distinct map), WRITE_ROWS of
+outbox table ids, and the group-control events (:mod:`.control`). The rest
+(other tables' rows, DELETE/UPDATE rows, annotations, GTID lists,
+heartbeats) is skipped unread: in a one-event transaction the library the
+relay used before built six event objects, ~0.7 ms a transaction (DESIGN §7).
 
-Checksums: each binlog file's FORMAT_DESCRIPTION says whether its events end
-in a CRC32 (``binlog_checksum``); the bodies the relay decodes (outbox table
-maps and rows) are verified, the rest stripped.
+Checksums: each file's FORMAT_DESCRIPTION says whether its events end in a
+CRC32 (``binlog_checksum``); every event whose content the relay acts on is
+verified (:data:`.VERIFIED`, ROTATE, outbox table maps and rows), the rest
+stripped.
 """
 
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Sequence
 from typing import Any
 
 from ..position import BinlogPosition, GtidTracker
 from ..routing import KafkaRecord, TopicRouter
 from ..rowdecoder import RejectedRow
+from .control import NO_CAP, GroupControl
 from .format import (
+    CRC_RESIDUE,
+    FL_PREPARED_XA,
     FL_STANDALONE,
     FORMAT_DESCRIPTION,
     GIANT,
@@ -36,24 +40,25 @@ from .format import (
     MARIADB_GTID,
     MDB_GTID,
     MYSQL_GTID,
-    QUERY,
+    QUERIES,
     ROTATE,
     TABLE_MAP,
     U16,
     U32,
     U64,
     UNREAD,
+    VERIFIED,
     WRITE_V1,
     WRITE_V2,
+    XA_PREPARE,
     XID,
     DumpEnded,
     ServerError,
     checksum_size,
     giant_payload,
-    query_statement,
-    rotate_file,
     status,
     unread_error,
+    verify,
 )
 from .outboxtables import Mapped, OutboxTables, decode_rows, place, take_runs
 from .tablemap import TableLayout
@@ -70,14 +75,11 @@ class BinlogParser:
     (or stops early once ``cap`` records wait) and returns where it stopped.
     What it found waits in :attr:`records`: the first :attr:`committed` of them
     belong to transactions whose commit was read; :meth:`take_committed` and
-    :meth:`take_open` hand them over.
-
-    ``skip`` rows of the first transaction are dropped: the ones a previous
-    connection already handed over before it was lost mid-transaction.
-
-    The outbox tables (``schema``, ``table``; ``tables``, ``pattern``) are as
-    :class:`.OutboxTables` takes them. With many, each hand-over also says how
-    many rows of each table it holds (:attr:`handed_tables`).
+    :meth:`take_open` hand them over. ``skip`` rows of the first transaction
+    are dropped: the ones a previous connection already handed over before it
+    was lost mid-transaction. The outbox tables (``schema``, ``table``;
+    ``tables``, ``pattern``) are as :class:`.OutboxTables` takes them; with
+    many, each hand-over says how many rows of each it holds (:attr:`handed_tables`).
     """
 
     def __init__(
@@ -96,7 +98,7 @@ class BinlogParser:
         pattern: str | None = None,
         announced: set[str] | None = None,
     ) -> None:
-        self._outbox = OutboxTables(
+        self.outbox = OutboxTables(
             schema=schema,
             table=table,
             router=router,
@@ -107,29 +109,40 @@ class BinlogParser:
         )
         self._last: tuple[bytes, Any] = (b"\xff", None)  # the last outbox map's bytes, Mapped
         # With many tables: runs of rows of one table waiting, (schema.table, count).
-        self._runs: list[tuple[str, int]] | None = [] if self._outbox.many else None
+        self.runs: list[tuple[str, int]] | None = [] if self.outbox.many else None
         self.handed_tables: dict[str, int] | None = None  # rows by table of the last take
-        self._cap = cap
-        self._cs = 0  # trailing checksum bytes of this file's events
+        self._cap = self.cap_now = cap
+        self.hot = HOT  # the events feed handles inline; XID leaves after a statement write
+        self.xa_open = False  # the open group is a prepared XA transaction's
+        self.cs = 0  # trailing checksum bytes of this file's events
         self._track = track_gtid
         self._gtid: Any = None  # the open transaction's GTID, as parsed
-        self._gtids = GtidTracker(start.gtid, is_mariadb=is_mariadb, track=track_gtid)
-        self._in_txn = False
+        self.gtids = GtidTracker(start.gtid, is_mariadb=is_mariadb, track=track_gtid)
+        self.in_txn = False
         self.file = start.file
         self.records: list[KafkaRecord | RejectedRow] = []
         self.committed = 0
         self.commit_file = start.file
         self.commit_pos = start.pos
         self.commits = 0  # commits read since the last take_committed
-        self._seen = 0  # rows of the open transaction read so far
+        self.seen = 0  # rows of the open transaction read so far
         self._skip = skip
-
-    # -- hand-over ----------------------------------------------------------------
+        self._control = GroupControl(self)  # QUERY and XA_PREPARE events; the XA state
 
     @property
     def open_rows(self) -> int:
-        """Rows of the open transaction waiting in :attr:`records`."""
-        return len(self.records) - self.committed
+        """Open rows that may be handed over before their commit (not an XA group's)."""
+        return 0 if self.xa_open else len(self.records) - self.committed
+
+    @property
+    def full(self) -> bool:
+        """Whether a batch's worth of rows waits to be handed over."""
+        return self.committed + self.open_rows >= self._cap
+
+    @property
+    def holding(self) -> bool:
+        """Whether a prepared XA transaction's rows wait: commit positions then stay before it."""
+        return bool(self._control.held)
 
     def take_committed(self) -> tuple[list[KafkaRecord | RejectedRow], BinlogPosition]:
         """The records of every commit read, and the position after the last one.
@@ -143,23 +156,25 @@ class BinlogParser:
             out, self.records = records, []
         else:
             out, self.records = records[:n], records[n:]
-        if self._runs is not None:
-            self.handed_tables = take_runs(self._runs, n)
+        if self.runs is not None:
+            self.handed_tables = take_runs(self.runs, n)
         self.committed = 0
         self.commits = 0
-        gtid = self._gtids.fold()
+        gtid = self.gtids.fold()
+        held = self._control.held.position
+        if held is not None:
+            return out, held
         return out, BinlogPosition(file=self.commit_file, pos=self.commit_pos, gtid=gtid)
 
     def take_open(self) -> list[KafkaRecord | RejectedRow]:
         """The rows of the open transaction read so far (call with no commit waiting)."""
-        out, self.records = self.records[self.committed :], self.records[: self.committed]
-        if self._runs is not None:
-            kept = take_runs(self._runs, self.committed)
-            self.handed_tables = take_runs(self._runs, len(out))
-            self._runs = [*kept.items()]
+        n = len(self.records) - self.open_rows  # all of them but a prepared XA group's
+        out, self.records = self.records[n:], self.records[:n]
+        if self.runs is not None:
+            kept = take_runs(self.runs, n)
+            self.handed_tables = take_runs(self.runs, len(out))
+            self.runs = [*kept.items()]
         return out
-
-    # -- parsing ------------------------------------------------------------------
 
     def feed(self, buf: bytes, pos: int) -> int:
         """Parse complete packets of ``buf`` from ``pos``; return where it stopped."""
@@ -170,23 +185,25 @@ class BinlogParser:
         # 18.6 µs a transaction with a method call per event, 9 µs inline.
         end = len(buf)
         records = self.records
-        cap = self._cap
-        tables = self._outbox.ids
-        needle = self._outbox.needle
-        match = self._outbox.map
+        cap = self.cap_now
+        hot = self.hot
+        crc32 = zlib.crc32
+        tables = self.outbox.ids
+        needle = self.outbox.needle
+        match = self.outbox.map
         from_bytes = int.from_bytes
         u32 = U32
         mdb_gtid = MDB_GTID
         track = self._track
-        gtids = self._gtids.pending
-        cs = self._cs
+        gtids = self.gtids.pending
+        cs = self.cs
         file = self.file
         gtid = self._gtid
-        in_txn = self._in_txn
+        in_txn = self.in_txn
         committed, commits = self.committed, self.commits
         commit_file, commit_pos = self.commit_file, self.commit_pos
-        seen, skip = self._seen, self._skip
-        runs = self._runs
+        seen, skip = self.seen, self._skip
+        runs = self.runs
         u16 = U16
         last_key, last_mapped = self._last
         try:
@@ -198,12 +215,12 @@ class BinlogParser:
                 ev = pos + 5
                 # An error or EOF packet may be shorter than an event header:
                 # test the status byte before reading the type.
-                if plen == GIANT or buf[pos + 4] or buf[pos + 9] not in HOT:
+                if plen == GIANT or buf[pos + 4] or buf[pos + 9] not in hot:
                     # Rare: hand the state to the methods and take it back.
-                    self._gtid, self._in_txn = gtid, in_txn
+                    self._gtid, self.in_txn = gtid, in_txn
                     self.committed, self.commits = committed, commits
                     self.commit_file, self.commit_pos = commit_file, commit_pos
-                    self._seen, self._skip = seen, skip
+                    self.seen, self._skip = seen, skip
                     if plen == GIANT:
                         nxt = self._giant(buf, pos)
                         if nxt < 0:
@@ -212,10 +229,11 @@ class BinlogParser:
                         if buf[pos + 4]:
                             status(buf, pos + 4, nxt)
                         self._event(buf, ev, nxt, buf[pos + 9])
-                    cs, file, gtid, in_txn = self._cs, self.file, self._gtid, self._in_txn
+                    cs, file, gtid, in_txn = self.cs, self.file, self._gtid, self.in_txn
+                    hot, cap = self.hot, self.cap_now
                     committed, commits = self.committed, self.commits
                     commit_file, commit_pos = self.commit_file, self.commit_pos
-                    seen, skip = self._seen, self._skip
+                    seen, skip = self.seen, self._skip
                     pos = nxt
                     if len(records) >= cap:
                         break
@@ -247,9 +265,9 @@ class BinlogParser:
                             head = mapped.head
                             decoder = mapped.decoder
                             if decoder is None or skip or not buf.startswith(head, p):
-                                self._seen, self._skip = seen, skip
+                                self.seen, self._skip = seen, skip
                                 self._rows(buf, ev, nxt, etype, mapped, commit_file, commit_pos)
-                                seen, skip = self._seen, self._skip
+                                seen, skip = self.seen, self._skip
                             else:
                                 rows = decoder(buf[p + len(head) : nxt - cs], mapped.memo)
                                 seen += len(rows)
@@ -261,6 +279,8 @@ class BinlogParser:
                                         break
                                 records += rows
                 elif etype == XID:
+                    if cs and crc32(buf[ev:nxt]) != CRC_RESIDUE:
+                        verify(buf, ev, nxt, "XID")
                     if gtid is not None:
                         gtids.append(gtid)
                         gtid = None
@@ -270,20 +290,25 @@ class BinlogParser:
                     commits += 1
                     seen = skip = 0
                 elif etype == MARIADB_GTID:
+                    if cs and crc32(buf[ev:nxt]) != CRC_RESIDUE:
+                        verify(buf, ev, nxt, "GTID")
                     # seq_no(8) domain_id(4) flags2(1); the server id is the header's.
                     seq, domain, flags = mdb_gtid(buf, ev + 19)
                     if track:
                         gtid = (domain, u32(buf, ev + 5)[0], seq)
                     in_txn = not (flags & FL_STANDALONE)
+                    if flags & FL_PREPARED_XA:
+                        self.xa_open = True
+                        cap = self.cap_now = NO_CAP
                 # else: DELETE/UPDATE rows, skipped unread
                 pos = nxt
                 if len(records) >= cap:
                     break
         finally:
-            self._gtid, self._in_txn = gtid, in_txn
+            self._gtid, self.in_txn = gtid, in_txn
             self.committed, self.commits = committed, commits
             self.commit_file, self.commit_pos = commit_file, commit_pos
-            self._seen, self._skip = seen, skip
+            self.seen, self._skip = seen, skip
             self._last = (last_key, last_mapped)
         return pos
 
@@ -300,30 +325,36 @@ class BinlogParser:
 
     def _event(self, buf: bytes, ev: int, end: int, etype: int) -> None:
         """Any event: the hot ones are also handled inline in :meth:`feed`."""
+        if self.cs and etype in VERIFIED:
+            verify(buf, ev, end, VERIFIED[etype])
         if etype == TABLE_MAP:
-            self._outbox.table_map(buf, ev, end, self._cs)
+            self.outbox.table_map(buf, ev, end, self.cs)
         elif etype in (WRITE_V1, WRITE_V2):
-            mapped = self._outbox.ids.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
+            mapped = self.outbox.ids.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
             if mapped is not None:
                 self._rows(buf, ev, end, etype, mapped, self.commit_file, self.commit_pos)
         elif etype == XID:
-            self._commit(buf, ev)
+            self.commit_group(buf, ev)
         elif etype == MARIADB_GTID:
             seq, domain, flags = MDB_GTID(buf, ev + 19)
             self._gtid = (domain, U32(buf, ev + 5)[0], seq) if self._track else None
-            self._in_txn = not (flags & FL_STANDALONE)
+            self.in_txn = not (flags & FL_STANDALONE)
+            if flags & FL_PREPARED_XA:
+                self._control.open_xa()
         elif etype == MYSQL_GTID:
             # flags(1) sid(16) gno(8): a DML transaction then opens with BEGIN.
             self._gtid = (buf[ev + 20 : ev + 36], U64(buf, ev + 36)[0]) if self._track else None
-            self._in_txn = False
-        elif etype == QUERY:
-            self._query(buf, ev, end)
+            self.in_txn = False
+        elif etype in QUERIES:
+            self._control.query(buf, ev, end, etype)
+        elif etype == XA_PREPARE:
+            self._control.xa_prepare(buf, ev)
         elif etype == ROTATE:
-            self._rotate(buf, ev, end)
+            self._control.rotate(buf, ev, end)
         elif etype == FORMAT_DESCRIPTION:
-            self._format_description(buf, ev, end)
+            self.cs = checksum_size(buf, ev, end, self.file)
         elif etype in UNREAD:  # compressed rows or transactions, tagged GTIDs
-            mapped = self._outbox.ids.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
+            mapped = self.outbox.ids.get(int.from_bytes(buf[ev + 19 : ev + 25], "little"))
             error = unread_error(etype, None if mapped is None else mapped.where, self._track)
             if error is not None:
                 raise error
@@ -341,58 +372,28 @@ class BinlogParser:
         commit_pos: int,
     ) -> None:
         """A WRITE_ROWS event of an outbox table, every case (feed inlines the usual one)."""
-        rows = decode_rows(buf, ev, end, self._cs, etype, mapped)
-        self._seen += len(rows)
+        rows = decode_rows(buf, ev, end, self.cs, etype, mapped)
+        self.seen += len(rows)
         if self._skip:
             drop = min(self._skip, len(rows))
             self._skip -= drop
             rows = rows[drop:]
-        if self._runs is not None and rows:
-            self._runs.append((mapped.name, len(rows)))
+        if self.runs is not None and rows:
+            self.runs.append((mapped.name, len(rows)))
         place(rows, commit_file, commit_pos, mapped)  # names where any rejected row is
         self.records += rows
 
-    def _commit(self, buf: bytes, ev: int) -> None:
+    def commit_group(self, buf: bytes, ev: int) -> None:
+        """The group at ``ev`` ends: its rows are committed, its end a commit position."""
+        self._control.check_end(U32(buf, ev + 13)[0])
         if self._gtid is not None:
-            self._gtids.pending.append(self._gtid)
+            self.gtids.pending.append(self._gtid)
             self._gtid = None
-        self._in_txn = False
+        self.in_txn = False
+        self.xa_open, self.cap_now = False, self._cap
         self.commit_pos = U32(buf, ev + 13)[0]
         self.commit_file = self.file
         self.committed = len(self.records)
         self.commits += 1
-        self._seen = 0
+        self.seen = 0
         self._skip = 0
-
-    def _query(self, buf: bytes, ev: int, end: int) -> None:
-        query = query_statement(buf, ev, end - self._cs)
-        if query == b"BEGIN":
-            self._in_txn = True
-        elif query == b"COMMIT":
-            self._commit(buf, ev)  # non-XA transactions that touched MyISAM-like tables
-        elif query == b"ROLLBACK":
-            # A group rolled back after writing non-transactional changes: its
-            # outbox rows (InnoDB) were never committed.
-            if self._seen > len(self.records) - self.committed:
-                log.error(
-                    "a transaction after %s:%s was rolled back after some of its %d outbox "
-                    "rows were handed over; they may be published",
-                    self.commit_file,
-                    self.commit_pos,
-                    self._seen,
-                )
-            del self.records[self.committed :]
-            if self._runs is not None:
-                self._runs = [*take_runs(self._runs, self.committed).items()]
-            self._commit(buf, ev)
-        elif not self._in_txn and not query.startswith((b"XA ", b"SAVEPOINT")):
-            self._commit(buf, ev)  # DDL: a transaction of its own
-
-    def _rotate(self, buf: bytes, ev: int, end: int) -> None:
-        self.file = rotate_file(buf, ev, end)
-        # Table ids are only unique within a server's lifetime, and a restart
-        # starts a new file: forget them at every file change.
-        self._outbox.ids.clear()
-
-    def _format_description(self, buf: bytes, ev: int, end: int) -> None:
-        self._cs = checksum_size(buf, ev, end, self.file)

@@ -17,6 +17,7 @@ from ...exceptions import ServerConfigurationError
 from ..routing import KafkaRecord, TopicRouter
 from ..rowdecoder import RejectedRow, RowMemo
 from .format import U16, WRITE_V2, verify
+from .statements import written_tables
 from .tablemap import TableLayout, packed_int, parse_layout
 
 __all__ = [
@@ -108,12 +109,16 @@ class OutboxTables:
         self._memo = RowMemo(router, schema=schema, table=table)
         self._layouts = layouts
         self.pattern = re.compile(pattern) if pattern else None
+        self._any_case = re.compile(pattern, re.I) if pattern else None
         self.many = bool(tables or pattern)
         self._targets: dict[bytes, Table | None] = {}  # name bytes -> table (None: not one)
         self.ids: dict[int, Mapped] = {}  # outbox tables' ids; forget them at a file change
         # One table: a TABLE_MAP after the table id and flags starts with these
         # bytes exactly when it maps the outbox table.
         self.needle: bytes | None = None
+        # Names a statement may write, in lower case (see written).
+        named = tables if self.many else [(schema, table)]
+        self._named = {(s.lower(), t.lower()) for s, t in named}
         if self.many:
             for sch, tab in tables:
                 self._targets[names_of(sch, tab)] = Table(sch, tab, router, self._memo)
@@ -170,6 +175,23 @@ class OutboxTables:
                 table.mapped.clear()
             table.mapped[key] = mapped
         return mapped
+
+    def written(self, sql: bytes, db: bytes) -> str | None:
+        """The outbox table a statement logged as text writes, as `schema`.`table`; None if none.
+
+        ``db`` is the QUERY event's default schema, for names it does not
+        qualify. Names compare without case: a server with
+        ``lower_case_table_names`` takes them in any case, and a false alarm is
+        a loud stop where a miss would lose events.
+        """
+        default = db.decode("utf-8", "replace")
+        for schema, table in written_tables(sql.decode("utf-8", "replace")):
+            schema = default if schema is None else schema
+            if (schema.lower(), table.lower()) in self._named or (
+                self._any_case is not None and self._any_case.fullmatch(f"{schema}.{table}")
+            ):
+                return f"`{schema}`.`{table}`"
+        return None
 
     def _resolve(self, names: bytes) -> Table | None:
         """The outbox table a name not seen before is, by the pattern; None if none.
