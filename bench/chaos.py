@@ -24,6 +24,15 @@ stall the Kafka proxy, SIGSTOP the broker; now and then the relay is also SIGKIL
 the middle of another fault. A relay that exits by itself is
 restarted (as a supervisor would) and reported.
 
+``--failover`` adds the "primary failover" fault: MariaDB runs as a GTID primary and
+replica (``log_slave_updates``, ``gtid_strict_mode``, semi-synchronous AFTER_SYNC so a
+COMMIT that returned is on the replica: an acknowledged write is never lost by the
+database), the writers and the relay reach it through TCP proxies; the fault SIGKILLs
+the primary mid-writes, promotes the replica, moves both addresses and starts a fresh
+replica of the new primary. The relay's own path is cut just before (the replica
+catches up with what it read): a promoted replica behind the relay is the case that
+needs an operator (README "Running the relay"), not chaos.
+
 At the end faults stop, writers stop, the relay catches up, and the ledger is
 compared with what reached Kafka: every committed event delivered at least once
 (lost), nothing that is not in the ledger (invented), per aggregate the order of
@@ -63,7 +72,15 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
-from outbox_dev.scratch import RelayChild, ScratchBroker, ScratchMariaDB, ScratchRedis
+from outbox_dev.scratch import (
+    HOST,
+    RelayChild,
+    ScratchBroker,
+    ScratchMariaDB,
+    ScratchRedis,
+    ScratchReplicaPair,
+)
+from outbox_dev.tcp_proxy import TcpProxy
 from transactional_outbox import OutboxSession, outbox_table
 
 DB = "chaos"
@@ -77,6 +94,17 @@ KINDS = (
     "kafka_stall",
     "broker_pause",
     "redis_restart_empty",
+)
+FAILOVER = "primary_failover"
+# Every server of the --failover pair: a COMMIT returns once the replica has the
+# transaction (AFTER_SYNC: nobody sees it before), and without a replica connected
+# (just after a promotion) commits do not wait.
+SEMI_SYNC_FLAGS = (
+    "--rpl-semi-sync-master-enabled=ON",
+    "--rpl-semi-sync-slave-enabled=ON",
+    "--rpl-semi-sync-master-wait-point=AFTER_SYNC",
+    "--rpl-semi-sync-master-wait-no-slave=OFF",
+    "--rpl-semi-sync-master-timeout=120000",
 )
 CONNECTION_ERRORS = frozenset({1053, 1927, 2003, 2006, 2013, 2055})
 
@@ -107,9 +135,15 @@ class Plan:
     catchup_seconds: float
 
 
+def fault_kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """The fault kinds of this run: ``--only``, else all (the failover with ``--failover``)."""
+    kinds = (*KINDS, FAILOVER) if args.failover else KINDS
+    return tuple(args.only) if args.only else kinds
+
+
 def make_plan(args: argparse.Namespace, rng: random.Random) -> Plan:
     if args.quick:
-        schedule = list(KINDS) * 3
+        schedule = list(fault_kinds(args)) * 3
         rng.shuffle(schedule)
         return Plan(
             fault_seconds=60,
@@ -149,7 +183,7 @@ class Writer(threading.Thread):
         self,
         n: int,
         factory: sessionmaker[OutboxSession],
-        db: ScratchMariaDB,
+        db: ScratchMariaDB | Address,
         seed: int,
         aggregates: int,
         halt: threading.Event,
@@ -272,6 +306,30 @@ class Writer(threading.Thread):
         return found == len(ids)
 
 
+class Address:
+    """A MariaDB reached through a :class:`TcpProxy`, so a failover can move it."""
+
+    def __init__(self, db: ScratchMariaDB, proxy: TcpProxy) -> None:
+        self.user, self.password, self.proxy = db.user, db.password, proxy
+
+    def connect(self, database: str | None = None) -> pymysql.Connection:
+        return pymysql.connect(
+            host=HOST,
+            port=self.proxy.port,
+            user=self.user,
+            password=self.password,
+            database=database,
+            autocommit=True,
+            connect_timeout=5,
+        )
+
+    def url(self, database: str) -> str:
+        return f"mysql+pymysql://{self.user}:{self.password}@{HOST}:{self.proxy.port}/{database}"
+
+    def move(self, db: ScratchMariaDB) -> None:
+        self.proxy.target = (HOST, db.port)
+
+
 # -- Kafka side -----------------------------------------------------------------------
 
 
@@ -353,6 +411,7 @@ class Chaos:
         self.seed = args.seed
         self.rng = random.Random(args.seed)
         self.plan = make_plan(args, self.rng)
+        self.kinds = fault_kinds(args)
         self.workdir = workdir
         self.run_id = f"{os.getpid()}{self.rng.randrange(1 << 16):04x}"
         self.faults: Counter[str] = Counter()
@@ -363,7 +422,10 @@ class Chaos:
         self.halt = threading.Event()
         self.writers: list[Writer] = []
         self.topic_prefix = f"chaos{self.run_id}."
-        self.db: ScratchMariaDB
+        self.db: ScratchMariaDB  # the primary
+        self.pair: ScratchReplicaPair | None = None  # --failover: the primary and its replica
+        self.app: ScratchMariaDB | Address  # where the writers write
+        self.relay_db: ScratchMariaDB | Address  # where the relay reads
         self.redis: ScratchRedis
         self.broker: ScratchBroker
         self.relay: RelayChild
@@ -373,9 +435,12 @@ class Chaos:
 
     def start_servers(self, cleanup: contextlib.ExitStack) -> None:
         t0 = time.monotonic()
-        self.db = ScratchMariaDB(f"chaos-{self.run_id}")
-        cleanup.callback(self.db.destroy)
-        self.db.start()
+        if self.args.failover:
+            self.start_pair(cleanup)
+        else:
+            self.db = self.app = self.relay_db = ScratchMariaDB(f"chaos-{self.run_id}")
+            cleanup.callback(self.db.destroy)
+            self.db.start()
         self.redis = ScratchRedis(self.workdir / "redis")
         cleanup.callback(self.redis.stop)
         self.redis.start()
@@ -387,6 +452,14 @@ class Chaos:
             f"Redis :{self.redis.port}, tansu :{self.broker.broker_port} behind proxy "
             f":{self.broker.proxy.port}; logs in {self.workdir}"
         )
+
+    def start_pair(self, cleanup: contextlib.ExitStack) -> None:
+        pair = self.pair = ScratchReplicaPair(f"chaos-{self.run_id}", flags=SEMI_SYNC_FLAGS)
+        cleanup.callback(pair.destroy)
+        pair.start()
+        self.db = pair.primary
+        proxies = [cleanup.enter_context(TcpProxy(pair.primary.port)) for _ in range(2)]
+        self.app, self.relay_db = (Address(self.db, proxy) for proxy in proxies)
 
     def create_schema(self) -> str:
         with self.db.connect() as conn, conn.cursor() as cur:
@@ -404,11 +477,15 @@ class Chaos:
         with self.db.connect() as conn, conn.cursor() as cur:
             cur.execute("SHOW MASTER STATUS")
             file, pos = cur.fetchone()[:2]
+            if self.pair is not None:
+                # A place every server of the pair knows (a FILE:POS is the primary's only).
+                cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+                return f"gtid:{cur.fetchone()[0]}"
         return f"{file}:{pos}"
 
     def relay_child(self, start_position: str) -> RelayChild:
         settings = {
-            "mysql_url": self.db.url(DB),
+            "mysql_url": self.relay_db.url(DB),
             "redis_url": self.redis.url,
             "kafka_bootstrap_servers": self.broker.bootstrap,
             "topic_template": self.topic_prefix + "{aggregatetype}",
@@ -448,7 +525,9 @@ class Chaos:
     async def inject(self, kind: str) -> None:
         rng, plan = self.rng, self.plan
         self.faults[kind] += 1
-        if kind == "relay_kill":
+        if kind == FAILOVER:
+            await self.fail_over()
+        elif kind == "relay_kill":
             await self.kill_relay("alone")
         elif kind == "redis_restart_empty":
             await self.restart_redis_empty()
@@ -478,6 +557,29 @@ class Chaos:
                 await asyncio.sleep(duration - split)
             finally:
                 revert()
+
+    async def fail_over(self) -> None:
+        """SIGKILL the primary mid-writes, promote the replica, move both addresses,
+        then give the new primary a fresh replica."""
+        pair, rng = self.pair, self.rng
+        assert pair is not None and isinstance(self.app, Address)
+        assert isinstance(self.relay_db, Address)
+        # What the relay read, the replica must have: else the relay stops for an
+        # operator (the advice case, tested in tests/test_relay_failover.py).
+        self.relay_db.proxy.cut()
+        try:
+            await asyncio.to_thread(pair.wait_replica, await asyncio.to_thread(pair.primary_gtid))
+            await asyncio.sleep(rng.uniform(0, 0.5))  # writers go on committing meanwhile
+            await asyncio.to_thread(pair.kill_primary)
+            await self.maybe_kill_relay_during(FAILOVER)
+            await asyncio.to_thread(pair.promote)
+            self.db = pair.replica
+            self.app.move(pair.replica)
+            self.relay_db.move(pair.replica)
+        finally:
+            self.relay_db.proxy.restore()
+        await asyncio.to_thread(pair.replace_replica)
+        self.details[f"{FAILOVER}:to server_id {pair.primary.server_id}"] += 1
 
     async def restart_redis_empty(self) -> None:
         """Redis restarted without persistence while the relay runs: its keys are gone."""
@@ -527,7 +629,7 @@ class Chaos:
                     break
                 kind = queue.pop(0)
             else:
-                kind = rng.choice(KINDS)
+                kind = rng.choice(self.kinds)
             await self.inject(kind)
 
     # -- checks --------------------------------------------------------------
@@ -634,7 +736,7 @@ class Chaos:
             self.relay = self.relay_child(start)
             cleanup.callback(lambda: self.relay.signal(signal.SIGKILL))
             engine = sa.create_engine(
-                self.db.url(DB),
+                self.app.url(DB),
                 pool_pre_ping=True,
                 pool_size=plan.writers + 2,
                 connect_args={"connect_timeout": 5},
@@ -642,7 +744,7 @@ class Chaos:
             cleanup.callback(engine.dispose)
             factory = sessionmaker(engine, class_=OutboxSession)
             self.writers = [
-                Writer(n, factory, self.db, self.seed * 100 + n, plan.aggregates, self.halt)
+                Writer(n, factory, self.app, self.seed * 100 + n, plan.aggregates, self.halt)
                 for n in range(plan.writers)
             ]
             cleanup.callback(self.stop_writers)
@@ -714,7 +816,7 @@ class Chaos:
         print()
         print(f"== chaos summary: seed {self.seed}, faults for {fault_time:.0f}s ==")
         print(f"faults injected: {total}")
-        for kind in KINDS:
+        for kind in self.kinds:
             extra = ", ".join(
                 f"{k.split(':', 1)[1]} {n}"
                 for k, n in sorted(self.details.items())
@@ -786,6 +888,17 @@ def main(argv: list[str] | None = None) -> int:
         "--fail-on-relay-exit",
         action="store_true",
         help="also fail if the relay exited by itself (it is restarted and reported anyway)",
+    )
+    parser.add_argument(
+        "--failover",
+        action="store_true",
+        help="add the primary failover fault (a replica of the scratch MariaDB is started)",
+    )
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=(*KINDS, FAILOVER),
+        help="inject only this fault kind (repeatable)",
     )
     parser.add_argument(
         "--workdir", default=None, help="where the run's logs go (default: a temp dir)"

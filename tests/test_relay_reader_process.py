@@ -46,6 +46,8 @@ def records(n: int) -> list[KafkaRecord]:
         None,
         BinlogPosition(file="mysql-bin.000007", pos=4242),
         BinlogPosition(file="mysql-bin.000007", pos=4242, gtid="0-1-99,1-2-3"),
+        # The server a commit's FILE:POS belongs to crosses too (checkpoint v2).
+        BinlogPosition(file="mysql-bin.000007", pos=4242, gtid="0-2-5", server="server_id=2"),
     ],
 )
 def test_a_batch_of_records_crosses_the_pipe_unchanged(commit: BinlogPosition | None) -> None:

@@ -332,7 +332,45 @@ def test_from_env_keyword_overrides_win() -> None:
     ],
 )
 def test_from_env_bool(raw: str, expected: bool) -> None:
-    assert RelaySettings.from_env(env({"OUTBOX_RESUME_BY_GTID": raw})).resume_by_gtid is expected
+    assert (
+        RelaySettings.from_env(env({"OUTBOX_IGNORE_CHECKPOINT": raw})).ignore_checkpoint is expected
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ("auto", "auto"),
+        (" ON ", "on"),
+        ("off", "off"),
+        ("true", "on"),  # resume_by_gtid was true/false before it had auto
+        ("1", "on"),
+        ("False", "off"),
+        ("no", "off"),
+    ],
+)
+def test_resume_by_gtid_is_auto_on_or_off_and_reads_old_booleans(raw: str, expected: str) -> None:
+    assert RelaySettings.from_env(env({})).resume_by_gtid == "auto"
+    assert RelaySettings.from_env(env({"OUTBOX_RESUME_BY_GTID": raw})).resume_by_gtid == expected
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--resume-by-gtid"], "on"),
+        (["--no-resume-by-gtid"], "off"),
+        (["--resume-by-gtid", "auto"], "auto"),
+        (["--resume-by-gtid=false"], "off"),
+    ],
+)
+def test_resume_by_gtid_flags_keep_their_boolean_forms(argv: list[str], expected: str) -> None:
+    assert RelaySettings.from_cli(argv, environ=env({})).resume_by_gtid == expected
+
+
+def test_resume_by_gtid_accepts_a_python_bool_and_refuses_other_words() -> None:
+    assert RelaySettings.from_env(env({}), resume_by_gtid=True).resume_by_gtid == "on"
+    with pytest.raises(ConfigurationError, match="resume_by_gtid: 'sometimes' is not a choice"):
+        RelaySettings.from_env(env({"OUTBOX_RESUME_BY_GTID": "sometimes"}))
 
 
 @pytest.mark.parametrize(

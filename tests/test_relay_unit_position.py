@@ -150,10 +150,11 @@ def test_checkpoint_round_trip(gtid: str | None) -> None:
     raw = encode_checkpoint(p, saved_at=datetime(2024, 5, 1, 12, 0, 0, 123456, tzinfo=UTC))
     data = json.loads(raw)
     assert data == {
-        "v": 1,
+        "v": 2,
         "file": "mysql-bin.000012",
         "pos": 98765,
         "gtid": gtid,
+        "server": None,
         "saved_at": "2024-05-01T12:00:00.123+00:00",
     }
     assert decode_checkpoint(raw) == p
@@ -183,7 +184,7 @@ def test_checkpoint_empty_gtid_decodes_as_none() -> None:
         ("[1, 2]", "unknown format"),
         ('"a string"', "unknown format"),
         ('{"file": "f.1", "pos": 4}', "unknown format"),  # no version
-        ('{"v": 2, "file": "f.1", "pos": 4}', "unknown format"),
+        ('{"v": 3, "file": "f.1", "pos": 4}', "unknown format"),
         ('{"v": "1", "file": "f.1", "pos": 4}', "unknown format"),
         ('{"offset": 17, "partition": 0}', "unknown format"),  # somebody else's JSON
         ('{"v": 1, "pos": 4}', "invalid file/pos"),

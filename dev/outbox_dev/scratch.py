@@ -21,6 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pymysql
+import pymysql.cursors
 
 from outbox_dev import stack
 from outbox_dev.tcp_proxy import TcpProxy
@@ -63,9 +64,15 @@ class ScratchMariaDB:
     :meth:`destroy`.
     """
 
-    def __init__(self, name: str, port: int | None = None) -> None:
+    def __init__(self, name: str, port: int | None = None, *, server_id: int = 1) -> None:
         self.port = port or free_port()
         self.server = stack.MariaDB(name, self.port)
+        self.server_id = server_id
+        if server_id != 1:
+            self.server.flags = [
+                *(f for f in stack.MARIADB_FLAGS if not f.startswith("--server-id=")),
+                f"--server-id={server_id}",
+            ]
         self.user = stack.MYSQL_USER
         self.password = stack.MYSQL_PASSWORD
 
@@ -109,6 +116,108 @@ class ScratchMariaDB:
         user = self.user if user is None else user
         password = self.password if password is None else password
         return f"mysql+pymysql://{user}:{password}@{HOST}:{self.port}/{database}"
+
+
+# What a server of a GTID replication pair needs (FACTS.md): a replica re-logs what it
+# applies with the original GTIDs, and each domain keeps one ordered sequence.
+GTID_REPLICATION_FLAGS = ["--log-slave-updates", "--gtid-strict-mode=ON"]
+
+
+class ScratchReplicaPair:
+    """A primary and a replica (two :class:`ScratchMariaDB`, server ids 1 and 2)
+    replicating with GTIDs, for failover runs: :meth:`kill_primary` then
+    :meth:`promote`, as an operator (or an orchestrator) would.
+
+    Both binlogs start at ``mysql-bin.000001``, as every fresh server's do.
+    """
+
+    def __init__(self, name: str, *, flags: tuple[str, ...] = ()) -> None:
+        self.name = name
+        self.flags = (*GTID_REPLICATION_FLAGS, *flags)  # ``flags``: more for every server
+        self.primary = self._server(1)
+        self.replica = self._server(2)
+
+    def _server(self, server_id: int) -> ScratchMariaDB:
+        db = ScratchMariaDB(f"{self.name}-{server_id}", server_id=server_id)
+        db.server.flags = [*db.server.flags, *self.flags]
+        return db
+
+    def start(self) -> None:
+        """Start both (fresh) and make the replica follow the primary from its first GTID."""
+        self.primary.destroy()
+        self.primary.start()
+        self._start_replica()
+
+    def _start_replica(self) -> None:
+        self.replica.destroy()
+        self.replica.start()
+        with self.replica.connect() as conn, conn.cursor() as cur:
+            # The replica's own setup (user, database) is not the primary's history:
+            # forget it, then take everything from the primary's first GTID on.
+            cur.execute("RESET MASTER")
+            cur.execute("SET GLOBAL gtid_slave_pos = ''")
+            cur.execute(
+                "CHANGE MASTER TO MASTER_HOST=%s, MASTER_PORT=%s, MASTER_USER=%s, "
+                "MASTER_PASSWORD=%s, MASTER_USE_GTID=slave_pos, MASTER_CONNECT_RETRY=1",
+                (HOST, self.primary.port, self.primary.user, self.primary.password),
+            )
+            cur.execute("START SLAVE")
+
+    def primary_gtid(self) -> str:
+        """The primary's ``@@gtid_binlog_pos``."""
+        with self.primary.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT @@gtid_binlog_pos")
+            return str(cur.fetchone()[0])
+
+    def wait_replica(self, gtid: str, within: float = 60.0) -> None:
+        """Wait until the replica applied ``gtid`` (a GTID state)."""
+        with self.replica.connect() as conn, conn.cursor() as cur:
+            cur.execute("SELECT MASTER_GTID_WAIT(%s, %s)", (gtid, within))
+            if cur.fetchone()[0] != 0:
+                raise RuntimeError(f"the replica did not apply {gtid} within {within}s")
+
+    def stop_replication(self) -> None:
+        """Stop the replica's IO thread: it falls behind the primary (a lagging replica)."""
+        with self.replica.connect() as conn, conn.cursor() as cur:
+            cur.execute("STOP SLAVE IO_THREAD")
+
+    def kill_primary(self) -> None:
+        """SIGKILL the primary: what it committed and never sent is gone with it."""
+        self.primary.stop(kill=True)
+
+    def promote(self, within: float = 60.0) -> None:
+        """Let the replica apply what it received, then make it a primary of its own."""
+        deadline = time.monotonic() + within
+        with self.replica.connect() as conn, conn.cursor(pymysql.cursors.DictCursor) as cur:
+            while True:
+                cur.execute("SHOW SLAVE STATUS")
+                row = cur.fetchone()
+                io_done = row is None or row["Slave_IO_Running"] != "Yes"
+                applied = row is None or (
+                    row["Relay_Master_Log_File"] == row["Master_Log_File"]
+                    and row["Exec_Master_Log_Pos"] == row["Read_Master_Log_Pos"]
+                )
+                if io_done and applied:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"the replica did not catch up within {within}s: {row}")
+                time.sleep(0.05)
+            cur.execute("STOP SLAVE")
+            cur.execute("RESET SLAVE ALL")
+
+    def replace_replica(self) -> None:
+        """After :meth:`promote`: the promoted replica is the primary, the dead old
+        primary is gone, and a fresh replica (a new server id) follows the new primary
+        from its first GTID (its binlog holds the whole history: ``log_slave_updates``)."""
+        dead = self.primary
+        self.primary = self.replica
+        self.replica = self._server(max(dead.server_id, self.primary.server_id) + 1)
+        dead.destroy()
+        self._start_replica()
+
+    def destroy(self) -> None:
+        self.replica.destroy()
+        self.primary.destroy()
 
 
 class ScratchRedis:

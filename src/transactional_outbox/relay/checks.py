@@ -6,25 +6,30 @@ the binlog ends now, where it starts, and the GTID state at a position.
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import pymysql
 
-from ..exceptions import BinlogPurgedError, ServerConfigurationError
+from ..exceptions import BinlogPurgedError, CheckpointError, ServerConfigurationError
 from ..record_format import COLUMNS
-from .position import BinlogPosition, StartPolicy
+from .position import BinlogPosition, StartPolicy, server_identity
+from .resume import resume_checkpoint
 
 __all__ = [
     "ServerInfo",
     "check_matching_tables",
     "check_server",
+    "describe_server",
     "matching_tables",
     "resolve_start",
     "table_problem",
 ]
+
+log = logging.getLogger("transactional_outbox.relay")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,6 +42,16 @@ class ServerInfo:
     current: BinlogPosition
     binlogs: tuple[str, ...]
     server_id: int = 0  # the server's own @@server_id: a replica must use another
+    server_uuid: str | None = None  # MySQL's @@server_uuid
+    gtid_state: str | None = None  # MariaDB @@gtid_binlog_state, MySQL @@gtid_executed
+    gtid_purged: str | None = None  # MySQL @@gtid_purged
+
+    @property
+    def identity(self) -> str:
+        """Which server this is, as a checkpoint records it (:func:`server_identity`)."""
+        return server_identity(
+            is_mariadb=self.is_mariadb, server_id=self.server_id, server_uuid=self.server_uuid
+        )
 
 
 def _one(cur: Any, sql: str, args: Any = None) -> Any:
@@ -88,8 +103,7 @@ def check_server(
     """
     user = _user_of(conn)
     with conn.cursor() as cur:
-        version, own_id = _one(cur, "SELECT VERSION(), @@server_id")
-        version = str(version)
+        version = str(_one(cur, "SELECT VERSION()")[0])
         is_mariadb = "mariadb" in version.lower()
         log_bin = _variable(cur, "log_bin")
         if log_bin is None or log_bin.upper() not in ("ON", "1"):
@@ -113,8 +127,7 @@ def check_server(
             status_sql = "SHOW BINARY LOG STATUS"
         try:
             status = _one(cur, status_sql)
-            cur.execute("SHOW BINARY LOGS")
-            binlogs = tuple(str(r[0]) for r in cur.fetchall())
+            _all(cur, "SHOW BINARY LOGS")
         except pymysql.err.OperationalError as exc:
             needed = "BINLOG MONITOR" if is_mariadb else "REPLICATION CLIENT"
             raise _privileges_error(user, needed, exc) from None
@@ -135,10 +148,32 @@ def check_server(
                 raise ServerConfigurationError(
                     setting, f"{problem} (listed in outbox_tables)" if many else problem
                 )
+        return describe_server(conn, is_mariadb=is_mariadb)
+
+
+def describe_server(conn: pymysql.Connection, *, is_mariadb: bool) -> ServerInfo:
+    """What the relay needs to know about the server: version, identity, GTIDs, binlogs."""
+    with conn.cursor() as cur:
+        version, own_id = _one(cur, "SELECT VERSION(), @@server_id")
+        version = str(version)
+        status_sql = "SHOW MASTER STATUS"
+        if not is_mariadb and _mysql_at_least(version, 8, 2):
+            status_sql = "SHOW BINARY LOG STATUS"
+        status = _one(cur, status_sql)
+        if status is None:
+            raise ServerConfigurationError("log_bin", "SHOW MASTER STATUS is empty: binlog off")
+        binlogs = tuple(str(r[0]) for r in _all(cur, "SHOW BINARY LOGS"))
+        uuid = purged = None
         if is_mariadb:
             gtid_enabled = True
+            state = str(_one(cur, "SELECT @@gtid_binlog_state")[0] or "")
         else:
             gtid_enabled = (_variable(cur, "gtid_mode") or "OFF").upper() == "ON"
+            uuid = str(_one(cur, "SELECT @@server_uuid")[0])
+            state = None
+            if gtid_enabled:
+                executed, purged = _one(cur, "SELECT @@gtid_executed, @@gtid_purged")
+                state, purged = str(executed or ""), str(purged or "")
         file, pos = str(status[0]), int(status[1])
         if is_mariadb:
             gtid = _gtid_at(cur, True, file, pos)
@@ -153,6 +188,9 @@ def check_server(
             current=BinlogPosition(file=file, pos=pos, gtid=gtid or None),
             binlogs=binlogs,
             server_id=int(own_id or 0),
+            server_uuid=uuid,
+            gtid_state=state,
+            gtid_purged=purged,
         )
 
 
@@ -249,50 +287,61 @@ def resolve_start(
     checkpoint: BinlogPosition | None,
     policy: StartPolicy,
     ignore_checkpoint: bool,
+    mode: str = "auto",
 ) -> tuple[BinlogPosition, str]:
     """Decide where to start streaming; return the position and why it was chosen.
 
-    A checkpoint wins unless ``ignore_checkpoint``. A checkpoint whose binlog
-    file was purged raises :class:`BinlogPurgedError` unless ``policy`` is an
-    explicit position, which is then used.
+    A checkpoint wins unless ``ignore_checkpoint``; where it resumes on this
+    server follows :func:`~.resume.resume_checkpoint` (``mode``: resume_by_gtid).
+    A checkpoint that cannot be used here raises its :class:`CheckpointError`
+    unless ``policy`` is an explicit position, which is then used (a WARNING
+    says so): that is what the errors' advice relies on.
     """
-    if checkpoint is not None and not ignore_checkpoint:
-        if checkpoint.file in info.binlogs:
-            return checkpoint, "checkpoint"
-        if not policy.explicit:
-            oldest = info.binlogs[0] if info.binlogs else "none"
-            raise BinlogPurgedError(
-                f"the checkpoint {checkpoint} names a binlog the server no longer has (oldest: "
-                f"{oldest}); events between them may be lost. Restart with --start-position "
-                "FILE:POS or a GTID set to accept that and start there."
-            )
     with conn.cursor() as cur:
-        if policy.kind == "latest":
-            return info.current, "start_position=latest"
-        if policy.kind == "earliest":
-            if not info.binlogs:
-                return info.current, "start_position=earliest (no binlogs listed)"
-            first = info.binlogs[0]
-            return (
-                BinlogPosition(file=first, pos=4, gtid=_gtid_at(cur, info.is_mariadb, first, 4)),
-                "start_position=earliest",
-            )
-        if policy.kind == "position":
-            assert policy.file is not None and policy.pos is not None
-            if policy.file not in info.binlogs:
-                raise BinlogPurgedError(
-                    f"start_position {policy.file}:{policy.pos}: the server has no binlog "
-                    f"{policy.file!r} (it has {', '.join(info.binlogs) or 'none'})"
+
+        def gtid_at(file: str, pos: int) -> str | None:
+            return _gtid_at(cur, info.is_mariadb, file, pos)
+
+        if checkpoint is not None and not ignore_checkpoint:
+            try:
+                return resume_checkpoint(checkpoint, info, mode=mode, gtid_at=gtid_at)
+            except CheckpointError as exc:
+                if not policy.explicit:
+                    raise
+                log.warning(
+                    "the checkpoint is unusable (%s); starting at --start-position %s as given",
+                    exc,
+                    policy.gtid or f"{policy.file}:{policy.pos}",
                 )
-            return (
-                BinlogPosition(
-                    file=policy.file,
-                    pos=policy.pos,
-                    gtid=_gtid_at(cur, info.is_mariadb, policy.file, policy.pos),
-                ),
-                "start_position",
+        position, why = _from_policy(info, policy, gtid_at)
+        return replace(position, server=info.identity if position.file else None), why
+
+
+def _from_policy(
+    info: ServerInfo, policy: StartPolicy, gtid_at: Callable[[str, int], str | None]
+) -> tuple[BinlogPosition, str]:
+    if policy.kind == "latest":
+        return info.current, "start_position=latest"
+    if policy.kind == "earliest":
+        if not info.binlogs:
+            return info.current, "start_position=earliest (no binlogs listed)"
+        first = info.binlogs[0]
+        return (
+            BinlogPosition(file=first, pos=4, gtid=gtid_at(first, 4)),
+            "start_position=earliest",
+        )
+    if policy.kind == "position":
+        assert policy.file is not None and policy.pos is not None
+        if policy.file not in info.binlogs:
+            raise BinlogPurgedError(
+                f"start_position {policy.file}:{policy.pos}: the server has no binlog "
+                f"{policy.file!r} (it has {', '.join(info.binlogs) or 'none'})"
             )
-        # A GTID set: MariaDB maps it to a file/pos itself on connect; we need a
-        # file/pos for the checkpoint, so stream by GTID until the first commit.
-        assert policy.gtid is not None
-        return BinlogPosition(file="", pos=4, gtid=policy.gtid), "start_position (GTID)"
+        return (
+            BinlogPosition(file=policy.file, pos=policy.pos, gtid=gtid_at(policy.file, policy.pos)),
+            "start_position",
+        )
+    # A GTID set: MariaDB maps it to a file/pos itself on connect; we need a
+    # file/pos for the checkpoint, so stream by GTID until the first commit.
+    assert policy.gtid is not None
+    return BinlogPosition(file="", pos=4, gtid=policy.gtid), "start_position (GTID)"

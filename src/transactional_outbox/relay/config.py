@@ -35,6 +35,7 @@ from .options import (
     values_from_env,
 )
 from .position import StartPolicy
+from .resume import gtid_mode, gtid_mode_option
 from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter, invalid_topic_reason
 
 __all__ = [
@@ -128,13 +129,11 @@ class RelaySettings:
     start_position: str = option(
         "latest",
         "where to start without a checkpoint: latest, earliest, FILE:POS or a GTID set "
-        "(gtid:SET or a MariaDB D-S-N list); FILE:POS or a GTID set also overrides a purged "
+        "(gtid:SET or a MariaDB D-S-N list); FILE:POS or a GTID set also overrides an unusable "
         "checkpoint",
     )
     ignore_checkpoint: bool = option(False, "start at --start-position even if a checkpoint exists")
-    resume_by_gtid: bool = option(
-        False, "reconnect and resume by GTID rather than FILE:POS (needs GTIDs on the server)"
-    )
+    resume_by_gtid: str | bool = gtid_mode_option()
     checkpoint_interval_ms: int = option(1000, "save the checkpoint at most this often (ms)")
     checkpoint_topic: str = option(
         "outbox.relay.checkpoints",
@@ -217,6 +216,7 @@ class RelaySettings:
         if self.server_id < 0 or self.server_id > 2**32 - 1:
             raise ConfigurationError("server_id", f"{self.server_id} is not in 0..4294967295")
         StartPolicy.parse(self.start_position)
+        object.__setattr__(self, "resume_by_gtid", gtid_mode(self.resume_by_gtid))
         self.router()  # validates the template and overrides
         if self.checkpoint_topic and (why := invalid_topic_reason(self.checkpoint_topic)):
             raise ConfigurationError("checkpoint_topic", why)
@@ -370,6 +370,7 @@ class RelaySettings:
 
 
 _REQUIRED = ("mysql_url", "kafka_bootstrap_servers", "redis_url")
+
 
 RENAMED = {
     "heartbeat_seconds": "heartbeat_ms",

@@ -235,6 +235,23 @@ def options_parser(
                 default=None,
                 help=f"{help_text} (default: {default})",
             )
+        elif "bare" in f.metadata:  # a value, or the flag alone / its --no- form
+            parser.add_argument(
+                flag(name),
+                dest=name,
+                nargs="?",
+                const=f.metadata["bare"],
+                default=None,
+                metavar="VALUE",
+                help=f"{help_text} (default: {default})",
+            )
+            parser.add_argument(
+                "--no-" + flag(name)[2:],
+                dest=name,
+                action="store_const",
+                const=f.metadata["negated"],
+                help=argparse.SUPPRESS,
+            )
         else:
             parser.add_argument(
                 flag(name),

@@ -22,10 +22,14 @@ __all__ = [
     "StartPolicy",
     "decode_checkpoint",
     "encode_checkpoint",
+    "server_identity",
     "uuid_text",
 ]
 
-CHECKPOINT_VERSION = 1
+# v2 adds "server": which server's binlog FILE:POS names (v1 checkpoints, without it,
+# are still read).
+CHECKPOINT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -34,11 +38,16 @@ class BinlogPosition:
 
     ``gtid`` is the GTID set executed up to this point (MySQL ``uuid:1-5``
     form, or MariaDB ``domain-server-seq`` list), or ``None`` if not known.
+    ``server`` names the server whose binlog ``file``/``pos`` belong to
+    (:func:`server_identity`), or ``None`` if not known: file names and
+    offsets mean nothing on another server (every fresh one starts at
+    ``mysql-bin.000001``).
     """
 
     file: str
     pos: int
     gtid: str | None = None
+    server: str | None = None
 
     def __str__(self) -> str:
         base = f"{self.file}:{self.pos}"
@@ -147,6 +156,17 @@ class MySQLGtidSet:
         )
 
 
+def server_identity(*, is_mariadb: bool, server_id: int, server_uuid: str | None) -> str:
+    """Which server a binlog position belongs to, as the checkpoint records it.
+
+    MariaDB has no server uuid: ``server_id=N`` (with the GTID state beside it,
+    checked with ``BINLOG_GTID_POS``); MySQL: ``server_uuid=...``.
+    """
+    if is_mariadb or not server_uuid:
+        return f"server_id={server_id}"
+    return f"server_uuid={server_uuid.lower()}"
+
+
 def uuid_text(sid: bytes) -> str:
     """A MySQL source uuid's canonical text, from its 16 bytes."""
     h = sid.hex()
@@ -205,6 +225,7 @@ def encode_checkpoint(position: BinlogPosition, *, saved_at: datetime | None = N
             "file": position.file,
             "pos": position.pos,
             "gtid": position.gtid,
+            "server": position.server,
             "saved_at": (saved_at or datetime.now(UTC)).isoformat(timespec="milliseconds"),
         },
         separators=(",", ":"),
@@ -212,7 +233,10 @@ def encode_checkpoint(position: BinlogPosition, *, saved_at: datetime | None = N
 
 
 def decode_checkpoint(raw: str | bytes) -> BinlogPosition:
-    """Parse a stored checkpoint. Raises :class:`CheckpointError` for anything foreign."""
+    """Parse a stored checkpoint (version 2, or 1: without ``server``).
+
+    Raises :class:`CheckpointError` for anything foreign.
+    """
     try:
         data = json.loads(raw)
     except (ValueError, UnicodeDecodeError):
@@ -220,7 +244,7 @@ def decode_checkpoint(raw: str | bytes) -> BinlogPosition:
             f"stored checkpoint is not valid JSON: {raw[:100]!r}; delete the key or give "
             "an explicit start position"
         ) from None
-    if not isinstance(data, dict) or data.get("v") != CHECKPOINT_VERSION:
+    if not isinstance(data, dict) or data.get("v") not in _READABLE_VERSIONS:
         raise CheckpointError(
             f"stored checkpoint has an unknown format: {str(raw)[:100]!r}; delete the key or "
             "give an explicit start position"
@@ -230,7 +254,10 @@ def decode_checkpoint(raw: str | bytes) -> BinlogPosition:
         raise CheckpointError(f"stored checkpoint has an invalid file/pos: {str(raw)[:100]!r}")
     if gtid is not None and not isinstance(gtid, str):
         raise CheckpointError(f"stored checkpoint has an invalid gtid: {str(raw)[:100]!r}")
-    return BinlogPosition(file=file, pos=pos, gtid=gtid or None)
+    server = data.get("server") if data["v"] >= 2 else None
+    if server is not None and (not isinstance(server, str) or not server):
+        raise CheckpointError(f"stored checkpoint has an invalid server: {str(raw)[:100]!r}")
+    return BinlogPosition(file=file, pos=pos, gtid=gtid or None, server=server)
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,7 +137,9 @@ class PublishSession:
         self._loop = asyncio.get_running_loop()
         channel = self._channel = Channel(self._loop, max_events=s.queue_max_events)
         start = self.start
-        use_gtid = s.resume_by_gtid or (start.file == "" and start.gtid is not None)
+        # Every connection by GTID when the server has them (resume_by_gtid auto/on):
+        # a reconnect may reach another server (a failover) whose FILE:POS differ.
+        use_gtid = self._source_settings.by_gtid or (start.file == "" and start.gtid is not None)
         reader = ProcessSource if s.reader == "process" else BinlogSource
         source = self._source = reader(
             self._source_settings,

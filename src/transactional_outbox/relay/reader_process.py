@@ -13,7 +13,7 @@ when to stop) and is killed by the kernel if the relay dies.
 
 Wire format, one message per pipe message: a tag byte, then
 
-* ``M``: ``marshal`` of ``(records as plain tuples, commit as (file, pos, gtid) or None,
+* ``M``: ``marshal`` of ``(records as plain tuples, commit as (file, pos, gtid, server) or None,
   rows by table or None)``,
   for batches of valid records only (marshal of plain tuples is ~5x faster
   than pickling named tuples);
@@ -60,7 +60,7 @@ def encode_batch(batch: SourceBatch) -> bytes:
     records = batch.records
     if not any(type(r) is RejectedRow for r in records):
         c = batch.commit
-        commit = None if c is None else (c.file, c.pos, c.gtid)
+        commit = None if c is None else (c.file, c.pos, c.gtid, c.server)
         plain = [tuple(r) for r in records]  # type: ignore[arg-type]
         return b"M" + marshal.dumps((plain, commit, batch.tables))
     return _pickled(("batch", batch))
@@ -78,7 +78,7 @@ def decode_message(data: bytes) -> tuple[str, Any]:
         position = (
             None
             if commit is None
-            else BinlogPosition(file=commit[0], pos=commit[1], gtid=commit[2])
+            else BinlogPosition(file=commit[0], pos=commit[1], gtid=commit[2], server=commit[3])
         )
         return "batch", SourceBatch(records, position, tables)
     message: tuple[str, Any] = pickle.loads(data[1:])

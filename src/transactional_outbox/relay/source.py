@@ -10,10 +10,14 @@ socket read and an idle one adds no delay.
 
 On a lost connection the thread closes it, waits, and reopens from the last
 commit it handed over, skipping the rows of the open transaction it already
-handed over. A silent stream is detected with the replication heartbeat plus
-a socket read timeout. MariaDB refusing a second connection with the same
-server id (error 4052, while an old one is still registered) is retried the
-same way.
+handed over: by that commit's GTID state when ``use_gtid`` (the server behind
+the address may have changed: a failover), else by its FILE:POS after checking,
+on the new connection, that it reached the same server at the same GTID state
+(:mod:`.resume`). Each commit handed over names the server that streamed it.
+A refused dump (1236) is explained by asking the server why. A silent stream
+is detected with the replication heartbeat plus a socket read timeout. MariaDB
+refusing a second connection with the same server id (error 4052, while an old
+one is still registered) is retried the same way.
 """
 
 from __future__ import annotations
@@ -22,17 +26,18 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import pymysql
 
-from ..exceptions import BinlogPurgedError, OutboxError
+from ..exceptions import CheckpointError, OutboxError
 from .binlog.events import BinlogParser, DumpEnded, ServerError
 from .binlog.protocol import RECV_BYTES, DumpConnection
 from .binlog.tablemap import TableLayout
 from .channel import BatchSink, SourceBatch
 from .position import BinlogPosition
+from .resume import check_same_place, explain_refusal, read_identity
 from .routing import TopicRouter
 
 __all__ = ["BinlogSource", "SourceSettings"]
@@ -62,6 +67,8 @@ class SourceSettings:
     schema: str
     table: str
     is_mariadb: bool
+    # Resume every connection by GTID (resume_by_gtid auto with GTIDs, or on).
+    by_gtid: bool = False
     # Many outbox tables: these (schema, table) pairs and the tables whose
     # "schema.table" full-matches the pattern; schema/table are then unused.
     tables: tuple[tuple[str, str], ...] = ()
@@ -106,6 +113,7 @@ class BinlogSource:
         self._pushed_in_txn = 0
         self._layouts: dict[bytes, TableLayout] = {}
         self._announced: set[str] = set()  # pattern-matched tables logged once, not per connection
+        self._server: str | None = start.server  # the server the open connection reached
         self.connected = False
         self.reconnects = 0
         self.last_packet_at = time.monotonic()
@@ -151,6 +159,14 @@ class BinlogSource:
         }
         position = self._position
         gtid = position.gtid if self._use_gtid else None
+
+        def check_server(cur: Any) -> None:
+            # Positions handed over name the server they belong to; a FILE:POS
+            # resume is only valid on the server (and at the GTID state) that wrote it.
+            self._server = read_identity(cur, is_mariadb=s.is_mariadb)
+            if gtid is None and position.file:
+                check_same_place(cur, position, self._server, is_mariadb=s.is_mariadb)
+
         return DumpConnection(
             args,
             server_id=s.server_id,
@@ -162,6 +178,7 @@ class BinlogSource:
             file=position.file,
             pos=position.pos,
             gtid=gtid,
+            before_dump=check_server,
         )
 
     def _run(self) -> None:
@@ -185,13 +202,7 @@ class BinlogSource:
                 if code == 1236 and _SAME_ID in str(exc.args[1:]):
                     code = 4052  # MySQL's way to say it: another connection took our id
                 if code == 1236:
-                    self._channel.fail(
-                        BinlogPurgedError(
-                            f"the server cannot stream from {self._position}: {exc.args[1]}; "
-                            "the binlog there was purged and events after it may be lost. "
-                            "Restart with an explicit --start-position to accept that."
-                        )
-                    )
+                    self._channel.fail(self._refused(str(exc.args[1])))
                     return
                 if code is not None and code not in _CONNECTION_LOST and code not in _TRANSIENT:
                     self._channel.fail(
@@ -225,6 +236,19 @@ class BinlogSource:
                 dump, self._dump = self._dump, None
                 if dump is not None:
                     dump.close()
+
+    def _refused(self, text: str) -> CheckpointError:
+        """Why the server refused to stream (1236), asked over an ordinary connection."""
+        s = self._s
+        args = {"host": s.host, "port": s.port, "user": s.user, "password": s.password}
+        by_gtid = self._use_gtid and self._position.gtid is not None
+        return explain_refusal(
+            {**args, **s.extra_connection_args},
+            self._position,
+            text,
+            by_gtid=by_gtid,
+            is_mariadb=s.is_mariadb,
+        )
 
     def _stream(self, dump: DumpConnection) -> None:
         s = self._s
@@ -295,6 +319,8 @@ class BinlogSource:
     ) -> bool:
         if parser.commits:
             records, commit = parser.take_committed()
+            if commit.server != self._server:
+                commit = replace(commit, server=self._server)
             if not put(SourceBatch(records, commit, parser.handed_tables)):
                 return False
             self._position = commit

@@ -26,6 +26,7 @@ from .config import RelaySettings
 from .faults import mysql_misconfiguration, redis_misconfiguration
 from .position import BinlogPosition
 from .reach import check_rows_reach_binlog
+from .resume import uses_gtid
 from .source import SourceSettings
 from .stats import RelayStats
 
@@ -157,6 +158,7 @@ async def _resolve(
                 checkpoint=checkpoint,
                 policy=s.start_policy(),
                 ignore_checkpoint=s.ignore_checkpoint,
+                mode=str(s.resume_by_gtid),
             )
             return info, start, why, matched
         finally:
@@ -201,6 +203,7 @@ def source_settings(settings: RelaySettings, start: Start) -> SourceSettings:
         tables=s.tables if s.multi_table else (),
         table_pattern=s.outbox_table_pattern or None,
         is_mariadb=start.server.is_mariadb,
+        by_gtid=uses_gtid(str(s.resume_by_gtid), gtid_enabled=start.server.gtid_enabled),
         heartbeat_seconds=s.heartbeat_ms / 1000,
         max_reconnect_delay_seconds=s.reconnect_max_ms / 1000,
         idle_commit_seconds=min(1.0, s.checkpoint_interval_ms / 1000),

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import struct
+from collections.abc import Callable
 from typing import Any
 
 import pymysql
@@ -89,7 +90,9 @@ class DumpConnection:
 
     ``gtid`` (MariaDB ``domain-server-seq`` list, or a MySQL GTID set) starts
     from a GTID state; else ``file``:``pos``. ``blocking=False`` (tests,
-    tools) makes the server end the dump at the binlog's end. Errors: PyMySQL's on connect,
+    tools) makes the server end the dump at the binlog's end. ``before_dump`` is
+    called with a cursor of the same connection before the dump starts (to
+    check which server it reached). Errors: PyMySQL's on connect,
     :class:`ServerError` for an error the server sends, ``OSError`` for a
     lost or silent connection (the socket times out after ``read_timeout``).
     """
@@ -106,6 +109,7 @@ class DumpConnection:
         pos: int = 4,
         gtid: str | None = None,
         blocking: bool = True,
+        before_dump: Callable[[Any], None] | None = None,
     ) -> None:
         self._conn = pymysql.connect(**{**connect_args, "read_timeout": read_timeout})
         try:
@@ -117,6 +121,10 @@ class DumpConnection:
                 )
             self._sock: socket.socket = sock
             self._prepare(is_mariadb, heartbeat_seconds, gtid)
+            if before_dump is not None:
+                # On this connection, so what it checks is the server that will stream.
+                with self._conn.cursor() as cur:
+                    before_dump(cur)
             sock.settimeout(read_timeout)
             sock.sendall(register_slave(server_id))
             self._expect_ok()
