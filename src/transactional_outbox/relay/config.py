@@ -25,7 +25,6 @@ from .canary import CanarySettings
 from .options import (
     SECRET,
     env_var,
-    flag,
     nest_values,
     nested,
     option,
@@ -35,8 +34,9 @@ from .options import (
     values_from_env,
 )
 from .position import StartPolicy
-from .resume import gtid_mode, gtid_mode_option
-from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter, invalid_topic_reason
+from .resume import gtid_mode_option
+from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
+from .settings_checks import REQUIRED, validate
 
 __all__ = [
     "RENAMED",
@@ -174,95 +174,7 @@ class RelaySettings:
     def __post_init__(self) -> None:
         if self.topic_overrides is None:
             object.__setattr__(self, "topic_overrides", {})
-        for name in _REQUIRED:
-            if not (self.kafka if name == "kafka_bootstrap_servers" else getattr(self, name)):
-                raise ConfigurationError(
-                    name,
-                    f"not set: set {env_var(name)} or {flag(name)} (no default, "
-                    "so a relay never connects somewhere by accident)",
-                )
-        if not isinstance(self.kafka, KafkaConnection):
-            raise ConfigurationError("kafka", f"must be a KafkaConnection, not {self.kafka!r}")
-        if isinstance(self.kafka_acks, int) and not isinstance(self.kafka_acks, bool):
-            object.__setattr__(self, "kafka_acks", str(self.kafka_acks))
-        for f in dataclasses.fields(self):
-            choices = f.metadata.get("choices")
-            value = getattr(self, f.name)
-            if choices and value not in choices:
-                raise ConfigurationError(
-                    f.name, f"{value!r} is not a choice: choose one of {', '.join(choices)}"
-                )
-        for name in ("topic_partitions", "topic_replication_factor"):
-            value = getattr(self, name)
-            if value != -1 and not 1 <= value <= 32_767:
-                raise ConfigurationError(
-                    name, f"{value} must be -1 (the broker's default) or 1..32767"
-                )
-        scheme = self.redis_url.partition("://")[0]
-        if scheme not in ("redis", "rediss", "unix"):
-            raise ConfigurationError(
-                "redis_url",
-                f"{mask_url(self.redis_url)!r} is not a redis://, rediss:// or unix:// URL",
-            )
-        try:
-            url = make_url(self.mysql_url)
-        except Exception:
-            raise ConfigurationError("mysql_url", "is not a valid URL") from None
-        if not url.host:
-            raise ConfigurationError("mysql_url", f"{mask_url(self.mysql_url)} has no host")
-        self._check_tables()
-        if not (self.multi_table or self.outbox_schema or url.database):
-            raise ConfigurationError("outbox_schema", "not set and mysql_url names no database")
-        if self.server_id < 0 or self.server_id > 2**32 - 1:
-            raise ConfigurationError("server_id", f"{self.server_id} is not in 0..4294967295")
-        StartPolicy.parse(self.start_position)
-        object.__setattr__(self, "resume_by_gtid", gtid_mode(self.resume_by_gtid))
-        self.router()  # validates the template and overrides
-        if self.checkpoint_topic and (why := invalid_topic_reason(self.checkpoint_topic)):
-            raise ConfigurationError("checkpoint_topic", why)
-        for name in ("checkpoint_interval_ms", "queue_max_events", "max_request_size"):
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
-        if self.lease_renew_ms <= 0 or self.lease_renew_ms * 2 > self.lease_ttl_ms:
-            raise ConfigurationError(
-                "lease_renew_ms",
-                f"{self.lease_renew_ms} must be positive and at most half of lease_ttl_ms "
-                f"({self.lease_ttl_ms}), so one missed renewal does not lose the lease",
-            )
-        for name in ("heartbeat_ms", "reconnect_max_ms", "ack_stall_ms", "retry_backoff_ms"):
-            if getattr(self, name) <= 0:
-                raise ConfigurationError(name, f"must be positive, got {getattr(self, name)}")
-        if self.progress_interval_ms < 0:
-            raise ConfigurationError(
-                "progress_interval_ms",
-                f"must be 0 (off) or positive, got {self.progress_interval_ms}",
-            )
-
-    def _check_tables(self) -> None:
-        tables = self.outbox_tables
-        if isinstance(tables, str):  # a keyword given as text, like from_env would
-            tables = tuple(filter(None, (t.strip() for t in tables.split(","))))
-        object.__setattr__(self, "outbox_tables", tuple(tables))
-        for name in self.outbox_tables:
-            schema, dot, table = name.partition(".")
-            if not (dot and schema and table) or "." in table:
-                raise ConfigurationError(
-                    "outbox_tables", f"{name!r} is not schema.table (one dot, both named)"
-                )
-        if self.outbox_table_pattern:
-            try:
-                re.compile(self.outbox_table_pattern)
-            except re.error as exc:
-                raise ConfigurationError(
-                    "outbox_table_pattern",
-                    f"{self.outbox_table_pattern!r} is not a valid regular expression ({exc})",
-                ) from None
-        if self.multi_table and (self.outbox_schema or self.outbox_table != "outbox"):
-            raise ConfigurationError(
-                "outbox_tables",
-                "outbox_tables/outbox_table_pattern name the tables as schema.table: leave "
-                "outbox_schema and outbox_table unset with them",
-            )
+        validate(self)  # every choice checked here, whatever the source (settings_checks.py)
 
     # -- derived values --------------------------------------------------------
 
@@ -369,9 +281,6 @@ class RelaySettings:
         return cls.from_env(environ, **values_from_cli(cls, build_parser(), argv))
 
 
-_REQUIRED = ("mysql_url", "kafka_bootstrap_servers", "redis_url")
-
-
 RENAMED = {
     "heartbeat_seconds": "heartbeat_ms",
     "reconnect_max_seconds": "reconnect_max_ms",
@@ -384,7 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The relay's argument parser; every setting is a flag."""
     return options_parser(
         RelaySettings,
-        required=_REQUIRED,
+        required=REQUIRED,
         renamed=RENAMED,
         prog=(
             "outbox-relay"
