@@ -274,7 +274,7 @@ def setup_grants(blocks: list[_readme.Block], ctx: dict[str, Any]) -> None:
             cur.execute(f"SHOW GRANTS FOR '{user}'@'%'")
             grants = sorted(str(r[0]).split(" TO ")[0] for r in cur.fetchall())
         assert grants == [
-            "GRANT REPLICATION SLAVE, BINLOG MONITOR ON *.*",
+            "GRANT REPLICATION SLAVE, BINLOG MONITOR, SLAVE MONITOR ON *.*",
             f"GRANT SELECT ON `{database}`.`outbox`",
         ]
         pymysql.connect(

@@ -144,6 +144,7 @@ def test_cli_exits_2_with_one_line_naming_binlog_ignore_db(
         env_var("redis_url"): settings.redis_url,
         env_var("kafka_bootstrap_servers"): stack.kafka_bootstrap,
         env_var("key_prefix"): settings.key_prefix,
+        env_var("enable_idempotence"): "false",  # tansu has no idempotent producer
         "PATH": "/usr/bin:/bin",
     }
     proc = subprocess.run(

@@ -126,6 +126,7 @@ def test_cli_exits_2_naming_log_bin(
         env_var("redis_url"): stack.redis_url,
         env_var("kafka_bootstrap_servers"): stack.kafka_bootstrap,
         env_var("key_prefix"): redis_prefix,
+        env_var("enable_idempotence"): "false",  # tansu has no idempotent producer
         "PATH": "/usr/bin:/bin",
     }
     with no_binlog_server.connect() as conn, conn.cursor() as cur:
