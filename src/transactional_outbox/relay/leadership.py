@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 
@@ -124,12 +125,7 @@ class Lease:
         token = await self._client.eval(
             _ACQUIRE, 2, self.keys.lease, self.keys.fence, self.holder, self.ttl_ms
         )
-        if token is None:
-            self.token = None
-            return False
-        self.token = int(token)
-        self.valid_until = started + self.ttl_ms / 1000
-        return True
+        return self._held(token, started)
 
     async def remaining_ms(self) -> int:
         """Milliseconds until the current holder's lease expires (0 if none)."""
@@ -184,6 +180,11 @@ class Lease:
             self.holder,
             self.ttl_ms,
         )
+        return self._held(token, started)
+
+    def _held(self, token: Any, started: float) -> bool:
+        """Record the answer of a take-or-renew script run from ``started``: the token
+        if the lease is ours now (valid for its TTL from ``started``), else nothing."""
         if token is None:
             self.token = None
             return False
