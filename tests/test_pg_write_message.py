@@ -45,10 +45,10 @@ def _add(session: OutboxSession, n: int, tag: str) -> OutboxEvent:
 
 
 def _prepare(db: PgDb) -> None:
-    # A publication of no table (messages need none); ensure_publication cannot create
-    # one yet (it writes "FOR TABLE" with an empty list), but accepts this one.
-    db.sql(f'CREATE PUBLICATION "{db.publication}"')
+    # A publication of no table: messages need none (and the relay creates it so).
     db.prepare([])
+    rows = db.sql(f"SELECT count(*) FROM pg_publication_tables WHERE pubname = '{db.publication}'")
+    assert rows == [("0",)]
 
 
 def _read(db: PgDb, prefix: str, want: list[KafkaRecord]) -> list[KafkaRecord | object]:
