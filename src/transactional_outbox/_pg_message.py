@@ -27,6 +27,7 @@ Pure, except :func:`emit_events`, which runs the statement.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
@@ -35,7 +36,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from .event import OutboxEvent
-from .exceptions import InvalidEventError
+from .exceptions import ConfigurationError, InvalidEventError
 from .record_format import encode_headers
 
 __all__ = [
@@ -43,6 +44,7 @@ __all__ = [
     "EMIT",
     "HEAD",
     "VERSION",
+    "check_dialect",
     "emit_events",
     "emit_params",
     "encode_message",
@@ -107,7 +109,53 @@ def emit_events(
 ) -> None:
     """Write ``events`` as transactional messages in ``connection``'s transaction, in order.
 
-    What ``add_event`` runs in place of its INSERT and DELETE in the table-less mode.
+    What ``add_event`` runs in place of its INSERT and DELETE in the table-less mode:
+    one ``SELECT`` of one ``pg_logical_emit_message`` call per event (up to
+    :data:`PER_STATEMENT`), so a flush is one round trip whatever its size. The
+    server evaluates a SELECT list left to right, so the messages keep list order.
     """
-    if events:
-        connection.execute(EMIT, emit_params(events, prefix))
+    for start in range(0, len(events), PER_STATEMENT):
+        chunk = events[start : start + PER_STATEMENT]
+        if len(chunk) == 1:
+            connection.execute(EMIT, {"prefix": prefix, "content": encode_message(chunk[0])})
+            continue
+        params: dict[str, Any] = {f"c{i}": encode_message(e) for i, e in enumerate(chunk)}
+        params["prefix"] = prefix
+        connection.execute(_emit_many(len(chunk)), params)
+
+
+PER_STATEMENT = 500
+"""Events per SELECT at most (PostgreSQL allows 1,664 entries in a SELECT list)."""
+
+
+@functools.lru_cache(maxsize=32)
+def _emit_many(n: int) -> sa.TextClause:
+    calls = ", ".join(f"pg_logical_emit_message(true, :prefix, :c{i})" for i in range(n))
+    binds = [sa.bindparam(f"c{i}", type_=sa.LargeBinary()) for i in range(n)]
+    return sa.text(f"SELECT {calls}").bindparams(sa.bindparam("prefix", type_=sa.Text()), *binds)
+
+
+MIN_SERVER = (14,)
+"""pgoutput decodes logical decoding messages (its ``messages`` option) from PostgreSQL 14."""
+
+
+def check_dialect(dialect: sa.Dialect) -> None:
+    """Refuse a database the table-less mode cannot run on (:class:`ConfigurationError`).
+
+    ``server_version_info`` is None before the first connection: then only the
+    name is checked (the write checks again, connected).
+    """
+    if dialect.name != "postgresql":
+        raise ConfigurationError(
+            "outbox_mode",
+            f"'message' needs PostgreSQL 14 or later, not {dialect.name}; "
+            "use outbox_mode='table' (the default)",
+        )
+    version = dialect.server_version_info
+    if version is not None and tuple(version[:1]) < MIN_SERVER:
+        shown = ".".join(str(v) for v in version)
+        raise ConfigurationError(
+            "outbox_mode",
+            f"'message' needs PostgreSQL 14 or later, this server is {shown}; "
+            "use outbox_mode='table' (the default)",
+        )

@@ -15,7 +15,7 @@ import uuid
 import warnings
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, cast, overload
+from typing import TYPE_CHECKING, Any, Literal, cast, overload
 
 import sqlalchemy as sa
 from sqlalchemy import event as sa_event
@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ._otel import trace_headers
 from ._outbox_sql import TablePlan, table_plan, write_rows
+from ._pg_message import DEFAULT_PREFIX, check_dialect, emit_events
 from .event import OutboxEvent, Serializer
 from .exceptions import ConfigurationError, InvalidEventError
 from .record_format import encode_headers
@@ -48,6 +49,33 @@ class _Settings:
     plan: TablePlan
     keep_rows: bool
     serializer: Serializer | None
+    message_prefix: str | None  # None: table mode
+
+
+def _settings(
+    table: sa.Table | None,
+    keep_rows: bool,
+    serializer: Serializer | None,
+    mode: str,
+    prefix: str,
+    bind: Any,
+) -> _Settings:
+    table = _DEFAULT_TABLE if table is None else table
+    if not isinstance(table, sa.Table):
+        raise ConfigurationError("outbox_table", f"must be a sqlalchemy Table, not {table!r}")
+    if mode not in ("table", "message"):
+        raise ConfigurationError("outbox_mode", f"must be 'table' or 'message', not {mode!r}")
+    if mode == "table":
+        return _Settings(table_plan(table), bool(keep_rows), serializer, None)
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigurationError(
+            "outbox_message_prefix", f"must be a non-empty string, not {prefix!r}"
+        )
+    if keep_rows:
+        raise ConfigurationError("outbox_keep_rows", "there are no rows in outbox_mode='message'")
+    if isinstance(getattr(bind, "dialect", None), sa.Dialect):
+        check_dialect(bind.dialect)  # fail at once on an engine of another database
+    return _Settings(table_plan(table), False, serializer, prefix)
 
 
 class OutboxSession(Session):
@@ -61,7 +89,12 @@ class OutboxSession(Session):
       from :func:`~transactional_outbox.outbox_table`);
     - ``outbox_keep_rows``: keep the rows instead of deleting them in the same
       transaction (for debugging; the relay only needs the binlog);
-    - ``outbox_serializer``: serializer for non-bytes payloads (default JSON).
+    - ``outbox_serializer``: serializer for non-bytes payloads (default JSON);
+    - ``outbox_mode``: ``"table"`` (default: rows in ``outbox_table``) or
+      ``"message"`` (PostgreSQL 14+ only: no table, each event a transactional
+      ``pg_logical_emit_message``; DESIGN §1 "The table-less mode");
+    - ``outbox_message_prefix``: the messages' prefix in ``"message"`` mode (default
+      ``"outbox"``; it names the outbox as the table name does).
     """
 
     def __init__(
@@ -71,13 +104,19 @@ class OutboxSession(Session):
         outbox_table: sa.Table | None = None,
         outbox_keep_rows: bool = False,
         outbox_serializer: Serializer | None = None,
+        outbox_mode: Literal["table", "message"] = "table",
+        outbox_message_prefix: str = DEFAULT_PREFIX,
         **kw: Any,
     ) -> None:
         super().__init__(bind, **kw)
-        table = _DEFAULT_TABLE if outbox_table is None else outbox_table
-        if not isinstance(table, sa.Table):
-            raise ConfigurationError("outbox_table", f"must be a sqlalchemy Table, not {table!r}")
-        self._outbox = _Settings(table_plan(table), bool(outbox_keep_rows), outbox_serializer)
+        self._outbox = _settings(
+            outbox_table,
+            outbox_keep_rows,
+            outbox_serializer,
+            outbox_mode,
+            outbox_message_prefix,
+            bind,
+        )
         self._outbox_pending: list[OutboxEvent] = []
 
     def add_event(
@@ -142,8 +181,14 @@ class OutboxSession(Session):
         plan = self._outbox.plan
         try:
             conn = self.connection(bind_arguments={"clause": plan.table})
-            # Rows in list order, which is the binlog order.
-            write_rows(conn, plan, [_row(e) for e in events], delete=not self._outbox.keep_rows)
+            prefix = self._outbox.message_prefix
+            if prefix is not None:
+                check_dialect(conn.dialect)
+                emit_events(conn, events, prefix)
+            else:
+                # Rows in list order, which is the binlog order.
+                rows = [_row(e) for e in events]
+                write_rows(conn, plan, rows, delete=not self._outbox.keep_rows)
         except BaseException:
             # Put them back: a commit after a caught error retries (and fails
             # again, e.g. on a duplicate id) instead of silently dropping them.
@@ -160,6 +205,8 @@ def enable_outbox(
     table: sa.Table | None = None,
     keep_rows: bool = False,
     serializer: Serializer | None = None,
+    mode: Literal["table", "message"] = "table",
+    message_prefix: str = DEFAULT_PREFIX,
 ) -> sessionmaker[OutboxSession]: ...
 @overload
 def enable_outbox(
@@ -168,6 +215,8 @@ def enable_outbox(
     table: sa.Table | None = None,
     keep_rows: bool = False,
     serializer: Serializer | None = None,
+    mode: Literal["table", "message"] = "table",
+    message_prefix: str = DEFAULT_PREFIX,
 ) -> async_sessionmaker[AsyncOutboxSession]: ...
 def enable_outbox(
     factory: sessionmaker[Any] | async_sessionmaker[Any],
@@ -175,13 +224,15 @@ def enable_outbox(
     table: sa.Table | None = None,
     keep_rows: bool = False,
     serializer: Serializer | None = None,
+    mode: Literal["table", "message"] = "table",
+    message_prefix: str = DEFAULT_PREFIX,
 ) -> sessionmaker[OutboxSession] | async_sessionmaker[AsyncOutboxSession]:
     """Make an existing ``sessionmaker`` / ``async_sessionmaker`` produce outbox sessions.
 
     The factory is changed in place (its session class gains
     ``add_event``/``add_events``; its own class and settings are kept) and
-    returned, typed accordingly. ``table``, ``keep_rows`` and ``serializer``
-    are the ``outbox_*`` settings of :class:`OutboxSession`.
+    returned, typed accordingly. ``table``, ``keep_rows``, ``serializer``, ``mode``
+    and ``message_prefix`` are the ``outbox_*`` settings of :class:`OutboxSession`.
     """
     if isinstance(factory, sessionmaker):
         factory.class_ = _with_base(factory.class_, OutboxSession)
@@ -203,6 +254,7 @@ def enable_outbox(
         factory.class_ = _with_base(factory.class_, AsyncOutboxSession)
         factory.kw["sync_session_class"] = _with_base(sync_class, OutboxSession)
     factory.kw.update(outbox_table=table, outbox_keep_rows=keep_rows, outbox_serializer=serializer)
+    factory.kw.update(outbox_mode=mode, outbox_message_prefix=message_prefix)
     return cast("sessionmaker[OutboxSession] | async_sessionmaker[AsyncOutboxSession]", factory)
 
 

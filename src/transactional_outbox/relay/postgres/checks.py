@@ -145,10 +145,8 @@ def ensure_publication(
     if not create:
         raise ConfigurationError(
             "pg_publication",
-            f"publication {name} does not exist and pg_create is off: CREATE PUBLICATION "
-            f"{quote_ident(name)} FOR TABLE "
-            + ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in tables)
-            + " WITH (publish = 'insert')",
+            f"publication {name} does not exist and pg_create is off: "
+            + _create_publication(name, tables),
         )
     for schema, table in tables:
         owner = _one(
@@ -163,11 +161,16 @@ def ensure_publication(
                 f"the relay's role does not own {schema}.{table}, so it cannot create "
                 f"publication {name}: let the table's owner create it (pg_create off)",
             )
-    targets = ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in tables)
-    conn.query(
-        f"CREATE PUBLICATION {quote_ident(name)} FOR TABLE {targets} WITH (publish = 'insert')"
-    )
+    conn.query(_create_publication(name, tables))
     return True
+
+
+def _create_publication(name: str, tables: list[tuple[str, str]]) -> str:
+    # No tables (only table-less outboxes): a publication of nothing still lets
+    # pgoutput send the messages; "FOR TABLE" with an empty list is a syntax error.
+    targets = ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in tables)
+    of = f" FOR TABLE {targets}" if tables else ""
+    return f"CREATE PUBLICATION {quote_ident(name)}{of} WITH (publish = 'insert')"
 
 
 def ensure_slot(conn: PgWire, name: str, *, ran_before: bool, create: bool) -> SlotState:
