@@ -31,6 +31,12 @@ log = logging.getLogger("transactional_outbox.relay")
 
 # Save numbers of this process: with the token, they order the copies of one term.
 _SAVES = itertools.count(1)
+# How long a stop waits for the Kafka copy. A write is bounded by the request timeout
+# (up to 30 s), and one that waits for a missing checkpoint topic (creation off) or an
+# unreachable broker made every SIGTERM take that long (measured: 30 s in
+# tests/test_relay_topics.py). The Redis copy is written first and is enough to resume;
+# the Kafka copy catches up at the next term's first save.
+SHUTDOWN_KAFKA_WAIT = 5.0
 
 
 class Checkpointer:
@@ -50,6 +56,7 @@ class Checkpointer:
         self._kafka_task: asyncio.Task[None] | None = None
         self._kafka_saved: BinlogPosition | None = None
         self._kafka_failing = False
+        self._kafka_given_up = False  # at shutdown, after SHUTDOWN_KAFKA_WAIT
 
     def __repr__(self) -> str:
         return f"Checkpointer({self._stores!r}, saved={self._stats.checkpoint})"
@@ -66,6 +73,7 @@ class Checkpointer:
         to_redis = position != st.checkpoint
         to_kafka = (
             self._stores.kafka is not None
+            and not self._kafka_given_up
             and position != self._kafka_saved
             and (self._kafka_task is None or self._kafka_task.done())
         )
@@ -138,26 +146,45 @@ class Checkpointer:
                 log.warning("checkpoint not saved (%s); retrying", exc)
 
     async def final_save(self) -> None:
-        """Save at the end of a term to both stores, retrying Redis a few times."""
-        await self._settle_kafka()
+        """Save at the end of a term to both stores, retrying Redis a few times.
+
+        Waits for the Kafka copy at most :data:`SHUTDOWN_KAFKA_WAIT` seconds in all.
+        """
+        deadline = time.monotonic() + SHUTDOWN_KAFKA_WAIT
+        await self._settle_kafka(deadline)
         for attempt in range(5):
             try:
                 await self.save()
-                await self._settle_kafka()
+                await self._settle_kafka(deadline)
                 if self._stats.checkpoint is not None:
                     log.info("checkpoint saved at %s", self._stats.checkpoint)
                 return
             except (RedisError, OSError) as exc:
                 log.warning("final checkpoint save failed (%s), attempt %d/5", exc, attempt + 1)
-                await self._settle_kafka()
+                await self._settle_kafka(deadline)
                 await asyncio.sleep(0.2 * 2**attempt)
         log.error("checkpoint not saved at shutdown; a restart resends events since the last one")
 
-    async def _settle_kafka(self) -> None:
+    async def _settle_kafka(self, deadline: float) -> None:
+        """Wait for the Kafka write in flight until ``deadline`` (monotonic), then give
+        it up with a WARNING (the Redis copy stands)."""
         task = self._kafka_task
-        if task is not None and not task.done():
+        if task is None or task.done():
+            return
+        with contextlib.suppress(TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(task), max(0.0, deadline - time.monotonic()))
+        if not task.done():
+            self._kafka_given_up = True  # no new write for the rest of this stop
+            task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            kafka = self._stores.kafka
+            log.warning(
+                "checkpoint copy not written to %s at shutdown (no answer within %.0fs); "
+                "the Redis copy is saved",
+                kafka.where if kafka is not None else "Kafka",
+                SHUTDOWN_KAFKA_WAIT,
+            )
 
     async def abandon(self) -> None:
         """Stop a Kafka write still running (the term was lost)."""
