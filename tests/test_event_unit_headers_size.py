@@ -37,3 +37,14 @@ def test_many_small_headers_over_the_limit_fail() -> None:
     assert len(encode_headers(headers).encode()) > MAX_HEADERS_BYTES
     with pytest.raises(InvalidEventError, match="encode to more than"):
         _event(headers)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{}, {"content-type": "application/json"}, {"a": 'é\x01"'}, {"big": "v" * 2000}],
+)
+def test_session_row_headers_are_the_encoded_headers(headers: dict[str, str]) -> None:
+    from transactional_outbox.session import _row
+
+    for _ in range(2):  # the second time from the memo (when small)
+        assert _row(_event(headers))[5] == encode_headers(_event(headers).headers)

@@ -333,7 +333,7 @@ class OutboxEvent:
         """
         if isinstance(aggregate_id, int) and not isinstance(aggregate_id, bool):
             aggregate_id = str(aggregate_id)
-        hdrs = _check_headers({} if headers is None else headers)
+        hdrs: dict[str, str] = {} if headers is None else _check_headers(headers)
         body: bytes
         if isinstance(payload, bytes | bytearray | memoryview):
             body = bytes(payload)
