@@ -103,7 +103,11 @@ def own_headers(
 
 def encode_headers(headers: Mapping[str, str]) -> str:
     """Encode headers as the ``headers`` column holds them: a compact JSON object."""
-    return json.dumps(dict(headers), separators=(",", ":"), ensure_ascii=False)
+    return _HEADERS_JSON(dict(headers))
+
+
+# What json.dumps(separators=..., ensure_ascii=False) builds on every call, built once.
+_HEADERS_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
 
 
 def parse_headers(text: str | bytes | None) -> dict[str, str]:

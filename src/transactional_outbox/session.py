@@ -272,10 +272,28 @@ def _row(event: OutboxEvent) -> tuple[Any, ...]:
         event.aggregate_id,
         event.event_type,
         event.payload,
-        encode_headers(event.headers),
+        _headers_text(event.headers),
         # DATETIME has no zone: store naive UTC (OutboxEvent timestamps are UTC).
         event.timestamp.astimezone(UTC).replace(tzinfo=None),
     )
+
+
+_headers_texts: dict[tuple[tuple[str, str], ...], str] = {}
+
+
+def _headers_text(headers: Mapping[str, str]) -> str:
+    # Most events of an app carry the same few headers (content-type): ~0.3 us from
+    # this memo instead of ~2 us of JSON an event (timeit). Bounded: small texts only,
+    # and emptied when full (per-request headers such as traceparent never repeat).
+    key = tuple(headers.items())
+    text = _headers_texts.get(key)
+    if text is None:
+        text = encode_headers(headers)
+        if len(text) <= 512:
+            if len(_headers_texts) >= 256:
+                _headers_texts.clear()
+            _headers_texts[key] = text
+    return text
 
 
 def _revalidate(event: object) -> OutboxEvent:
