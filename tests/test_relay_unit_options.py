@@ -162,3 +162,13 @@ def test_old_names_in_a_real_process() -> None:
         "configuration error: heartbeat_ms: OUTBOX_HEARTBEAT_SECONDS was renamed: "
         "set OUTBOX_HEARTBEAT_MS (milliseconds)\n"
     )
+
+
+def test_help_names_every_placeholder_of_the_topic_template() -> None:
+    """--help must say what --topic-template takes: the router fills {aggregatetype},
+    {schema} and {table} (issue 29 found only {aggregatetype} named)."""
+    text = " ".join(build_parser().format_help().split())
+    start = text.index("--topic-template TOPIC_TEMPLATE topic of an event")
+    entry = text[start : start + 200]
+    for placeholder in ("{aggregatetype}", "{schema}", "{table}"):
+        assert placeholder in entry, entry

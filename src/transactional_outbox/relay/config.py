@@ -107,7 +107,9 @@ class RelaySettings:
     relay_name: str = option("default", "relay name: namespaces the checkpoint key")
     key_prefix: str = option("outbox:relay:", "prefix of the relay's Redis keys")
     topic_template: str = option(
-        DEFAULT_TOPIC_TEMPLATE, "topic of an event; {aggregatetype} is replaced"
+        DEFAULT_TOPIC_TEMPLATE,
+        "topic of an event; {aggregatetype}, {schema} and {table} (the outbox table the "
+        "row was read from) are replaced",
     )
     topic_overrides: Mapping[str, str] = option(
         None,
