@@ -21,12 +21,15 @@ from .resume import resume_checkpoint
 
 __all__ = [
     "ServerInfo",
+    "binlog_status_sql",
     "check_matching_tables",
     "check_server",
     "describe_server",
     "matching_tables",
     "resolve_start",
+    "server_variable",
     "table_problem",
+    "user_of",
 ]
 
 log = logging.getLogger("transactional_outbox.relay")
@@ -59,13 +62,14 @@ def _one(cur: Any, sql: str, args: Any = None) -> Any:
     return cur.fetchone()
 
 
-def _variable(cur: Any, name: str) -> str | None:
+def server_variable(cur: Any, name: str) -> str | None:
+    """A global server variable's value as text, or None if the server has no such one."""
     row = _one(cur, "SHOW GLOBAL VARIABLES LIKE %s", (name,))
     return None if row is None else str(row[1])
 
 
 def _require(cur: Any, name: str, expected: str, hint: str) -> None:
-    value = _variable(cur, name)
+    value = server_variable(cur, name)
     if value is None or value.upper() != expected.upper():
         raise ServerConfigurationError(
             name,
@@ -101,11 +105,11 @@ def check_server(
     privilege or table to fix (a table's error names ``setting``, the setting
     that listed it).
     """
-    user = _user_of(conn)
+    user = user_of(conn)
     with conn.cursor() as cur:
         version = str(_one(cur, "SELECT VERSION()")[0])
         is_mariadb = "mariadb" in version.lower()
-        log_bin = _variable(cur, "log_bin")
+        log_bin = server_variable(cur, "log_bin")
         if log_bin is None or log_bin.upper() not in ("ON", "1"):
             raise ServerConfigurationError(
                 "log_bin",
@@ -122,9 +126,7 @@ def check_server(
         )
         # Privileges: try what the relay will do rather than parse SHOW GRANTS,
         # whose wording differs across servers and versions.
-        status_sql = "SHOW MASTER STATUS"
-        if not is_mariadb and _mysql_at_least(version, 8, 2):
-            status_sql = "SHOW BINARY LOG STATUS"
+        status_sql = binlog_status_sql(version, is_mariadb=is_mariadb)
         try:
             status = _one(cur, status_sql)
             _all(cur, "SHOW BINARY LOGS")
@@ -156,9 +158,7 @@ def describe_server(conn: pymysql.Connection, *, is_mariadb: bool) -> ServerInfo
     with conn.cursor() as cur:
         version, own_id = _one(cur, "SELECT VERSION(), @@server_id")
         version = str(version)
-        status_sql = "SHOW MASTER STATUS"
-        if not is_mariadb and _mysql_at_least(version, 8, 2):
-            status_sql = "SHOW BINARY LOG STATUS"
+        status_sql = binlog_status_sql(version, is_mariadb=is_mariadb)
         status = _one(cur, status_sql)
         if status is None:
             raise ServerConfigurationError("log_bin", "SHOW MASTER STATUS is empty: binlog off")
@@ -168,7 +168,7 @@ def describe_server(conn: pymysql.Connection, *, is_mariadb: bool) -> ServerInfo
             gtid_enabled = True
             state = str(_one(cur, "SELECT @@gtid_binlog_state")[0] or "")
         else:
-            gtid_enabled = (_variable(cur, "gtid_mode") or "OFF").upper() == "ON"
+            gtid_enabled = (server_variable(cur, "gtid_mode") or "OFF").upper() == "ON"
             uuid = str(_one(cur, "SELECT @@server_uuid")[0])
             state = None
             if gtid_enabled:
@@ -252,7 +252,7 @@ def check_matching_tables(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The tables ``pattern`` matches now (beyond ``listed``): the good ones, and a
     problem line for each that cannot hold outbox events."""
-    user = _user_of(conn)
+    user = user_of(conn)
     good, bad = [], []
     with conn.cursor() as cur:
         for schema, table in matching_tables(conn, pattern):
@@ -266,13 +266,22 @@ def check_matching_tables(
     return good, bad
 
 
-def _user_of(conn: pymysql.Connection) -> str:
+def user_of(conn: pymysql.Connection) -> str:
+    """The connection's user name, as text."""
     return str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
 
 
 def _all(cur: Any, sql: str) -> list[Any]:
     cur.execute(sql)
     return list(cur.fetchall())
+
+
+def binlog_status_sql(version: str, *, is_mariadb: bool) -> str:
+    """The statement that shows the binlog's head (and Binlog_Do_DB/Ignore_DB): MySQL
+    8.2+ renamed SHOW MASTER STATUS to SHOW BINARY LOG STATUS."""
+    if not is_mariadb and _mysql_at_least(version, 8, 2):
+        return "SHOW BINARY LOG STATUS"
+    return "SHOW MASTER STATUS"
 
 
 def _mysql_at_least(version: str, major: int, minor: int) -> bool:

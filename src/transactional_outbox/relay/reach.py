@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import pymysql
 
 from ..exceptions import ServerConfigurationError
-from .checks import matching_tables
+from .checks import binlog_status_sql, matching_tables, server_variable, user_of
 
 if TYPE_CHECKING:
     from .config import RelaySettings
@@ -146,12 +146,6 @@ def _rows(cur: Any, sql: str) -> list[dict[str, Any]]:
     return [dict(zip(names, row, strict=False)) for row in cur.fetchall()]
 
 
-def _variable(cur: Any, name: str) -> str | None:
-    cur.execute("SHOW GLOBAL VARIABLES LIKE %s", (name,))
-    row = cur.fetchone()
-    return None if row is None else str(row[1])
-
-
 def _replica_rows(cur: Any, is_mariadb: bool) -> list[dict[str, Any]] | None:
     """The server's replication connections, or ``None`` if the user may not ask."""
     sql = "SHOW ALL SLAVES STATUS" if is_mariadb else "SHOW REPLICA STATUS"
@@ -171,8 +165,8 @@ def _replica_rows(cur: Any, is_mariadb: bool) -> list[dict[str, Any]] | None:
     if row is None or int(row[1] or 0) == 0:
         return None
     columns = ("Do_DB", "Ignore_DB", "Do_Table", "Ignore_Table", "Wild_Do_Table")
-    status = {f"Replicate_{c}": _variable(cur, f"replicate_{c.lower()}") for c in columns}
-    status["Replicate_Wild_Ignore_Table"] = _variable(cur, "replicate_wild_ignore_table")
+    status = {f"Replicate_{c}": server_variable(cur, f"replicate_{c.lower()}") for c in columns}
+    status["Replicate_Wild_Ignore_Table"] = server_variable(cur, "replicate_wild_ignore_table")
     return [status]
 
 
@@ -202,11 +196,9 @@ def check_rows_reach_binlog(
     ``SLAVE MONITOR`` whose server runs no replica thread gets one WARNING, unless
     not ``warn`` (a stopped replica cannot be seen without it).
     """
-    user = str(conn.user.decode() if isinstance(conn.user, bytes) else conn.user)
+    user = user_of(conn)
     is_mariadb = "mariadb" in version.lower()
-    m = re.match(r"(\d+)\.(\d+)", version)
-    new_mysql = not is_mariadb and m is not None and (int(m[1]), int(m[2])) >= (8, 2)
-    status_sql = "SHOW BINARY LOG STATUS" if new_mysql else "SHOW MASTER STATUS"
+    status_sql = binlog_status_sql(version, is_mariadb=is_mariadb)
     with conn.cursor() as cur:
         for status in _rows(cur, status_sql)[:1]:
             do_db = _names(status.get("Binlog_Do_DB"))
@@ -229,10 +221,12 @@ def check_rows_reach_binlog(
         if not replicas:
             return
         source = ReplicationFilters.from_status(replicas[0]).source
+        # MySQL 8.0.26+ names it log_replica_updates; MariaDB and older MySQL do not.
         updates_name = "log_slave_updates"
-        updates = _variable(cur, updates_name)
-        if not is_mariadb and _variable(cur, "log_replica_updates") is not None:
-            updates_name, updates = "log_replica_updates", _variable(cur, "log_replica_updates")
+        updates = server_variable(cur, updates_name)
+        replica_updates = None if is_mariadb else server_variable(cur, "log_replica_updates")
+        if replica_updates is not None:
+            updates_name, updates = "log_replica_updates", replica_updates
         if (updates or "OFF").upper() not in ("ON", "1"):
             raise ServerConfigurationError(
                 updates_name,
