@@ -232,3 +232,74 @@ def test_a_second_connection_with_our_server_id_is_retried_not_fatal(
         thread.join(10)
         intruder.close()
         conn.close()
+
+
+def test_a_reconnect_to_another_server_mid_transaction_skips_none_of_its_rows(
+    stack: Stack, database: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A large transaction's first rows are handed over before its commit; the
+    # connection is then lost and the next one reaches "another server" (a failover:
+    # the identity is replaced here, the binlog is the stack's). The transaction read
+    # there may be another one, so none of its rows may be skipped as "already sent".
+    from transactional_outbox.relay import source as source_module
+
+    identities = iter(["server_id=1", "server_id=2"])
+    monkeypatch.setattr(source_module, "read_identity", lambda cur, **kw: next(identities))
+    url = stack.mysql_url
+    conn = stack.mysql_connect(database)
+    with conn.cursor() as cur:
+        cur.execute(OUTBOX_DDL.format(table="outbox"))
+        cur.execute("SHOW MASTER STATUS")
+        file, pos = cur.fetchone()[:2]
+        cur.execute("SELECT BINLOG_GTID_POS(%s, %s)", (file, pos))
+        gtid = cur.fetchone()[0]
+    settings = SourceSettings(
+        host=str(url.host),
+        port=int(url.port or 3306),
+        user=str(url.username),
+        password=str(url.password),
+        server_id=7000 + random.randrange(1000),
+        schema=database,
+        table="outbox",
+        is_mariadb=True,
+        reconnect_delay_seconds=0.2,
+        heartbeat_seconds=1.0,
+        chunk_events=10,
+    )
+    # (reconnects so far, batch): a transaction larger than one socket read (256 KB)
+    # so that its commit is not read yet when the first rows are handed over.
+    batches: list[tuple[int, SourceBatch]] = []
+
+    class CuttingSink(ListSink):
+        def put(self, batch: SourceBatch) -> bool:
+            batches.append((source.reconnects, batch))
+            if len(batches) == 1:
+                source._dump.shutdown()  # type: ignore[union-attr]  # lost mid-transaction
+            return super().put(batch)
+
+    sink = CuttingSink()
+    start = BinlogPosition(file=file, pos=pos, gtid=gtid)
+    source = BinlogSource(settings, sink, start, router=ROUTER, use_gtid=True)
+    ids = [uuid.uuid4().bytes for _ in range(30)]
+    payload = b"p" * 20_000
+    with conn.cursor() as cur:
+        cur.execute("BEGIN")  # one transaction (executemany splits the INSERT at 1 MB)
+        cur.executemany(
+            INSERT.format(t="outbox"), [(i, "order", "a", "T", payload, "{}") for i in ids]
+        )
+        cur.execute("COMMIT")
+    thread = threading.Thread(target=source.run, daemon=True)
+    thread.start()
+    try:
+        wait_until_sync(
+            lambda: any(b.commit for n, b in batches if n >= 1), what="the commit, reconnected"
+        )
+        assert sink.error is None
+        before = sum(len(b.records) for n, b in batches if n == 0)
+        assert before > 0 and all(b.commit is None for n, b in batches if n == 0)
+        # Read whole again after the reconnect to "another server": none skipped.
+        assert sum(len(b.records) for n, b in batches if n >= 1) == 30
+    finally:
+        source.stop()
+        thread.join(10)
+        conn.close()

@@ -163,7 +163,21 @@ class BinlogSource:
         def check_server(cur: Any) -> None:
             # Positions handed over name the server they belong to; a FILE:POS
             # resume is only valid on the server (and at the GTID state) that wrote it.
-            self._server = read_identity(cur, is_mariadb=s.is_mariadb)
+            before, self._server = self._server, read_identity(cur, is_mariadb=s.is_mariadb)
+            if self._pushed_in_txn and before is not None and self._server != before:
+                # The rows of an open transaction already handed over are skipped on a
+                # reconnect only when they are known to be read again: on another
+                # server (a failover) the next transaction may be another one, and
+                # skipping would drop its first rows in silence. Send them again.
+                log.warning(
+                    "reconnected to another server (%s, was %s) inside a transaction "
+                    "whose first %d rows were handed over: reading it whole again "
+                    "(those rows may be published twice)",
+                    self._server,
+                    before,
+                    self._pushed_in_txn,
+                )
+                self._pushed_in_txn = 0
             if gtid is None and position.file:
                 check_same_place(cur, position, self._server, is_mariadb=s.is_mariadb)
 
