@@ -123,6 +123,9 @@ class LeaderTerm:
                 if not await self.lease.renew():
                     self.lose("another relay holds the lease")
                     return
+                # Redis answered: a failed renew or save before must not leave health
+                # "degraded" while nothing else writes (an idle relay saves no checkpoint).
+                self._stats.redis = "ok"
             except (RedisError, OSError) as exc:
                 self._stats.redis = "degraded"
                 log.warning("lease not renewed (%s)", exc)
