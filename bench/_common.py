@@ -103,7 +103,7 @@ def relay_env(db: str, start: tuple[str, int], name: str, template: str) -> dict
     stack, from binlog position ``start``, as relay ``name`` publishing to ``template``."""
     env = dict(os.environ)
     env.update(
-        OUTBOX_MYSQL_URL=mysql_url(db),
+        OUTBOX_DATABASE_URL=mysql_url(db),
         OUTBOX_REDIS_URL=REDIS_URL,
         OUTBOX_KAFKA_BOOTSTRAP_SERVERS=BOOTSTRAP,
         OUTBOX_ENABLE_IDEMPOTENCE="false",  # tansu has no idempotent producer (DESIGN §5)

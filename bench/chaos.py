@@ -485,7 +485,7 @@ class Chaos:
 
     def relay_child(self, start_position: str) -> RelayChild:
         settings = {
-            "mysql_url": self.relay_db.url(DB),
+            "database_url": self.relay_db.url(DB),
             "redis_url": self.redis.url,
             "kafka_bootstrap_servers": self.broker.bootstrap,
             "topic_template": self.topic_prefix + "{aggregatetype}",

@@ -197,10 +197,10 @@ def relay_envs(kind: str, ctx: dict[str, Any], tag: str) -> list[dict[str, str]]
         envs = []
         for i, db in enumerate(tables):
             env = relay_env(db, start, f"mtb-{tag}-{i}", f"mtb{tag}.{db}.{{aggregatetype}}")
-            envs.append({**env, "OUTBOX_MYSQL_URL": url + db})
+            envs.append({**env, "OUTBOX_DATABASE_URL": url + db})
         return envs
     env = relay_env("", start, f"mtb-{tag}", f"mtb{tag}.{{schema}}.{{aggregatetype}}")
-    env["OUTBOX_MYSQL_URL"] = url
+    env["OUTBOX_DATABASE_URL"] = url
     if ctx["pattern"]:
         env["OUTBOX_OUTBOX_TABLE_PATTERN"] = rf"mtb_{run_id}_[0-9]+\.outbox"
     else:

@@ -111,7 +111,7 @@ def relay_settings(
 ) -> RelaySettings:
     """Settings for a relay isolated to one test's database, topics and keys."""
     values: dict[str, Any] = {
-        "mysql_url": mysql_url.render_as_string(hide_password=False),
+        "database_url": mysql_url.render_as_string(hide_password=False),
         "redis_url": redis_url,
         "kafka_bootstrap_servers": kafka_bootstrap,
         "topic_template": topic_prefix + "{aggregatetype}",
@@ -254,7 +254,7 @@ class RelayProcess:
         env = dict(os.environ)
         s = self.settings
         for name in (
-            "mysql_url",
+            "database_url",
             "redis_url",
             "topic_template",
             "key_prefix",
@@ -275,6 +275,10 @@ class RelayProcess:
             "outbox_table_pattern",
             "on_rejected",
             "dead_letter_topic",
+            "pg_slot",
+            "pg_publication",
+            "pg_message_prefixes",
+            "ignore_checkpoint",
         ):
             value = getattr(s, name)
             env[env_var(name)] = ",".join(value) if isinstance(value, tuple) else str(value)

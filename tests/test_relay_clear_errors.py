@@ -67,20 +67,20 @@ def mysql_url_with(settings_kw: dict[str, Any], **parts: str) -> str:
 
 def test_wrong_mysql_password(settings_kw: dict[str, Any], tmp_path: Path) -> None:
     url = mysql_url_with(settings_kw, password=SECRET)
-    out = run_relay(relay_env(settings_kw, tmp_path, **{env_var("mysql_url"): url}))
-    assert_config_exit(out, "mysql_url", "Access denied for user")
+    out = run_relay(relay_env(settings_kw, tmp_path, **{env_var("database_url"): url}))
+    assert_config_exit(out, "database_url", "Access denied for user")
 
 
 def test_unknown_mysql_user(settings_kw: dict[str, Any], tmp_path: Path) -> None:
     url = mysql_url_with(settings_kw, username="nosuchuser", password=SECRET)
-    out = run_relay(relay_env(settings_kw, tmp_path, **{env_var("mysql_url"): url}))
-    assert_config_exit(out, "mysql_url", "Access denied for user 'nosuchuser'")
+    out = run_relay(relay_env(settings_kw, tmp_path, **{env_var("database_url"): url}))
+    assert_config_exit(out, "database_url", "Access denied for user 'nosuchuser'")
 
 
 def test_unknown_database(settings_kw: dict[str, Any], tmp_path: Path) -> None:
     url = mysql_url_with(settings_kw, database="no_such_db_here")
-    out = run_relay(relay_env(settings_kw, tmp_path, **{env_var("mysql_url"): url}))
-    assert_config_exit(out, "mysql_url", "Unknown database 'no_such_db_here'")
+    out = run_relay(relay_env(settings_kw, tmp_path, **{env_var("database_url"): url}))
+    assert_config_exit(out, "database_url", "Unknown database 'no_such_db_here'")
     out = run_relay(
         relay_env(settings_kw, tmp_path, **{env_var("outbox_schema"): "no_such_db_here"})
     )
@@ -205,7 +205,7 @@ def test_unreachable_mysql_is_retried_not_fatal(
 ) -> None:
     url = mysql_url_with(settings_kw, host="127.0.0.1", port=str(free_port()))
     proc = RelayProcess(relay_settings(**settings_kw), tmp_path / "relay.log")
-    env = {**proc.env(), env_var("mysql_url"): url}
+    env = {**proc.env(), env_var("database_url"): url}
     with open(proc.log_path, "ab") as log:
         child = subprocess.Popen(
             [sys.executable, "-m", "transactional_outbox.relay"],

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from transactional_outbox.relay import pipeline
+from transactional_outbox.relay import startup
 
 from .relay_harness import Collector, make_event, relay_settings, running_relay, write_events
 
@@ -23,7 +23,7 @@ async def test_the_lease_is_renewed_while_the_leader_starts(
     # Startup (server checks, Kafka and Redis probes) took ~0.8 s here; with a 1 s lease
     # the lease expired before the first renewal and the relay lost and retook it every
     # second without publishing. A startup of three TTLs makes that certain.
-    real = pipeline.prepare_start
+    real = startup.prepare_start
     starts: list[float] = []
 
     async def slow_start(*args: Any, **kwargs: Any) -> Any:
@@ -31,7 +31,7 @@ async def test_the_lease_is_renewed_while_the_leader_starts(
         await asyncio.sleep(1.5)  # a slow server answering the startup checks
         return await real(*args, **kwargs)
 
-    monkeypatch.setattr(pipeline, "prepare_start", slow_start)
+    monkeypatch.setattr(startup, "prepare_start", slow_start)
     event = make_event(aggregate_id="a")
     write_events(conn, [event])
     settings = relay_settings(**settings_kw, lease_ttl_ms=500, lease_renew_ms=150)

@@ -131,7 +131,7 @@ async def test_relay_runs_with_replication_grants_and_select_on_the_outbox_only(
                     ),
                     what="checkpoint past the events",
                 )
-                assert relay.stats.mysql == "ok"
+                assert relay.stats.database == "ok"
         client.close()
     assert sorted(col.ids()) == sorted(str(e.id) for e in events)
 
@@ -168,7 +168,7 @@ async def test_relay_with_redis_auth_publishes_and_checkpoints(
     )
     relay = RelayChild(
         {
-            "mysql_url": settings.mysql_url,
+            "database_url": settings.database_url,
             "redis_url": settings.redis_url,
             "kafka_bootstrap_servers": settings.kafka.bootstrap_servers,
             "topic_template": settings.topic_template,
@@ -243,7 +243,7 @@ def test_no_password_reaches_the_relays_output(
         url = stack.mysql_url.set(database=outbox_db, username=user, password=mysql_secret)
         file, pos = _binlog.position(stack)
         env: dict[str, object] = {
-            "mysql_url": url.render_as_string(hide_password=False),
+            "database_url": url.render_as_string(hide_password=False),
             "redis_url": redis_with_password.url,
             "kafka_bootstrap_servers": stack.kafka_bootstrap,
             "kafka_sasl_password": sasl_secret,  # set in every mode; used with SASL only
@@ -262,7 +262,7 @@ def test_no_password_reaches_the_relays_output(
         client = redis.Redis.from_url(redis_with_password.url)
         cp_key = "secrets:secrets:checkpoint"
         if mode == "wrong MySQL password":
-            env["mysql_url"] = url.set(password="wrong-" + mysql_secret).render_as_string(
+            env["database_url"] = url.set(password="wrong-" + mysql_secret).render_as_string(
                 hide_password=False
             )
             secrets["MySQL (wrong)"] = "wrong-" + mysql_secret
@@ -276,7 +276,7 @@ def test_no_password_reaches_the_relays_output(
                 kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
             )
         elif mode == "invalid MySQL URL":
-            env["mysql_url"] = f"mysql+pymysql://{user}:{mysql_secret}@/{outbox_db}"  # no host
+            env["database_url"] = f"mysql+pymysql://{user}:{mysql_secret}@/{outbox_db}"  # no host
         elif mode == "--help":
             args.append("--help")
         relay = RelayChild(env, tmp_path / "relay.log", args)
@@ -312,7 +312,7 @@ def test_no_password_reaches_the_relays_output(
                 assert " DEBUG " in relay.log()
             elif mode == "invalid MySQL URL":
                 assert relay.proc.wait(60) == 2
-                assert "mysql_url" in relay.log()
+                assert "database_url" in relay.log()
             else:
                 assert relay.proc.wait(60) == 0
                 assert "OUTBOX_KAFKA_SASL_PASSWORD" in relay.log()
@@ -335,7 +335,7 @@ def test_no_password_reaches_the_relays_output(
 def test_settings_repr_hides_every_password() -> None:
     mysql_secret, redis_secret, sasl_secret = (uuid.uuid4().hex for _ in range(3))
     settings = RelaySettings(
-        mysql_url=f"mysql+pymysql://relay:{mysql_secret}@db.example:3306/app",
+        database_url=f"mysql+pymysql://relay:{mysql_secret}@db.example:3306/app",
         redis_url=f"redis://:{redis_secret}@cache.example:6379/0",
         kafka=KafkaConnection(
             bootstrap_servers="kafka.example:9092",
@@ -354,10 +354,10 @@ def test_settings_repr_hides_every_password() -> None:
     # A setting that fails validation does not quote the URL's password either.
     with pytest.raises(Exception) as info:
         RelaySettings(
-            mysql_url=f"mysql+pymysql://relay:{mysql_secret}@/app",
+            database_url=f"mysql+pymysql://relay:{mysql_secret}@/app",
             redis_url="redis://cache.example:6379/0",
             kafka=KafkaConnection(bootstrap_servers="kafka.example:9092"),
         )
     assert mysql_secret not in str(info.value)
-    assert "mysql_url" in str(info.value)
-    assert make_url(settings.mysql_url).password == mysql_secret  # still usable
+    assert "database_url" in str(info.value)
+    assert make_url(settings.database_url).password == mysql_secret  # still usable

@@ -98,7 +98,7 @@ def servers(stack: Stack) -> Iterator[dict[str, ScratchMariaDB]]:
 def _settings(server: ScratchMariaDB, schema: str, stack: Stack, **kw: object) -> RelaySettings:
     prefix = unique("reach")
     values: dict[str, object] = {
-        "mysql_url": server.url(schema),
+        "database_url": server.url(schema),
         "redis_url": stack.redis_url,
         "kafka_bootstrap_servers": stack.kafka_bootstrap,
         "key_prefix": f"{prefix}:",
@@ -140,7 +140,7 @@ def test_cli_exits_2_with_one_line_naming_binlog_ignore_db(
 ) -> None:
     settings = _settings(servers["primary"], IGNORED, stack)
     env = {
-        env_var("mysql_url"): settings.mysql_url,
+        env_var("database_url"): settings.database_url,
         env_var("redis_url"): settings.redis_url,
         env_var("kafka_bootstrap_servers"): stack.kafka_bootstrap,
         env_var("key_prefix"): settings.key_prefix,
@@ -160,7 +160,7 @@ def test_cli_exits_2_with_one_line_naming_binlog_ignore_db(
     assert "configuration error: binlog_ignore_db: is 'ignoreddb'" in errors[0]
     assert (
         "Traceback" not in proc.stderr
-        and f":{settings.mysql_url.split(':')[2].split('@')[0]}@" not in proc.stderr
+        and f":{settings.database_url.split(':')[2].split('@')[0]}@" not in proc.stderr
     )
 
 
@@ -172,7 +172,9 @@ async def test_correct_replica_starts_and_publishes_the_primarys_rows(
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([settings.topic_template.format(aggregatetype="order")])
         async with running_relay(settings) as relay:
-            await wait_until(lambda: relay.stats.mysql == "ok", within=60, what="relay streaming")
+            await wait_until(
+                lambda: relay.stats.database == "ok", within=60, what="relay streaming"
+            )
             with servers["primary"].connect(SCHEMA) as conn:
                 write_events(conn, events)
             await col.wait_for(5)
@@ -217,7 +219,7 @@ async def test_a_filter_found_after_a_reconnect_stops_the_relay(
     relay = Relay(_settings(replica, SCHEMA, stack, reader=reader))
     task = asyncio.create_task(relay.run())
     try:
-        await wait_until(lambda: relay.stats.mysql == "ok", within=60, what="relay streaming")
+        await wait_until(lambda: relay.stats.database == "ok", within=60, what="relay streaming")
         _set_filter(replica, SCHEMA)
         assert _kill_binlog_dumps(replica) >= 1
         with pytest.raises(ServerConfigurationError) as info:
@@ -246,7 +248,7 @@ async def test_without_slave_monitor_a_running_replica_is_still_checked(
 ) -> None:
     replica = servers["no_updates"]
     user, password = _least_privileged(replica)
-    settings = _settings(replica, SCHEMA, stack, mysql_url=replica.url(SCHEMA, user, password))
+    settings = _settings(replica, SCHEMA, stack, database_url=replica.url(SCHEMA, user, password))
     exc = await _startup_error(settings)
     assert exc.setting == "log_slave_updates"
 
@@ -256,10 +258,12 @@ async def test_without_slave_monitor_a_primary_starts_with_one_warning(
 ) -> None:
     primary = servers["primary"]
     user, password = _least_privileged(primary)
-    settings = _settings(primary, SCHEMA, stack, mysql_url=primary.url(SCHEMA, user, password))
+    settings = _settings(primary, SCHEMA, stack, database_url=primary.url(SCHEMA, user, password))
     with caplog.at_level(logging.WARNING, logger="transactional_outbox.relay"):
         async with running_relay(settings) as relay:
-            await wait_until(lambda: relay.stats.mysql == "ok", within=60, what="relay streaming")
+            await wait_until(
+                lambda: relay.stats.database == "ok", within=60, what="relay streaming"
+            )
     warnings = [r.getMessage() for r in caplog.records if "SLAVE MONITOR" in r.getMessage()]
     assert len(warnings) == 1
     assert "GRANT SLAVE MONITOR ON *.* TO 'lp'@'%';" in warnings[0]

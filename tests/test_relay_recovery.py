@@ -193,7 +193,7 @@ async def test_mysql_restart_reconnects_from_the_last_position(
                 with server.connect("app") as c:
                     write_events(c, after)
                 await col.wait_for(10)
-                assert relay.stats.mysql == "ok"
+                assert relay.stats.database == "ok"
     assert sorted(col.ids()) == sorted(str(e.id) for e in before + after)
 
 

@@ -57,7 +57,7 @@ def settings_for(
     url: str, stack: Stack, redis_prefix: str, topic_prefix: str = "x.", **kw: object
 ) -> RelaySettings:
     values: dict[str, object] = {
-        "mysql_url": url,
+        "database_url": url,
         "redis_url": stack.redis_url,
         "kafka_bootstrap_servers": stack.kafka_bootstrap,
         "key_prefix": redis_prefix,
@@ -122,7 +122,7 @@ def test_cli_exits_2_naming_log_bin(
     no_binlog_server: ScratchServer, stack: Stack, redis_prefix: str
 ) -> None:
     env = {
-        env_var("mysql_url"): no_binlog_server.url("app"),
+        env_var("database_url"): no_binlog_server.url("app"),
         env_var("redis_url"): stack.redis_url,
         env_var("kafka_bootstrap_servers"): stack.kafka_bootstrap,
         env_var("key_prefix"): redis_prefix,
@@ -263,7 +263,7 @@ def _env(settings: RelaySettings) -> dict[str, str]:
         if isinstance(getattr(settings, name), bool)
         else str(getattr(settings, name))
         for name in (
-            "mysql_url",
+            "database_url",
             "redis_url",
             "key_prefix",
             "topic_template",
@@ -325,7 +325,7 @@ async def test_start_policies(
         )
         async with running_relay(settings) as relay:
             await wait_until(
-                lambda: relay.server is not None and relay.stats.mysql == "ok", what="connected"
+                lambda: relay.server is not None and relay.stats.database == "ok", what="connected"
             )
             c = make_event(aggregate_id="c")
             write_events(conn, [c])

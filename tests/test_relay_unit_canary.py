@@ -14,7 +14,7 @@ from transactional_outbox.relay.routing import CANARY_AGGREGATE_TYPE, CANARY_TOP
 from transactional_outbox.relay.stats import RelayStats
 
 BASE = {
-    "mysql_url": "mysql+pymysql://relay:s3cret@db:3306/shop",
+    "database_url": "mysql+pymysql://relay:s3cret@db:3306/shop",
     "redis_url": "redis://r:6379/0",
     "kafka_bootstrap_servers": "k:9092",
 }
@@ -25,7 +25,7 @@ NOW = [1000.0]
 
 def _canary(timeout_ms: int = 1000) -> tuple[Canary, RelayStats]:
     settings = RelaySettings.from_env({}, **BASE, canary_timeout_ms=timeout_ms)
-    stats = RelayStats(kafka="ok", mysql="ok", behind_bytes=0)
+    stats = RelayStats(kafka="ok", database="ok", behind_bytes=0)
     return Canary(settings, stats, clock=lambda: NOW[0]), stats
 
 

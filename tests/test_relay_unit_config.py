@@ -31,7 +31,7 @@ FIELDS = [f.name for f in dataclasses.fields(RelaySettings)]
 SETTINGS = [name for name, _ in flat_fields(RelaySettings)]  # kafka's fields flattened
 # The connection settings have no default: every test names them.
 CONN = {
-    "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
+    "database_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
     "kafka_bootstrap_servers": "127.0.0.1:19092",
     "redis_url": "redis://127.0.0.1:16379/0",
 }
@@ -65,7 +65,7 @@ def conn_env(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def secret_settings(**kw: Any) -> RelaySettings:
     return settings(
-        mysql_url=MYSQL_URL,
+        database_url=MYSQL_URL,
         redis_url=REDIS_URL,
         kafka_security_protocol="SASL_SSL",
         kafka_sasl_username="relay",
@@ -99,7 +99,7 @@ def test_defaults() -> None:
     assert s.router().topic("order") == "outbox.event.order"
 
 
-@pytest.mark.parametrize("name", ["mysql_url", "kafka_bootstrap_servers", "redis_url"])
+@pytest.mark.parametrize("name", ["database_url", "kafka_bootstrap_servers", "redis_url"])
 def test_connection_settings_have_no_default(name: str) -> None:
     with pytest.raises(ConfigurationError) as info:
         in_code = {k: v for k, v in CONN.items() if k != name}
@@ -112,7 +112,7 @@ def test_connection_settings_have_no_default(name: str) -> None:
     assert info.value.setting == name
 
 
-@pytest.mark.parametrize("name", ["mysql_url", "kafka_bootstrap_servers", "redis_url"])
+@pytest.mark.parametrize("name", ["database_url", "kafka_bootstrap_servers", "redis_url"])
 def test_main_without_a_connection_setting_exits_2_naming_the_variable(
     name: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -161,20 +161,22 @@ def test_keyword_only_and_frozen() -> None:
 
 
 def test_schema_from_url_or_setting() -> None:
-    assert settings(mysql_url="mysql+pymysql://u:p@h/app").schema == "app"
-    s = settings(mysql_url="mysql+pymysql://u:p@h/app", outbox_schema="events")
+    assert settings(database_url="mysql+pymysql://u:p@h/app").schema == "app"
+    s = settings(database_url="mysql+pymysql://u:p@h/app", outbox_schema="events")
     assert s.schema == "events"
-    assert settings(mysql_url="mysql+pymysql://u:p@h", outbox_schema="events").schema == ("events")
+    assert settings(database_url="mysql+pymysql://u:p@h", outbox_schema="events").schema == (
+        "events"
+    )
 
 
 def test_mysql_connection_args() -> None:
-    assert settings(mysql_url=MYSQL_URL).mysql_connection_args() == {
+    assert settings(database_url=MYSQL_URL).mysql_connection_args() == {
         "host": "db.example",
         "port": 3307,
         "user": "outbox",
         "password": MYSQL_SECRET,
     }
-    args = settings(mysql_url="mysql+pymysql://h/db").mysql_connection_args()
+    args = settings(database_url="mysql+pymysql://h/db").mysql_connection_args()
     assert args == {"host": "h", "port": 3306, "user": "", "password": ""}
 
 
@@ -221,9 +223,9 @@ def test_checkpoint_key() -> None:
 @pytest.mark.parametrize(
     ("kw", "setting"),
     [
-        ({"mysql_url": "not a url"}, "mysql_url"),
-        ({"mysql_url": "mysql+pymysql:///db"}, "mysql_url"),
-        ({"mysql_url": "mysql+pymysql://u:p@h"}, "outbox_schema"),
+        ({"database_url": "not a url"}, "database_url"),
+        ({"database_url": "mysql+pymysql:///db"}, "database_url"),
+        ({"database_url": "mysql+pymysql://u:p@h"}, "outbox_schema"),
         ({"server_id": -1}, "server_id"),
         ({"server_id": 2**32}, "server_id"),
         ({"start_position": "somewhere"}, "start_position"),
@@ -257,8 +259,8 @@ def test_server_id_bounds_are_inclusive() -> None:
 )
 def test_mysql_url_errors_do_not_echo_the_password(url: str) -> None:
     with pytest.raises(ConfigurationError) as info:
-        settings(mysql_url=url)
-    assert info.value.setting == "mysql_url"
+        settings(database_url=url)
+    assert info.value.setting == "database_url"
     assert MYSQL_SECRET not in str(info.value)
     assert "Hunter2" not in str(info.value)
 
@@ -267,7 +269,7 @@ def test_mysql_url_errors_do_not_echo_the_password(url: str) -> None:
 
 
 def test_env_var_names() -> None:
-    assert env_var("mysql_url") == "OUTBOX_MYSQL_URL"
+    assert env_var("database_url") == "OUTBOX_DATABASE_URL"
     assert env_var("topic_overrides") == "OUTBOX_TOPIC_OVERRIDES"
 
 
@@ -275,7 +277,7 @@ def test_from_env_reads_every_kind() -> None:
     s = RelaySettings.from_env(
         {
             **CONN_ENV,
-            "OUTBOX_MYSQL_URL": "mysql+pymysql://u:p@h:3310/app",
+            "OUTBOX_DATABASE_URL": "mysql+pymysql://u:p@h:3310/app",
             "OUTBOX_SERVER_ID": "4242",
             "OUTBOX_ENABLE_IDEMPOTENCE": "false",
             "OUTBOX_IGNORE_CHECKPOINT": "YES",
@@ -291,7 +293,7 @@ def test_from_env_reads_every_kind() -> None:
             "OUTBOX_UNKNOWN": "ignored",
         }
     )
-    assert s.mysql_url == "mysql+pymysql://u:p@h:3310/app"
+    assert s.database_url == "mysql+pymysql://u:p@h:3310/app"
     assert s.server_id == 4242
     assert s.enable_idempotence is False
     assert s.ignore_checkpoint is True
@@ -435,7 +437,9 @@ def test_conversion_errors_of_secret_fields_do_not_echo_the_value() -> None:
 
 def test_from_env_bad_secret_urls_do_not_echo_secrets() -> None:
     with pytest.raises(ConfigurationError) as info:
-        RelaySettings.from_env(env({"OUTBOX_MYSQL_URL": f"mysql+pymysql://u:{MYSQL_SECRET}@/db"}))
+        RelaySettings.from_env(
+            env({"OUTBOX_DATABASE_URL": f"mysql+pymysql://u:{MYSQL_SECRET}@/db"})
+        )
     assert "Hunter2" not in str(info.value)
 
 
@@ -510,7 +514,7 @@ def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.Mon
         assert f"[env {env_var(name)}]" in text
         if f.metadata.get(SECRET):  # kafka_sasl_password, canary_mysql_url
             default = "(unset)"
-        elif name in ("topic_overrides", "outbox_tables"):
+        elif name in ("topic_overrides", "outbox_tables", "pg_message_prefixes"):
             default = "(none)"
         elif name in CONN:
             default = "(required)"
@@ -573,7 +577,7 @@ def test_main_error_does_not_echo_the_mysql_password(
 ) -> None:
     assert main(["--mysql-url", f"mysql+pymysql://u:{MYSQL_SECRET}@/db"]) == 2
     err = capsys.readouterr().err
-    assert "mysql_url" in err
+    assert "database_url" in err
     assert "Hunter2" not in err
 
 
@@ -587,7 +591,7 @@ def test_repr_and_str_hide_every_secret() -> None:
         assert "MyS/ql" not in text
         assert REDIS_SECRET not in text
         assert SASL_SECRET not in text
-        assert "mysql_url='mysql+pymysql://outbox:***@db.example:3307/shop'" in text
+        assert "database_url='mysql+pymysql://outbox:***@db.example:3307/shop'" in text
         assert "redis_url='redis://default:***@cache.example:6380/2'" in text
         assert "sasl_password='***'" in text
         assert "sasl_username='relay'" in text

@@ -23,7 +23,7 @@ from transactional_outbox.relay.faults import (
 )
 
 CONN = {
-    "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
+    "database_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
     "kafka_bootstrap_servers": "127.0.0.1:19092",
     "redis_url": "redis://127.0.0.1:16379/0",
 }
@@ -35,7 +35,12 @@ def settings(**kw: Any) -> RelaySettings:
 
 @pytest.mark.parametrize(
     ("code", "setting"),
-    [(1045, "mysql_url"), (1130, "mysql_url"), (1049, "mysql_url"), (1044, "mysql_url")],
+    [
+        (1045, "database_url"),
+        (1130, "database_url"),
+        (1049, "database_url"),
+        (1044, "database_url"),
+    ],
 )
 def test_mysql_refusals_are_misconfiguration(code: int, setting: str) -> None:
     found = mysql_misconfiguration(pymysql.err.OperationalError(code, "the reason"), settings())

@@ -26,7 +26,7 @@ from . import _binlog_bytes as B
 from .test_relay_rowdecoder import encode_row, row
 
 CONN = {
-    "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
+    "database_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
     "kafka": KafkaConnection(bootstrap_servers="127.0.0.1:19092"),
     "redis_url": "redis://127.0.0.1:16379/0",
 }
@@ -63,7 +63,7 @@ def test_outbox_tables_from_env_and_flags() -> None:
 
 
 def test_pattern_alone_needs_no_database_in_the_url() -> None:
-    s = settings(mysql_url="mysql+pymysql://u:p@h:3306", outbox_table_pattern=r".*\.outbox")
+    s = settings(database_url="mysql+pymysql://u:p@h:3306", outbox_table_pattern=r".*\.outbox")
     assert s.tables == ()
 
 
@@ -92,7 +92,7 @@ def test_many_tables_with_one_table_settings_is_an_error(
 
 def _env() -> dict[str, str]:
     return {
-        "OUTBOX_MYSQL_URL": str(CONN["mysql_url"]),
+        "OUTBOX_DATABASE_URL": str(CONN["database_url"]),
         "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:19092",
         "OUTBOX_REDIS_URL": str(CONN["redis_url"]),
     }

@@ -95,7 +95,7 @@ async def test_leaving_a_term_cancels_its_renewal() -> None:
 
 
 def test_metrics_are_read_from_the_stats_at_scrape_time() -> None:
-    stats = RelayStats(role="leader", mysql="ok", kafka="degraded")
+    stats = RelayStats(role="leader", database="ok", kafka="degraded")
     metrics = RelayMetrics(stats)
     sample = metrics.registry.get_sample_value
     assert sample("outbox_relay_events_published_total") == 0

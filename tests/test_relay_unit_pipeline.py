@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from transactional_outbox.relay import BinlogPosition, KafkaConnection, Relay, RelaySettings
+from transactional_outbox.relay.database import database_for
 from transactional_outbox.relay.leadership import Lease, LeaseKeys
 from transactional_outbox.relay.publish_session import PublishSession
 from transactional_outbox.relay.routing import TopicRouter, build_record
-from transactional_outbox.relay.source import SourceSettings
 from transactional_outbox.relay.stats import RelayStats
 from transactional_outbox.relay.term import LeaderTerm
 
 from .test_relay_unit_routing import event as make_event
 
 CONN = {
-    "mysql_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
+    "database_url": "mysql+pymysql://outbox:pw@127.0.0.1:13306/outbox",
     "kafka": KafkaConnection(bootstrap_servers="127.0.0.1:19092"),
     "redis_url": "redis://127.0.0.1:16379/0",
 }
@@ -26,11 +26,13 @@ def _session(stats: RelayStats, start: BinlogPosition = P1) -> PublishSession:
     term = LeaderTerm(
         Lease(None, LeaseKeys.for_relay("t", "r"), ttl_ms=1000), renew_ms=100, stats=stats
     )  # type: ignore[arg-type]
-    src = SourceSettings(
-        host="h", port=1, user="u", password="", server_id=1, schema="s", table="t", is_mariadb=True
-    )
     return PublishSession(
-        settings, start, source_settings=src, router=settings.router(), term=term, stats=stats
+        settings,
+        start,
+        database=database_for(settings),
+        router=settings.router(),
+        term=term,
+        stats=stats,
     )
 
 

@@ -85,7 +85,10 @@ def shell_env() -> dict[str, str]:
     tansu has no idempotent producer (InitProducerId answers UnknownError), and the
     relay's default is on: with ``eval "$(./dev/stack env)"`` the relay runs as is.
     """
-    return {**env_vars(), "OUTBOX_ENABLE_IDEMPOTENCE": "false"}
+    env = env_vars()
+    # The relay's setting (OUTBOX_MYSQL_URL, its old name, stays for alembic.ini and benches).
+    relay = {"OUTBOX_DATABASE_URL": env["OUTBOX_MYSQL_URL"], "OUTBOX_ENABLE_IDEMPOTENCE": "false"}
+    return {**env, **relay}
 
 
 def port_open(port: int, host: str = HOST) -> bool:

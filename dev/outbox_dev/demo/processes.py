@@ -87,7 +87,7 @@ class DemoProcesses:
         self.pids: list[int] = []  # every child process started (for the summary)
         relay_env = {
             **base,
-            "OUTBOX_MYSQL_URL": res.url(res.db),
+            "OUTBOX_DATABASE_URL": res.url(res.db),
             "OUTBOX_REDIS_URL": res.redis_url,
             "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": res.kafka,
             "OUTBOX_ENABLE_IDEMPOTENCE": "false",  # the local tansu broker has no idempotence

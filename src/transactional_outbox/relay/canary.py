@@ -3,7 +3,7 @@
 Defence in depth behind the startup checks (:mod:`.reach`): every
 ``canary_interval_ms`` the leader inserts and deletes one outbox row (in one
 transaction, as the SDK does) in each listed outbox table, over a plain SQL
-connection to ``canary_mysql_url`` (default: ``mysql_url``; point it at the
+connection to ``canary_mysql_url`` (default: ``database_url``; point it at the
 server the application writes to when the relay reads a replica). The row's
 aggregate type is reserved (:data:`~.routing.CANARY_AGGREGATE_TYPE`): the router
 gives it a topic Kafka cannot have, the publisher hands such records to
@@ -62,7 +62,7 @@ class CanarySettings:
     mysql_url: str = option(
         "",
         "where the canary is written (INSERT, DELETE on the outbox tables); default "
-        "mysql_url: set the primary's when the relay reads a replica",
+        "database_url: set the primary's when the relay reads a replica",
         secret=True,
     )
 
@@ -102,7 +102,7 @@ class Canary:
         self._clock = clock
         self.settings = settings.canary
         self.tables = settings.tables
-        url = settings.canary.mysql_url or settings.mysql_url
+        url = settings.canary.mysql_url or settings.database_url
         self._args = settings.mysql_connection_args(url)
         self._aggregate_id = settings.relay_name
         self._stats = stats
@@ -171,7 +171,7 @@ class Canary:
     def check(self) -> None:
         """Raise the alarm if a canary is overdue while the relay is caught up."""
         st = self._stats
-        if st.canary != "ok" or not (st.kafka == st.mysql == "ok" and st.behind_bytes == 0):
+        if st.canary != "ok" or not (st.kafka == st.database == "ok" and st.behind_bytes == 0):
             return  # already alarmed, or the relay is behind or down: cannot tell yet
         now = self._clock()
         timeout = self.settings.timeout_ms / 1000
@@ -187,7 +187,7 @@ class Canary:
             f"through the binlog the relay reads ({len(late)} overdue): rows written there "
             "do not reach it (a replica without log_slave_updates, binlog_do_db/"
             "binlog_ignore_db or replication filters, replication stopped or lagging, or "
-            "mysql_url and canary_mysql_url on unrelated servers); events may be missing",
+            "database_url and canary_mysql_url on unrelated servers); events may be missing",
         )
 
     async def _write_all(self) -> None:
@@ -207,7 +207,7 @@ class Canary:
                     f"the canary_mysql_url user needs: GRANT INSERT, DELETE ON {name} TO "
                     f"'{user}'@'%';"
                     if code in (1142, 1044)  # command / database access denied
-                    else "check that canary_mysql_url (default mysql_url) can write there"
+                    else "check that canary_mysql_url (default database_url) can write there"
                 )
                 self._alarm("failing", f"cannot write the canary event to {name}: {exc}; {fix}")
                 continue

@@ -13,7 +13,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from .position import BinlogPosition
+from .position import Position
 from .routing import KafkaRecord
 from .rowdecoder import RejectedRow
 
@@ -39,7 +39,7 @@ class SourceBatch:
     """
 
     records: list[KafkaRecord | RejectedRow]
-    commit: BinlogPosition | None
+    commit: Position | None
     tables: dict[str, int] | None = None
 
 

@@ -14,7 +14,7 @@ from redis.exceptions import ResponseError
 
 from .checkpoint_choice import CheckpointCopy
 from .leadership import Lease
-from .position import BinlogPosition, decode_checkpoint, encode_checkpoint
+from .position import Position, decode_checkpoint
 
 __all__ = ["RedisCheckpointStore"]
 
@@ -38,7 +38,7 @@ class RedisCheckpointStore:
         self.key = key
         self.token_key = key + ":token"
 
-    async def load(self) -> BinlogPosition | None:
+    async def load(self) -> Position | None:
         """The saved position, or ``None`` if there is none.
 
         Raises :class:`~transactional_outbox.CheckpointError` for a value this
@@ -76,13 +76,13 @@ class RedisCheckpointStore:
         )
         return bool(ok)
 
-    async def save(self, position: BinlogPosition, *, fence: Lease | None = None) -> bool:
+    async def save(self, position: Position, *, fence: Lease | None = None) -> bool:
         """Store ``position`` (the end of a fully acknowledged transaction).
 
         With ``fence``, the write happens only if no newer leader took a
         fencing token since that lease's; returns False if refused.
         """
-        value = encode_checkpoint(position)
+        value = position.encode()
         if fence is not None:
             return await self.save_value(value, fence=fence, seq=0)
         await self._client.set(self.key, value)

@@ -6,7 +6,9 @@ loses the term), then, while the term still holds its lease, to the Kafka
 checkpoint topic with the same fencing token and save number. The Kafka
 write runs beside the timer (one at a time, bounded in time), so a slow or
 unreachable Kafka never delays the Redis copy; it is also written while
-Redis is unreachable, which is when a second copy matters.
+Redis is unreachable, which is when a second copy matters. After each
+Redis write that succeeded, ``on_saved`` gets the position (a PostgreSQL
+relay then confirms it to its slot: the server keeps WAL until then).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from collections.abc import Callable
 from redis.exceptions import RedisError
 
 from .checkpoints import CheckpointStores
-from .position import BinlogPosition, encode_checkpoint
+from .position import Position
 from .stats import RelayStats
 from .term import LeaderTerm
 
@@ -47,14 +49,17 @@ class Checkpointer:
         stores: CheckpointStores,
         term: LeaderTerm,
         stats: RelayStats,
-        position: Callable[[], BinlogPosition | None],
+        position: Callable[[], Position | None],
+        *,
+        on_saved: Callable[[Position], None] = lambda position: None,
     ) -> None:
         self._stores = stores
+        self._on_saved = on_saved
         self._term = term
         self._stats = stats
         self._position = position
         self._kafka_task: asyncio.Task[None] | None = None
-        self._kafka_saved: BinlogPosition | None = None
+        self._kafka_saved: Position | None = None
         self._kafka_failing = False
         self._kafka_given_up = False  # at shutdown, after SHUTDOWN_KAFKA_WAIT
 
@@ -67,7 +72,7 @@ class Checkpointer:
         Raises the Redis error after starting the Kafka write, if Redis failed.
         """
         position = self._position()
-        if position is None or not position.file:
+        if position is None or not position.resumable:
             return
         st = self._stats
         to_redis = position != st.checkpoint
@@ -79,7 +84,7 @@ class Checkpointer:
         )
         if not (to_redis or to_kafka):
             return
-        value = encode_checkpoint(position)
+        value = position.encode()
         seq = next(_SAVES)
         token = self._term.lease.token
         redis_error: BaseException | None = None
@@ -96,6 +101,7 @@ class Checkpointer:
                 st.checkpoint_saved_at = time.monotonic()
                 st.checkpoints_saved += 1
                 st.redis = "ok"
+                self._on_saved(position)
         # Kafka only while the lease is ours by our own clock: a stale leader's copy
         # carries a lower token than the newer leader's and loses at load anyway.
         if to_kafka and token is not None and self._term.held():
@@ -105,9 +111,7 @@ class Checkpointer:
         if redis_error is not None:
             raise redis_error
 
-    async def _write_kafka(
-        self, token: int, seq: int, value: str, position: BinlogPosition
-    ) -> None:
+    async def _write_kafka(self, token: int, seq: int, value: str, position: Position) -> None:
         kafka = self._stores.kafka
         assert kafka is not None
         try:

@@ -17,7 +17,7 @@ from .checkpoint_topic import KafkaCheckpointTopic
 from .config import RelaySettings
 from .faults import check_kafka_login
 from .leadership import Lease
-from .position import BinlogPosition, decode_checkpoint
+from .position import Position, decode_checkpoint
 from .stats import RelayStats
 
 __all__ = ["CheckpointStores"]
@@ -51,7 +51,7 @@ class CheckpointStores:
         redis = f"Redis (key {self.redis.key!r})"
         return redis if self.kafka is None else f"{redis} or {self.kafka.where}"
 
-    async def load_start(self, settings: RelaySettings, stats: RelayStats) -> BinlogPosition | None:
+    async def load_start(self, settings: RelaySettings, stats: RelayStats) -> Position | None:
         """The checkpoint to start from, or ``None`` to start at ``start_position``.
 
         Raises :class:`~transactional_outbox.ConfigurationError` (exit 2) when a
@@ -114,7 +114,7 @@ class CheckpointStores:
         )
 
     def _explain(
-        self, chosen: CheckpointCopy, redis_copy: CheckpointCopy | None, position: BinlogPosition
+        self, chosen: CheckpointCopy, redis_copy: CheckpointCopy | None, position: Position
     ) -> None:
         if chosen.store != "Kafka" or self.kafka is None:
             return

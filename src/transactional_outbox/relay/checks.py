@@ -79,7 +79,7 @@ def _require(cur: Any, name: str, expected: str, hint: str) -> None:
 
 def _privileges_error(user: str, needed: str, exc: Exception) -> ServerConfigurationError:
     return ServerConfigurationError(
-        "mysql_url",
+        "database_url",
         f"user {user!r} lacks a privilege: {exc.args[-1] if exc.args else exc}. Grant it: "
         f"GRANT {needed} ON *.* TO '{user}'@'%';",
     )
@@ -138,7 +138,7 @@ def check_server(
         grants = " ".join(str(r[0]) for r in _all(cur, "SHOW GRANTS")).upper()
         if not re.search(r"ALL PRIVILEGES ON \*\.\*|REPLICATION (SLAVE|REPLICA)\b", grants):
             raise ServerConfigurationError(
-                "mysql_url",
+                "database_url",
                 f"user {user!r} cannot stream the binlog: GRANT REPLICATION SLAVE ON *.* "
                 f"TO '{user}'@'%';",
             )
@@ -209,7 +209,7 @@ def table_problem(cur: Any, user: str, schema: str, table: str, *, hint: str) ->
         columns = {str(r[0]).lower(): (str(r[1]).lower(), r[2]) for r in cur.fetchall()}
     except pymysql.err.OperationalError as exc:
         raise ServerConfigurationError(
-            "mysql_url",
+            "database_url",
             f"user {user!r} cannot read the columns of `{schema}`.`{table}`: "
             f"{exc.args[-1] if exc.args else exc}. Grant it: {grant}",
         ) from None

@@ -36,9 +36,10 @@ from .options import (
 from .position import StartPolicy
 from .resume import gtid_mode_option
 from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
-from .settings_checks import REQUIRED, validate
+from .settings_checks import REQUIRED, database_kind, default_pg_name, validate
 
 __all__ = [
+    "DEPRECATED",
     "RENAMED",
     "RelaySettings",
     "build_parser",
@@ -53,12 +54,15 @@ class RelaySettings:
     Build it with keywords, :meth:`from_env` or :meth:`from_cli`.
     """
 
-    mysql_url: str = option(
+    database_url: str = option(
         "",
-        "required: MySQL/MariaDB URL of a user with REPLICATION SLAVE, REPLICATION CLIENT "
-        "(MariaDB: BINLOG MONITOR) and SELECT on the outbox table; its database is the outbox "
-        "schema unless --outbox-schema says otherwise",
+        "required: the database to read. MySQL/MariaDB (mysql+pymysql://): a user with "
+        "REPLICATION SLAVE, REPLICATION CLIENT (MariaDB: BINLOG MONITOR) and SELECT on the outbox "
+        "table; its database is the outbox schema unless --outbox-schema says otherwise. "
+        "PostgreSQL (postgresql://, ?sslmode=...): a role with REPLICATION that owns the outbox "
+        "tables (to create the publication); the outbox schema defaults to public",
     )
+    mysql_url: str = option("", "deprecated: the old name of --database-url (one WARNING)")
     server_id: int = option(
         0,
         "replica server_id for the binlog connection; must be unique among the server's "
@@ -77,6 +81,18 @@ class RelaySettings:
         "a Python regex full-matched against schema.table: every matching table is an outbox "
         "table, also one created while the relay runs ('[a-z_]+\\.outbox'); may be combined "
         "with --outbox-tables",
+    )
+    pg_slot: str = option(
+        "", "PostgreSQL: the relay's logical replication slot (default outbox_relay_<name>)"
+    )
+    pg_publication: str = option(
+        "", "PostgreSQL: the publication of the outbox tables (default outbox_relay_<name>)"
+    )
+    pg_create: bool = option(True, "PostgreSQL: create the publication and the slot when missing")
+    pg_message_prefixes: tuple[str, ...] = option(
+        (),
+        "PostgreSQL: prefixes of table-less outboxes (add_event with outbox_mode='message'), "
+        "comma-separated; with --outbox-table '' only these are read",
     )
     kafka: KafkaConnection = nested(
         KafkaConnection,
@@ -193,7 +209,7 @@ class RelaySettings:
             return tuple(
                 (name.partition(".")[0], name.partition(".")[2]) for name in self.outbox_tables
             )
-        return ((self.schema, self.outbox_table),)
+        return ((self.schema, self.outbox_table),) if self.outbox_table else ()
 
     @property
     def table_pattern(self) -> re.Pattern[str] | None:
@@ -202,8 +218,25 @@ class RelaySettings:
 
     @property
     def schema(self) -> str:
-        """The outbox table's schema."""
-        return self.outbox_schema or str(make_url(self.mysql_url).database)
+        """The outbox table's schema (PostgreSQL: ``public`` unless set)."""
+        if self.database_kind == "postgresql":
+            return self.outbox_schema or "public"
+        return self.outbox_schema or str(make_url(self.database_url).database)
+
+    @property
+    def database_kind(self) -> str:
+        """``mysql`` (MySQL or MariaDB) or ``postgresql``, from :attr:`database_url`."""
+        return database_kind(self.database_url)
+
+    @property
+    def slot_name(self) -> str:
+        """PostgreSQL: :attr:`pg_slot`, or one derived from the relay name."""
+        return self.pg_slot or default_pg_name(self.relay_name)
+
+    @property
+    def publication_name(self) -> str:
+        """PostgreSQL: :attr:`pg_publication`, or one derived from the relay name."""
+        return self.pg_publication or default_pg_name(self.relay_name)
 
     @property
     def checkpoint_key(self) -> str:
@@ -219,8 +252,8 @@ class RelaySettings:
         return TopicRouter(template=self.topic_template, overrides=self.topic_overrides)
 
     def mysql_connection_args(self, other_url: str = "") -> dict[str, Any]:
-        """PyMySQL connection arguments from :attr:`mysql_url` (or ``other_url``)."""
-        url = make_url(other_url or self.mysql_url)
+        """PyMySQL connection arguments from :attr:`database_url` (or ``other_url``)."""
+        url = make_url(other_url or self.database_url)
         args: dict[str, Any] = {
             "host": url.host,
             "port": url.port or 3306,
@@ -256,7 +289,7 @@ class RelaySettings:
             if f.metadata.get(SECRET):
                 value = getattr(self, f.name)
                 shown.append(f"{f.name}={'***' if value else ''!r}")
-            elif f.name in ("mysql_url", "redis_url"):
+            elif f.name in ("database_url", "mysql_url", "redis_url"):
                 shown.append(f"{f.name}={mask_url(getattr(self, f.name))!r}")
             else:
                 shown.append(f"{f.name}={getattr(self, f.name)!r}")
@@ -266,14 +299,20 @@ class RelaySettings:
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> RelaySettings:
-        """Settings from ``OUTBOX_<FIELD>`` variables (``OUTBOX_MYSQL_URL``…), then overrides.
+        """Settings from ``OUTBOX_<FIELD>`` variables (``OUTBOX_DATABASE_URL``…), then overrides.
 
         ``overrides`` are field values (``kafka=KafkaConnection(...)``) or flat
         settings (``kafka_bootstrap_servers=...``). A variable of a renamed setting
         (``OUTBOX_HEARTBEAT_SECONDS``) is an error naming the new one.
         """
-        values = overlay(cls, values_from_env(cls, environ, renamed=RENAMED), overrides)
-        return cls(**nest_values(cls, values))
+        below = values_from_env(cls, environ, renamed=RENAMED)
+        for old, new in DEPRECATED.items():
+            # A higher source (flags, keywords) wins whichever of the two names it uses.
+            if old in overrides and new not in overrides:
+                below.pop(new, None)
+            if new in overrides:
+                below.pop(old, None)
+        return cls(**nest_values(cls, overlay(cls, below, overrides)))
 
     @classmethod
     def from_cli(
@@ -291,6 +330,11 @@ RENAMED = {
 """Settings renamed in 0.2 (durations are milliseconds): old name → new name."""
 
 
+DEPRECATED = {"mysql_url": "database_url"}
+"""Settings with a new name whose old one still works (one WARNING): old name → new name.
+Given in the same place (both variables, or both flags), the new name wins."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The relay's argument parser; every setting is a flag."""
     return options_parser(
@@ -303,13 +347,13 @@ def build_parser() -> argparse.ArgumentParser:
             else "python -m transactional_outbox.relay"
         ),
         description=(
-            "Tail the MySQL/MariaDB binlog and publish committed outbox events to Kafka, "
-            "checkpointing the binlog position in Redis. Every flag can also be set with the "
-            "environment variable shown; flags win."
+            "Tail the MySQL/MariaDB binlog or PostgreSQL's logical replication and publish "
+            "committed outbox events to Kafka, checkpointing the position in Redis. Every "
+            "flag can also be set with the environment variable shown; flags win."
         ),
         epilog=(
             "exit codes: 0 stopped cleanly (SIGTERM/SIGINT); 1 unexpected error; "
             "2 invalid setting or server misconfigured; 3 checkpoint unusable (e.g. binlog "
-            "purged); 4 an event was rejected by Kafka for good"
+            "purged, replication slot gone); 4 an event was rejected by Kafka for good"
         ),
     )

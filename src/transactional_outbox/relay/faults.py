@@ -68,7 +68,7 @@ def mysql_misconfiguration(
     reason = str(exc.args[1]) if len(exc.args) > 1 else str(exc)
     if code in (_ACCESS_DENIED, _HOST_NOT_ALLOWED, *_ACCOUNT_LOCKED):
         return ConfigurationError(
-            "mysql_url", f"the server refused the login (error {code}): {reason}"
+            "database_url", f"the server refused the login (error {code}): {reason}"
         )
     if code in (_UNKNOWN_DATABASE, _DB_ACCESS_DENIED):
         setting = (
@@ -76,7 +76,7 @@ def mysql_misconfiguration(
             if settings.outbox_tables
             else "outbox_schema"
             if settings.outbox_schema
-            else "mysql_url"
+            else "database_url"
         )
         if code == _DB_ACCESS_DENIED:
             # No privilege at all on the outbox table's schema: the relay's one
@@ -88,7 +88,7 @@ def mysql_misconfiguration(
 
 def select_grants(settings: RelaySettings) -> str:
     """The GRANT statement(s) giving the relay's user SELECT on its outbox table(s)."""
-    user = make_url(settings.mysql_url).username or "<relay user>"
+    user = make_url(settings.database_url).username or "<relay user>"
     statements = [
         f"GRANT SELECT ON `{schema}`.`{table}` TO '{user}'@'%';"
         for schema, table in settings.tables

@@ -19,8 +19,6 @@ from .stats import RelayStats
 
 __all__ = ["RelayMetrics"]
 
-_SERVERS = ("mysql", "kafka", "redis")
-
 
 class _StatsCollector(Collector):
     def __init__(self, stats: RelayStats) -> None:
@@ -109,10 +107,19 @@ class _StatsCollector(Collector):
             )
         yield gauge("outbox_relay_leader", "1 while this relay leads", st.role == "leader")
         file_index, pos = 0, 0
-        if st.checkpoint is not None:
-            suffix = st.checkpoint.file.rsplit(".", 1)[-1]
+        # The position's own fields: a binlog file and offset, or an LSN.
+        file, lsn = getattr(st.checkpoint, "file", None), getattr(st.checkpoint, "lsn", None)
+        if isinstance(file, str):
+            suffix = file.rsplit(".", 1)[-1]
             file_index = int(suffix) if suffix.isdigit() else 0
-            pos = st.checkpoint.pos
+            pos = getattr(st.checkpoint, "pos", 0)
+        if isinstance(lsn, int):
+            yield gauge("outbox_relay_checkpoint_lsn", "The checkpoint's LSN (PostgreSQL)", lsn)
+            yield gauge(
+                "outbox_relay_slot_retained_bytes",
+                "WAL PostgreSQL keeps for the relay's slot (-1: unknown)",
+                -1 if st.slot_retained_bytes is None else st.slot_retained_bytes,
+            )
         yield gauge(
             "outbox_relay_binlog_file_index",
             "Numeric suffix of the checkpoint's binlog file",
@@ -124,8 +131,12 @@ class _StatsCollector(Collector):
         up = GaugeMetricFamily(
             "outbox_relay_server_up", "1 if the server is reachable", labels=["server"]
         )
-        for name in _SERVERS:
-            up.add_metric([name], 1 if getattr(st, name) == "ok" else 0)
+        for name, state in (
+            (st.database_kind, st.database),
+            ("kafka", st.kafka),
+            ("redis", st.redis),
+        ):
+            up.add_metric([name], 1 if state == "ok" else 0)
         yield up
 
 

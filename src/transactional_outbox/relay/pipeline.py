@@ -5,8 +5,9 @@ A *term* (:mod:`.term`) is one tenure as leader. Within it, a *session*
 position. When Kafka fails in a way its own retries did not fix, the session
 ends and a new one starts from the last position whose events were all
 acknowledged: events after it are sent again (at-least-once) and nothing is
-skipped. Errors that a retry cannot fix (a purged binlog, an event Kafka
-refuses for good) end :meth:`Relay.run` with an :class:`OutboxError`.
+skipped. Errors that a retry cannot fix (a purged binlog, a lost slot, an
+event Kafka refuses for good) end :meth:`Relay.run` with an :class:`OutboxError`.
+What is specific to MySQL or PostgreSQL lives behind :mod:`.database`.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ import contextlib
 import logging
 import time
 from functools import partial
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -26,15 +28,13 @@ from .checkpoint import RedisCheckpointStore
 from .checkpoint_topic import KafkaCheckpointTopic
 from .checkpointer import Checkpointer
 from .checkpoints import CheckpointStores
-from .checks import ServerInfo
 from .config import RelaySettings
+from .database import database_for, follow_head
 from .health import HealthServer
 from .leadership import Lease, LeaseKeys
 from .metrics import RelayMetrics
-from .position import BinlogPosition
-from .progress import BinlogHead, follow_head
+from .position import Position
 from .publish_session import PublishSession, SessionFailed
-from .startup import Start, prepare_start, source_settings
 from .stats import RelayStats
 from .term import LeaderTerm, wait_for_lease
 
@@ -55,8 +55,8 @@ class Relay:
         self.settings = settings
         self.stats = RelayStats()
         self.metrics = RelayMetrics(self.stats)
-        self.server: ServerInfo | None = None
-        self.server_id = settings.server_id  # the replica id in use; chosen per term
+        self.database = database_for(settings)
+        self.stats.database_kind = self.database.kind
         self.session: PublishSession | None = None  # the current (or last) publish session
         self._stopping = asyncio.Event()
         self._router = settings.router()
@@ -75,12 +75,17 @@ class Relay:
         self._stopping.set()
         self._end_session()
 
+    @property
+    def server(self) -> Any:
+        """What the last start learnt about the database server (None before it)."""
+        return self.database.server
+
     def _end_session(self) -> None:
         if self.session is not None:
             self.session.stop()
 
     @property
-    def checkpoint_position(self) -> BinlogPosition | None:
+    def checkpoint_position(self) -> Position | None:
         """The newest position whose events are all acknowledged."""
         return None if self.session is None else self.session.watermark.position
 
@@ -153,16 +158,15 @@ class Relay:
         # TTL, and a lease left unrenewed meanwhile expired under the starting relay
         # (bench/recovery.py --quick, lease 1 s: it lost and retook it every second).
         async with term:
-            start = await prepare_start(
-                s, store, self.stats, self._stopping, server_id=self.server_id
-            )
+            start = await self.database.prepare_start(store, self.stats, self._stopping)
             if start is None:
                 return  # stopping
             if term.lost.is_set():
                 raise LeadershipLostError(term.reason)
-            self.server, self.server_id = start.server, start.server_id
             self.session = None
-            checkpointer = Checkpointer(store, term, self.stats, lambda: self.checkpoint_position)
+            checkpointer = Checkpointer(
+                store, term, self.stats, lambda: self.checkpoint_position, on_saved=self._confirm
+            )
             over = asyncio.Event()  # ends the loops even if a cancel is swallowed in Redis
             tasks = [
                 asyncio.create_task(
@@ -175,12 +179,12 @@ class Relay:
                 ),
                 asyncio.create_task(
                     follow_head(
-                        BinlogHead(s.mysql_connection_args()),
+                        self.database.head(self.stats),
                         lambda: self.checkpoint_position,
                         partial(setattr, self.stats, "behind_bytes"),
                         over,
                     ),
-                    name="outbox-binlog-head",
+                    name="outbox-log-head",
                 ),
             ]
             if self.canary is not None:
@@ -197,14 +201,20 @@ class Relay:
         if term.lost.is_set():
             raise LeadershipLostError(term.reason)
 
-    async def _supervise(self, start: Start, term: LeaderTerm) -> None:
+    def _confirm(self, position: Position) -> None:
+        # Only a fenced checkpoint write that succeeded confirms: a stale leader whose
+        # write is refused never lets a PostgreSQL slot forget what it did not publish.
+        if self.session is not None:
+            self.session.confirm(position)
+
+    async def _supervise(self, start: Position, term: LeaderTerm) -> None:
         delay = 0.5
-        position = start.position
+        position = start
         while not self._stopping.is_set() and not term.lost.is_set():
             session = self.session = self.stats.session = PublishSession(
                 self.settings,
                 position,
-                source_settings=source_settings(self.settings, start),
+                database=self.database,
                 router=self._router,
                 term=term,
                 stats=self.stats,

@@ -10,7 +10,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 from ..exceptions import CheckpointError, ConfigurationError
 
@@ -19,6 +19,7 @@ __all__ = [
     "GtidTracker",
     "MariaDBGtidState",
     "MySQLGtidSet",
+    "Position",
     "StartPolicy",
     "decode_checkpoint",
     "encode_checkpoint",
@@ -52,6 +53,27 @@ class BinlogPosition:
     def __str__(self) -> str:
         base = f"{self.file}:{self.pos}"
         return f"{base} (gtid {self.gtid})" if self.gtid else base
+
+    @property
+    def resumable(self) -> bool:
+        """True once the position names a binlog file (a GTID-only start names none)."""
+        return bool(self.file)
+
+    def encode(self, *, saved_at: datetime | None = None) -> str:
+        """The checkpoint value stored in Redis and Kafka (:func:`encode_checkpoint`)."""
+        return encode_checkpoint(self, saved_at=saved_at)
+
+
+class Position(Protocol):
+    """What the relay's core needs of a database's position (a binlog position, an LSN):
+    equality, text for messages, whether it can be resumed from, its checkpoint form."""
+
+    @property
+    def resumable(self) -> bool:
+        """True if a source can resume from it."""
+
+    def encode(self, *, saved_at: datetime | None = None) -> str:
+        """The checkpoint value."""
 
 
 _MARIADB_GTID = re.compile(r"^\d+-\d+-\d+$")
@@ -232,8 +254,9 @@ def encode_checkpoint(position: BinlogPosition, *, saved_at: datetime | None = N
     )
 
 
-def decode_checkpoint(raw: str | bytes) -> BinlogPosition:
-    """Parse a stored checkpoint (version 2, or 1: without ``server``).
+def decode_checkpoint(raw: str | bytes) -> Position:
+    """Parse a stored checkpoint: a binlog position (version 2, or 1: without ``server``),
+    or, with ``"db": "postgresql"``, an LSN (:mod:`.postgres.position`).
 
     Raises :class:`CheckpointError` for anything foreign.
     """
@@ -248,6 +271,15 @@ def decode_checkpoint(raw: str | bytes) -> BinlogPosition:
         raise CheckpointError(
             f"stored checkpoint has an unknown format: {str(raw)[:100]!r}; delete the key or "
             "give an explicit start position"
+        )
+    if data.get("db", "mysql") != "mysql":
+        if data.get("db") == "postgresql":
+            from .postgres.position import decode_lsn_checkpoint
+
+            return decode_lsn_checkpoint(data, raw)
+        raise CheckpointError(
+            f"stored checkpoint is of an unknown database: {str(raw)[:100]!r}; delete the key "
+            "or give an explicit start position"
         )
     file, pos, gtid = data.get("file"), data.get("pos"), data.get("gtid")
     if not isinstance(file, str) or not file or not isinstance(pos, int) or pos < 4:

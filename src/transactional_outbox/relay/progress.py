@@ -8,15 +8,14 @@ the server's head (0 when caught up), and the age of the last event published.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import pymysql
 
-from .position import BinlogPosition
+from .position import BinlogPosition, Position
 
 __all__ = ["BinlogHead", "bytes_behind", "describe"]
 
@@ -62,9 +61,9 @@ class BinlogHead:
             self.binlogs = ()
             self.close()
 
-    def behind(self, position: BinlogPosition | None) -> int | None:
+    def behind(self, position: Position | None) -> int | None:
         """Bytes between ``position`` and the head as last polled, if known."""
-        if position is None or not position.file or not self.binlogs:
+        if not isinstance(position, BinlogPosition) or not position.file or not self.binlogs:
             return None
         return bytes_behind(position, self.binlogs)
 
@@ -74,27 +73,6 @@ class BinlogHead:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-
-
-async def follow_head(
-    head: BinlogHead,
-    position: Callable[[], BinlogPosition | None],
-    report: Callable[[int | None], None],
-    over: asyncio.Event,
-) -> None:
-    """Report how far ``position()`` is behind the head, about once a second, until ``over``.
-
-    Reports ``None`` (unknown) when it ends, and closes ``head``.
-    """
-    try:
-        while not over.is_set():
-            await asyncio.to_thread(head.poll)
-            report(head.behind(position()))
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(over.wait(), 1.0)
-    finally:
-        report(None)
-        await asyncio.to_thread(head.close)
 
 
 def describe(behind: int | None, last_event_age: float | None) -> str:

@@ -1,4 +1,4 @@
-"""One publish session: a binlog source and a Kafka producer, from a start position.
+"""One publish session: a source (binlog, WAL) and a Kafka producer, from a start position.
 
 A :class:`PublishSession` owns its source, channel, publisher, watermark and
 failure. Kafka's answers come back as callbacks bound to the session that
@@ -6,8 +6,8 @@ sent the batch, so a late answer to a failed session touches only that
 session's watermark, never the next one's. :meth:`PublishSession.run`
 returns when stopped and raises when the session failed:
 :class:`SessionFailed` for what a new session from the watermark may fix,
-another :class:`Exception` for what it cannot (a purged binlog, an event
-Kafka refuses for good under the ``stop`` policy).
+another :class:`Exception` for what it cannot (a purged binlog, a lost
+slot, an event Kafka refuses for good under the ``stop`` policy).
 """
 
 from __future__ import annotations
@@ -21,15 +21,13 @@ from collections.abc import Callable
 from ..exceptions import PublishError
 from .channel import Channel, ChannelClosed
 from .config import RelaySettings
+from .database import Database, Source
 from .deadletter import dead_letter_record, rejected_event_id, rejection_reason
 from .faults import check_kafka_login
-from .position import BinlogPosition
+from .position import Position
 from .publisher import KafkaPublisher, is_permanent
-from .reach import recheck_after_reconnect
-from .reader_process import ProcessSource
 from .routing import KafkaRecord, TopicRouter, record_id
 from .rowdecoder import RejectedRow
-from .source import BinlogSource, SourceSettings
 from .stats import RelayStats
 from .term import LeaderTerm
 from .topics import Topics, TopicWaitAborted
@@ -50,9 +48,9 @@ class PublishSession:
     def __init__(
         self,
         settings: RelaySettings,
-        start: BinlogPosition,
+        start: Position,
         *,
-        source_settings: SourceSettings,
+        database: Database,
         router: TopicRouter,
         term: LeaderTerm,
         stats: RelayStats,
@@ -65,7 +63,7 @@ class PublishSession:
         # will be read and sent again.
         self.watermark = Watermark(start, stats.by_table if settings.multi_table else None)
         self.failure: BaseException | None = None
-        self._source_settings = source_settings
+        self._database = database
         self._router = router
         self._term = term
         self._stats = stats
@@ -73,7 +71,7 @@ class PublishSession:
         self._canary_seen = canary_seen
         self._stopped = False
         self._topics: Topics | None = None
-        self._source: BinlogSource | ProcessSource | None = None
+        self._source: Source | None = None
         self._channel: Channel | None = None
         self._publisher: KafkaPublisher | None = None
         self._dead_letter_tasks: set[asyncio.Future[None]] = set()
@@ -87,9 +85,15 @@ class PublishSession:
         return f"PublishSession(start={self.start}, stopped={self._stopped})"
 
     @property
-    def source(self) -> BinlogSource | ProcessSource | None:
-        """The binlog source while the session runs."""
+    def source(self) -> Source | None:
+        """The source while the session runs."""
         return self._source
+
+    def confirm(self, position: Position) -> None:
+        """``position`` is checkpointed: the source may let its server release the log
+        before it (a PostgreSQL slot)."""
+        if self._source is not None:
+            self._source.confirm(position)
 
     @property
     def outstanding(self) -> int:
@@ -98,7 +102,7 @@ class PublishSession:
 
     @property
     def queue_depth(self) -> int:
-        """Events read from the binlog, not yet taken (0 once the session ended)."""
+        """Events read from the source, not yet taken (0 once the session ended)."""
         return 0 if self._channel is None else self._channel.depth
 
     def stop(self) -> None:
@@ -136,18 +140,8 @@ class PublishSession:
         self._publisher = publisher
         self._loop = asyncio.get_running_loop()
         channel = self._channel = Channel(self._loop, max_events=s.queue_max_events)
-        start = self.start
-        # Every connection by GTID when the server has them (resume_by_gtid auto/on):
-        # a reconnect may reach another server (a failover) whose FILE:POS differ.
-        use_gtid = self._source_settings.by_gtid or (start.file == "" and start.gtid is not None)
-        reader = ProcessSource if s.reader == "process" else BinlogSource
-        source = self._source = reader(
-            self._source_settings,
-            channel,
-            start,
-            use_gtid=use_gtid,
-            on_state=self._on_source_state,
-            router=self._router,
+        source = self._source = self._database.open_source(
+            self.start, channel, router=self._router, on_state=self._on_source_state
         )
         if self._stopped:
             channel.close()
@@ -296,8 +290,8 @@ class PublishSession:
 
     def _on_source_state(self, state: str) -> None:
         # Called from the source's thread. After a reconnect, check again that the
-        # outbox rows reach the binlog read (the address may lead to another server).
-        self._stats.mysql = "ok" if state == "connected" else "degraded"
+        # outbox rows reach the log read (the address may lead to another server).
+        self._stats.database = "ok" if state == "connected" else "degraded"
         if state != "connected":
             self._reconnecting = True
         elif self._reconnecting and self._channel is not None and self._loop is not None:
@@ -305,6 +299,8 @@ class PublishSession:
             self._loop.call_soon_threadsafe(self._recheck, self._channel)
 
     def _recheck(self, channel: Channel) -> None:
-        task = recheck_after_reconnect(self.settings, channel.fail)
+        task = self._database.recheck(channel.fail)
+        if task is None:
+            return
         self._checks.add(task)
         task.add_done_callback(self._checks.discard)

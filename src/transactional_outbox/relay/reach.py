@@ -233,7 +233,7 @@ def check_rows_reach_binlog(
                 f"is {updates!r} on this replica of {source}: the rows it applies never reach "
                 f"its own binlog, so the relay would see no event written on the primary; "
                 f"restart the replica with --{updates_name.replace('_', '-')}, or point "
-                "mysql_url at the primary",
+                "database_url at the primary",
             )
         for row in replicas:
             filters = ReplicationFilters.from_status(row)
@@ -247,7 +247,7 @@ def check_rows_reach_binlog(
                         f"the primary's changes of `{schema}`.`{table}`, so they never reach "
                         f"its binlog; change the filter (MariaDB: STOP SLAVE; SET GLOBAL "
                         f"{setting}=...; START SLAVE; MySQL: CHANGE REPLICATION FILTER), or "
-                        "point mysql_url at the primary",
+                        "point database_url at the primary",
                     )
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 from ..exceptions import OutboxError
 from .channel import Channel, SourceBatch
-from .position import BinlogPosition
+from .position import BinlogPosition, Position
 from .routing import KafkaRecord, TopicRouter
 from .rowdecoder import RejectedRow
 from .source import BinlogSource, SourceSettings
@@ -60,6 +60,7 @@ def encode_batch(batch: SourceBatch) -> bytes:
     records = batch.records
     if not any(type(r) is RejectedRow for r in records):
         c = batch.commit
+        assert c is None or isinstance(c, BinlogPosition)  # a binlog source's batch
         commit = None if c is None else (c.file, c.pos, c.gtid, c.server)
         plain = [tuple(r) for r in records]  # type: ignore[arg-type]
         return b"M" + marshal.dumps((plain, commit, batch.tables))
@@ -251,6 +252,10 @@ class ProcessSource:
         if process is not None and process.poll() is None:
             with contextlib.suppress(OSError):
                 process.kill()
+
+    def confirm(self, position: Position) -> None:
+        """Nothing to confirm: a MySQL server keeps no log for a reader (the source interface
+        asks it of every source; a PostgreSQL slot needs it)."""
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the receiving thread and the child to end."""

@@ -6,6 +6,7 @@ fields so each file stays short; ``RelaySettings.__post_init__`` calls :func:`va
 from __future__ import annotations
 
 import dataclasses
+import logging
 import re
 from typing import TYPE_CHECKING
 
@@ -16,22 +17,74 @@ from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
 from .options import env_var, flag
 from .position import StartPolicy
+from .postgres.settings import check_postgres_settings
 from .resume import gtid_mode
 from .routing import invalid_topic_reason
 
 if TYPE_CHECKING:
     from .config import RelaySettings
 
-__all__ = ["REQUIRED", "validate"]
+__all__ = ["REQUIRED", "database_kind", "default_pg_name", "validate"]
 
-REQUIRED = ("mysql_url", "kafka_bootstrap_servers", "redis_url")
+log = logging.getLogger("transactional_outbox.relay")
+
+REQUIRED = ("database_url", "kafka_bootstrap_servers", "redis_url")
 """The connection settings without a default: a relay never connects somewhere by accident."""
+
+_KINDS = {
+    "mysql": "mysql",
+    "mariadb": "mysql",
+    "postgresql": "postgresql",
+    "postgres": "postgresql",
+}
+
+
+def database_kind(url: str) -> str:
+    """``mysql`` or ``postgresql`` by the URL's scheme (``mysql+pymysql``, ``postgresql``...)."""
+    scheme = url.partition("://")[0].partition("+")[0].lower()
+    kind = _KINDS.get(scheme)
+    if kind is None:
+        raise ConfigurationError(
+            "database_url",
+            f"{mask_url(url)!r} is neither a MySQL/MariaDB URL (mysql+pymysql://...) nor a "
+            "PostgreSQL URL (postgresql://...)",
+        )
+    return kind
+
+
+def default_pg_name(relay_name: str) -> str:
+    """The default slot and publication name of relay ``relay_name``."""
+    return ("outbox_relay_" + re.sub(r"[^a-z0-9_]", "_", relay_name.lower()))[:63]
+
+
+def _deprecated_url(s: RelaySettings) -> None:
+    # OUTBOX_MYSQL_URL also names the app's database in many shells (this repo's stack
+    # exports both): beside database_url it is ignored, with a WARNING if it differs.
+    if not s.mysql_url:
+        return
+    if not s.database_url:
+        log.warning(
+            "%s/%s is deprecated: use %s/%s (same value)",
+            env_var("mysql_url"),
+            flag("mysql_url"),
+            env_var("database_url"),
+            flag("database_url"),
+        )
+        object.__setattr__(s, "database_url", s.mysql_url)
+    elif s.database_url != s.mysql_url:
+        log.warning(
+            "%s (deprecated) is ignored: %s is set and wins",
+            env_var("mysql_url"),
+            env_var("database_url"),
+        )
+    object.__setattr__(s, "mysql_url", "")
 
 
 def validate(s: RelaySettings) -> None:
     """Check every setting of ``s``; raise :class:`ConfigurationError` naming the first wrong
     one. Normalises a few values in place (``kafka_acks`` as text, ``outbox_tables`` as a
-    tuple, ``resume_by_gtid`` as its mode)."""
+    tuple, ``resume_by_gtid`` as its mode, ``mysql_url`` moved to ``database_url``)."""
+    _deprecated_url(s)
     for name in REQUIRED:
         if not (s.kafka if name == "kafka_bootstrap_servers" else getattr(s, name)):
             raise ConfigurationError(
@@ -60,15 +113,25 @@ def validate(s: RelaySettings) -> None:
             "redis_url",
             f"{mask_url(s.redis_url)!r} is not a redis://, rediss:// or unix:// URL",
         )
-    try:
-        url = make_url(s.mysql_url)
-    except Exception:
-        raise ConfigurationError("mysql_url", "is not a valid URL") from None
-    if not url.host:
-        raise ConfigurationError("mysql_url", f"{mask_url(s.mysql_url)} has no host")
     _check_tables(s)
-    if not (s.multi_table or s.outbox_schema or url.database):
-        raise ConfigurationError("outbox_schema", "not set and mysql_url names no database")
+    if database_kind(s.database_url) == "postgresql":
+        check_postgres_settings(s)
+    else:
+        try:
+            url = make_url(s.database_url)
+        except Exception:
+            raise ConfigurationError("database_url", "is not a valid URL") from None
+        if not url.host:
+            raise ConfigurationError("database_url", f"{mask_url(s.database_url)} has no host")
+        if not (s.multi_table or s.outbox_schema or url.database):
+            raise ConfigurationError("outbox_schema", "not set and database_url names no database")
+        if s.pg_message_prefixes or s.pg_slot or s.pg_publication:
+            raise ConfigurationError(
+                "pg_message_prefixes" if s.pg_message_prefixes else "pg_slot",
+                "is for PostgreSQL relays; database_url is a MySQL/MariaDB URL",
+            )
+        if not s.tables and not s.outbox_table_pattern:
+            raise ConfigurationError("outbox_table", "is empty: name the outbox table")
     if s.server_id < 0 or s.server_id > 2**32 - 1:
         raise ConfigurationError("server_id", f"{s.server_id} is not in 0..4294967295")
     StartPolicy.parse(s.start_position)
@@ -100,6 +163,10 @@ def _check_tables(s: RelaySettings) -> None:
     if isinstance(tables, str):  # a keyword given as text, like from_env would
         tables = tuple(filter(None, (t.strip() for t in tables.split(","))))
     object.__setattr__(s, "outbox_tables", tuple(tables))
+    prefixes = s.pg_message_prefixes
+    if isinstance(prefixes, str):
+        prefixes = tuple(filter(None, (p.strip() for p in prefixes.split(","))))
+    object.__setattr__(s, "pg_message_prefixes", tuple(prefixes))
     for name in s.outbox_tables:
         schema, dot, table = name.partition(".")
         if not (dot and schema and table) or "." in table:

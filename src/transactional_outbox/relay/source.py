@@ -36,7 +36,7 @@ from .binlog.events import BinlogParser, DumpEnded, ServerError
 from .binlog.protocol import RECV_BYTES, DumpConnection
 from .binlog.tablemap import TableLayout
 from .channel import BatchSink, SourceBatch
-from .position import BinlogPosition
+from .position import BinlogPosition, Position
 from .resume import check_same_place, explain_refusal, read_identity
 from .routing import TopicRouter
 
@@ -140,6 +140,10 @@ class BinlogSource:
             # shutdown() (unlike close()) is safe while another thread is in recv():
             # the read returns at once and the thread sees the stop flag.
             dump.shutdown()
+
+    def confirm(self, position: Position) -> None:
+        """Nothing to confirm: a MySQL server keeps no log for a reader (the source interface
+        asks it of every source; a PostgreSQL slot needs it)."""
 
     def join(self, timeout: float | None = None) -> None:
         """Wait for the thread to exit."""

@@ -19,7 +19,7 @@ import pymysql
 from redis.exceptions import RedisError
 
 from .._fields import mask_url
-from ..exceptions import ConfigurationError, ServerConfigurationError
+from ..exceptions import CheckpointError, ConfigurationError, ServerConfigurationError
 from .checkpoints import CheckpointStores
 from .checks import ServerInfo, check_matching_tables, check_server, resolve_start
 from .config import RelaySettings
@@ -138,6 +138,13 @@ async def _resolve(
     s: RelaySettings, store: CheckpointStores, stats: RelayStats
 ) -> tuple[ServerInfo, BinlogPosition, str, list[tuple[str, str]]]:
     checkpoint = await store.load_start(s, stats)  # Redis's or Kafka's copy
+    if checkpoint is not None and not isinstance(checkpoint, BinlogPosition):
+        raise CheckpointError(
+            f"the checkpoint in {store.where} is a position of another kind of database "
+            f"({checkpoint}), and this relay reads MySQL/MariaDB: give this relay another "
+            "relay_name (relays of two databases must not share one), or start it once with "
+            "--ignore-checkpoint"
+        )
 
     def blocking() -> tuple[ServerInfo, BinlogPosition, str, list[tuple[str, str]]]:
         # With the database: the server then says "unknown database" itself

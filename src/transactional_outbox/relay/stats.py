@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .position import BinlogPosition
+from .position import Position
 from .progress import describe
 
 __all__ = ["LiveSession", "RelayStats"]
@@ -56,14 +56,16 @@ class RelayStats:
     canary_roundtrip: float | None = None  # seconds, the last canary's
     canaries_written: int = 0
     canaries_seen: int = 0
-    checkpoint: BinlogPosition | None = None
+    checkpoint: Position | None = None
     checkpoint_saved_at: float | None = None
     dead_lettered: int = 0
-    behind_bytes: int | None = None  # binlog bytes after the acknowledged position
+    behind_bytes: int | None = None  # log (binlog, WAL) bytes after the acknowledged position
+    slot_retained_bytes: int | None = None  # PostgreSQL: WAL the server keeps for the slot
     # The running publish session, read for its outstanding events and queue.
     session: LiveSession | None = None
     role: str = "starting"
-    mysql: str = "starting"
+    database: str = "starting"  # the source's connection
+    database_kind: str = "mysql"  # names it in health, metrics and the progress line
     kafka: str = "starting"
     redis: str = "starting"
     started_at: float = field(default_factory=time.monotonic)
@@ -141,7 +143,7 @@ class RelayStats:
             f"{rate:.0f} events/s, {self.published} published{tables}, "
             f"{describe(self.behind_bytes, self.last_event_age())}, "
             f"checkpoint {self.checkpoint or '-'}, queue {self.queue_depth}, "
-            f"mysql {self.mysql}, kafka {self._kafka_shown()}, redis {self.redis}"
+            f"{self.database_kind} {self.database}, kafka {self._kafka_shown()}, redis {self.redis}"
             + ("" if self.canary == "off" else f", canary {self.canary}")
         )
 
@@ -169,13 +171,13 @@ class RelayStats:
 
     def health(self) -> dict[str, Any]:
         """A snapshot of the relay's state; ``ready`` as ``/readyz`` reports it."""
-        connected = self.mysql == self.kafka == self.redis == "ok"
+        connected = self.database == self.kafka == self.redis == "ok"
         since = self.kafka_down_since
         return {
             "ready": self.role == "standby"
             or (self.role == "leader" and connected and self.canary in ("off", "ok")),
             "role": self.role,
-            "mysql": self.mysql,
+            self.database_kind: self.database,
             "kafka": self.kafka,
             "redis": self.redis,
             "published": self.published,

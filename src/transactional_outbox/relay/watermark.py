@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from .position import BinlogPosition
+from .position import Position
 
 __all__ = ["Watermark"]
 
@@ -23,7 +23,7 @@ __all__ = ["Watermark"]
 @dataclass(slots=True)
 class _Segment:
     outstanding: int = 0
-    end: BinlogPosition | None = None  # None while the transaction is still open
+    end: Position | None = None  # None while the transaction is still open
     tables: dict[str, int] | None = None  # events by outbox table (many tables only)
 
 
@@ -40,11 +40,11 @@ class Watermark:
     """
 
     def __init__(
-        self, start: BinlogPosition | None = None, done_by_table: dict[str, int] | None = None
+        self, start: Position | None = None, done_by_table: dict[str, int] | None = None
     ) -> None:
         self._segments: deque[_Segment] = deque([_Segment()])
         self._first_id = 0  # ticket of self._segments[0]
-        self.position: BinlogPosition | None = start
+        self.position: Position | None = start
         self.outstanding = 0
         self._done_by_table = done_by_table
 
@@ -62,7 +62,7 @@ class Watermark:
                     seg.tables[name] = seg.tables.get(name, 0) + n
         return self._first_id + len(self._segments) - 1
 
-    def commit(self, end: BinlogPosition) -> None:
+    def commit(self, end: Position) -> None:
         """Close the open transaction at ``end`` (the position after its commit)."""
         self._segments[-1].end = end
         self._segments.append(_Segment())

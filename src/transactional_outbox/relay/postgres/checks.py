@@ -193,7 +193,8 @@ def ensure_slot(conn: PgWire, name: str, *, ran_before: bool, create: bool) -> S
                 f"replication slot {name} is gone but this relay ran before (its checkpoint "
                 "exists): events committed since may be lost (a slot dropped, invalidated by "
                 "max_slot_wal_keep_size, or not carried to a promoted standby). To accept that "
-                "and start from now, delete the relay's checkpoint in Redis and restart"
+                "and start from now, start the relay once with --ignore-checkpoint (it creates "
+                "a new slot)"
             )
         if not create:
             raise ConfigurationError(
@@ -236,8 +237,8 @@ def ensure_slot(conn: PgWire, name: str, *, ran_before: bool, create: bool) -> S
         raise SlotLostError(
             f"replication slot {name} was invalidated (wal_status lost, max_slot_wal_keep_size):"
             " the WAL after its position was removed and events may be lost. To accept that, "
-            f"SELECT pg_drop_replication_slot({quote_literal(name)}), delete the relay's "
-            "checkpoint in Redis and restart"
+            f"SELECT pg_drop_replication_slot({quote_literal(name)}), then start the relay once "
+            "with --ignore-checkpoint"
         )
     return SlotState(name, parse_lsn(str(row[5])), parse_lsn(str(row[6])), active == "t", created)
 
@@ -252,8 +253,8 @@ def check_start_lsn(conn: PgWire, lsn: int) -> None:
         raise CheckpointError(
             f"the checkpoint's LSN {format_lsn(lsn)} is beyond this server's WAL "
             f"({format_lsn(current)}): it was saved against another server or timeline, and "
-            "starting there would skip what this one committed. Delete the relay's checkpoint "
-            "in Redis to start from the slot"
+            "starting there would skip what this one committed. Start the relay once with "
+            "--ignore-checkpoint to start from the slot"
         )
 
 

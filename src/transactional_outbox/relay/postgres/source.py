@@ -301,8 +301,8 @@ def _fatal(exc: PgServerError, slot: str) -> OutboxError:
     if exc.code == "42704":  # undefined_object: the slot is gone
         return SlotLostError(
             f"replication slot {slot} disappeared while the relay read it ({exc.message}); "
-            "events committed since may be lost. To accept that, delete the relay's "
-            "checkpoint in Redis and restart"
+            "events committed since may be lost. To accept that, start the relay once with "
+            "--ignore-checkpoint (it creates a new slot)"
         )
     if exc.code.startswith("28"):
         return ConfigurationError("database_url", f"login refused: {exc.message}")

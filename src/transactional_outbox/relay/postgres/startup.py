@@ -1,0 +1,128 @@
+"""Starting a PostgreSQL relay's term: check the server, the role, the tables, the
+publication and the slot, and resolve the start LSN.
+
+**Which wins, the checkpoint or the slot.** The source starts at the greater
+of the checkpoint's LSN and the slot's ``confirmed_flush_lsn``: both are
+acknowledged positions (the checkpointer saves only the watermark, and the
+slot is confirmed only after that save succeeded), so either skips only
+published events, and the newer one repeats fewer. A slot that is gone while
+a checkpoint exists is :class:`.checks.SlotLostError` (exit 3), never a new
+slot at the current LSN; a checkpoint of another cluster (its system
+identifier differs) or beyond the server's WAL is a ``CheckpointError``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from ...exceptions import CheckpointError, ConfigurationError
+from ..position import Position
+from .checks import (
+    SlotState,
+    check_role,
+    check_server,
+    check_start_lsn,
+    check_tables,
+    ensure_publication,
+    ensure_slot,
+)
+from .position import LsnPosition
+from .wire import PgConnectParams, PgServerError, PgWire
+
+__all__ = ["TRANSIENT", "PgStart", "login_error", "resolve_start"]
+
+log = logging.getLogger("transactional_outbox.relay")
+
+# Server answers a retry may fix: starting up or shutting down, too many connections.
+TRANSIENT = frozenset({"57P01", "57P02", "57P03", "53300", "08006", "08003"})
+
+
+@dataclass(frozen=True, slots=True)
+class PgStart:
+    """Where a PostgreSQL term starts, and why."""
+
+    position: LsnPosition
+    why: str
+    slot: SlotState
+    version: str
+
+
+def login_error(exc: PgServerError) -> ConfigurationError | None:
+    """The misconfiguration a server error at login means, if it means one."""
+    if exc.code.startswith("28") or exc.code == "3D000":  # login refused, no such database
+        return ConfigurationError("database_url", f"the server refused: {exc.message}")
+    return None
+
+
+def identify(params: PgConnectParams) -> tuple[str, int]:
+    """The cluster's system identifier and timeline (``IDENTIFY_SYSTEM``)."""
+    wire = PgWire(params, replication=True)
+    try:
+        row = wire.query("IDENTIFY_SYSTEM")[0]
+    finally:
+        wire.close()
+    return str(row[0]), int(row[1] or 0)
+
+
+def resolve_start(
+    params: PgConnectParams,
+    *,
+    tables: list[tuple[str, str]],
+    table_setting: str,
+    publication: str,
+    slot_name: str,
+    create: bool,
+    checkpoint: Position | None,
+) -> PgStart:
+    """Run the startup checks, create what is missing (``create``), pick the start LSN.
+
+    Blocking. Raises :class:`ConfigurationError` (exit 2) naming the setting to
+    change, :class:`CheckpointError` (exit 3) for a checkpoint or slot that
+    cannot be used.
+    """
+    if checkpoint is not None and not isinstance(checkpoint, LsnPosition):
+        raise CheckpointError(
+            f"the checkpoint ({checkpoint}) is a MySQL/MariaDB binlog position, and this relay "
+            "reads PostgreSQL: give this relay its own relay_name (relays of two databases "
+            "must not share one), or start it once with --ignore-checkpoint"
+        )
+    system, timeline = identify(params)
+    if checkpoint is not None and checkpoint.system not in (None, system):
+        raise CheckpointError(
+            f"the checkpoint at {checkpoint} was saved against another PostgreSQL cluster "
+            f"(system identifier {checkpoint.system}, this one is {system}): its LSN means "
+            "nothing here. If this cluster replaced that one on purpose, start once with "
+            "--ignore-checkpoint (events the old cluster committed after the checkpoint are "
+            "not read)"
+        )
+    conn = PgWire(params)
+    try:
+        rows = conn.query("SHOW server_version")
+        version = f"PostgreSQL {rows[0][0]}" if rows else "PostgreSQL"
+        check_server(conn)
+        check_role(conn)
+        check_tables(conn, tables, setting=table_setting)
+        if checkpoint is not None:
+            check_start_lsn(conn, checkpoint.lsn)
+        ensure_publication(conn, publication, tables, create=create)
+        slot = ensure_slot(conn, slot_name, ran_before=checkpoint is not None, create=create)
+    finally:
+        conn.close()
+    at = checkpoint.lsn if checkpoint is not None else 0
+    if slot.created:
+        why = f"new slot {slot_name}"
+    elif checkpoint is None:
+        why = f"slot {slot_name}'s confirmed position (no checkpoint)"
+    elif slot.confirmed_flush_lsn > at:
+        why = f"slot {slot_name}, ahead of the checkpoint at {checkpoint}"
+    else:
+        why = "checkpoint"
+    lsn = max(at, slot.confirmed_flush_lsn)
+    if slot.active:
+        log.info(
+            "slot %s is still active (an earlier leader's connection?): the source retries "
+            "until PostgreSQL lets it go (wal_sender_timeout)",
+            slot_name,
+        )
+    return PgStart(LsnPosition(lsn=lsn, system=system, timeline=timeline), why, slot, version)
