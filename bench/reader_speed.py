@@ -37,9 +37,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))
 
 from transactional_outbox.relay.channel import SourceBatch  # noqa: E402
+from transactional_outbox.relay.mysql.source import BinlogSource, SourceSettings  # noqa: E402
 from transactional_outbox.relay.position import BinlogPosition  # noqa: E402
 from transactional_outbox.relay.routing import TopicRouter  # noqa: E402
-from transactional_outbox.relay.source import BinlogSource, SourceSettings  # noqa: E402
 
 BUSINESS_DDL = "CREATE TABLE orders (id BIGINT AUTO_INCREMENT PRIMARY KEY, note VARCHAR(64))"
 
@@ -132,7 +132,7 @@ def old_source_class(rev: str) -> type:
     sys.modules[name] = module
     exec(compile(text, f"<{rev}:source.py>", "exec"), module.__dict__)
     # The decoder now takes a per-reader memo where it took the router.
-    from transactional_outbox.relay.rowdecoder import RowMemo, decode_rows
+    from transactional_outbox.relay.mysql.rowdecoder import RowMemo, decode_rows
 
     memos: dict[int, RowMemo] = {}
 
@@ -148,7 +148,7 @@ def old_source_class(rev: str) -> type:
 
 def use_generic_decoder() -> None:
     """Make every new row plan decode with the generic, column-by-column decoder."""
-    from transactional_outbox.relay import rowdecoder
+    from transactional_outbox.relay.mysql import rowdecoder
 
     def generic(readers: tuple[tuple[int, int], ...], index: dict[str, int], nb: int) -> object:
         plan = rowdecoder.RowPlan(readers, index, nb)
@@ -200,7 +200,7 @@ def timed_process(
     import resource
 
     from transactional_outbox.relay.channel import Channel
-    from transactional_outbox.relay.reader_process import ProcessSource
+    from transactional_outbox.relay.mysql.reader_process import ProcessSource
 
     settings = source_settings(db, server_id=5903)
 

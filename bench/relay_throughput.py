@@ -71,9 +71,9 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
 
 from transactional_outbox.event import OutboxEvent
+from transactional_outbox.relay.mysql.source import BinlogSource, SourceSettings
 from transactional_outbox.relay.position import BinlogPosition
 from transactional_outbox.relay.routing import TopicRouter, build_record
-from transactional_outbox.relay.source import BinlogSource, SourceSettings
 
 MEASURES = ("library", "reader", "kafka", "relay")
 

@@ -11,7 +11,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 
-from transactional_outbox.relay.rowdecoder import BLOB, DATETIME2, STRING, VARCHAR, ColumnSpec
+from transactional_outbox.relay.mysql.rowdecoder import BLOB, DATETIME2, STRING, VARCHAR, ColumnSpec
 
 TS = 1_764_000_000
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from transactional_outbox.relay.binlog.events import BinlogParser, DumpEnded
-from transactional_outbox.relay.binlog.protocol import DumpConnection
+from transactional_outbox.relay.mysql.binlog.events import BinlogParser, DumpEnded
+from transactional_outbox.relay.mysql.binlog.protocol import DumpConnection
+from transactional_outbox.relay.mysql.rowdecoder import RejectedRow
 from transactional_outbox.relay.position import BinlogPosition
 from transactional_outbox.relay.routing import KafkaRecord, TopicRouter
-from transactional_outbox.relay.rowdecoder import RejectedRow
 
 from .conftest import Stack
 

@@ -20,7 +20,13 @@ from tests._pg import OUTBOX_DDL, PgDb, db, pg
 from tests.conftest import Stack
 from tests.polling import wait_until
 from tests.relay_harness import Collector, RelayProcess
-from transactional_outbox import CheckpointError, ConfigurationError, OutboxEvent, OutboxSession
+from transactional_outbox import (
+    CheckpointError,
+    ConfigurationError,
+    OutboxEvent,
+    OutboxSession,
+    outbox_table,
+)
 from transactional_outbox.exceptions import PublishError
 from transactional_outbox.relay import Relay, RelaySettings
 from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint
@@ -323,3 +329,90 @@ async def test_startup_errors_name_the_setting(
     with pytest.raises(CheckpointError) as error:
         await asyncio.wait_for(Relay(settings).run(), 30)
     assert "relay_name" in str(error.value) and "--ignore-checkpoint" in str(error.value)
+
+
+async def test_redis_losing_the_checkpoint_resumes_from_the_slot_and_a_lost_slot_too_stops(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    _outbox(db)
+    # Redis only: its checkpoint is the one copy (no Kafka topic copy to fall back on).
+    settings = _settings(db, stack, topic_prefix, redis_prefix, checkpoint_topic="")
+    first, meanwhile = _event("k", 0), _event("k", 1)
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        relay = Relay(settings)
+        task = asyncio.create_task(relay.run())
+        await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+        _write(db, [first])
+        await col.wait_for(1)
+        await wait_until(lambda: db.confirmed_flush() > 0, what="slot confirmed")
+        relay.stop()
+        await asyncio.wait_for(task, 30)
+        client = redis.Redis.from_url(stack.redis_url)
+        try:
+            client.delete(settings.checkpoint_key)  # the token key of its saves stays
+        finally:
+            client.close()
+        _write(db, [meanwhile])
+        relay = Relay(settings)
+        task = asyncio.create_task(relay.run())
+        try:
+            await col.wait_for(2)
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 30)
+    assert _first_seen(col) == {"k": [str(first.id), str(meanwhile.id)]}
+    # Checkpoint and slot both gone: the relay ran before (the token key says so), so a
+    # new slot would skip what was committed meanwhile: exit 3, never a silent start.
+    client = redis.Redis.from_url(stack.redis_url)
+    try:
+        client.delete(settings.checkpoint_key)
+    finally:
+        client.close()
+    db.sql(f"SELECT pg_drop_replication_slot('{db.slot}')")
+    with pytest.raises(CheckpointError) as info:
+        await asyncio.wait_for(Relay(settings).run(), 30)
+    assert "--ignore-checkpoint" in str(info.value)
+
+
+async def test_many_outbox_tables_one_publication_and_counts_per_table(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    _outbox(db)
+    _outbox(db, "billing_outbox")
+    settings = _settings(
+        db,
+        stack,
+        topic_prefix,
+        redis_prefix,
+        outbox_tables="public.outbox,public.billing_outbox",
+        topic_template=topic_prefix + "{table}.{aggregatetype}",
+    )
+    shop, billing = [_event("s", i) for i in range(3)], [_event("b", i) for i in range(2)]
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "outbox.order", topic_prefix + "billing_outbox.order"])
+        relay = Relay(settings)
+        task = asyncio.create_task(relay.run())
+        try:
+            await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+            _write(db, shop)
+            table = outbox_table(sa.MetaData(), name="billing_outbox")
+            factory = sessionmaker(db.engine, class_=OutboxSession, outbox_table=table)
+            with factory() as session:
+                session.add_events(billing)
+                session.commit()
+            await col.wait_for(5)
+            await wait_until(
+                lambda: relay.stats.by_table == {"public.outbox": 3, "public.billing_outbox": 2},
+                what=lambda: f"counts per table {relay.stats.by_table}",
+            )
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 30)
+    by_topic = {r.topic: [] for r in col.records}
+    for r in col.records:
+        by_topic[r.topic].append(dict(r.headers)["id"].decode())
+    assert by_topic == {
+        topic_prefix + "outbox.order": [str(e.id) for e in shop],
+        topic_prefix + "billing_outbox.order": [str(e.id) for e in billing],
+    }

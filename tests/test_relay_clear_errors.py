@@ -21,7 +21,7 @@ import pytest
 from transactional_outbox import ConfigurationError
 from transactional_outbox.relay import Relay
 from transactional_outbox.relay.config import env_var
-from transactional_outbox.relay.startup import choose_server_id
+from transactional_outbox.relay.mysql.startup import choose_server_id
 
 from .conftest import Stack
 from .polling import wait_until_sync

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from transactional_outbox.relay import startup
+from transactional_outbox.relay.mysql import startup
 
 from .relay_harness import Collector, make_event, relay_settings, running_relay, write_events
 

@@ -15,12 +15,12 @@ from collections.abc import Iterator
 import pymysql
 import pytest
 
-from transactional_outbox.relay.binlog.protocol import DumpConnection
 from transactional_outbox.relay.channel import SourceBatch
-from transactional_outbox.relay.decode import row_to_event
+from transactional_outbox.relay.mysql.binlog.protocol import DumpConnection
+from transactional_outbox.relay.mysql.decode import row_to_event
+from transactional_outbox.relay.mysql.source import BinlogSource, SourceSettings
 from transactional_outbox.relay.position import BinlogPosition
 from transactional_outbox.relay.routing import TopicRouter, build_record
-from transactional_outbox.relay.source import BinlogSource, SourceSettings
 
 from . import _binlog, _own_reader
 from .conftest import Stack
@@ -241,7 +241,7 @@ def test_a_reconnect_to_another_server_mid_transaction_skips_none_of_its_rows(
     # connection is then lost and the next one reaches "another server" (a failover:
     # the identity is replaced here, the binlog is the stack's). The transaction read
     # there may be another one, so none of its rows may be skipped as "already sent".
-    from transactional_outbox.relay import source as source_module
+    from transactional_outbox.relay.mysql import source as source_module
 
     identities = iter(["server_id=1", "server_id=2"])
     monkeypatch.setattr(source_module, "read_identity", lambda cur, **kw: next(identities))

@@ -11,10 +11,10 @@ import pytest
 
 from transactional_outbox.exceptions import BinlogPurgedError, InvalidEventError, OutboxError
 from transactional_outbox.relay.channel import SourceBatch
+from transactional_outbox.relay.mysql.reader_process import _portable, decode_message, encode_batch
+from transactional_outbox.relay.mysql.rowdecoder import RejectedRow
 from transactional_outbox.relay.position import BinlogPosition
-from transactional_outbox.relay.reader_process import _portable, decode_message, encode_batch
 from transactional_outbox.relay.routing import KafkaRecord, TopicRouter, build_record
-from transactional_outbox.relay.rowdecoder import RejectedRow
 
 from .conftest import Stack
 from .relay_harness import (

@@ -13,9 +13,8 @@ from pymysqlreplication import BinLogStreamReader
 from pymysqlreplication.row_event import WriteRowsEvent
 
 from transactional_outbox import InvalidEventError, OutboxEvent
-from transactional_outbox.relay.decode import row_to_event
-from transactional_outbox.relay.routing import KafkaRecord, TopicRouter, build_record, event_of
-from transactional_outbox.relay.rowdecoder import (
+from transactional_outbox.relay.mysql.decode import row_to_event
+from transactional_outbox.relay.mysql.rowdecoder import (
     BLOB,
     DATETIME2,
     STRING,
@@ -27,6 +26,7 @@ from transactional_outbox.relay.rowdecoder import (
     decode_rows_generic,
     plan_for,
 )
+from transactional_outbox.relay.routing import KafkaRecord, TopicRouter, build_record, event_of
 
 from . import _binlog, _binlog_bytes, _own_reader
 from .conftest import Stack

@@ -22,8 +22,8 @@ import redis
 from sqlalchemy.engine import make_url
 
 from outbox_dev.scratch import ScratchMariaDB
+from transactional_outbox.relay.mysql.source import BinlogSource
 from transactional_outbox.relay.position import decode_checkpoint
-from transactional_outbox.relay.source import BinlogSource
 
 from .conftest import Stack, unique
 from .relay_harness import (

@@ -14,16 +14,16 @@ import uuid
 import pytest
 
 from transactional_outbox.exceptions import OutboxError, ServerConfigurationError
-from transactional_outbox.relay.binlog.events import BinlogParser, DumpEnded, ServerError
-from transactional_outbox.relay.binlog.protocol import (
+from transactional_outbox.relay.mysql.binlog.events import BinlogParser, DumpEnded, ServerError
+from transactional_outbox.relay.mysql.binlog.protocol import (
     binlog_dump,
     binlog_dump_gtid,
     encode_mysql_gtid_set,
     register_slave,
 )
-from transactional_outbox.relay.binlog.tablemap import TableLayout
+from transactional_outbox.relay.mysql.binlog.tablemap import TableLayout
+from transactional_outbox.relay.mysql.rowdecoder import ColumnSpec, RejectedRow
 from transactional_outbox.relay.position import BinlogPosition
-from transactional_outbox.relay.rowdecoder import ColumnSpec, RejectedRow
 
 from . import _binlog_bytes as B
 from .test_relay_rowdecoder import ROUTER, encode_row, expected, row
@@ -402,7 +402,7 @@ def test_events_the_relay_does_not_need_are_skipped_without_moving_positions() -
 
 def test_configuration_errors_reach_the_relay_from_the_reader_process_intact() -> None:
     # The relay's exit code depends on the type (2 for a misconfigured server).
-    from transactional_outbox.relay.reader_process import _portable
+    from transactional_outbox.relay.mysql.reader_process import _portable
 
     error = _portable(ServerConfigurationError("log_bin_compress", "set it OFF"))
     assert type(error) is ServerConfigurationError

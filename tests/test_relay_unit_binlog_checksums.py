@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from transactional_outbox.exceptions import OutboxError
-from transactional_outbox.relay.binlog.events import BinlogParser
+from transactional_outbox.relay.mysql.binlog.events import BinlogParser
 from transactional_outbox.relay.position import BinlogPosition
 
 from . import _binlog_bytes as B

@@ -11,9 +11,9 @@ from __future__ import annotations
 import pytest
 
 from transactional_outbox.exceptions import OutboxError, ServerConfigurationError
-from transactional_outbox.relay.binlog.events import BinlogParser
-from transactional_outbox.relay.binlog.outboxtables import OutboxTables
-from transactional_outbox.relay.binlog.statements import written_tables
+from transactional_outbox.relay.mysql.binlog.events import BinlogParser
+from transactional_outbox.relay.mysql.binlog.outboxtables import OutboxTables
+from transactional_outbox.relay.mysql.binlog.statements import written_tables
 from transactional_outbox.relay.position import BinlogPosition
 
 from . import _binlog_bytes as B

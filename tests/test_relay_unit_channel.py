@@ -13,9 +13,9 @@ import pytest
 
 from transactional_outbox.event import OutboxEvent
 from transactional_outbox.relay.channel import Channel, ChannelClosed, SourceBatch
+from transactional_outbox.relay.mysql.rowdecoder import RejectedRow
 from transactional_outbox.relay.position import BinlogPosition
 from transactional_outbox.relay.routing import KafkaRecord, TopicRouter, build_record, record_id
-from transactional_outbox.relay.rowdecoder import RejectedRow
 
 WAIT = 10.0  # upper bound for anything that must happen; never reached when correct
 

@@ -17,9 +17,9 @@ from transactional_outbox._fields import mask_url
 from transactional_outbox.exceptions import ConfigurationError
 from transactional_outbox.relay.__main__ import main
 from transactional_outbox.relay.config import RelaySettings, build_parser, env_var
+from transactional_outbox.relay.mysql.startup import derive_server_id
 from transactional_outbox.relay.options import SECRET, convert, flat_fields, option
 from transactional_outbox.relay.position import StartPolicy
-from transactional_outbox.relay.startup import derive_server_id
 
 MYSQL_SECRET = "Hunter2#MyS/ql?Pw"  # characters urlsplit misreads as fragment/path/query
 REDIS_SECRET = "R3disS3cretXYZ"
@@ -189,7 +189,7 @@ def test_derived_server_ids_differ_per_start_and_stay_in_range() -> None:
 
 
 def test_derived_server_id_is_never_the_servers_own(monkeypatch: pytest.MonkeyPatch) -> None:
-    from transactional_outbox.relay import startup
+    from transactional_outbox.relay.mysql import startup
 
     monkeypatch.setattr(startup.secrets, "token_hex", lambda n: "fixed")
     taken = derive_server_id("billing")
@@ -199,7 +199,7 @@ def test_derived_server_id_is_never_the_servers_own(monkeypatch: pytest.MonkeyPa
 
 def test_derived_server_ids_differ_across_processes() -> None:
     code = (
-        "from transactional_outbox.relay.startup import derive_server_id;"
+        "from transactional_outbox.relay.mysql.startup import derive_server_id;"
         "print(derive_server_id('billing'))"
     )
     outs = {

@@ -10,7 +10,7 @@ import pytest
 
 from transactional_outbox.exceptions import InvalidEventError
 from transactional_outbox.record_format import COLUMNS as REQUIRED_COLUMNS
-from transactional_outbox.relay.decode import row_to_event
+from transactional_outbox.relay.mysql.decode import row_to_event
 
 ID = bytes.fromhex("0190a6b23c4d7e5f8a9b0c1d2e3f4a5b")
 

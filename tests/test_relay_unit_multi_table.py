@@ -10,15 +10,15 @@ import pytest
 
 from transactional_outbox import KafkaConnection
 from transactional_outbox.exceptions import ConfigurationError
-from transactional_outbox.relay.binlog.events import BinlogParser
 from transactional_outbox.relay.channel import SourceBatch
 from transactional_outbox.relay.config import RelaySettings
 from transactional_outbox.relay.deadletter import dead_letter_record, rejection_reason
 from transactional_outbox.relay.metrics import RelayMetrics
+from transactional_outbox.relay.mysql.binlog.events import BinlogParser
+from transactional_outbox.relay.mysql.reader_process import decode_message, encode_batch
+from transactional_outbox.relay.mysql.rowdecoder import ColumnSpec, RejectedRow
 from transactional_outbox.relay.position import BinlogPosition
-from transactional_outbox.relay.reader_process import decode_message, encode_batch
 from transactional_outbox.relay.routing import KafkaRecord, TopicRouter
-from transactional_outbox.relay.rowdecoder import ColumnSpec, RejectedRow
 from transactional_outbox.relay.stats import RelayStats
 from transactional_outbox.relay.watermark import Watermark
 

@@ -12,9 +12,9 @@ from transactional_outbox.relay.deadletter import (
 )
 from transactional_outbox.relay.leadership import Lease, LeaseKeys
 from transactional_outbox.relay.metrics import RelayMetrics
+from transactional_outbox.relay.mysql.rowdecoder import RejectedRow
 from transactional_outbox.relay.position import BinlogPosition
 from transactional_outbox.relay.routing import TopicRouter, build_record
-from transactional_outbox.relay.rowdecoder import RejectedRow
 from transactional_outbox.relay.stats import RelayStats
 from transactional_outbox.relay.term import LeaderTerm
 

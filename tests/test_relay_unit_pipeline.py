@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from transactional_outbox.relay import BinlogPosition, KafkaConnection, Relay, RelaySettings
-from transactional_outbox.relay.database import database_for
 from transactional_outbox.relay.leadership import Lease, LeaseKeys
+from transactional_outbox.relay.pipeline import database_for
 from transactional_outbox.relay.publish_session import PublishSession
 from transactional_outbox.relay.routing import TopicRouter, build_record
 from transactional_outbox.relay.stats import RelayStats

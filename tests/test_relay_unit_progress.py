@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from transactional_outbox.relay.mysql.progress import bytes_behind
 from transactional_outbox.relay.position import BinlogPosition
-from transactional_outbox.relay.progress import bytes_behind, describe
+from transactional_outbox.relay.stats import describe
 
 ROOT = Path(__file__).resolve().parent.parent
 LOGS = [("mysql-bin.000001", 1000), ("mysql-bin.000002", 500), ("mysql-bin.000003", 300)]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from transactional_outbox.relay.reach import (
+from transactional_outbox.relay.mysql.reach import (
     ReplicationFilters,
     binlog_excludes,
     replication_excludes,

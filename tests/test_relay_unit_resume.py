@@ -13,19 +13,19 @@ from transactional_outbox.exceptions import (
     CheckpointError,
     ConfigurationError,
 )
-from transactional_outbox.relay.checks import ServerInfo
-from transactional_outbox.relay.position import (
-    BinlogPosition,
-    decode_checkpoint,
-    encode_checkpoint,
-    server_identity,
-)
-from transactional_outbox.relay.resume import (
+from transactional_outbox.relay.mysql.checks import ServerInfo
+from transactional_outbox.relay.mysql.resume import (
     missing_gtids,
     resume_checkpoint,
     same_place,
     shared_state,
     uses_gtid,
+)
+from transactional_outbox.relay.position import (
+    BinlogPosition,
+    decode_checkpoint,
+    encode_checkpoint,
+    server_identity,
 )
 
 OLD = "server_id=1"  # the old primary

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from transactional_outbox import AsyncOutboxSession, OutboxEvent, OutboxSession, outbox_table
 from transactional_outbox._outbox_sql import DELETE_CHUNK, ONE_STATEMENT_MAX_BYTES
 from transactional_outbox.event import encode_headers
-from transactional_outbox.relay.binlog.protocol import DumpConnection
+from transactional_outbox.relay.mysql.binlog.protocol import DumpConnection
 
 from ._binlog import Position, count_rows, position
 from .conftest import Stack

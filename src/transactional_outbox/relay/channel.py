@@ -15,7 +15,7 @@ from typing import Protocol
 
 from .position import Position
 from .routing import KafkaRecord
-from .rowdecoder import RejectedRow
+from .rowrecord import RejectedRow
 
 __all__ = ["BatchSink", "Channel", "ChannelClosed", "SourceBatch"]
 

@@ -40,6 +40,7 @@ class CheckpointStores:
         self.kafka = kafka
         self.lease = lease
         self.relay_name = relay_name
+        self.ran_before = False  # set by load_start: a store shows an earlier save
         self._eviction_checked = False
 
     def __repr__(self) -> str:
@@ -51,8 +52,14 @@ class CheckpointStores:
         redis = f"Redis (key {self.redis.key!r})"
         return redis if self.kafka is None else f"{redis} or {self.kafka.where}"
 
-    async def load_start(self, settings: RelaySettings, stats: RelayStats) -> Position | None:
+    async def load_start(
+        self, settings: RelaySettings, stats: RelayStats, *, server_keeps_place: bool = False
+    ) -> Position | None:
         """The checkpoint to start from, or ``None`` to start at ``start_position``.
+
+        ``server_keeps_place``: the server holds the relay's place itself (a PostgreSQL
+        slot), so a relay that ran before and lost both copies may start there; the
+        caller must then refuse a server that lost it too (:attr:`ran_before`).
 
         Raises :class:`~transactional_outbox.ConfigurationError` (exit 2) when a
         store shows the relay ran before but no copy survives and the start is
@@ -68,6 +75,7 @@ class CheckpointStores:
             # A refused login fails every retry: exit 2 now, not "unreadable" forever.
             await check_kafka_login(settings, settings.producer_args())
             kafka = await self.kafka.read(strict=not settings.ignore_checkpoint)
+        self.ran_before = saved_before or kafka.seen or redis_copy is not None
         acquired = self.lease.token or 0
         await self._keep_tokens_growing(kafka, acquired)
         if settings.ignore_checkpoint:
@@ -83,7 +91,7 @@ class CheckpointStores:
             redis_copy,
             kafka,
             ran_before_in_redis=saved_before,
-            explicit_start=settings.start_policy().explicit,
+            explicit_start=settings.start_policy().explicit or server_keeps_place,
             ignore_checkpoint=settings.ignore_checkpoint,
             relay=settings.relay_name,
             where=self.where,

@@ -22,6 +22,7 @@ from .._fields import mask_url
 from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
 from .canary import CanarySettings
+from .mysql.resume import gtid_mode_option
 from .options import (
     SECRET,
     env_var,
@@ -34,7 +35,6 @@ from .options import (
     values_from_env,
 )
 from .position import StartPolicy
-from .resume import gtid_mode_option
 from .routing import DEFAULT_TOPIC_TEMPLATE, TopicRouter
 from .settings_checks import REQUIRED, database_kind, default_pg_name, validate
 

@@ -8,7 +8,8 @@ checkpointer know no MySQL and no PostgreSQL. They ask a :class:`Database`
 sink), and for a :class:`Head` that says how far behind the log the relay
 is. Positions are opaque to the core (:class:`~.position.Position`): it only
 compares, stores and prints them. Implementations: :mod:`.mysql` (the binlog)
-and :mod:`.postgres` (logical replication).
+and :mod:`.postgres` (logical replication); :func:`.pipeline.database_for`
+picks one by the URL.
 """
 
 from __future__ import annotations
@@ -25,10 +26,9 @@ from .routing import TopicRouter
 
 if TYPE_CHECKING:
     from .checkpoints import CheckpointStores
-    from .config import RelaySettings
     from .stats import RelayStats
 
-__all__ = ["Database", "Head", "Source", "database_for", "follow_head"]
+__all__ = ["Database", "Head", "Source", "follow_head"]
 
 
 class Source(Protocol):
@@ -105,17 +105,6 @@ class Database(ABC):
         """After a source reconnected: check again that the outbox rows reach what it
         reads (``fail`` stops the session); None when there is nothing to check."""
         return None
-
-
-def database_for(settings: RelaySettings) -> Database:
-    """The :class:`Database` that ``settings.database_url`` names."""
-    if settings.database_kind == "postgresql":
-        from .postgres.database import PostgresDatabase
-
-        return PostgresDatabase(settings)
-    from .mysql.database import MySQLDatabase
-
-    return MySQLDatabase(settings)
 
 
 async def follow_head(

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from .routing import KafkaRecord, event_of, record_id
-from .rowdecoder import RejectedRow
+from .rowrecord import RejectedRow
 
 __all__ = ["dead_letter_record", "rejected_event_id", "rejection_reason"]
 

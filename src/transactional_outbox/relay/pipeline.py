@@ -29,7 +29,7 @@ from .checkpoint_topic import KafkaCheckpointTopic
 from .checkpointer import Checkpointer
 from .checkpoints import CheckpointStores
 from .config import RelaySettings
-from .database import database_for, follow_head
+from .database import Database, follow_head
 from .health import HealthServer
 from .leadership import Lease, LeaseKeys
 from .metrics import RelayMetrics
@@ -38,7 +38,7 @@ from .publish_session import PublishSession, SessionFailed
 from .stats import RelayStats
 from .term import LeaderTerm, wait_for_lease
 
-__all__ = ["Relay", "RelayStats"]
+__all__ = ["Relay", "RelayStats", "database_for"]
 
 log = logging.getLogger("transactional_outbox.relay")
 
@@ -243,6 +243,17 @@ class Relay:
         while True:
             self._loop_tick = time.monotonic()
             await asyncio.sleep(0.5)
+
+
+def database_for(settings: RelaySettings) -> Database:
+    """The :class:`~.database.Database` that ``settings.database_url`` names."""
+    if settings.database_kind == "postgresql":
+        from .postgres.database import PostgresDatabase
+
+        return PostgresDatabase(settings)
+    from .mysql.database import MySQLDatabase
+
+    return MySQLDatabase(settings)
 
 
 def _checkpoint_topic(s: RelaySettings) -> KafkaCheckpointTopic | None:

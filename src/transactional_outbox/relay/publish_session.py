@@ -27,7 +27,7 @@ from .faults import check_kafka_login
 from .position import Position
 from .publisher import KafkaPublisher, is_permanent
 from .routing import KafkaRecord, TopicRouter, record_id
-from .rowdecoder import RejectedRow
+from .rowrecord import RejectedRow
 from .stats import RelayStats
 from .term import LeaderTerm
 from .topics import Topics, TopicWaitAborted

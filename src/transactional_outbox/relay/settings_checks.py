@@ -15,10 +15,10 @@ from sqlalchemy.engine import make_url
 from .._fields import mask_url
 from ..exceptions import ConfigurationError
 from ..kafka import KafkaConnection
+from .mysql.resume import gtid_mode
 from .options import env_var, flag
 from .position import StartPolicy
 from .postgres.settings import check_postgres_settings
-from .resume import gtid_mode
 from .routing import invalid_topic_reason
 
 if TYPE_CHECKING:

@@ -14,11 +14,17 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from .position import Position
-from .progress import describe
 
-__all__ = ["LiveSession", "RelayStats"]
+__all__ = ["LiveSession", "RelayStats", "describe"]
 
 log = logging.getLogger("transactional_outbox.relay")
+
+
+def describe(behind: int | None, last_event_age: float | None) -> str:
+    """``behind 0 B, last event 12.3s ago``: the two figures as the progress line shows them."""
+    shown_behind = "-" if behind is None else f"{behind} B"
+    shown_age = "none yet" if last_event_age is None else f"{last_event_age:.1f}s ago"
+    return f"behind {shown_behind}, last event {shown_age}"
 
 
 class LiveSession(Protocol):

@@ -1,5 +1,8 @@
-"""The relay's MySQL/MariaDB database: the binlog source behind :mod:`..database`'s interface."""
+"""The relay's MySQL/MariaDB side behind :mod:`..database`'s interface: the binlog
+source (:mod:`.source`, :mod:`.reader_process`, :mod:`.binlog`), the row decoder, the
+startup checks and start position (:mod:`.startup`, :mod:`.checks`, :mod:`.resume`,
+:mod:`.reach`) and :class:`.database.MySQLDatabase`.
 
-from .database import MySQLDatabase
-
-__all__ = ["MySQLDatabase"]
+Imports nothing here: the settings import :mod:`.resume`, and the database imports the
+settings.
+"""

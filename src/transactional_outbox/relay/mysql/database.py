@@ -10,15 +10,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ...exceptions import CheckpointError
-from .. import startup
 from ..channel import Channel
 from ..database import Database, Head, Source
 from ..position import BinlogPosition, Position
-from ..progress import BinlogHead
-from ..reach import recheck_after_reconnect
-from ..reader_process import ProcessSource
 from ..routing import TopicRouter
-from ..source import BinlogSource
+from . import startup
+from .progress import BinlogHead
+from .reach import recheck_after_reconnect
+from .reader_process import ProcessSource
+from .source import BinlogSource
 
 if TYPE_CHECKING:
     from ..checkpoints import CheckpointStores

@@ -57,7 +57,8 @@ class PostgresDatabase(Database):
         delay = 0.5
         while True:
             try:
-                checkpoint = await store.load_start(s, stats)
+                # Both copies lost: the slot holds the place (acknowledged events only).
+                checkpoint = await store.load_start(s, stats, server_keeps_place=True)
                 start = await asyncio.to_thread(
                     resolve_start,
                     self.params,
@@ -67,6 +68,7 @@ class PostgresDatabase(Database):
                     slot_name=s.slot_name,
                     create=s.pg_create,
                     checkpoint=checkpoint,
+                    ran_before=store.ran_before and not s.ignore_checkpoint,
                 )
                 break
             except (PgServerError, RedisError, OSError) as exc:

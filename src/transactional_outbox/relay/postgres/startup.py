@@ -74,8 +74,12 @@ def resolve_start(
     slot_name: str,
     create: bool,
     checkpoint: Position | None,
+    ran_before: bool = False,
 ) -> PgStart:
     """Run the startup checks, create what is missing (``create``), pick the start LSN.
+
+    ``ran_before``: a store shows this relay saved before, even with no checkpoint
+    left; then a missing slot is :class:`.checks.SlotLostError`, never a new one.
 
     Blocking. Raises :class:`ConfigurationError` (exit 2) naming the setting to
     change, :class:`CheckpointError` (exit 3) for a checkpoint or slot that
@@ -106,7 +110,8 @@ def resolve_start(
         if checkpoint is not None:
             check_start_lsn(conn, checkpoint.lsn)
         ensure_publication(conn, publication, tables, create=create)
-        slot = ensure_slot(conn, slot_name, ran_before=checkpoint is not None, create=create)
+        ran = ran_before or checkpoint is not None
+        slot = ensure_slot(conn, slot_name, ran_before=ran, create=create)
     finally:
         conn.close()
     at = checkpoint.lsn if checkpoint is not None else 0

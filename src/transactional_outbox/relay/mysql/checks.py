@@ -14,9 +14,9 @@ from typing import Any
 
 import pymysql
 
-from ..exceptions import BinlogPurgedError, CheckpointError, ServerConfigurationError
-from ..record_format import COLUMNS
-from .position import BinlogPosition, StartPolicy, server_identity
+from ...exceptions import BinlogPurgedError, CheckpointError, ServerConfigurationError
+from ...record_format import COLUMNS
+from ..position import BinlogPosition, StartPolicy, server_identity
 from .resume import resume_checkpoint
 
 __all__ = [

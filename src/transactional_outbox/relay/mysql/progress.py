@@ -15,9 +15,9 @@ from typing import Any
 
 import pymysql
 
-from .position import BinlogPosition, Position
+from ..position import BinlogPosition, Position
 
-__all__ = ["BinlogHead", "bytes_behind", "describe"]
+__all__ = ["BinlogHead", "bytes_behind"]
 
 
 def bytes_behind(position: BinlogPosition, binlogs: Sequence[tuple[str, int]]) -> int | None:
@@ -73,10 +73,3 @@ class BinlogHead:
         if conn is not None:
             with contextlib.suppress(Exception):
                 conn.close()
-
-
-def describe(behind: int | None, last_event_age: float | None) -> str:
-    """``behind 0 B, last event 12.3s ago``: the two figures as the progress line shows them."""
-    shown_behind = "-" if behind is None else f"{behind} B"
-    shown_age = "none yet" if last_event_age is None else f"{last_event_age:.1f}s ago"
-    return f"behind {shown_behind}, last event {shown_age}"

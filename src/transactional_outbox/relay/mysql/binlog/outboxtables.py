@@ -13,8 +13,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from ...exceptions import ServerConfigurationError
-from ..routing import KafkaRecord, TopicRouter
+from ....exceptions import ServerConfigurationError
+from ...routing import KafkaRecord, TopicRouter
 from ..rowdecoder import RejectedRow, RowMemo
 from .format import U16, WRITE_V2, verify
 from .statements import written_tables

@@ -26,8 +26,8 @@ import zlib
 from collections.abc import Sequence
 from typing import Any
 
-from ..position import BinlogPosition, GtidTracker
-from ..routing import KafkaRecord, TopicRouter
+from ...position import BinlogPosition, GtidTracker
+from ...routing import KafkaRecord, TopicRouter
 from ..rowdecoder import RejectedRow
 from .control import NO_CAP, GroupControl
 from .format import (

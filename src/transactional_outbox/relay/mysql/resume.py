@@ -34,8 +34,8 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
-from ..exceptions import BinlogPurgedError, CheckpointError, ConfigurationError
-from .position import BinlogPosition, MariaDBGtidState, MySQLGtidSet, server_identity
+from ...exceptions import BinlogPurgedError, CheckpointError, ConfigurationError
+from ..position import BinlogPosition, MariaDBGtidState, MySQLGtidSet, server_identity
 
 if TYPE_CHECKING:
     from .checks import ServerInfo

@@ -10,7 +10,7 @@ from __future__ import annotations
 import struct
 import zlib
 
-from ...exceptions import OutboxError, ServerConfigurationError
+from ....exceptions import OutboxError, ServerConfigurationError
 
 __all__ = [
     "DumpEnded",

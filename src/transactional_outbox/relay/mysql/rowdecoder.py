@@ -27,11 +27,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..exceptions import InvalidEventError
-from ..record_format import COLUMNS
-from .routing import KafkaRecord
+from ...exceptions import InvalidEventError
+from ...record_format import COLUMNS
+from ..routing import KafkaRecord
+from ..rowrecord import RejectedRow, RowMemo, record_of_row, rejected
 from .rowcodegen import KIND_BLOB, KIND_DT, KIND_SKIP, KIND_STR, Decoder, compile_decoder
-from .rowrecord import RejectedRow, RowMemo, record_of_row, rejected
 
 # RejectedRow, RowMemo and rejected are defined in .rowrecord and exported here too.
 __all__ = ["ColumnSpec", "RejectedRow", "RowMemo", "RowPlan", "decode_rows", "plan_for", "rejected"]

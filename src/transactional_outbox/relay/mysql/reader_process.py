@@ -40,10 +40,10 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..exceptions import OutboxError
-from .channel import Channel, SourceBatch
-from .position import BinlogPosition, Position
-from .routing import KafkaRecord, TopicRouter
+from ...exceptions import OutboxError
+from ..channel import Channel, SourceBatch
+from ..position import BinlogPosition, Position
+from ..routing import KafkaRecord, TopicRouter
 from .rowdecoder import RejectedRow
 from .source import BinlogSource, SourceSettings
 
@@ -177,7 +177,7 @@ def child_main() -> None:
 # relay's whole __main__ (SQLAlchemy, aiokafka, redis: ~40 MB) into the child.
 _BOOTSTRAP = (
     "import sys, json; sys.path[:0] = json.loads(sys.stdin.buffer.readline()); "
-    "from transactional_outbox.relay.reader_process import child_main; child_main()"
+    "from transactional_outbox.relay.mysql.reader_process import child_main; child_main()"
 )
 
 

@@ -31,14 +31,14 @@ from typing import Any
 
 import pymysql
 
-from ..exceptions import CheckpointError, OutboxError
+from ...exceptions import CheckpointError, OutboxError
+from ..channel import BatchSink, SourceBatch
+from ..position import BinlogPosition, Position
+from ..routing import TopicRouter
 from .binlog.events import BinlogParser, DumpEnded, ServerError
 from .binlog.protocol import RECV_BYTES, DumpConnection
 from .binlog.tablemap import TableLayout
-from .channel import BatchSink, SourceBatch
-from .position import BinlogPosition, Position
 from .resume import check_same_place, explain_refusal, read_identity
-from .routing import TopicRouter
 
 __all__ = ["BinlogSource", "SourceSettings"]
 

@@ -18,17 +18,17 @@ from dataclasses import dataclass
 import pymysql
 from redis.exceptions import RedisError
 
-from .._fields import mask_url
-from ..exceptions import CheckpointError, ConfigurationError, ServerConfigurationError
-from .checkpoints import CheckpointStores
+from ..._fields import mask_url
+from ...exceptions import CheckpointError, ConfigurationError, ServerConfigurationError
+from ..checkpoints import CheckpointStores
+from ..config import RelaySettings
+from ..faults import mysql_misconfiguration, redis_misconfiguration
+from ..position import BinlogPosition
+from ..stats import RelayStats
 from .checks import ServerInfo, check_matching_tables, check_server, resolve_start
-from .config import RelaySettings
-from .faults import mysql_misconfiguration, redis_misconfiguration
-from .position import BinlogPosition
 from .reach import check_rows_reach_binlog
 from .resume import uses_gtid
 from .source import SourceSettings
-from .stats import RelayStats
 
 __all__ = ["Start", "choose_server_id", "derive_server_id", "prepare_start", "source_settings"]
 

@@ -23,8 +23,8 @@ from __future__ import annotations
 import struct
 from dataclasses import dataclass
 
-from ..position import BinlogPosition
-from ..routing import KafkaRecord
+from ...position import BinlogPosition
+from ...routing import KafkaRecord
 from ..rowdecoder import RejectedRow
 
 __all__ = ["HeldGroups", "Prepared", "Xid", "xa_prepare", "xid_text"]

@@ -18,8 +18,8 @@ from typing import Any
 
 import pymysql
 
-from ...exceptions import OutboxError
-from ..position import MySQLGtidSet
+from ....exceptions import OutboxError
+from ...position import MySQLGtidSet
 from .events import ServerError
 
 __all__ = [

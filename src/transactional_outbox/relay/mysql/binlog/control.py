@@ -14,8 +14,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from ...exceptions import OutboxError, ServerConfigurationError
-from ..position import BinlogPosition
+from ....exceptions import OutboxError, ServerConfigurationError
+from ...position import BinlogPosition
 from .format import (
     ARTIFICIAL,
     EXECUTE_LOAD_QUERY,

@@ -19,8 +19,8 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ...exceptions import InvalidEventError, OutboxError, ServerConfigurationError
-from ...record_format import COLUMNS
+from ....exceptions import InvalidEventError, OutboxError, ServerConfigurationError
+from ....record_format import COLUMNS
 from ..rowdecoder import ColumnSpec, RejectedRow, RowPlan, plan_for, rejected
 
 log = logging.getLogger("transactional_outbox.relay.source")

@@ -7,9 +7,9 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from ..event import OutboxEvent
-from ..exceptions import InvalidEventError
-from ..record_format import parse_headers
+from ...event import OutboxEvent
+from ...exceptions import InvalidEventError
+from ...record_format import parse_headers
 
 __all__ = ["row_to_event"]
 

@@ -26,11 +26,11 @@ from typing import TYPE_CHECKING, Any
 
 import pymysql
 
-from ..exceptions import ServerConfigurationError
+from ...exceptions import ServerConfigurationError
 from .checks import binlog_status_sql, matching_tables, server_variable, user_of
 
 if TYPE_CHECKING:
-    from .config import RelaySettings
+    from ..config import RelaySettings
 
 __all__ = [
     "ReplicationFilters",

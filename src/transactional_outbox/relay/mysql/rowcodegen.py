@@ -14,10 +14,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from ..exceptions import InvalidEventError
-from ..record_format import COLUMNS, id_text, own_headers, timestamp_text
-from .routing import KafkaRecord
-from .rowrecord import SCALE, RejectedRow, RowMemo, rejected
+from ...exceptions import InvalidEventError
+from ...record_format import COLUMNS, id_text, own_headers, timestamp_text
+from ..routing import KafkaRecord
+from ..rowrecord import SCALE, RejectedRow, RowMemo, rejected
 
 __all__ = ["KIND_BLOB", "KIND_DT", "KIND_SKIP", "KIND_STR", "Decoder", "compile_decoder"]
 
