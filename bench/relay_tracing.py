@@ -28,20 +28,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import statistics
-import sys
 import time
 import uuid
-from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import BOOTSTRAP
 
-from _common import BOOTSTRAP  # noqa: E402
-
-from transactional_outbox.consumer import ReceivedEvent  # noqa: E402
-from transactional_outbox.event import OutboxEvent  # noqa: E402
-from transactional_outbox.relay.publisher import KafkaPublisher  # noqa: E402
-from transactional_outbox.relay.routing import TopicRouter, build_record  # noqa: E402
+from transactional_outbox.consumer import ReceivedEvent
+from transactional_outbox.event import OutboxEvent
+from transactional_outbox.relay.publisher import KafkaPublisher
+from transactional_outbox.relay.routing import TopicRouter, build_record
 
 TRACEPARENT = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
 CHUNK = 500
