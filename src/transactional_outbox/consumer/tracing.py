@@ -152,6 +152,9 @@ class ConsumerTracer:
     """Starts the spans; made by :func:`consumer_tracer` when OpenTelemetry is installed."""
 
     def __init__(self, trace: Any, propagator: Any, tracer: Any) -> None:
+        from opentelemetry import context
+
+        self._context = context
         self._trace = trace
         self._propagator = propagator
         self._tracer = tracer
@@ -170,23 +173,25 @@ class ConsumerTracer:
             f"process {event.topic}" if event.topic else "process",
             context=self.parent(event.headers),
             kind=self._kind,
-            attributes={
-                **event_attributes(event, group=group, consumer_name=consumer_name),
-                ATTEMPT: 1,
-            },
         )
+        # Without an SDK the span only carries the context on (an event the handler
+        # writes continues the trace): no attributes to build (bench/relay_tracing.py).
+        if span.is_recording():
+            span.set_attributes(event_attributes(event, group=group, consumer_name=consumer_name))
+            span.set_attribute(ATTEMPT, 1)
         return EventSpan(event.id, span, self._error)
 
     @contextlib.contextmanager
     def use(self, state: EventSpan) -> Iterator[EventSpan]:
         """Make ``state``'s span the current one (the handler's own spans are its children)."""
         token = _CURRENT.set(state)
+        # attach/detach rather than trace.use_span: the same, without its exception
+        # handling (ours is in span()), ~2 µs a record less.
+        attached = self._context.attach(self._trace.set_span_in_context(state.span))
         try:
-            with self._trace.use_span(
-                state.span, end_on_exit=False, record_exception=False, set_status_on_exception=False
-            ):
-                yield state
+            yield state
         finally:
+            self._context.detach(attached)
             _CURRENT.reset(token)
 
     @contextlib.contextmanager

@@ -70,6 +70,8 @@ class PublishTracer:
         self, fut: Any, partition: int, records: Sequence[KafkaRecord], started: int
     ) -> None:
         """End the batch's spans: ``fut`` (a batch's future) is done."""
+        if isinstance(self._trace.get_tracer_provider(), self._trace.ProxyTracerProvider):
+            return  # no SDK set up (yet): the spans would record nothing
         error = None
         base = None
         if fut.cancelled():
@@ -85,15 +87,16 @@ class PublishTracer:
             }
             if "traceparent" not in carrier:
                 continue
-            attributes = record_attributes(record, partition, None if base is None else base + i)
-            attributes["outbox.delay_ms"] = now // 1_000_000 - record.timestamp_ms
             span = self._tracer.start_span(
                 f"send {record.topic}",
                 context=self._propagator.extract(carrier),
                 kind=self._kind,
-                attributes=attributes,
                 start_time=started,
             )
+            if span.is_recording():  # no SDK: nothing to build
+                offset = None if base is None else base + i
+                span.set_attributes(record_attributes(record, partition, offset))
+                span.set_attribute("outbox.delay_ms", now // 1_000_000 - record.timestamp_ms)
             if error is not None:
                 span.record_exception(error)
                 span.set_status(self._error)
