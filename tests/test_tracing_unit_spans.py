@@ -23,6 +23,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
 from transactional_outbox import OutboxEvent
+from transactional_outbox._otel import trace_headers
 from transactional_outbox.consumer import (
     AsyncInMemoryStore,
     AsyncSqlStore,
@@ -111,6 +112,7 @@ def test_producer_attributes_follow_the_messaging_conventions() -> None:
 def test_decorated_handler_runs_in_a_consumer_span_under_the_events_trace() -> None:
     spans = memory_exporter()
     inner: list[Any] = []
+    written: list[str] = []
     calls = 0
 
     @idempotent_consumer(store=InMemoryStore(), consumer_name="stats")
@@ -120,6 +122,7 @@ def test_decorated_handler_runs_in_a_consumer_span_under_the_events_trace() -> N
         from opentelemetry import trace
 
         inner.append(trace.get_current_span().get_span_context())
+        written.append(trace_headers()["traceparent"])  # what add_event would put on an event
         if event.aggregate_id == "o-2":
             raise ValueError("boom")
 
@@ -145,8 +148,10 @@ def test_decorated_handler_runs_in_a_consumer_span_under_the_events_trace() -> N
     assert failed.attributes["outbox.outcome"] == "failed"
     assert failed.status.status_code is StatusCode.ERROR
     assert [e.name for e in failed.events] == ["exception"]
-    # The handler's own spans would be children of the consumer span.
+    # The handler's own spans would be children of the consumer span, and an event
+    # it writes continues the trace from it.
     assert inner[0].span_id == done.context.span_id
+    assert written[0] == f"00-{TRACE_ID}-{format(done.context.span_id, '016x')}-01"
 
 
 def settings(**overrides: Any) -> RunnerSettings:
@@ -314,3 +319,36 @@ def test_without_opentelemetry_nothing_is_traced_and_nothing_fails() -> None:
     assert lines[0].startswith("refused: trace_publish"), lines
     assert "opentelemetry" in lines[0] and "otel" in lines[0]
     assert lines[1] == "opentelemetry imported: False"
+
+
+API_ONLY = """
+import asyncio
+from opentelemetry import trace
+from transactional_outbox import OutboxEvent
+from transactional_outbox._otel import trace_headers
+from transactional_outbox.consumer import AsyncInMemoryStore, ReceivedEvent, idempotent_consumer
+
+written = []
+
+@idempotent_consumer(store=AsyncInMemoryStore())
+async def handle(event):
+    written.append(trace_headers().get("traceparent"))
+
+event = ReceivedEvent.from_event(OutboxEvent.create(
+    aggregate_type="order", aggregate_id=1, event_type="Placed", payload={},
+    headers={"traceparent": TRACEPARENT}))
+asyncio.run(handle(event))
+from transactional_outbox.consumer.tracing import consumer_tracer
+assert consumer_tracer() is None
+print(type(trace.get_tracer_provider()).__name__, written[0])
+"""
+
+
+def test_with_the_api_alone_and_no_sdk_the_consumer_makes_no_span() -> None:
+    script = f"TRACEPARENT = {TRACEPARENT!r}\n{API_ONLY}"
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=ROOT, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    # No SDK: no span (it would record nothing), so nothing to carry on either.
+    assert out.stdout.split() == ["ProxyTracerProvider", "None"]

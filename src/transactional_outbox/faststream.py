@@ -53,7 +53,7 @@ __all__ = ["OutboxEventDep", "exactly_once", "received_event"]
 def received_event(message: KafkaMessage) -> ReceivedEvent:
     """The outbox event in the record FastStream is handling (a FastStream dependency)."""
     raw = message.raw_message
-    if isinstance(raw, tuple):
+    if isinstance(raw, tuple | list):
         raise ConfigurationError(
             "batch", "a batch subscriber is not supported: subscribe with batch=False"
         )
