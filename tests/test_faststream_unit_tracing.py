@@ -4,10 +4,13 @@ our CONSUMER span is the child of FastStream's span (one trace, no sibling)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from faststream.kafka import KafkaBroker, TestKafkaBroker
 from faststream.kafka.opentelemetry import KafkaTelemetryMiddleware
 from opentelemetry import trace
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
 from transactional_outbox import OutboxEvent
@@ -15,7 +18,14 @@ from transactional_outbox.consumer import AsyncInMemoryStore, ReceivedEvent
 from transactional_outbox.faststream import exactly_once
 from transactional_outbox.testing import to_record
 
-from ._otel import memory_exporter
+from ._otel import recording
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The SDK with an in-memory exporter while the test runs."""
+    with recording() as exporter:
+        yield exporter
 
 
 def relayed(event: OutboxEvent, topic: str) -> dict[str, object]:
@@ -28,8 +38,9 @@ def relayed(event: OutboxEvent, topic: str) -> dict[str, object]:
     }
 
 
-async def test_our_span_nests_under_faststreams_span_of_the_same_trace() -> None:
-    spans = memory_exporter()
+async def test_our_span_nests_under_faststreams_span_of_the_same_trace(
+    spans: InMemorySpanExporter,
+) -> None:
     broker = KafkaBroker(
         middlewares=[KafkaTelemetryMiddleware(tracer_provider=trace.get_tracer_provider())]
     )

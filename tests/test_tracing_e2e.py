@@ -9,12 +9,15 @@ the request's trace, exported by the OpenTelemetry SDK's in-memory exporter.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 from typing import Any
 
+import pytest
 import redis.asyncio
 import sqlalchemy as sa
 from opentelemetry import trace
 from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 from sqlalchemy.orm import sessionmaker
 
@@ -30,8 +33,15 @@ from transactional_outbox.consumer import (
 from transactional_outbox.testing import capture_events
 
 from ._consumer_helpers import publish
-from ._otel import by_name, memory_exporter
+from ._otel import by_name, recording
 from .relay_harness import relay_settings, running_relay, wait_until
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The SDK with an in-memory exporter while the test runs."""
+    with recording() as exporter:
+        yield exporter
 
 
 def attrs(span: ReadableSpan) -> dict[str, Any]:
@@ -44,8 +54,8 @@ async def test_a_request_its_relay_hop_and_its_handler_are_one_trace(
     settings_kw: dict[str, Any],
     topic_prefix: str,
     redis_prefix: str,
+    spans: InMemorySpanExporter,
 ) -> None:
-    spans = memory_exporter()
     tracer = trace.get_tracer("tests")
     topic = topic_prefix + "order"
     factory = sessionmaker(engine, class_=OutboxSession)

@@ -12,13 +12,14 @@ import asyncio
 import subprocess
 import sys
 import textwrap
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from aiokafka.structs import TopicPartition
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind, StatusCode
 from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker, create_async_engine
 
@@ -42,7 +43,15 @@ from transactional_outbox.relay.routing import KafkaRecord
 from transactional_outbox.relay.tracing import record_attributes
 
 from ._consumer_helpers import make_record, order_event
-from ._otel import by_name, memory_exporter
+from ._otel import by_name, recording
+
+
+@pytest.fixture
+def spans() -> Iterator[InMemorySpanExporter]:
+    """The SDK with an in-memory exporter while the test runs."""
+    with recording() as exporter:
+        yield exporter
+
 
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 PARENT_ID = "00f067aa0ba902b7"
@@ -109,8 +118,9 @@ def test_producer_attributes_follow_the_messaging_conventions() -> None:
     assert "messaging.kafka.offset" not in record_attributes(record, 3)
 
 
-def test_decorated_handler_runs_in_a_consumer_span_under_the_events_trace() -> None:
-    spans = memory_exporter()
+def test_decorated_handler_runs_in_a_consumer_span_under_the_events_trace(
+    spans: InMemorySpanExporter,
+) -> None:
     inner: list[Any] = []
     written: list[str] = []
     calls = 0
@@ -197,8 +207,9 @@ def outcomes(spans: Any) -> list[tuple[str, str, int]]:
     )
 
 
-async def test_runner_batch_spans_say_handled_duplicate_and_the_attempt() -> None:
-    spans = memory_exporter()
+async def test_runner_batch_spans_say_handled_duplicate_and_the_attempt(
+    spans: InMemorySpanExporter,
+) -> None:
     failures = {"o-3": 1}  # fails once, then succeeds
 
     @idempotent_consumer(store=AsyncInMemoryStore(), consumer_name="stats")
@@ -240,8 +251,9 @@ async def sqlite(tmp_path: Path) -> AsyncIterator[AsyncEngine]:
     await eng.dispose()
 
 
-async def test_inbox_batch_transaction_links_every_events_trace(sqlite: AsyncEngine) -> None:
-    spans = memory_exporter()
+async def test_inbox_batch_transaction_links_every_events_trace(
+    sqlite: AsyncEngine, spans: InMemorySpanExporter
+) -> None:
     store = AsyncSqlStore(async_sessionmaker(sqlite), batch_transactions=True, batch_concurrency=1)
 
     @idempotent_consumer(store=store, consumer_name="stats")
