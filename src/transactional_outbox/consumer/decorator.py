@@ -171,6 +171,10 @@ def idempotent_consumer(
     ``store`` is any :class:`AsyncDedupStore` / :class:`AsyncInboxStore` (needs
     an ``async def`` handler) or :class:`DedupStore` / :class:`InboxStore` (a
     plain one): the shipped Redis, SQL and in-memory stores, or your own.
+
+    With OpenTelemetry and an SDK set up, each call runs in a CONSUMER span whose
+    parent is the event's ``traceparent``, with the outcome (``handled``,
+    ``duplicate``, ``failed``) as ``outbox.outcome`` (see ``consumer.tracing``).
     """
     wants_async = _store_is_async(store)
 
