@@ -50,7 +50,11 @@ _CURRENT: contextvars.ContextVar[EventSpan | None] = contextvars.ContextVar(
 def event_attributes(
     event: ReceivedEvent, *, group: str | None = None, consumer_name: str | None = None
 ) -> dict[str, str | int]:
-    """The OpenTelemetry messaging attributes (semconv 1.3x names) of handling ``event``.
+    """The OpenTelemetry messaging attributes of handling ``event``.
+
+    Names of semantic conventions 1.44 (Python's ``opentelemetry-semantic-conventions``
+    0.66, what Python's Kafka instrumentations emit); 1.45 renames the Kafka ones
+    (``kafka.offset``, ``messaging.system.name``): messaging conventions are not stable.
 
     Where the event was read (topic, partition, offset) is left out when it was
     not read from Kafka; ``group`` is the Kafka consumer group.
