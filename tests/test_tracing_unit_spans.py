@@ -1,6 +1,6 @@
 """OpenTelemetry spans of the consuming side and the relay, without servers.
 
-The attributes (semantic conventions, semconv 1.3x names), the span tree (parent =
+The attributes (semantic conventions 1.44 names), the span tree (parent =
 the event's ``traceparent``), the outcome and attempt of each delivery through the
 decorator and through the runner's batch path (claim store and inbox batch), and
 what happens without OpenTelemetry installed (nothing, and no error).
