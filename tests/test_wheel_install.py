@@ -10,7 +10,9 @@ one virtualenv gets, step by step, each ``pip install`` line of README "Install"
 2. ``[async]``: ``AsyncOutboxSession`` imports;
 3. ``[relay]``: ``outbox-relay --help`` works and ``cryptography`` is there (MySQL 8's
    ``caching_sha2_password`` login without TLS needs it in PyMySQL);
-4. ``[consumer]``: the consumer's runner and stores import.
+4. ``[consumer]``: the consumer's runner and stores import;
+5. ``[otel]``: OpenTelemetry's API is there for the relay's ``trace_publish``;
+6. ``[faststream]``: ``exactly_once`` decorates a FastStream Kafka subscriber.
 
 Needs only Python's ``venv`` and pip's index (PyPI), as a clean CI machine has.
 """
@@ -105,12 +107,39 @@ from transactional_outbox.testing import InMemoryStore, to_received
 print("consumer ok")
 """
 
-CHECKS = {"": PLAIN, "async": ASYNC, "relay": RELAY, "consumer": CONSUMER}
+OTEL = """
+from opentelemetry import trace
+from transactional_outbox.relay.tracing import publish_tracer
+publish_tracer()  # without OpenTelemetry: ConfigurationError naming trace_publish
+print("otel ok")
+"""
+
+FASTSTREAM = """
+from faststream.kafka import KafkaBroker
+from transactional_outbox.consumer import AsyncInMemoryStore
+from transactional_outbox.faststream import exactly_once
+broker = KafkaBroker()
+
+async def on_order(event):
+    pass
+
+broker.subscriber("orders", group_id="g")(exactly_once(store=AsyncInMemoryStore())(on_order))
+print("faststream ok")
+"""
+
+CHECKS = {
+    "": PLAIN,
+    "async": ASYNC,
+    "relay": RELAY,
+    "consumer": CONSUMER,
+    "otel": OTEL,
+    "faststream": FASTSTREAM,
+}
 
 
 def test_the_wheel_installs_and_starts_each_role(wheel: Path, tmp_path: Path) -> None:
     lines = install_lines()
-    assert [extra for extra, _ in lines] == ["", "async", "relay", "consumer"]
+    assert [extra for extra, _ in lines] == ["", "async", "relay", "consumer", "otel", "faststream"]
     venv = tmp_path / "venv"
     ok(run([sys.executable, "-m", "venv", str(venv)]))
     py, relay = str(venv / "bin" / "python"), str(venv / "bin" / "outbox-relay")

@@ -13,7 +13,8 @@
   keeps failing.
 
 Needs the ``consumer`` extra (aiokafka, redis). The SQL stores import
-SQLAlchemy on first use only.
+SQLAlchemy on first use only. With OpenTelemetry (the ``otel`` extra) and an SDK
+set up, each handled event runs in a CONSUMER span continuing its ``traceparent``.
 """
 
 from typing import TYPE_CHECKING

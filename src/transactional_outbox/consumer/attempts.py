@@ -14,6 +14,7 @@ from ..exceptions import ConsumerError, EventInProgressError, InvalidRecordError
 from .dead_letter import dead_letter_headers
 from .received import ReceivedEvent
 from .settings import RunnerSettings
+from .tracing import HANDLED, current_event_span
 
 __all__ = ["Attempts"]
 
@@ -59,10 +60,16 @@ class Attempts:
     ) -> bool:
         """Handle ``event``; ``failure``: its first attempt already failed with this."""
         failures = 0
+        state = current_event_span(event.id)  # None without OpenTelemetry
         while True:
             if failure is None:
                 try:
+                    if state is not None:
+                        state.attempt(failures + 1)
+                        state.last = None
                     await self._call(event)
+                    if state is not None and state.last is None:
+                        state.outcome(HANDLED)  # not decorated: it ran (else it set it)
                     return True
                 except EventInProgressError as exc:
                     # Not a failure: another worker holds the claim, and the claim's
@@ -74,6 +81,8 @@ class Attempts:
                     continue
                 except Exception as exc:
                     failure = exc
+                    if state is not None:
+                        state.failed(exc, failures + 1)
             failures += 1
             if failures >= self.settings.max_attempts:
                 return await self._give_up(record, event, failure, failures)
@@ -115,6 +124,9 @@ class Attempts:
             attempts,
             exc_info=exc,
         )
+        state = current_event_span(event.id)
+        if state is not None:
+            state.span.set_attribute("outbox.dead_lettered", True)
         await self.dead_letter(record, exc, attempts=attempts)
         return True
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import inspect
 import logging
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -32,16 +31,17 @@ from aiokafka.structs import ConsumerRecord, TopicPartition
 from ..exceptions import InvalidRecordError
 from .attempts import Attempts
 from .completion import Completer
-from .decorator import AsyncIdempotentHandler, IdempotentHandler
+from .decorator import AsyncIdempotentHandler, IdempotentHandler, is_async_callable
 from .received import ReceivedEvent
 from .store import AsyncDedupStore, AsyncInboxStore, Claim, ClaimStatus, DedupStore
+from .tracing import HANDLED, NO_SPAN, EventSpan, consumer_tracer
 from .watermark import OffsetWatermark
 
 __all__ = ["BatchHandler"]
 
 logger = logging.getLogger("transactional_outbox.consumer")
 
-_RUN, _SKIP, _SLOW, _FAILED = range(4)
+_RUN, _SKIP, _SLOW, _FAILED, _HANDLED = range(5)  # _HANDLED: in an inbox batch
 
 
 @dataclass(slots=True, eq=False)
@@ -56,6 +56,7 @@ class _Item:
     claim: Claim | None = None
     failure: Exception | None = None
     started: bool = False
+    span: EventSpan | None = None
 
 
 class _Deferred(Exception):
@@ -83,7 +84,7 @@ class BatchHandler:
         self._name: str | None = None
         self._fn: Callable[..., Any] = handler
         self._per_record = False  # every record through Attempts (sync inbox stores)
-        self._sync_fn = not _is_async(handler)
+        self._sync_fn = not is_async_callable(handler)
         if isinstance(handler, AsyncIdempotentHandler | IdempotentHandler):
             # Batches need the store's batch operations and the bare handler;
             # a sync inbox store keeps to the per-record way.
@@ -108,6 +109,7 @@ class BatchHandler:
         self._tails: dict[Any, asyncio.Future[None]] = {}
         self._in_flight: set[Any] = set()  # ids led by a batch being handled
         self._slots = asyncio.Semaphore(max_concurrency)
+        self._tracer, self._group = consumer_tracer(), attempts.settings.group_id  # no otel: None
 
     async def handle(
         self,
@@ -205,13 +207,19 @@ class BatchHandler:
         if not run:
             return
         failed_lanes: set[Any] = set()
+        tracer, group, name = self._tracer, self._group, self._name
 
         def call_for(item: _Item) -> Callable[[Any], Awaitable[object]]:
             async def call(session: Any) -> None:
                 if item.lane in failed_lanes:
                     raise _Deferred  # keeps the key's order: it runs after the failed one
                 try:
-                    await self._fn(item.event, session)
+                    if tracer is None or item.event is None:
+                        await self._fn(item.event, session)
+                    else:  # ended once the transaction's outcome is known (_after_inbox_chunk)
+                        item.span = tracer.start(item.event, group=group, consumer_name=name)
+                        with tracer.use(item.span):
+                            await self._fn(item.event, session)
                 except BaseException:
                     failed_lanes.add(item.lane)
                     raise
@@ -238,7 +246,10 @@ class BatchHandler:
         assert self._inbox is not None
         calls = [(i.event.id, call_for(i)) for i in chunk if i.event is not None]
         try:
-            return await self._inbox.run_batch(self._name, calls)
+            if self._tracer is None:
+                return await self._inbox.run_batch(self._name, calls)
+            with self._tracer.batch([i.event for i in chunk if i.event], group=self._group):
+                return await self._inbox.run_batch(self._name, calls)
         except Exception as exc:
             logger.warning("batch transaction failed, going record by record: %r", exc)
             return [_Deferred()] * len(chunk)
@@ -246,11 +257,14 @@ class BatchHandler:
     def _after_inbox_chunk(self, chunk: list[_Item], results: list[BaseException | None]) -> None:
         for item, result in zip(chunk, results, strict=True):
             if result is None:
-                item.plan = _SKIP
+                item.plan = _HANDLED
             elif isinstance(result, _Deferred) or not isinstance(result, Exception):
                 item.plan = _SLOW
             else:
                 item.plan, item.failure = _FAILED, result
+            if item.span is not None:  # its call ran: the transaction's outcome is known
+                deferred = isinstance(result, _Deferred)
+                item.span.end(HANDLED if result is None else None, None if deferred else result)
 
     # -- running ----------------------------------------------------------------
 
@@ -294,27 +308,37 @@ class BatchHandler:
             raise
 
     async def _one(self, item: _Item) -> bool:
+        if self._tracer is None or item.event is None or item.plan == _HANDLED:
+            return await self._one_in(item, NO_SPAN)  # traced in _inbox_batch
+        with self._tracer.span(item.event, group=self._group, consumer_name=self._name) as state:
+            return await self._one_in(item, state)
+
+    async def _one_in(self, item: _Item, state: EventSpan) -> bool:
         record, event = item.record, item.event
         if event is None:
             assert item.error is not None
             done = await self._attempts.invalid(record, item.error)
-        elif item.plan == _SKIP:
+        elif item.plan in (_SKIP, _HANDLED):
+            state.duplicate()
             done = True
         elif item.plan == _SLOW:
             done = await self._attempts.handle(record, event)
         elif item.plan == _FAILED:
+            state.failed(item.failure, 1)  # type: ignore[arg-type]
             done = await self._attempts.handle(record, event, failure=item.failure)
         else:
             item.started = True
             try:
                 await self._run(event)
             except BaseException as exc:
+                state.failed(exc, 1)
                 if item.claim is not None:
                     await self._release([item.claim])
                 if not isinstance(exc, Exception):
                     raise
                 done = await self._attempts.handle(record, event, failure=exc)
             else:
+                state.outcome(HANDLED)
                 if item.claim is not None:
                     self._completer.add(item.claim, item)
                     return True
@@ -374,9 +398,3 @@ def _decode(
                 event, error = None, exc
             items.append(_Item(tp, record, mark, (tp, record.key), event, error))
     return items
-
-
-def _is_async(fn: object) -> bool:
-    return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
-        getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
-    )

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypeAlias, overload
 from ..exceptions import ConfigurationError
 from .received import ReceivedEvent, RecordLike
 from .store import AsyncDedupStore, AsyncInboxStore, DedupStore, InboxStore
+from .tracing import DUPLICATE, HANDLED, EventSpan, consumer_tracer, current_event_span
 
 if TYPE_CHECKING:  # SQLAlchemy is only needed by SQL stores' users
     from sqlalchemy.ext.asyncio import AsyncSession
@@ -61,6 +62,16 @@ class AsyncIdempotentHandler(_Idempotent):
     async def __call__(self, item: ReceivedEvent | RecordLike) -> bool:
         """Run the handler unless the event is done; ``True`` if it ran and succeeded."""
         event = _event(item)
+        tracer = consumer_tracer()
+        if tracer is None:
+            return await self._once(event)
+        state = current_event_span(event.id)  # the runner's span for this event
+        if state is not None:
+            return _outcome(state, await self._once(event))
+        with tracer.span(event, consumer_name=self.consumer_name) as state:
+            return _outcome(state, await self._once(event))
+
+    async def _once(self, event: ReceivedEvent) -> bool:
         if self.inbox:
             inbox: AsyncInboxStore = self.store  # type: ignore[assignment]
             return await inbox.run_once(
@@ -86,6 +97,16 @@ class IdempotentHandler(_Idempotent):
     def __call__(self, item: ReceivedEvent | RecordLike) -> bool:
         """Run the handler unless the event is done; ``True`` if it ran and succeeded."""
         event = _event(item)
+        tracer = consumer_tracer()
+        if tracer is None:
+            return self._once(event)
+        state = current_event_span(event.id)  # the runner's span for this event
+        if state is not None:
+            return _outcome(state, self._once(event))
+        with tracer.span(event, consumer_name=self.consumer_name) as state:
+            return _outcome(state, self._once(event))
+
+    def _once(self, event: ReceivedEvent) -> bool:
         if self.inbox:
             inbox: InboxStore = self.store  # type: ignore[assignment]
             return inbox.run_once(event.id, self.consumer_name, functools.partial(self.fn, event))
@@ -150,11 +171,15 @@ def idempotent_consumer(
     ``store`` is any :class:`AsyncDedupStore` / :class:`AsyncInboxStore` (needs
     an ``async def`` handler) or :class:`DedupStore` / :class:`InboxStore` (a
     plain one): the shipped Redis, SQL and in-memory stores, or your own.
+
+    With OpenTelemetry and an SDK set up, each call runs in a CONSUMER span whose
+    parent is the event's ``traceparent``, with the outcome (``handled``,
+    ``duplicate``, ``failed``) as ``outbox.outcome`` (see ``consumer.tracing``).
     """
     wants_async = _store_is_async(store)
 
     def decorate(fn: Callable[..., Any]) -> _Idempotent:
-        if _is_async(fn) != wants_async:
+        if is_async_callable(fn) != wants_async:
             kind = "an `async def`" if wants_async else "a plain (sync)"
             raise ConfigurationError(
                 "store", f"{type(store).__name__} needs {kind} handler, {fn!r} is not one"
@@ -178,10 +203,16 @@ def _store_is_async(store: object) -> bool:
     )
 
 
-def _is_async(fn: object) -> bool:
+def is_async_callable(fn: object) -> bool:
+    """Whether calling ``fn`` returns an awaitable: an ``async def`` or an object with one."""
     return inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(
         getattr(fn, "__call__", None)  # noqa: B004 - async callable objects
     )
+
+
+def _outcome(state: EventSpan, ran: bool) -> bool:
+    state.outcome(HANDLED if ran else DUPLICATE)
+    return ran
 
 
 def _event(item: ReceivedEvent | RecordLike) -> ReceivedEvent:

@@ -108,6 +108,11 @@ class RelaySettings:
         "idempotent producer (Kafka keeps order and drops retried duplicates); turn off "
         "only for brokers without it",
     )
+    trace_publish: bool = option(
+        False,
+        "a PRODUCER span per published event that has a traceparent (OpenTelemetry; "
+        "the otel extra, an exporter set up by the process)",
+    )
     compression_type: str = option(
         "none", "producer compression", choices=("none", "gzip", "snappy", "lz4", "zstd")
     )

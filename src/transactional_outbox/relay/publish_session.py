@@ -130,7 +130,9 @@ class PublishSession:
         )
         if self._stopped:
             topics.abort()
-        publisher = KafkaPublisher(producer_args, topics, on_canary=self._on_canary)
+        publisher = KafkaPublisher(
+            producer_args, topics, on_canary=self._on_canary, trace=s.trace_publish
+        )
         try:
             await publisher.start()
         except Exception as exc:

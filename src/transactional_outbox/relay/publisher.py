@@ -31,6 +31,7 @@ from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from ..exceptions import PublishError
 from .routing import CANARY_TOPIC, KafkaRecord, invalid_topic_reason
 from .topics import Topics
+from .tracing import publish_tracer
 
 __all__ = ["KafkaPublisher", "OnBatchDone", "OnRejected", "is_permanent"]
 
@@ -70,7 +71,9 @@ class KafkaPublisher:
         topics: Topics | None = None,
         *,
         on_canary: Callable[[KafkaRecord, int], None] | None = None,
+        trace: bool = False,
     ) -> None:
+        self._tracer = publish_tracer() if trace else None  # PRODUCER spans (trace_publish)
         self._args = producer_args
         self._on_canary = on_canary
         self._topics = topics
@@ -237,6 +240,8 @@ class KafkaPublisher:
         fut = await producer.send_batch(batch, topic, partition=part)
         self._last[(topic, part)] = fut
         fut.add_done_callback(lambda f: on_done(runs, records, _outcome(f)))
+        if self._tracer is not None:
+            self._tracer.watch(fut, part, records)
 
     async def _send_one(
         self,
@@ -264,6 +269,8 @@ class KafkaPublisher:
         self._last[(topic, part)] = fut
         done = partial(on_done, [[ticket, 1]], [record])
         fut.add_done_callback(lambda f: done(_outcome(f)))
+        if self._tracer is not None:
+            self._tracer.watch(fut, part, [record])
 
     async def send_record(
         self, record: KafkaRecord, on_done: Callable[[BaseException | None], None]

@@ -20,6 +20,7 @@ from .options import env_var, flag
 from .position import StartPolicy
 from .postgres.settings import check_postgres_settings
 from .routing import invalid_topic_reason
+from .tracing import publish_tracer
 
 if TYPE_CHECKING:
     from .config import RelaySettings
@@ -103,6 +104,8 @@ def validate(s: RelaySettings) -> None:
             raise ConfigurationError(
                 f.name, f"{value!r} is not a choice: choose one of {', '.join(choices)}"
             )
+    if s.trace_publish:
+        publish_tracer()  # OpenTelemetry missing: one line naming trace_publish
     for name in ("topic_partitions", "topic_replication_factor"):
         value = getattr(s, name)
         if value != -1 and not 1 <= value <= 32_767:

@@ -191,8 +191,9 @@ def ensure_slot(conn: PgWire, name: str, *, ran_before: bool, create: bool) -> S
         if ran_before:
             raise SlotLostError(
                 f"replication slot {name} is gone but this relay ran before (a store holds its "
-                "checkpoint or a record of its saves): events committed since may be lost (a slot dropped, invalidated by "
-                "max_slot_wal_keep_size, or not carried to a promoted standby). To accept that "
+                "checkpoint or a record of its saves): events committed since may be lost (a "
+                "slot dropped, invalidated by max_slot_wal_keep_size, or not carried to a "
+                "promoted standby). To accept that "
                 "and start from now, start the relay once with --ignore-checkpoint (it creates "
                 "a new slot)"
             )
