@@ -6,6 +6,7 @@ lose nothing in silence."""
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import threading
 from pathlib import Path
@@ -416,3 +417,37 @@ async def test_many_outbox_tables_one_publication_and_counts_per_table(
         topic_prefix + "outbox.order": [str(e.id) for e in shop],
         topic_prefix + "billing_outbox.order": [str(e.id) for e in billing],
     }
+
+
+async def test_dead_letter_policy_sends_the_refused_event_aside_and_goes_on(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    _outbox(db)
+    dlq = topic_prefix + "dlq"
+    settings = _settings(
+        db,
+        stack,
+        topic_prefix,
+        redis_prefix,
+        max_request_size=20_000,
+        on_rejected="dead-letter",
+        dead_letter_topic=dlq,
+    )
+    small, big, after = _event("d", 1), _event("d", 2, size=50_000), _event("d", 3)
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order", dlq])
+        relay = Relay(settings)
+        task = asyncio.create_task(relay.run())
+        try:
+            await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+            for e in (small, big, after):
+                _write(db, [e])
+            await col.wait_for(3)
+            await wait_until(lambda: relay.stats.dead_lettered == 1, what="one dead letter")
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 30)
+    published = [dict(r.headers)["id"].decode() for r in col.records if r.topic != dlq]
+    letters = [json.loads(r.value) for r in col.records if r.topic == dlq]
+    assert published == [str(small.id), str(after.id)]
+    assert [letter["id"] for letter in letters] == [str(big.id)]
