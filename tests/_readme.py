@@ -1,4 +1,5 @@
-"""README.md's fenced code blocks and their ``readme-test`` markers (see tests/test_readme.py).
+"""The fenced code blocks of README.md and of the guide pages under docs/ (:data:`PAGES`, in
+reading order), and their ``readme-test`` markers (see tests/test_readme.py).
 
 A marker is an HTML comment on the line right before a block's opening fence (indented
 like the fence for a block inside a list item)::
@@ -31,7 +32,19 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PAGES = (
+    "README.md",
+    "docs/quickstart.md",
+    "docs/writing.md",
+    "docs/relay.md",
+    "docs/consumer.md",
+    "docs/tracing.md",
+    "docs/faststream.md",
+    "docs/testing.md",
+)
+"""Every page whose blocks run, in reading order (a setup's blocks run in this order)."""
 
 KINDS = ("skip", "setup", "file", "pytest", "alembic-ini", "wheel-install")
 RUN_AS_IS = ("python", "bash")
@@ -52,15 +65,23 @@ class Block:
     kind: str | None  # the marker's kind, None without a marker
     arg: str | None  # setup=NAME / file=NAME
     note: str  # the marker's free text, e.g. "(reason)"
+    page: str = "README.md"
 
     @property
     def where(self) -> str:
-        return f"README.md:{self.line} ({self.lang or 'no language'})"
+        return f"{self.page}:{self.line} ({self.lang or 'no language'})"
 
 
 def blocks(text: str | None = None) -> list[Block]:
-    """Every fenced block of the README, in order, with the marker before it (if any)."""
-    lines = (README.read_text() if text is None else text).splitlines()
+    """Every fenced block of the pages (or of ``text``, as README.md), in order, with the
+    marker before it (if any)."""
+    if text is not None:
+        return _blocks(text, "README.md")
+    return [b for page in PAGES for b in _blocks((ROOT / page).read_text(), page)]
+
+
+def _blocks(text: str, page: str) -> list[Block]:
+    lines = text.splitlines()
     out: list[Block] = []
     i = 0
     while i < len(lines):
@@ -84,6 +105,7 @@ def blocks(text: str | None = None) -> list[Block]:
                 kind=marker["kind"] if marker else None,
                 arg=marker["arg"] if marker else None,
                 note=marker["note"].strip() if marker else "",
+                page=page,
             )
         )
         i += 1
@@ -107,5 +129,5 @@ def marker_problems(found: list[Block]) -> list[str]:
 
 
 def of_kind(kind: str, arg: str | None = None) -> list[Block]:
-    """The README's blocks with this marker (and name), in order."""
+    """The pages' blocks with this marker (and name), in order."""
     return [b for b in blocks() if b.kind == kind and (arg is None or b.arg == arg)]

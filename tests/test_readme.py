@@ -1,4 +1,5 @@
-"""README.md's code blocks run, so an example that stops working fails CI (issue 24).
+"""The code blocks of README.md and the guides under docs/ (tests/_readme.py PAGES) run, so an
+example that stops working fails CI (issue 24).
 
 The marker convention is in tests/_readme.py's docstring: a python/bash block without
 a marker runs as it is; ``skip (reason)`` blocks are not run; ``setup=NAME`` blocks

@@ -96,7 +96,7 @@ def _pydantic_model(value: object) -> bool:
 
 
 def json_default(value: Any) -> Any:
-    """The default serializer's mapping of non-JSON types (README "Payloads").
+    """The default serializer's mapping of non-JSON types (docs/writing.md, "Payloads").
 
     ``Decimal`` → string (exact), ``datetime``/``date``/``time`` → ISO 8601 (an aware
     datetime keeps its offset), ``UUID`` → canonical text, ``Enum`` → its value,

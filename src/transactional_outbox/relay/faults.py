@@ -80,7 +80,7 @@ def mysql_misconfiguration(
         )
         if code == _DB_ACCESS_DENIED:
             # No privilege at all on the outbox table's schema: the relay's one
-            # grant there is SELECT on its outbox table(s) (README, least privilege).
+            # grant there is SELECT on its outbox table(s) (docs/relay.md, least privilege).
             reason += f"; {select_grants(settings)}"
         return ConfigurationError(setting, f"error {code} from the server: {reason}")
     return None
