@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.pool import NullPool
 
 from outbox_dev import stack
+from outbox_dev.pg import ScratchPostgres
 
 __all__ = ["KINDS", "DemoDatabase", "MySQLDatabase", "PostgresDatabase"]
 
@@ -111,7 +112,8 @@ class PostgresDatabase(DemoDatabase):
         """An autocommit psycopg connection as ``postgres`` to the ``postgres`` database."""
         import psycopg
 
-        sock = stack.STATE / "postgres" / "sock"
+        service = next(svc for svc in stack.SERVICES if isinstance(svc, stack.Postgres))
+        sock = ScratchPostgres(service.dir, service.port).socket_dir
         return psycopg.connect(
             host=str(sock),
             port=self.server.port,
