@@ -2,13 +2,14 @@
 
     python examples/migrate.py
 
-Settings (environment), both with any MySQL driver in the URL:
+Settings (environment), MySQL/MariaDB or PostgreSQL URLs with any driver:
   ORDERS_DATABASE_URL  the api-server's database: orders + outbox
-                       (default: the local stack's ``outbox``)
+                       (default: the local stack's MariaDB ``outbox``)
   STATS_DATABASE_URL   the consumer's database: outbox_inbox + customer_stats
-                       (default: the local stack's ``outbox_read``)
+                       (default: the local stack's MariaDB ``outbox_read``)
 
-Equivalent to ``CREATE DATABASE`` for each, then
+Equivalent to ``CREATE DATABASE`` for each that is missing (on PostgreSQL the user
+needs CREATEDB for that, or create them beforehand), then
 ``alembic -c examples/api-server/alembic.ini upgrade orders@head`` and
 ``alembic -c examples/consumer/alembic.ini upgrade customer_stats@head``. The docker compose
 ``migrate`` service and ``./dev/demo`` run it.
@@ -42,8 +43,33 @@ CONFIGS = {
 }
 
 
+def sync_url(raw: str) -> sa.URL:
+    """``raw`` with the driver the migrations use: PyMySQL or psycopg (PostgreSQL)."""
+    url = make_url(raw)
+    driver = "postgresql+psycopg" if url.get_backend_name() == "postgresql" else "mysql+pymysql"
+    return url.set(drivername=driver)
+
+
 def create_database(url: sa.URL) -> None:
-    """``CREATE DATABASE IF NOT EXISTS`` the URL's database, connected to the server only."""
+    """Create the URL's database if it is missing, connected to the server only."""
+    if url.get_backend_name() == "postgresql":
+        # "postgres": the database every server has; CREATE DATABASE runs outside a
+        # transaction, and PostgreSQL has no IF NOT EXISTS for it.
+        server = sa.create_engine(
+            url.set(database="postgres"), poolclass=NullPool, isolation_level="AUTOCOMMIT"
+        )
+        try:
+            with server.connect() as conn:
+                found = conn.execute(
+                    sa.text("SELECT 1 FROM pg_database WHERE datname = :name"),
+                    {"name": url.database},
+                ).first()
+                if found is None:
+                    quoted = conn.dialect.identifier_preparer.quote(str(url.database))
+                    conn.execute(sa.text(f"CREATE DATABASE {quoted}"))
+        finally:
+            server.dispose()
+        return
     # information_schema: a database every user can connect to.
     server = sa.create_engine(url.set(database="information_schema"), poolclass=NullPool)
     try:
@@ -66,7 +92,7 @@ def upgrade(ini: Path, target: str, url: sa.URL, *, quiet: bool = False) -> None
 def migrate(urls: dict[str, str] | None = None, *, quiet: bool = False) -> None:
     for var, (ini, target) in CONFIGS.items():
         raw = (urls or {}).get(var) or os.environ.get(var, DEFAULTS[var])
-        url = make_url(raw).set(drivername="mysql+pymysql")
+        url = sync_url(raw)
         create_database(url)
         upgrade(ini, target, url, quiet=quiet)
 

@@ -3,8 +3,11 @@
     uvicorn app:app --app-dir examples/api-server --port 8000
 
 Settings (environment):
-  ORDERS_DATABASE_URL  the orders database; any MySQL driver in the URL is replaced by
-                       asyncmy (default: the local stack's ``outbox`` database)
+  ORDERS_DATABASE_URL  the orders database, MySQL/MariaDB or PostgreSQL; the URL's driver
+                       is replaced by asyncmy (MySQL) or psycopg (PostgreSQL) (default:
+                       the local stack's MariaDB ``outbox`` database)
+  ORDERS_OUTBOX_MODE   table (default: an outbox row, inserted and deleted) or message
+                       (PostgreSQL 14+ only: a logical decoding message, no table)
 
 Endpoints (try http://127.0.0.1:8000/docs):
   POST /orders                 {"customer_id": "alice", "amount": "42.50"}  -> 201, OrderPlaced
@@ -52,6 +55,16 @@ ALLOWED: dict[str, tuple[str, ...]] = {
 }
 
 
+# Microseconds on MySQL/MariaDB (DATETIME alone keeps seconds); PostgreSQL's
+# TIMESTAMP keeps them already.
+TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+ASYNC_DRIVERS = {
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mysql+asyncmy",
+    "postgresql": "postgresql+psycopg",
+}
+
+
 class Base(DeclarativeBase):
     pass
 
@@ -68,8 +81,8 @@ class Order(Base):
     customer_id: Mapped[str] = mapped_column(sa.String(64), index=True)
     amount: Mapped[Decimal] = mapped_column(sa.Numeric(12, 2))
     status: Mapped[str] = mapped_column(sa.String(16))
-    created_at: Mapped[datetime] = mapped_column(mysql.DATETIME(fsp=6))  # UTC
-    updated_at: Mapped[datetime] = mapped_column(mysql.DATETIME(fsp=6))
+    created_at: Mapped[datetime] = mapped_column(TIMESTAMP)  # UTC
+    updated_at: Mapped[datetime] = mapped_column(TIMESTAMP)
 
 
 # -- request / response bodies (pydantic validates; a bad body is a 422) ---------
@@ -115,13 +128,19 @@ def _now() -> datetime:
 
 def database_url() -> str:
     url = make_url(os.environ.get("ORDERS_DATABASE_URL", DEFAULT_URL))
-    return url.set(drivername="mysql+asyncmy").render_as_string(hide_password=False)
+    driver = ASYNC_DRIVERS.get(url.get_backend_name(), url.drivername)
+    return url.set(drivername=driver).render_as_string(hide_password=False)
 
 
 engine = create_async_engine(database_url(), pool_pre_ping=True)
 # AsyncOutboxSession adds session.add_event(...); events are written at flush/commit,
 # in the same transaction as the ORM changes.
-Session = async_sessionmaker(engine, class_=AsyncOutboxSession, expire_on_commit=False)
+Session = async_sessionmaker(
+    engine,
+    class_=AsyncOutboxSession,
+    expire_on_commit=False,
+    outbox_mode=os.environ.get("ORDERS_OUTBOX_MODE", "table"),
+)
 
 
 @asynccontextmanager

@@ -15,8 +15,10 @@ Read model, one row per customer:
   cancelled     orders cancelled
 
 Settings (environment):
-  STATS_DATABASE_URL              read-model database; its driver is replaced by asyncmy
-                                  (default: the local stack's ``outbox_read`` database)
+  STATS_DATABASE_URL              read-model database, MySQL/MariaDB or PostgreSQL; its
+                                  driver is replaced by asyncmy (MySQL) or psycopg
+                                  (PostgreSQL) (default: the local stack's MariaDB
+                                  ``outbox_read`` database)
   OUTBOX_KAFKA_BOOTSTRAP_SERVERS  default 127.0.0.1:19092; the brokers and login are read
                                   as the relay reads them (``KafkaConnection.from_env``:
                                   OUTBOX_KAFKA_SECURITY_PROTOCOL, ..._SASL_*, ..._SSL_*)
@@ -40,7 +42,8 @@ from decimal import Decimal
 import sqlalchemy as sa
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
-from sqlalchemy.dialects.mysql import insert
+from sqlalchemy.dialects.mysql import insert as mysql_insert
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import (
@@ -62,6 +65,12 @@ from transactional_outbox.consumer import (
 DEFAULT_URL = "mysql+asyncmy://outbox:outbox@127.0.0.1:13306/outbox_read"
 CONSUMER_NAME = "customer-stats"  # scopes the inbox rows of this consumer
 
+ASYNC_DRIVERS = {
+    "mysql": "mysql+asyncmy",
+    "mariadb": "mysql+asyncmy",
+    "postgresql": "postgresql+psycopg",
+}
+
 log = logging.getLogger("customer-stats")
 
 metadata = sa.MetaData()
@@ -78,7 +87,8 @@ customer_stats = sa.Table(
 
 def database_url() -> str:
     url = make_url(os.environ.get("STATS_DATABASE_URL", DEFAULT_URL))
-    return url.set(drivername="mysql+asyncmy").render_as_string(hide_password=False)
+    driver = ASYNC_DRIVERS.get(url.get_backend_name(), url.drivername)
+    return url.set(drivername=driver).render_as_string(hide_password=False)
 
 
 async def _bump(session: AsyncSession, customer_id: str, **deltas: object) -> None:
@@ -86,14 +96,18 @@ async def _bump(session: AsyncSession, customer_id: str, **deltas: object) -> No
     c = customer_stats.c
     row = {"customer_id": customer_id, "orders": 0, "total_amount": Decimal(0), "cancelled": 0}
     updates = {name: c[name] + delta for name, delta in deltas.items()}
-    if session.get_bind().dialect.name == "sqlite":  # test_consumer.py runs on SQLite
-        lite = sqlite_insert(customer_stats).values({**row, **deltas})
-        await session.execute(
-            lite.on_conflict_do_update(index_elements=[c.customer_id], set_=updates)
-        )
+    values = {**row, **deltas}
+    dialect = session.get_bind().dialect.name
+    if dialect in ("mysql", "mariadb"):
+        stmt = mysql_insert(customer_stats).values(values)
+        await session.execute(stmt.on_duplicate_key_update(updates))
         return
-    stmt = insert(customer_stats).values({**row, **deltas})
-    await session.execute(stmt.on_duplicate_key_update(updates))
+    # PostgreSQL and SQLite (test_consumer.py) spell it the same way.
+    insert = postgresql_insert if dialect == "postgresql" else sqlite_insert
+    upsert = insert(customer_stats).values(values)
+    await session.execute(
+        upsert.on_conflict_do_update(index_elements=[c.customer_id], set_=updates)
+    )
 
 
 def make_handler(engine: AsyncEngine):

@@ -31,7 +31,7 @@ class Demo:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        self.res = DemoResources()
+        self.res = DemoResources(args.database, args.outbox_mode)
         self.logs = Path(tempfile.mkdtemp(prefix=f"outbox-demo-{self.res.run_id}-"))
         self.procs: DemoProcesses | None = None
         self.view: KafkaView | None = None
@@ -55,7 +55,7 @@ class Demo:
 
             await self.wait_until(api_ready, "the api-server to answer", 20)
         say(
-            f"[3/5] Started: relay (from binlog {self.res.start_position}),"
+            f"[3/5] Started: relay (from {self.res.start_position}),"
             f" api-server {self.api} (docs: {self.api}/docs), consumer (group {self.res.group})"
         )
 
@@ -81,7 +81,8 @@ class Demo:
             if self.relay_up:
                 await self.wait_for_events()
             else:
-                say("     (the relay is down: the event waits in the binlog)")
+                where = "binlog" if self.res.kind == "mysql" else "replication slot"
+                say(f"     (the relay is down: the event waits in the {where})")
         return response
 
     async def wait_for_events(self, records: int | None = None) -> None:
@@ -130,9 +131,18 @@ class Demo:
         # id). The consumer must not count any of them twice.
         procs.children["relay"].start(procs.pids, OUTBOX_IGNORE_CHECKPOINT="true")
         self.relay_up = True
-        say("  == relay started again, told to ignore its checkpoint: it re-reads the binlog")
-        say("     from the demo's start, so Kafka gets every earlier event twice")
-        await self.wait_for_events(records=before + self.expected.events)
+        if self.res.kind == "mysql":
+            say("  == relay started again, told to ignore its checkpoint: it re-reads the binlog")
+            say("     from the demo's start, so Kafka gets every earlier event twice")
+            await self.wait_for_events(records=before + self.expected.events)
+            return
+        # A PostgreSQL slot only moves forward: PostgreSQL resumes the relay at the slot's
+        # confirmed position whatever the checkpoint says, so only events it had not
+        # confirmed yet are published again.
+        say("  == relay started again, told to ignore its checkpoint: PostgreSQL still resumes")
+        say("     it at its slot's confirmed position (a slot never moves back), so only")
+        say("     events it had not confirmed yet are published again")
+        await self.wait_for_events()
 
     # -- the report ------------------------------------------------------------------
 
@@ -205,6 +215,8 @@ class Demo:
             "consumer_applied": applied,
             "consumer_skipped": skipped,
             "relay_restarted": bool(self.args.restart_relay_midway),
+            "database": self.res.kind,
+            "outbox_mode": self.res.outbox_mode,
             "child_pids": self.processes().pids,
         }
 
@@ -270,10 +282,13 @@ class Demo:
                 say("Stopped with SIGTERM: " + ", ".join(f"{n} exit {c}" for n, c in codes.items()))
         if self.args.keep:
             res = self.res
+            slot = f", replication slot {res.slot}" if res.kind == "postgresql" else ""
             say(
-                f"Kept databases {res.db}, {res.read_db}, topic {res.topic} and Redis keys "
+                f"Kept databases {res.db}, {res.read_db}{slot}, topic {res.topic} and Redis keys "
                 f"{res.key_prefix}* (--keep)."
             )
+            if slot:
+                say(f"(Drop the slot when done: SELECT pg_drop_replication_slot('{res.slot}').)")
             return
         await self.res.remove()
 
@@ -281,9 +296,12 @@ class Demo:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self.stopping.set)
+        reads = {"mysql": "tails MariaDB's binlog", "postgresql": "reads PostgreSQL's WAL"}
         say("transactional-outbox demo: an order API writes each change and its event in one")
-        say("transaction; a relay tails MariaDB's binlog and publishes the events to Kafka;")
+        say(f"transaction; a relay {reads[self.res.kind]} and publishes the events to Kafka;")
         say("a consumer keeps a per-customer read model, processing each event exactly once.")
+        if self.res.outbox_mode == "message":
+            say("Outbox mode 'message': each event is a logical decoding message, no table row.")
         say()
         watcher: asyncio.Task[None] | None = None
         code = 0

@@ -91,7 +91,7 @@ class DemoProcesses:
             "OUTBOX_REDIS_URL": res.redis_url,
             "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": res.kafka,
             "OUTBOX_ENABLE_IDEMPOTENCE": "false",  # the local tansu broker has no idempotence
-            "OUTBOX_START_POSITION": res.start_position,
+            **res.relay_settings,  # where it starts (and PostgreSQL: its slot)
             "OUTBOX_TOPIC_TEMPLATE": res.topic_template,
             "OUTBOX_RELAY_NAME": res.relay_name,
             "OUTBOX_KEY_PREFIX": res.key_prefix,
@@ -99,10 +99,18 @@ class DemoProcesses:
             "OUTBOX_HEARTBEAT_MS": "1000",
             "OUTBOX_LINGER_MS": "1",
         }
-        api_env = {**base, "ORDERS_DATABASE_URL": res.url(res.db, "mysql+asyncmy")}
+        api_env = {
+            **base,
+            "ORDERS_DATABASE_URL": res.url(res.db, res.server.async_driver),
+            "ORDERS_OUTBOX_MODE": res.outbox_mode,
+        }
+        if res.outbox_mode == "message":
+            # The api-server's events are logical decoding messages (prefix "outbox"):
+            # the relay reads those besides the (then empty) table.
+            relay_env["OUTBOX_PG_MESSAGE_PREFIXES"] = "outbox"
         self.consumer_env = {
             **base,
-            "STATS_DATABASE_URL": res.url(res.read_db, "mysql+asyncmy"),
+            "STATS_DATABASE_URL": res.url(res.read_db, res.server.async_driver),
             "OUTBOX_KAFKA_BOOTSTRAP_SERVERS": res.kafka,
             "ORDERS_TOPIC": res.topic,
             "CONSUMER_GROUP": res.group,

@@ -15,14 +15,13 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import pymysql
 import redis.asyncio
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from sqlalchemy.engine import make_url
 
 from outbox_dev import stack
 
 from .console import DemoError, say
+from .databases import KINDS, DemoDatabase
 
 EXAMPLES = stack.ROOT / "examples"
 PARTITIONS = 3
@@ -38,9 +37,12 @@ def load_module(name: str, path: Path) -> Any:
 
 
 class DemoResources:
-    """The run's names, and the databases, topic and Redis keys made under them."""
+    """The run's names, and the databases, topic and Redis keys made under them, on the
+    stack's ``database`` (``mysql`` or ``postgresql``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, database: str = "mysql", outbox_mode: str = "table") -> None:
+        self.kind = database
+        self.outbox_mode = outbox_mode
         self.run_id = uuid.uuid4().hex[:6]
         self.db = f"demo_{self.run_id}"
         self.read_db = f"demo_{self.run_id}_read"
@@ -50,7 +52,16 @@ class DemoResources:
         self.relay_name = f"demo-{self.run_id}"
         self.key_prefix = f"outbox:demo:{self.run_id}:"
         self.group = f"demo-{self.run_id}-customer-stats"
+        self.slot = f"demo_{self.run_id}"  # PostgreSQL: the relay's slot and publication
+        self.relay_settings: dict[str, str] = {}
         self.created_dbs = False
+        self._server: DemoDatabase | None = None
+
+    @property
+    def server(self) -> DemoDatabase:
+        """The database server of the run (once the stack is up)."""
+        assert self._server is not None, "stack not started yet"
+        return self._server
 
     def start_stack(self) -> None:
         """Start the local stack (if it is down) and take its addresses."""
@@ -60,42 +71,31 @@ class DemoResources:
         if out.returncode != 0:
             raise DemoError(f"the local stack did not start:\n{out.stdout}{out.stderr}")
         env = stack.env_vars()
-        self.mysql = make_url(env["OUTBOX_MYSQL_URL"])
+        self._server = KINDS[self.kind](env)
         self.redis_url = env["OUTBOX_REDIS_URL"]
         self.kafka = env["OUTBOX_KAFKA_BOOTSTRAP_SERVERS"]
+        extra = " (binlog on)" if self.kind == "mysql" else " (wal_level=logical)"
         say(
-            f"[1/5] Local stack up: MariaDB {self.mysql.host}:{self.mysql.port} (binlog on),"
+            f"[1/5] Local stack up: {self.server.name} {self.server.address}{extra},"
             f" Redis {self.redis_url.split('//')[1]}, Kafka-compatible broker {self.kafka}"
         )
 
-    def url(self, database: str, driver: str = "mysql+pymysql") -> str:
+    def url(self, database: str, driver: str | None = None) -> str:
         """The SQLAlchemy URL of ``database`` on the stack, password included (for children)."""
-        return self.mysql.set(drivername=driver, database=database).render_as_string(
-            hide_password=False
-        )
-
-    def connect(self) -> pymysql.Connection:  # type: ignore[type-arg]
-        """A PyMySQL connection to the stack's MariaDB (no default database)."""
-        u = self.mysql
-        return pymysql.connect(
-            host=u.host, port=u.port or 3306, user=u.username, password=u.password or ""
-        )
+        return self.server.url(database, driver)
 
     def migrate(self, logs: Path) -> None:
-        """Create and migrate both databases; ``start_position``: the binlog's end after."""
+        """Create and migrate both databases, then fix where the relay starts
+        (``start_position``, ``relay_settings``): after the migrations."""
         migrate = load_module("demo_migrate", EXAMPLES / "migrate.py")
         self.created_dbs = True
+        self.server.create([self.db, self.read_db])
         urls = {
             "ORDERS_DATABASE_URL": self.url(self.db),
             "STATS_DATABASE_URL": self.url(self.read_db),
         }
         migrate.migrate(urls, quiet=True)
-        # Where the binlog ends now, after the migrations: the relay starts here. This is
-        # "latest" taken before the relay starts, so no request can slip in between.
-        with self.connect() as conn, conn.cursor() as cur:
-            cur.execute("SHOW MASTER STATUS")
-            log_file, log_pos = cur.fetchone()[:2]
-        self.start_position = f"{log_file}:{log_pos}"
+        self.start_position, self.relay_settings = self.server.relay_start(self.db, self.slot)
         say(f"[2/5] Databases created and migrated with alembic (logs of everything: {logs})")
         say(f"        {self.db:<16} orders + outbox           (api-server writes here)")
         say(f"        {self.read_db:<16} outbox_inbox + customer_stats (consumer writes here)")
@@ -111,19 +111,16 @@ class DemoResources:
 
     def read_model(self) -> dict[str, Any]:
         """The consumer's ``customer_stats`` rows, by customer."""
-        with self.connect() as conn, conn.cursor() as cur:
-            cur.execute(
-                f"SELECT customer_id, orders, total_amount, cancelled"
-                f" FROM `{self.read_db}`.customer_stats ORDER BY customer_id"
-            )
-            rows = cur.fetchall()
+        rows = self.server.query(
+            self.read_db,
+            "SELECT customer_id, orders, total_amount, cancelled"
+            " FROM customer_stats ORDER BY customer_id",
+        )
         return {c: {"orders": o, "total_amount": str(t), "cancelled": x} for c, o, t, x in rows}
 
     def inbox_rows(self) -> int:
         """How many events the consumer's inbox recorded."""
-        with self.connect() as conn, conn.cursor() as cur:
-            cur.execute(f"SELECT COUNT(*) FROM `{self.read_db}`.outbox_inbox")
-            return int(cur.fetchone()[0])
+        return int(self.server.query(self.read_db, "SELECT COUNT(*) FROM outbox_inbox")[0][0])
 
     async def remove(self) -> None:
         """Delete the run's topic, Redis keys and databases."""
@@ -143,8 +140,7 @@ class DemoResources:
             finally:
                 await client.aclose()
         if self.created_dbs:
-            with self.connect() as conn, conn.cursor() as cur:
-                for db in (self.db, self.read_db):
-                    cur.execute(f"DROP DATABASE IF EXISTS `{db}`")
-        say("Removed the demo's databases, topic and Redis keys. The stack is still up")
+            await asyncio.to_thread(self.server.drop, [self.db, self.read_db], self.slot)
+        slot = " and replication slot" if self.kind == "postgresql" else ""
+        say(f"Removed the demo's databases{slot}, topic and Redis keys. The stack is still up")
         say("(./dev/stack stop stops it).")

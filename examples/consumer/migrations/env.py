@@ -2,7 +2,8 @@
 
 The URL is ``sqlalchemy.url`` if set on the Config, else ``$STATS_DATABASE_URL``
 (default: the local stack's ``outbox_read`` database). Migrations run with PyMySQL
-whatever driver the URL names (the consumer itself uses asyncmy).
+(MySQL/MariaDB) or psycopg (PostgreSQL) whatever driver the URL names (the consumer itself
+uses asyncmy or psycopg's async mode).
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ def _url() -> sa.URL:
     raw = config.get_main_option("sqlalchemy.url") or os.environ.get(
         "STATS_DATABASE_URL", DEFAULT_URL
     )
-    return make_url(raw).set(drivername="mysql+pymysql")
+    url = make_url(raw)
+    driver = "postgresql+psycopg" if url.get_backend_name() == "postgresql" else "mysql+pymysql"
+    return url.set(drivername=driver)
 
 
 def run_offline() -> None:

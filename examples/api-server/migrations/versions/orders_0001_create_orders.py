@@ -20,6 +20,10 @@ branch_labels: tuple[str, ...] | None = ("orders",)
 depends_on: str | None = "outbox_0001"
 
 
+# Microseconds on MySQL/MariaDB; PostgreSQL's TIMESTAMP keeps them already.
+_TIMESTAMP = sa.DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+
 def upgrade() -> None:
     op.create_table(
         "orders",
@@ -27,8 +31,8 @@ def upgrade() -> None:
         sa.Column("customer_id", sa.String(64), nullable=False),
         sa.Column("amount", sa.Numeric(12, 2), nullable=False),
         sa.Column("status", sa.String(16), nullable=False),
-        sa.Column("created_at", mysql.DATETIME(fsp=6), nullable=False),  # UTC
-        sa.Column("updated_at", mysql.DATETIME(fsp=6), nullable=False),
+        sa.Column("created_at", _TIMESTAMP, nullable=False),  # UTC
+        sa.Column("updated_at", _TIMESTAMP, nullable=False),
         mysql_engine="InnoDB",
         mysql_charset="utf8mb4",
     )
