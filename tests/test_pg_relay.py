@@ -451,3 +451,33 @@ async def test_dead_letter_policy_sends_the_refused_event_aside_and_goes_on(
     letters = [json.loads(r.value) for r in col.records if r.topic == dlq]
     assert published == [str(small.id), str(after.id)]
     assert [letter["id"] for letter in letters] == [str(big.id)]
+
+
+async def test_a_clean_stop_leaves_the_slot_at_the_final_checkpoint(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    """The source stops before the final save, so its status updates cannot report it;
+    the slot still ends there, and PostgreSQL keeps no WAL of published events."""
+    _outbox(db)
+    # Only the save at the start and the final one: no periodic save confirms the events.
+    settings = _settings(db, stack, topic_prefix, redis_prefix, checkpoint_interval_ms=600_000)
+    events = [_event("f", i) for i in range(3)]
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        relay = Relay(settings)
+        task = asyncio.create_task(relay.run())
+        try:
+            await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+            _write(db, events)
+            await col.wait_for(3)
+            current = parse_lsn(str(db.sql("SELECT pg_current_wal_lsn()")[0][0]))
+            await wait_until(
+                lambda: (relay.checkpoint_position or LsnPosition(lsn=0)).lsn >= current,
+                what="the watermark past the events",
+            )
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 30)
+    saved = _checkpoint(stack, settings)
+    assert saved.lsn >= current
+    assert db.confirmed_flush() == saved.lsn

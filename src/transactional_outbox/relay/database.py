@@ -101,6 +101,12 @@ class Database(ABC):
     def head(self, stats: RelayStats) -> Head:
         """A new head reader for this term."""
 
+    async def release(self, position: Position) -> None:
+        """The term ended with ``position`` checkpointed and its source stopped: a server
+        that keeps log for the relay (a PostgreSQL slot) may forget what is before it.
+        Never raises; nothing to do for MySQL."""
+        return None
+
     def recheck(self, fail: Callable[[BaseException], None]) -> asyncio.Future[None] | None:
         """After a source reconnected: check again that the outbox rows reach what it
         reads (``fail`` stops the session); None when there is nothing to check."""

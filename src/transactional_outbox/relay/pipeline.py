@@ -197,6 +197,10 @@ class Relay:
                     await _cancel(task)
                 if not term.lost.is_set():
                     await checkpointer.final_save()
+                    if self.stats.checkpoint is not None and not term.lost.is_set():
+                        # The source is stopped: its last status update is behind the
+                        # final save (a PostgreSQL slot would keep that WAL until restart).
+                        await self.database.release(self.stats.checkpoint)
                 await checkpointer.abandon()
         if term.lost.is_set():
             raise LeadershipLostError(term.reason)

@@ -22,7 +22,7 @@ from ..routing import TopicRouter
 from .checks import slot_lag_bytes
 from .position import LsnPosition
 from .source import PgBatch, PgSource, PgSourceSettings
-from .startup import TRANSIENT, PgStart, login_error, resolve_start
+from .startup import TRANSIENT, PgStart, advance_slot, login_error, resolve_start
 from .wire import PgConnectParams, PgServerError, PgWire
 
 if TYPE_CHECKING:
@@ -133,6 +133,13 @@ class PostgresDatabase(Database):
             max_reconnect_delay_seconds=s.reconnect_max_ms / 1000,
         )
         return LsnSource(settings, sink, start, router=router, on_state=on_state)
+
+    async def release(self, position: Position) -> None:
+        """Advance the slot to ``position`` (checkpointed) now that the source stopped:
+        its last status update went out before the final save."""
+        if isinstance(position, LsnPosition) and position.lsn > 0:
+            slot = self.settings.slot_name
+            await asyncio.to_thread(advance_slot, self.params, slot, position.lsn)
 
     def head(self, stats: RelayStats) -> Head:
         """The server's WAL end and the slot's retained WAL, over a connection of its own."""

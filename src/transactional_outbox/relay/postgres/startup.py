@@ -14,6 +14,7 @@ identifier differs) or beyond the server's WAL is a ``CheckpointError``.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 
 from ...exceptions import CheckpointError, ConfigurationError
@@ -28,9 +29,11 @@ from .checks import (
     ensure_slot,
 )
 from .position import LsnPosition
-from .wire import PgConnectParams, PgServerError, PgWire
+from .wire import PgConnectParams, PgServerError, PgWire, format_lsn, parse_lsn, quote_literal
 
-__all__ = ["TRANSIENT", "PgStart", "login_error", "resolve_start"]
+__all__ = ["TRANSIENT", "PgStart", "advance_slot", "login_error", "resolve_start"]
+
+RELEASE_WAIT = 5.0  # seconds a stopped source's WAL sender may take to let the slot go
 
 log = logging.getLogger("transactional_outbox.relay")
 
@@ -131,3 +134,43 @@ def resolve_start(
             slot_name,
         )
     return PgStart(LsnPosition(lsn=lsn, system=system, timeline=timeline), why, slot, version)
+
+
+def advance_slot(params: PgConnectParams, slot: str, lsn: int) -> None:
+    """Move ``slot``'s confirmed position to ``lsn`` (acknowledged and checkpointed) with
+    ``pg_replication_slot_advance``, once no connection streams from it. Blocking; logs
+    and returns on any failure: the slot then stays where it was (a restart repeats from
+    there, losing nothing)."""
+    query = (
+        "SELECT active, confirmed_flush_lsn FROM pg_replication_slots "
+        f"WHERE slot_name = {quote_literal(slot)}"
+    )
+    deadline = time.monotonic() + RELEASE_WAIT
+    try:
+        conn = PgWire(params)
+    except (OSError, PgServerError) as exc:
+        log.warning("slot %s not advanced to %s (%s)", slot, format_lsn(lsn), exc)
+        return
+    try:
+        while True:
+            rows = conn.query(query)
+            if not rows or parse_lsn(str(rows[0][1])) >= lsn:
+                return  # gone (reported at the next start), or already there
+            if rows[0][0] != "t":
+                try:
+                    conn.query(
+                        f"SELECT pg_replication_slot_advance({quote_literal(slot)}, "
+                        f"{quote_literal(format_lsn(lsn))})"
+                    )
+                    return
+                except PgServerError as exc:
+                    if exc.code != "55006":  # object_in_use: taken again meanwhile
+                        raise
+            if time.monotonic() > deadline:
+                log.info("slot %s still in use: left at its last confirmed position", slot)
+                return
+            time.sleep(0.05)  # the stopped source's WAL sender is exiting
+    except (OSError, PgServerError) as exc:
+        log.warning("slot %s not advanced to %s (%s)", slot, format_lsn(lsn), exc)
+    finally:
+        conn.close()
