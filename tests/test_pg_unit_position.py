@@ -110,3 +110,13 @@ def test_message_only_outbox_needs_no_table() -> None:
         {}, **BASE, database_url=PG, outbox_table="", pg_message_prefixes="billing, shop"
     )
     assert s.tables == () and s.pg_message_prefixes == ("billing", "shop")
+
+
+def test_progress_line_and_health_name_postgresql_and_the_wal_the_slot_keeps() -> None:
+    from transactional_outbox.relay.stats import RelayStats
+
+    stats = RelayStats(database_kind="postgresql", database="ok", slot_retained_bytes=123)
+    line = stats.progress_line(0)
+    assert "slot keeps 123 B" in line and "postgresql ok" in line and "mysql" not in line
+    assert stats.health()["postgresql"] == "ok" and "mysql" not in stats.health()
+    assert "slot keeps" not in RelayStats().progress_line(0)

@@ -140,14 +140,17 @@ class RelayStats:
             )
 
     def progress_line(self, rate: float) -> str:
-        """One line: rate, how far behind the binlog head, last event's age, checkpoint,
-        queue, server states."""
+        """One line: rate, how far behind the log's head, last event's age, the WAL a
+        PostgreSQL slot keeps, checkpoint, queue, server states."""
         tables = ""
         if self.by_table:
             tables = " (" + ", ".join(f"{t} {n}" for t, n in sorted(self.by_table.items())) + ")"
+        slot = (
+            "" if self.slot_retained_bytes is None else f"slot keeps {self.slot_retained_bytes} B, "
+        )
         return (
             f"{rate:.0f} events/s, {self.published} published{tables}, "
-            f"{describe(self.behind_bytes, self.last_event_age())}, "
+            f"{describe(self.behind_bytes, self.last_event_age())}, {slot}"
             f"checkpoint {self.checkpoint or '-'}, queue {self.queue_depth}, "
             f"{self.database_kind} {self.database}, kafka {self._kafka_shown()}, redis {self.redis}"
             + ("" if self.canary == "off" else f", canary {self.canary}")
