@@ -1,0 +1,224 @@
+"""Redis as production runs it, from the Debian ``redis-server`` binary: a Sentinel setup
+(one primary, one replica, one sentinel) and a 3-primary Redis Cluster.
+
+Each server listens on 127.0.0.1 on a free port and keeps its files in a directory given
+by the caller; nothing is shared with the stack. Debian ships no ``redis-sentinel``
+binary: ``redis-server sentinel.conf --sentinel`` is the sentinel. Only the standard
+library and :mod:`outbox_dev.scratch`'s helpers (no redis-py, no pytest), so a script can
+import this module too.
+
+Failover timings are small on purpose (``down-after-milliseconds`` 500, ``failover-timeout``
+2000): a killed primary is replaced in about a second here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from outbox_dev import stack
+from outbox_dev.scratch import HOST, free_port, wait_port
+
+__all__ = ["RedisNode", "ScratchCluster", "ScratchSentinel"]
+
+SERVICE = "outbox-primary"
+"""The service name the sentinel monitors (``redis+sentinel://.../outbox-primary``)."""
+
+
+def _binary(name: str) -> str:
+    found = stack.find_binary(name)
+    assert found is not None, f"{name} is not installed (./dev/stack start installs it)"
+    return found
+
+
+def cli(port: int, *args: str, within: float = 10.0) -> str:
+    """``redis-cli -p PORT ARGS``: its output, raising with it when the command fails."""
+    done = subprocess.run(
+        [_binary("redis-cli"), "-h", HOST, "-p", str(port), *args],
+        capture_output=True,
+        text=True,
+        timeout=within,
+        check=False,
+    )
+    out = done.stdout.strip()
+    if done.returncode != 0 or out.startswith(("ERR", "(error)")):
+        raise RuntimeError(f"redis-cli -p {port} {' '.join(args)}: {out} {done.stderr.strip()}")
+    return out
+
+
+def _wait(check: object, *, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+            if check():  # type: ignore[operator]
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what}: not within {within}s")
+
+
+class RedisNode:
+    """One ``redis-server`` process (a primary, a replica, a sentinel or a cluster node)."""
+
+    def __init__(self, workdir: Path, name: str, conf: list[str], *, sentinel: bool = False):
+        self.port = free_port()
+        while self.port > 55_535:  # cluster nodes need port + 10000 to be a port
+            self.port = free_port()
+        self.dir = workdir / name
+        self.name = name
+        self.conf = [f"port {self.port}", f"bind {HOST}", f"dir {self.dir}", *conf]
+        self.sentinel = sentinel
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def log(self) -> str:
+        """What the server wrote to its log so far."""
+        path = self.dir / "server.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start(self) -> None:
+        """Start it (its config file is written once, then kept: a sentinel rewrites it)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        conf = self.dir / "redis.conf"
+        if not conf.exists():
+            conf.write_text("\n".join([*self.conf, "save ''", "appendonly no"]) + "\n")
+        args = [_binary("redis-server"), str(conf)] + (["--sentinel"] if self.sentinel else [])
+        with open(self.dir / "server.log", "ab") as out:
+            self.proc = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            )
+        try:
+            wait_port(self.port, within=15, what=f"redis-server {self.name}")
+        except RuntimeError as exc:
+            raise RuntimeError(f"{exc}; its log:\n{self.log}") from None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def running(self) -> bool:
+        """True while the process runs."""
+        return self.proc is not None and self.proc.poll() is None
+
+
+class ScratchSentinel:
+    """A primary, a replica of it and one sentinel monitoring them as :data:`SERVICE`."""
+
+    def __init__(self, workdir: Path) -> None:
+        # A full sync waits repl-diskless-sync-delay (5 s) for more replicas: none will come.
+        quick = ["repl-diskless-sync-delay 0"]
+        self.primary = RedisNode(workdir, "primary", quick)
+        self.replica = RedisNode(workdir, "replica", quick)
+        self.replica.conf.append(f"replicaof {HOST} {self.primary.port}")
+        self.sentinel = RedisNode(
+            workdir,
+            "sentinel",
+            [
+                f"sentinel monitor {SERVICE} {HOST} {self.primary.port} 1",
+                f"sentinel down-after-milliseconds {SERVICE} 500",
+                f"sentinel failover-timeout {SERVICE} 2000",
+                f"sentinel parallel-syncs {SERVICE} 1",
+            ],
+            sentinel=True,
+        )
+
+    @property
+    def url(self) -> str:
+        """``redis+sentinel://127.0.0.1:PORT/outbox-primary/0``."""
+        return f"redis+sentinel://{HOST}:{self.sentinel.port}/{SERVICE}/0"
+
+    def start(self) -> None:
+        """Start the three and wait until the sentinel knows the replica."""
+        for node in (self.primary, self.replica, self.sentinel):
+            node.start()
+        _wait(
+            lambda: "master_link_status:up" in cli(self.replica.port, "INFO", "replication"),
+            within=15,
+            what="the replica in sync",
+        )
+        _wait(
+            lambda: cli(self.sentinel.port, "SENTINEL", "REPLICAS", SERVICE).strip() != "",
+            within=15,
+            what="the sentinel sees the replica",
+        )
+
+    def master_port(self) -> int:
+        """The primary's port, as the sentinel names it now."""
+        out = cli(self.sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
+        return int(out.split()[-1])
+
+    def kill_primary_and_promote(self, within: float = 20.0) -> RedisNode:
+        """SIGKILL the primary and wait until the sentinel names the replica; the new one."""
+        old = self.primary if self.master_port() == self.primary.port else self.replica
+        new = self.replica if old is self.primary else self.primary
+        old.kill()
+        _wait(
+            lambda: (
+                self.master_port() == new.port
+                and "role:master" in cli(new.port, "INFO", "replication")
+            ),
+            within=within,
+            what=f"the sentinel promotes {new.name}",
+        )
+        return new
+
+    def stop(self) -> None:
+        """Kill every process."""
+        for node in (self.sentinel, self.replica, self.primary):
+            node.kill()
+
+
+class ScratchCluster:
+    """Three cluster-mode primaries (no replicas) with every slot assigned."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.nodes = [
+            RedisNode(
+                workdir,
+                f"node{n}",
+                [
+                    "cluster-enabled yes",
+                    "cluster-config-file nodes.conf",
+                    "cluster-node-timeout 2000",
+                    # The bus port is PORT + 10000 unless set: a free one of its own.
+                    f"cluster-port {free_port()}",
+                ],
+            )
+            for n in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2/``."""
+        hosts = ",".join(f"{HOST}:{n.port}" for n in self.nodes[:2])
+        return f"redis+cluster://{hosts}/"
+
+    def start(self) -> None:
+        """Start the nodes, create the cluster, wait until every node says it is ok."""
+        for node in self.nodes:
+            node.start()
+        cli(
+            self.nodes[0].port,
+            "--cluster",
+            "create",
+            *(f"{HOST}:{n.port}" for n in self.nodes),
+            "--cluster-replicas",
+            "0",
+            "--cluster-yes",
+            within=30,
+        )
+        for node in self.nodes:
+            _wait(
+                lambda node=node: "cluster_state:ok" in cli(node.port, "CLUSTER", "INFO"),
+                within=15,
+                what=f"{node.name} cluster_state:ok",
+            )
+
+    def stop(self) -> None:
+        """Kill every node."""
+        for node in self.nodes:
+            node.kill()
