@@ -202,16 +202,23 @@ def sync_client(target: RedisTarget) -> SyncClient:
             f"a setting in the URL is not one the cluster client takes ({exc})"
         ) from None
     except RedisClusterException as exc:
-        raise _cluster_error(target, exc) from None
+        if (err := _cluster_error(target, exc)) is exc:
+            raise
+        raise err from None
 
 
 def _cluster_error(target: RedisTarget, exc: RedisClusterException) -> Exception:
-    """What a cluster client's own exception means: a wrong URL, or a retryable outage."""
-    if "Cluster mode is not enabled" in str(exc):
+    """What a cluster client's own exception means: a wrong URL, a retryable outage (no
+    node reachable, slots not all covered or disagreed on: a failover under way), or
+    else itself (a bug such as keys of one script in two slots: not to be retried)."""
+    text = str(exc)
+    if "Cluster mode is not enabled" in text:
         return target.error(
             "the server is not in cluster mode: use redis://HOST:PORT/DB for one server"
         )
-    return RedisConnectionError(f"Redis Cluster: {exc}")
+    if any(s in text for s in ("cannot be connected", "not covered", "could not agree")):
+        return RedisConnectionError(f"Redis Cluster: {text}")
+    return exc
 
 
 class _AsyncCluster(acluster.RedisCluster):
@@ -228,7 +235,9 @@ class _AsyncCluster(acluster.RedisCluster):
         try:
             return await super().execute_command(*args, **kwargs)
         except RedisClusterException as exc:
-            raise _cluster_error(self._target, exc) from None
+            if (err := _cluster_error(self._target, exc)) is exc:
+                raise
+            raise err from None
 
 
 async def probe(client: AsyncClient, target: RedisTarget) -> None:
