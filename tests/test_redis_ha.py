@@ -16,7 +16,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from outbox_dev.redis_ha import SERVICE, ScratchCluster, ScratchSentinel
+from outbox_dev.redis_ha import SERVICE, ScratchCluster, ScratchSentinel, ScratchTlsRedis
 from transactional_outbox._redis_client import parse_redis_url, sync_client
 from transactional_outbox.consumer import (
     AsyncRedisStore,
@@ -67,6 +67,16 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchCluster
         setup.stop()
 
 
+@pytest.fixture(scope="module")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchTlsRedis]:
+    server = ScratchTlsRedis(tmp_path_factory.mktemp("tls"))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
 def client_for(url: str) -> redis.Redis | redis.cluster.RedisCluster:
     return sync_client(parse_redis_url(url, setting="redis_url"))
 
@@ -104,6 +114,17 @@ async def test_startup_names_redis_url_for_a_server_of_another_kind(
             assert f"they monitor: {SERVICE}" in str(caught.value)
 
 
+async def test_an_unverifiable_tls_certificate_names_redis_url(
+    tls: ScratchTlsRedis, settings_kw: dict[str, Any]
+) -> None:
+    without_ca = tls.url.replace(f"ssl_ca_certs={tls.certs['ca']}&", "")
+    settings = relay_settings(**{**settings_kw, "redis_url": without_ca})
+    with pytest.raises(ConfigurationError) as caught:
+        await asyncio.wait_for(Relay(settings).run(), 30)
+    assert caught.value.setting == "redis_url"
+    assert "ssl_ca_certs" in str(caught.value) and "does not verify" in str(caught.value)
+
+
 # -- the relay -------------------------------------------------------------------------
 
 
@@ -133,6 +154,24 @@ async def test_relay_on_a_cluster_resumes_from_its_checkpoint(
     # Resumed from the cluster's checkpoint: nothing lost, nothing of `first` sent again.
     assert {str(e.id) for e in first + second} == set(counts)
     assert all(counts[str(e.id)] == 1 for e in first)
+
+
+async def test_relay_over_tls_with_a_client_certificate(
+    tls: ScratchTlsRedis, stack: Stack, conn: Any, settings_kw: dict[str, Any], topic_prefix: str
+) -> None:
+    settings = relay_settings(**{**settings_kw, "redis_url": tls.url})
+    events = [make_event(aggregate_id=str(i % 3)) for i in range(6)]
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        async with running_relay(settings):
+            write_in_txns(conn, events)
+            end = _binlog.position(stack)
+            await col.wait_for(6)
+            await wait_until(
+                lambda: (checkpoint_of(tls.url, settings.checkpoint_key) or ("", 0)) >= end,
+                what="the checkpoint saved over TLS",
+            )
+    assert sorted(col.ids()) == sorted(str(e.id) for e in events)
 
 
 async def test_relay_through_a_sentinel_failover_loses_nothing(
@@ -269,7 +308,7 @@ def storm_sync(store: RedisStore, ids: list[uuid.UUID], workers: int = 4) -> Cou
     return effects
 
 
-@pytest.mark.parametrize("where", ["cluster", "sentinel"])
+@pytest.mark.parametrize("where", ["cluster", "sentinel", "tls"])
 def test_sync_store_duplicate_storm_handles_each_event_once(
     where: str, request: pytest.FixtureRequest, redis_prefix: str
 ) -> None:

@@ -22,7 +22,7 @@ from pathlib import Path
 from outbox_dev import stack
 from outbox_dev.scratch import HOST, free_port, wait_port
 
-__all__ = ["RedisNode", "ScratchCluster", "ScratchSentinel"]
+__all__ = ["RedisNode", "ScratchCluster", "ScratchSentinel", "ScratchTlsRedis"]
 
 SERVICE = "outbox-primary"
 """The service name the sentinel monitors (``redis+sentinel://.../outbox-primary``)."""
@@ -222,3 +222,61 @@ class ScratchCluster:
         """Kill every node."""
         for node in self.nodes:
             node.kill()
+
+
+def _openssl(*args: str) -> None:
+    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=30)
+
+
+def make_certificates(where: Path) -> dict[str, Path]:
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate."""
+    where.mkdir(parents=True, exist_ok=True)
+    files = {n: where / f"{n}.pem" for n in ("ca", "ca_key", "server", "server_key")}
+    files |= {n: where / f"{n}.pem" for n in ("client", "client_key")}
+    curve = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    _openssl("req", "-x509", *curve, "-keyout", str(files["ca_key"]), "-out", str(files["ca"]),
+             "-days", "2", "-subj", "/CN=outbox-test-ca")  # fmt: skip
+    san = where / "san.ext"
+    san.write_text("subjectAltName=IP:127.0.0.1\n")
+    for name in ("server", "client"):
+        csr = where / f"{name}.csr"
+        _openssl("req", *curve, "-keyout", str(files[f"{name}_key"]), "-out", str(csr),
+                 "-subj", f"/CN={name}")  # fmt: skip
+        _openssl("x509", "-req", "-in", str(csr), "-CA", str(files["ca"]), "-CAkey",
+                 str(files["ca_key"]), "-CAcreateserial", "-out", str(files[name]), "-days",
+                 "2", "-extfile", str(san))  # fmt: skip
+    return files
+
+
+class ScratchTlsRedis:
+    """One redis-server that speaks only TLS and wants a client certificate."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.certs = make_certificates(workdir / "certs")
+        c = self.certs
+        self.node = RedisNode(workdir, "tls", [])
+        self.node.conf += [
+            "port 0",  # no plain port: the last port directive wins
+            f"tls-port {self.node.port}",
+            f"tls-cert-file {c['server']}",
+            f"tls-key-file {c['server_key']}",
+            f"tls-ca-cert-file {c['ca']}",
+            "tls-auth-clients yes",
+        ]
+
+    @property
+    def url(self) -> str:
+        """``rediss://127.0.0.1:PORT/0?ssl_ca_certs=...&ssl_certfile=...&ssl_keyfile=...``."""
+        c = self.certs
+        return (
+            f"rediss://{HOST}:{self.node.port}/0?ssl_ca_certs={c['ca']}"
+            f"&ssl_certfile={c['client']}&ssl_keyfile={c['client_key']}"
+        )
+
+    def start(self) -> None:
+        """Start it."""
+        self.node.start()
+
+    def stop(self) -> None:
+        """Kill it."""
+        self.node.kill()

@@ -174,7 +174,8 @@ def async_client(target: RedisTarget) -> AsyncClient:
         manager = asentinel.Sentinel(  # type: ignore[no-untyped-call]
             list(target.nodes), sentinel_kwargs=dict(target.sentinel_kwargs), **target.kwargs
         )
-        return cast(aioredis.Redis, manager.master_for(target.service, db=target.db))
+        client = manager.master_for(target.service, redis_class=_AsyncSentinelMaster, db=target.db)
+        return cast(aioredis.Redis, client)
     try:
         return _AsyncCluster(
             target, startup_nodes=[acluster.ClusterNode(h, p) for h, p in target.nodes]
@@ -219,6 +220,16 @@ def _cluster_error(target: RedisTarget, exc: RedisClusterException) -> Exception
     if any(s in text for s in ("cannot be connected", "not covered", "could not agree")):
         return RedisConnectionError(f"Redis Cluster: {text}")
     return exc
+
+
+class _AsyncSentinelMaster(aioredis.Redis):
+    """The primary's client; closing it closes its connections to the sentinels too."""
+
+    async def aclose(self, close_connection_pool: bool | None = None) -> None:
+        manager = getattr(self.connection_pool, "sentinel_manager", None)
+        await super().aclose(close_connection_pool)
+        for sentinel in getattr(manager, "sentinels", ()):
+            await sentinel.aclose()
 
 
 class _AsyncCluster(acluster.RedisCluster):
