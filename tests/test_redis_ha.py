@@ -59,7 +59,7 @@ def sentinel(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchSentin
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchCluster]:
-    setup = ScratchCluster(tmp_path_factory.mktemp("cluster"))
+    setup = ScratchCluster(tmp_path_factory.mktemp("cluster"), replicas=True)
     try:
         setup.start()
         yield setup
@@ -230,6 +230,46 @@ async def test_relay_through_a_sentinel_failover_loses_nothing(
     # ... and the checkpoint survived the failover: the events saved before it and the
     # ones after the restart came once (duplicates, if any, only around the failover).
     assert all(counts[str(e.id)] == 1 for e in before + last)
+
+
+async def test_relay_through_a_cluster_primary_failover_loses_nothing(
+    cluster: ScratchCluster, stack: Stack, conn: Any, settings_kw: dict[str, Any], topic_prefix: str
+) -> None:
+    settings = relay_settings(**{**settings_kw, "redis_url": cluster.url, "relay_name": "fo"})
+    key = settings.checkpoint_key
+    before, after = ([make_event(aggregate_id=str(i % 3)) for i in range(n)] for n in (9, 9))
+    during: list[Any] = []
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        async with running_relay(settings) as relay:
+            write_in_txns(conn, before)
+            end = _binlog.position(stack)
+            await col.wait_for(9)
+            await wait_until(
+                lambda: (checkpoint_of(cluster.url, key) or ("", 0)) >= end,
+                what="the checkpoint past the first events",
+            )
+            primary = client_for(f"redis://127.0.0.1:{cluster.primary_of(key).port}/0")
+            assert primary.wait(1, 5000) == 1  # on its replica before the crash
+            failover = asyncio.ensure_future(asyncio.to_thread(cluster.kill_primary_of, key))
+            while not failover.done():  # writes spread over the failover
+                during.append(make_event(aggregate_id=str(len(during) % 3)))
+                write_events(conn, during[-1:])
+                await asyncio.sleep(0.05)
+            await failover
+            write_in_txns(conn, after)
+            end = _binlog.position(stack)
+            await col.wait_for(18 + len(during), within=60)
+            await wait_until(
+                lambda: (checkpoint_of(cluster.url, key) or ("", 0)) >= end,
+                within=60,
+                what="the checkpoint on the promoted replica past every event",
+            )
+            assert relay.stats.redis_errors > 0  # it did see the primary gone
+        counts = Counter(col.ids())
+    assert len(during) >= 3
+    assert {str(e.id) for e in before + during + after} == set(counts)
+    assert all(counts[str(e.id)] == 1 for e in before)  # the checkpoint never went back
 
 
 # -- the dedup stores ------------------------------------------------------------------

@@ -151,6 +151,12 @@ class ScratchSentinel:
         out = cli(self.sentinel.port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", SERVICE)
         return int(out.split()[-1])
 
+    def master_state(self) -> dict[str, str]:
+        """``SENTINEL MASTER``: what redis-py reads (GET-MASTER-ADDR-BY-NAME names the
+        promoted replica before the failover ends; this names it only after)."""
+        lines = cli(self.sentinel.port, "SENTINEL", "MASTER", SERVICE).splitlines()
+        return dict(zip(lines[::2], lines[1::2], strict=False))
+
     def kill_primary_and_promote(self, within: float = 20.0) -> RedisNode:
         """SIGKILL the primary and wait until the sentinel names the replica; the new one."""
         old = self.primary if self.master_port() == self.primary.port else self.replica
@@ -158,7 +164,8 @@ class ScratchSentinel:
         old.kill()
         _wait(
             lambda: (
-                self.master_port() == new.port
+                self.master_state().get("port") == str(new.port)
+                and self.master_state().get("flags") == "master"
                 and "role:master" in cli(new.port, "INFO", "replication")
             ),
             within=within,
@@ -173,9 +180,11 @@ class ScratchSentinel:
 
 
 class ScratchCluster:
-    """Three cluster-mode primaries (no replicas) with every slot assigned."""
+    """Three cluster-mode primaries with every slot assigned, and with ``replicas=True`` a
+    replica of each (six nodes), so a killed primary fails over."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, *, replicas: bool = False) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisNode(
                 workdir,
@@ -183,17 +192,19 @@ class ScratchCluster:
                 [
                     "cluster-enabled yes",
                     "cluster-config-file nodes.conf",
-                    "cluster-node-timeout 2000",
+                    # Small, so a killed primary's replica takes over in about 2 s here.
+                    "cluster-node-timeout 1000",
+                    "repl-diskless-sync-delay 0",
                     # The bus port is PORT + 10000 unless set: a free one of its own.
                     f"cluster-port {free_port()}",
                 ],
             )
-            for n in range(3)
+            for n in range(6 if replicas else 3)
         ]
 
     @property
     def url(self) -> str:
-        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2/``."""
+        """``redis+cluster://127.0.0.1:P1,127.0.0.1:P2/``: two of the nodes."""
         hosts = ",".join(f"{HOST}:{n.port}" for n in self.nodes[:2])
         return f"redis+cluster://{hosts}/"
 
@@ -207,16 +218,60 @@ class ScratchCluster:
             "create",
             *(f"{HOST}:{n.port}" for n in self.nodes),
             "--cluster-replicas",
-            "0",
+            "1" if self.replicas else "0",
             "--cluster-yes",
-            within=30,
+            within=60,
         )
+        self.wait_ok()
+
+    def wait_ok(self, within: float = 30.0) -> None:
+        """Wait until every running node reports ``cluster_state:ok``."""
         for node in self.nodes:
-            _wait(
-                lambda node=node: "cluster_state:ok" in cli(node.port, "CLUSTER", "INFO"),
-                within=15,
-                what=f"{node.name} cluster_state:ok",
-            )
+            if node.running():
+                _wait(
+                    lambda node=node: "cluster_state:ok" in cli(node.port, "CLUSTER", "INFO"),
+                    within=within,
+                    what=f"{node.name} cluster_state:ok",
+                )
+
+    def primary_of(self, key: str) -> RedisNode:
+        """The node serving ``key``'s slot now."""
+        slot = int(cli(self.live().port, "CLUSTER", "KEYSLOT", key))
+        for node in self.nodes:
+            if node.running():
+                info = cli(node.port, "ROLE").split()
+                if info and info[0] == "master" and self._serves(node, slot):
+                    return node
+        raise RuntimeError(f"no running primary serves slot {slot}")
+
+    def _serves(self, node: RedisNode, slot: int) -> bool:
+        for line in cli(node.port, "CLUSTER", "NODES").splitlines():
+            fields = line.split()
+            if "myself" in fields[2]:
+                for part in fields[8:]:
+                    low, _, high = part.partition("-")
+                    if low.isdigit() and int(low) <= slot <= int(high or low):
+                        return True
+        return False
+
+    def live(self) -> RedisNode:
+        """A running node."""
+        return next(n for n in self.nodes if n.running())
+
+    def kill_primary_of(self, key: str, within: float = 30.0) -> RedisNode:
+        """SIGKILL the primary serving ``key`` and wait until its replica serves it."""
+        old = self.primary_of(key)
+        old.kill()
+
+        def promoted() -> bool:
+            try:
+                return self.primary_of(key) is not old
+            except RuntimeError:
+                return False
+
+        _wait(promoted, within=within, what=f"a replica takes over from {old.name}")
+        self.wait_ok(within)
+        return self.primary_of(key)
 
     def stop(self) -> None:
         """Kill every node."""
