@@ -78,13 +78,15 @@ class RedisNode:
         path = self.dir / "server.log"
         return path.read_text(errors="replace") if path.exists() else ""
 
-    def start(self) -> None:
-        """Start it (its config file is written once, then kept: a sentinel rewrites it)."""
+    def start(self, *extra: str) -> None:
+        """Start it (its config file is written once, then kept: a sentinel rewrites it);
+        ``extra``: more ``--name value`` arguments for this start only."""
         self.dir.mkdir(parents=True, exist_ok=True)
         conf = self.dir / "redis.conf"
         if not conf.exists():
             conf.write_text("\n".join([*self.conf, "save ''", "appendonly no"]) + "\n")
-        args = [_binary("redis-server"), str(conf)] + (["--sentinel"] if self.sentinel else [])
+        args = [_binary("redis-server"), str(conf), *extra]
+        args += ["--sentinel"] if self.sentinel else []
         with open(self.dir / "server.log", "ab") as out:
             self.proc = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
@@ -172,6 +174,23 @@ class ScratchSentinel:
             what=f"the sentinel promotes {new.name}",
         )
         return new
+
+    def rejoin(self, node: RedisNode, within: float = 20.0) -> None:
+        """Start a killed node again as a replica of the primary now, and wait until it is
+        in sync and the sentinel counts it (so the next failover has a replica)."""
+        node.start("--replicaof", HOST, str(self.master_port()))
+        _wait(
+            lambda: "master_link_status:up" in cli(node.port, "INFO", "replication"),
+            within=within,
+            what=f"{node.name} in sync again",
+        )
+
+        def counted() -> bool:
+            out = cli(self.sentinel.port, "SENTINEL", "REPLICAS", SERVICE).splitlines()
+            fields = dict(zip(out[::2], out[1::2], strict=False))
+            return fields.get("port") == str(node.port) and fields.get("flags") == "slave"
+
+        _wait(counted, within=within, what=f"the sentinel counts {node.name} as a replica")
 
     def stop(self) -> None:
         """Kill every process."""
