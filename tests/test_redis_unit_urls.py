@@ -11,6 +11,7 @@ import redis
 import redis.cluster
 from redis.crc import key_slot
 
+from transactional_outbox._fields import mask_url
 from transactional_outbox._redis_client import (
     async_client,
     has_hash_tag,
@@ -193,3 +194,21 @@ def test_unknown_cluster_client_setting_names_the_setting() -> None:
     target = parse_redis_url("redis+cluster://n1:7000/?no_such_option=1", setting="url")
     with pytest.raises(ConfigurationError, match=r"^url: .*not one the cluster client takes"):
         async_client(target)
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        (
+            f"redis+sentinel://:{SECRET}@s1/svc/0?sentinel_password={SECRET}&socket_timeout=1",
+            "redis+sentinel://:***@s1/svc/0?sentinel_password=***&socket_timeout=1",
+        ),
+        (f"unix:///run/r.sock?db=0&password={SECRET}", "unix:///run/r.sock?db=0&password=***"),
+        ("redis://h/0?client_name=a@b", "redis://h/0?client_name=a@b"),
+    ],
+)
+def test_query_passwords_are_masked(url: str, masked: str) -> None:
+    assert mask_url(url) == masked
+    with pytest.raises(ConfigurationError) as caught:
+        parse_redis_url(url.replace("://", "+mesh://", 1), setting="redis_url")
+    assert SECRET not in str(caught.value)
