@@ -53,6 +53,10 @@ def test_sentinel_url() -> None:
     assert target.kwargs["socket_timeout"] == 1.5  # typed as redis-py types it
     assert target.sentinel_kwargs == {"socket_timeout": 1.5, "password": "sp"}
     assert SECRET not in repr(target) and SECRET not in target.shown
+    # An @ in the query is not a login (the netloc ends at the first /).
+    named = parse_redis_url("redis+cluster://n1:7000/?client_name=a@b", setting="redis_url")
+    assert named.nodes == (("n1", 7000),) and named.kwargs["client_name"] == "a@b"
+    assert "password" not in named.kwargs
 
 
 def test_tls_sentinel_and_cluster_urls_carry_the_certificates() -> None:

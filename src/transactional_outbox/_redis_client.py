@@ -104,10 +104,10 @@ def parse_redis_url(url: str, *, setting: str) -> RedisTarget:
     base, plus, kind = scheme.partition("+")
     if not plus or base not in ("redis", "rediss") or kind not in _DEFAULT_PORT:
         raise _fail(url, setting, f"unknown scheme {scheme!r}: use {forms}")
-    at = rest.rfind("@")
-    userinfo, after = (rest[:at], rest[at + 1 :]) if at >= 0 else ("", rest)
-    end = min((i for i in (after.find("/"), after.find("?")) if i >= 0), default=len(after))
-    hosts, path_query = after[:end], after[end:]
+    # As urlparse (and so redis-py) reads a URL: the netloc ends at the first / ? or #.
+    end = min((i for i in map(rest.find, "/?#") if i >= 0), default=len(rest))
+    netloc, path_query = rest[:end], rest[end:].partition("#")[0]
+    userinfo, at_sign, hosts = netloc.rpartition("@")
     path, _, query = path_query.partition("?")
     nodes = tuple(_node(h, _DEFAULT_PORT[kind], url, setting) for h in hosts.split(","))
     parts = [p for p in path.split("/") if p]
@@ -121,7 +121,7 @@ def parse_redis_url(url: str, *, setting: str) -> RedisTarget:
     if not db_text.isdigit():
         raise _fail(url, setting, f"the database {db_text!r} is not a number")
     # redis-py reads the login and the query (typed: socket_timeout=1.5, ...) for us.
-    login = f"{userinfo}@" if at >= 0 else ""
+    login = f"{userinfo}@" if at_sign else ""
     try:
         kwargs = _parse_url(f"{base}://{login}placeholder/{db_text}?{query}")
     except ValueError as exc:
