@@ -16,7 +16,10 @@ from __future__ import annotations
 import contextlib
 import signal
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from outbox_dev import stack
@@ -49,11 +52,11 @@ def cli(port: int, *args: str, within: float = 10.0) -> str:
     return out
 
 
-def _wait(check: object, *, within: float, what: str) -> None:
+def _wait(check: Callable[[], bool], *, within: float, what: str) -> None:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
         with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-            if check():  # type: ignore[operator]
+            if check():
                 return
         time.sleep(0.05)
     raise RuntimeError(f"{what}: not within {within}s")
@@ -354,3 +357,25 @@ class ScratchTlsRedis:
     def stop(self) -> None:
         """Kill it."""
         self.node.kill()
+
+
+def main(argv: list[str]) -> int:
+    """``python -m outbox_dev.redis_ha sentinel|cluster|tls``: run one setup until Ctrl-C."""
+    kinds = {"sentinel": ScratchSentinel, "cluster": ScratchCluster, "tls": ScratchTlsRedis}
+    if len(argv) != 1 or argv[0] not in kinds:
+        print(f"usage: python -m outbox_dev.redis_ha {'|'.join(kinds)}", file=sys.stderr)
+        return 2
+    setup = kinds[argv[0]](Path(tempfile.mkdtemp(prefix=f"redis-{argv[0]}-")))
+    try:
+        setup.start()
+        print(f"OUTBOX_REDIS_URL={setup.url}  (Ctrl-C stops it)", flush=True)
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        setup.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
