@@ -77,6 +77,20 @@ def tls(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ScratchTlsRedis]:
         server.stop()
 
 
+async def settle_group(topic: Topic, group: str, published: int) -> None:
+    async def committed_all() -> bool:
+        return await topic.committed(group) == published
+
+    await wait_until(committed_all, within=60, what=f"group {group} committed every record")
+
+
+async def with_a_replica(sentinel: ScratchSentinel) -> None:
+    """Start the node an earlier failover killed again, as the replica to promote next."""
+    for node in (sentinel.primary, sentinel.replica):
+        if not node.running():
+            await asyncio.to_thread(sentinel.rejoin, node)
+
+
 def client_for(url: str) -> redis.Redis | redis.cluster.RedisCluster:
     return sync_client(parse_redis_url(url, setting="redis_url"))
 
@@ -181,6 +195,7 @@ async def test_relay_through_a_sentinel_failover_loses_nothing(
     settings_kw: dict[str, Any],
     topic_prefix: str,
 ) -> None:
+    await with_a_replica(sentinel)
     settings = relay_settings(**{**settings_kw, "redis_url": sentinel.url})
     key = settings.checkpoint_key
     before, after, last = (
@@ -386,3 +401,32 @@ async def test_runner_duplicate_storm_with_failing_handlers(
     seen.check(events)
     assert store.busy > 0  # the runners raced on the same ids
     assert isinstance(store, AsyncRedisStore)
+
+
+async def test_runner_through_a_sentinel_failover_handles_every_event(
+    sentinel: ScratchSentinel, redis_prefix: str, topic: Topic
+) -> None:
+    await with_a_replica(sentinel)
+    events, published = storm_events()
+    store = AsyncRedisStore.from_url(sentinel.url, prefix=redis_prefix, poll_interval_ms=5)
+    effects: Counter[uuid.UUID] = Counter()
+    gate = asyncio.Event()
+
+    @idempotent_consumer(store=store, consumer_name="billing")
+    async def on_order(event: ReceivedEvent) -> None:
+        if len(effects) >= 30:
+            await gate.wait()  # the rest run once the primary is gone
+        effects[event.id] += 1
+
+    # Retries outlast the failover (~2 s here): marking done is retried max_attempts times
+    # with backoff, then the runner stops (a Redis outage longer than that stops it).
+    topic.start(on_order, "a", max_attempts=8, backoff_initial_ms=500, backoff_max_ms=2000)
+    await publish_by_key(topic.bootstrap, topic.name, published)
+    await wait_until(lambda: len(effects) >= 30, what="30 events handled")
+    failover = asyncio.ensure_future(asyncio.to_thread(sentinel.kill_primary_and_promote))
+    await asyncio.sleep(0.3)  # handlers resume while no primary answers
+    gate.set()
+    await failover
+    await settle_group(topic, "a", len(published))
+    await topic.stop()  # raises if the runner failed
+    assert set(effects) == {e.id for e in events}  # nothing lost; duplicates allowed
