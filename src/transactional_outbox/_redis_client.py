@@ -268,10 +268,10 @@ async def probe(client: AsyncClient, target: RedisTarget) -> None:
         info = await client.info("cluster")
     except NoPermissionError:
         return
-    except ResponseError as exc:
-        if "unknown command" in str(exc).lower():
-            return
-        raise
+    except ResponseError as exc:  # a proxy or a managed Redis without INFO: not checked
+        if "DB index" in str(exc) or str(exc).startswith(("NOAUTH", "WRONGPASS")):
+            raise  # the login or the db index: the caller names the setting
+        return
     if str(info.get("cluster_enabled", "0")) == "1":
         raise target.error(
             "the server is a Redis Cluster node: use redis+cluster://HOST:PORT[,HOST:PORT]/"
