@@ -302,6 +302,44 @@ async def test_relay_through_a_cluster_primary_failover_loses_nothing(
     assert all(counts[str(e.id)] == 1 for e in before)  # the checkpoint never went back
 
 
+async def test_relay_through_a_cluster_slot_migration_loses_nothing(
+    cluster: ScratchCluster, stack: Stack, conn: Any, settings_kw: dict[str, Any], topic_prefix: str
+) -> None:
+    settings = relay_settings(**{**settings_kw, "redis_url": cluster.url, "relay_name": "mig"})
+    key = settings.checkpoint_key
+    before, after = ([make_event(aggregate_id=str(i % 3)) for i in range(n)] for n in (9, 9))
+    during: list[Any] = []
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        async with running_relay(settings):
+            write_in_txns(conn, before)
+            end = _binlog.position(stack)
+            await wait_for_ids(col, before)
+            await wait_until(
+                lambda: (checkpoint_of(cluster.url, key) or ("", 0)) >= end,
+                what="the checkpoint past the first events",
+            )
+            old = cluster.primary_of(key)
+            moving = asyncio.ensure_future(asyncio.to_thread(cluster.move_slot_of, key))
+            while not moving.done():  # writes spread over the migration
+                during.append(make_event(aggregate_id=str(len(during) % 3)))
+                write_events(conn, during[-1:])
+                await asyncio.sleep(0.05)
+            new = await moving
+            write_in_txns(conn, after)
+            end = _binlog.position(stack)
+            await wait_for_ids(col, during + after, within=60)
+            await wait_until(
+                lambda: (checkpoint_of(cluster.url, key) or ("", 0)) >= end,
+                within=60,
+                what="the checkpoint on the slot's new node past every event",
+            )
+        counts = Counter(col.ids())
+    assert new is not old and len(during) >= 3
+    assert {str(e.id) for e in before + during + after} == set(counts)
+    assert all(counts[str(e.id)] == 1 for e in before)
+
+
 # -- the dedup stores ------------------------------------------------------------------
 
 

@@ -295,6 +295,34 @@ class ScratchCluster:
         self.wait_ok(within)
         return self.primary_of(key)
 
+    def move_slot_of(self, key: str, *, pause: float = 0.3) -> RedisNode:
+        """Migrate ``key``'s slot (and its keys) to another primary, as ``redis-cli
+        --cluster reshard`` does, one slot: IMPORTING/MIGRATING, MIGRATE the keys, pause
+        ``pause`` seconds in the middle (clients meet ASK/TRYAGAIN), then SETSLOT NODE
+        everywhere. Returns the new owner."""
+        slot = cli(self.live().port, "CLUSTER", "KEYSLOT", key)
+        src = self.primary_of(key)
+        primaries = [
+            n for n in self.nodes if n.running() and cli(n.port, "ROLE").split()[0] == "master"
+        ]
+        dst = next(n for n in primaries if n is not src)
+        src_id, dst_id = cli(src.port, "CLUSTER", "MYID"), cli(dst.port, "CLUSTER", "MYID")
+        cli(dst.port, "CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        cli(src.port, "CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        keys = cli(src.port, "CLUSTER", "GETKEYSINSLOT", slot, "1000").split()
+        if keys:  # half now, half after the pause: the slot is split meanwhile
+            half = keys[: len(keys) // 2] or keys
+            cli(src.port, "MIGRATE", HOST, str(dst.port), "", "0", "5000", "KEYS", *half)
+        time.sleep(pause)
+        rest = cli(src.port, "CLUSTER", "GETKEYSINSLOT", slot, "1000").split()
+        if rest:
+            cli(src.port, "MIGRATE", HOST, str(dst.port), "", "0", "5000", "KEYS", *rest)
+        for node in (dst, src, *(n for n in primaries if n not in (src, dst))):
+            cli(node.port, "CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        self.wait_ok()
+        _wait(lambda: self.primary_of(key) is dst, within=15, what=f"{dst.name} serves {key}")
+        return dst
+
     def stop(self) -> None:
         """Kill every node."""
         for node in self.nodes:
