@@ -24,6 +24,11 @@ stall the Kafka proxy, SIGSTOP the broker; now and then the relay is also SIGKIL
 the middle of another fault. A relay that exits by itself is
 restarted (as a supervisor would) and reported.
 
+``--redis-sentinel`` runs Redis as a Sentinel setup (a primary, a replica, one sentinel;
+``redis+sentinel://`` for the relay) and replaces the Redis restarts with the "redis
+failover" fault: SIGKILL the Redis primary while the relay runs, wait until the sentinel
+promotes the replica, start the killed one again as the new primary's replica.
+
 ``--failover`` adds the "primary failover" fault: MariaDB runs as a GTID primary and
 replica (``log_slave_updates``, ``gtid_strict_mode``, semi-synchronous AFTER_SYNC so a
 COMMIT that returned is on the replica: an acknowledged write is never lost by the
@@ -72,6 +77,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy import text
 from sqlalchemy.orm import sessionmaker
 
+from outbox_dev.redis_ha import ScratchSentinel
 from outbox_dev.scratch import (
     HOST,
     RelayChild,
@@ -96,6 +102,7 @@ KINDS = (
     "redis_restart_empty",
 )
 FAILOVER = "primary_failover"
+REDIS_FAILOVER = "redis_failover"  # --redis-sentinel: instead of the Redis restarts
 # Every server of the --failover pair: a COMMIT returns once the replica has the
 # transaction (AFTER_SYNC: nobody sees it before), and without a replica connected
 # (just after a promotion) commits do not wait.
@@ -138,6 +145,8 @@ class Plan:
 def fault_kinds(args: argparse.Namespace) -> tuple[str, ...]:
     """The fault kinds of this run: ``--only``, else all (the failover with ``--failover``)."""
     kinds = (*KINDS, FAILOVER) if args.failover else KINDS
+    if args.redis_sentinel:
+        kinds = (*(k for k in kinds if not k.startswith("redis_")), REDIS_FAILOVER)
     return tuple(args.only) if args.only else kinds
 
 
@@ -427,6 +436,7 @@ class Chaos:
         self.app: ScratchMariaDB | Address  # where the writers write
         self.relay_db: ScratchMariaDB | Address  # where the relay reads
         self.redis: ScratchRedis
+        self.sentinel: ScratchSentinel | None = None  # --redis-sentinel: Redis is this
         self.broker: ScratchBroker
         self.relay: RelayChild
         self.collector: Collector
@@ -441,15 +451,21 @@ class Chaos:
             self.db = self.app = self.relay_db = ScratchMariaDB(f"chaos-{self.run_id}")
             cleanup.callback(self.db.destroy)
             self.db.start()
-        self.redis = ScratchRedis(self.workdir / "redis")
+        if self.args.redis_sentinel:
+            self.sentinel = ScratchSentinel(self.workdir / "redis-sentinel")
+            cleanup.callback(self.sentinel.stop)
+            self.sentinel.start()
+        self.redis = ScratchRedis(self.workdir / "redis")  # unused with --redis-sentinel
         cleanup.callback(self.redis.stop)
-        self.redis.start()
+        if self.sentinel is None:
+            self.redis.start()
         self.broker = ScratchBroker(self.workdir / "broker")
         cleanup.callback(self.broker.stop)
         self.broker.start()
         say(
             f"servers up in {time.monotonic() - t0:.1f}s: MariaDB :{self.db.port}, "
-            f"Redis :{self.redis.port}, tansu :{self.broker.broker_port} behind proxy "
+            f"Redis {self.sentinel.url if self.sentinel else f':{self.redis.port}'}, "
+            f"tansu :{self.broker.broker_port} behind proxy "
             f":{self.broker.proxy.port}; logs in {self.workdir}"
         )
 
@@ -486,7 +502,7 @@ class Chaos:
     def relay_child(self, start_position: str) -> RelayChild:
         settings = {
             "database_url": self.relay_db.url(DB),
-            "redis_url": self.redis.url,
+            "redis_url": self.redis.url if self.sentinel is None else self.sentinel.url,
             "kafka_bootstrap_servers": self.broker.bootstrap,
             "topic_template": self.topic_prefix + "{aggregatetype}",
             "key_prefix": f"chaos:{self.run_id}:",
@@ -529,6 +545,8 @@ class Chaos:
             await self.fail_over()
         elif kind == "relay_kill":
             await self.kill_relay("alone")
+        elif kind == REDIS_FAILOVER:
+            await self.fail_over_redis()
         elif kind == "redis_restart_empty":
             await self.restart_redis_empty()
         elif kind in ("mariadb_restart", "redis_restart"):
@@ -580,6 +598,16 @@ class Chaos:
             self.relay_db.proxy.restore()
         await asyncio.to_thread(pair.replace_replica)
         self.details[f"{FAILOVER}:to server_id {pair.primary.server_id}"] += 1
+
+    async def fail_over_redis(self) -> None:
+        """SIGKILL the Redis primary; the sentinel promotes the replica; the old one comes
+        back as its replica."""
+        assert self.sentinel is not None
+        old_port = await asyncio.to_thread(self.sentinel.master_port)
+        old = next(n for n in (self.sentinel.primary, self.sentinel.replica) if n.port == old_port)
+        await self.maybe_kill_relay_during(REDIS_FAILOVER)
+        await asyncio.to_thread(self.sentinel.kill_primary_and_promote)
+        await asyncio.to_thread(self.sentinel.rejoin, old)
 
     async def restart_redis_empty(self) -> None:
         """Redis restarted without persistence while the relay runs: its keys are gone."""
@@ -895,9 +923,15 @@ def main(argv: list[str] | None = None) -> int:
         help="add the primary failover fault (a replica of the scratch MariaDB is started)",
     )
     parser.add_argument(
+        "--redis-sentinel",
+        action="store_true",
+        help="Redis as a primary, a replica and a sentinel; the redis_failover fault replaces "
+        "the Redis restarts",
+    )
+    parser.add_argument(
         "--only",
         action="append",
-        choices=(*KINDS, FAILOVER),
+        choices=(*KINDS, FAILOVER, REDIS_FAILOVER),
         help="inject only this fault kind (repeatable)",
     )
     parser.add_argument(

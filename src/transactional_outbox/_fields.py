@@ -8,9 +8,12 @@ nested in it); ``relay.options`` reads these metadata keys.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import MISSING, field
 from typing import Any
+
+_QUERY_SECRET = re.compile(r"([?&][A-Za-z_]*password=)[^&]*")
 
 __all__ = ["SECRET", "mask_url", "option"]
 
@@ -39,9 +42,11 @@ def mask_url(url: str) -> str:
     """
     scheme, sep, rest = url.partition("://")
     at = rest.rfind("@")
-    if not sep or at < 0:
+    if not sep:
         return url
-    user, colon, _ = rest[:at].partition(":")
+    # A password given as a query parameter (redis-py's ?password=, ?sentinel_password=).
+    tail = _QUERY_SECRET.sub(r"\1***", rest[at + 1 :])
+    user, colon, _ = rest[:at].partition(":") if at >= 0 else ("", "", "")
     if not colon:
-        return url
-    return f"{scheme}://{user}:***@{rest[at + 1 :]}"
+        return f"{scheme}://{rest[: at + 1]}{tail}"
+    return f"{scheme}://{user}:***@{tail}"

@@ -4,6 +4,10 @@ Key ``{prefix}{consumer_name}:{event_id}`` (``{prefix}{event_id}`` without a
 consumer name) holds either ``claim:<token>`` while a handler runs, or ``done``
 after it succeeded. The token makes releases compare-and-delete, so a worker
 whose claim expired can never delete the claim another worker took since.
+
+On a Redis Cluster a batch script's keys must share a slot: the consumer name is their hash
+tag, ``{prefix}{{consumer_name}}:{event_id}`` (``{{prefix}}{event_id}`` without a name),
+unless the prefix or name holds a ``{...}`` already. A consumer's keys live on one shard.
 """
 
 from __future__ import annotations
@@ -14,11 +18,20 @@ import secrets
 import time
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Self
 
 import redis
-import redis.asyncio
+import redis.asyncio.cluster as acluster
+import redis.cluster
 
+from .._redis_client import (
+    AsyncClient,
+    SyncClient,
+    async_client,
+    parse_redis_url,
+    sync_client,
+    tagged_base,
+)
 from ..exceptions import EventInProgressError
 from .store import Claim, ClaimResult, ClaimStatus, ClaimTiming
 
@@ -113,6 +126,7 @@ class _RedisSettings(ClaimTiming):
         done_ttl_ms: int | None,
         wait_timeout_ms: int | None,
         poll_interval_ms: int,
+        client: AsyncClient | SyncClient,
     ) -> None:
         super().__init__(
             processing_ttl_ms=processing_ttl_ms,
@@ -121,12 +135,22 @@ class _RedisSettings(ClaimTiming):
             poll_interval_ms=poll_interval_ms,
         )
         self.prefix = prefix
+        self.cluster = isinstance(client, redis.cluster.RedisCluster | acluster.RedisCluster)
+        self._bases: dict[str | None, str] = {}
+        self._client = client
+        script: Any = client.register_script  # sync or async scripts, as the client is
+        made = [script(x) for x in (_CLAIM, _COMPLETE, _RELEASE, _CLAIM_MANY, _COMPLETE_MANY)]
+        self._claim_script, self._complete_script, self._release_script = made[:3]
+        self._claim_many_script, self._complete_many_script = made[3:]
+        self._release_many_script = script(_RELEASE_MANY)
 
     def key(self, event_id: uuid.UUID, consumer_name: str | None) -> str:
         """The Redis key that holds ``event_id``'s claim or done marker."""
-        if consumer_name is None:
-            return f"{self.prefix}{event_id}"
-        return f"{self.prefix}{consumer_name}:{event_id}"
+        base = self._bases.get(consumer_name)
+        if base is None:
+            base = tagged_base(self.prefix, consumer_name, cluster=self.cluster)
+            self._bases[consumer_name] = base
+        return f"{base}{event_id}"
 
     def _new_token(self) -> str:
         return f"claim:{secrets.token_hex(16)}"
@@ -200,9 +224,9 @@ class AsyncRedisStore(_RedisSettings):
       raises :class:`EventInProgressError` after that long instead (the runner
       retries it later, without counting an attempt).
 
-    The batch operations run one Lua script over all the batch's keys, so on
-    Redis Cluster a batch's keys must share a hash slot (put ``{...}`` in
-    ``prefix``).
+    The batch operations run one Lua script over all the batch's keys: on a Redis
+    Cluster (a ``RedisCluster`` client) the consumer name is their hash tag (module doc).
+    :meth:`from_url` builds the client from a URL (one server, Sentinel, Cluster, TLS).
 
     Effects outside Redis are at least once: a worker that dies after its
     handler succeeded but before writing the done marker leaves a claim that
@@ -212,7 +236,7 @@ class AsyncRedisStore(_RedisSettings):
 
     def __init__(
         self,
-        client: redis.asyncio.Redis,
+        client: AsyncClient,
         *,
         prefix: str = "outbox:processed:",
         processing_ttl_ms: int = 60_000,
@@ -226,14 +250,16 @@ class AsyncRedisStore(_RedisSettings):
             done_ttl_ms=done_ttl_ms,
             wait_timeout_ms=wait_timeout_ms,
             poll_interval_ms=poll_interval_ms,
+            client=client,
         )
-        self._client = client
-        self._claim_script = client.register_script(_CLAIM)
-        self._complete_script = client.register_script(_COMPLETE)
-        self._release_script = client.register_script(_RELEASE)
-        self._claim_many_script = client.register_script(_CLAIM_MANY)
-        self._complete_many_script = client.register_script(_COMPLETE_MANY)
-        self._release_many_script = client.register_script(_RELEASE_MANY)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """A store on a client built from ``url`` (``redis://``, ``rediss://``, ``unix://``,
+        ``redis+sentinel://``, ``redis+cluster://``; README "Redis: Sentinel, Cluster, TLS");
+        ``kwargs`` as the constructor's. A wrong URL raises ``ConfigurationError`` naming
+        ``url``. Nothing connects before the first call."""
+        return cls(async_client(parse_redis_url(url, setting="url")), **kwargs)
 
     async def claim(self, event_id: uuid.UUID, consumer_name: str | None) -> Claim | None:
         """Claim ``event_id`` (waiting for another holder): the claim, or ``None`` if done."""
@@ -298,7 +324,7 @@ class RedisStore(_RedisSettings):
 
     def __init__(
         self,
-        client: redis.Redis,
+        client: SyncClient,
         *,
         prefix: str = "outbox:processed:",
         processing_ttl_ms: int = 60_000,
@@ -312,14 +338,13 @@ class RedisStore(_RedisSettings):
             done_ttl_ms=done_ttl_ms,
             wait_timeout_ms=wait_timeout_ms,
             poll_interval_ms=poll_interval_ms,
+            client=client,
         )
-        self._client = client
-        self._claim_script = client.register_script(_CLAIM)
-        self._complete_script = client.register_script(_COMPLETE)
-        self._release_script = client.register_script(_RELEASE)
-        self._claim_many_script = client.register_script(_CLAIM_MANY)
-        self._complete_many_script = client.register_script(_COMPLETE_MANY)
-        self._release_many_script = client.register_script(_RELEASE_MANY)
+
+    @classmethod
+    def from_url(cls, url: str, **kwargs: Any) -> Self:
+        """See :meth:`AsyncRedisStore.from_url`; a cluster client connects at once."""
+        return cls(sync_client(parse_redis_url(url, setting="url")), **kwargs)
 
     def claim(self, event_id: uuid.UUID, consumer_name: str | None) -> Claim | None:
         """See :meth:`AsyncRedisStore.claim`."""

@@ -9,9 +9,9 @@ written by one fenced script: a stale leader moves neither.
 
 from __future__ import annotations
 
-import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from .._redis_client import AsyncClient
 from .checkpoint_choice import CheckpointCopy
 from .leadership import Lease
 from .position import Position, decode_checkpoint
@@ -33,7 +33,7 @@ return 0
 class RedisCheckpointStore:
     """Loads and saves one relay's checkpoint under ``{prefix}{relay_name}:checkpoint``."""
 
-    def __init__(self, client: aioredis.Redis, *, key: str) -> None:
+    def __init__(self, client: AsyncClient, *, key: str) -> None:
         self._client = client
         self.key = key
         self.token_key = key + ":token"

@@ -245,8 +245,10 @@ class RelaySettings:
 
     @property
     def checkpoint_key(self) -> str:
-        """The Redis key of this relay's checkpoint."""
-        return f"{self.key_prefix}{self.relay_name}:checkpoint"
+        """The Redis key of this relay's checkpoint (its name a hash tag on a cluster)."""
+        from .leadership import LeaseKeys  # imports redis: not in the reader process
+
+        return LeaseKeys.for_settings(self).checkpoint
 
     def start_policy(self) -> StartPolicy:
         """:attr:`start_position` parsed."""

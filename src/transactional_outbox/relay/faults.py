@@ -98,6 +98,15 @@ def select_grants(settings: RelaySettings) -> str:
 
 def redis_misconfiguration(exc: BaseException) -> ConfigurationError | None:
     """The configuration error a Redis error means, or None if it may be transient."""
+    cause: BaseException | None = exc
+    for _ in range(5):  # redis-py raises its ConnectionError inside the ssl error's except
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return ConfigurationError(
+                "redis_url",
+                "Redis's TLS certificate does not verify (name its CA with ssl_ca_certs= in "
+                f"the URL): {cause.verify_message or cause}",
+            )
+        cause = None if cause is None else cause.__cause__ or cause.__context__
     if isinstance(exc, AuthenticationError | NoPermissionError):
         return ConfigurationError("redis_url", f"Redis refused the login: {exc}")
     if isinstance(exc, ResponseError):

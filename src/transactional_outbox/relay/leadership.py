@@ -12,9 +12,13 @@ from __future__ import annotations
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import redis.asyncio as aioredis
+from .._redis_client import AsyncClient, RedisTarget, parse_redis_url, probe, tagged_base
+from ..exceptions import ConfigurationError
+
+if TYPE_CHECKING:
+    from .config import RelaySettings
 
 __all__ = ["Lease", "LeaseKeys"]
 
@@ -83,26 +87,50 @@ return token
 
 @dataclass(frozen=True, slots=True)
 class LeaseKeys:
-    """Redis keys of one relay name."""
+    """Redis keys of one relay name.
+
+    ``{prefix}{name}:leader``, ``:fence``, ``:checkpoint`` (and the checkpoint's
+    ``:checkpoint:token``). Every script here and in checkpoint.py touches several of them
+    at once, so on a Redis Cluster they must share a slot: there the name becomes a hash
+    tag, ``{prefix}{{name}}:leader``, unless the prefix or the name already holds one. On
+    one server (and Sentinel) the names are unchanged.
+    """
 
     lease: str
     fence: str
     checkpoint: str
 
     @classmethod
-    def for_relay(cls, prefix: str, name: str) -> LeaseKeys:
-        """Keys under ``{prefix}{name}:``."""
-        base = f"{prefix}{name}:"
+    def for_relay(cls, prefix: str, name: str, *, cluster: bool = False) -> LeaseKeys:
+        """Keys under ``{prefix}{name}:`` (on a cluster, with a hash tag)."""
+        try:
+            base = tagged_base(prefix, name, cluster=cluster)
+        except ValueError as exc:
+            raise ConfigurationError("key_prefix", str(exc)) from None
         return cls(lease=base + "leader", fence=base + "fence", checkpoint=base + "checkpoint")
+
+    @classmethod
+    def for_settings(cls, settings: RelaySettings) -> LeaseKeys:
+        """The keys of ``settings``' relay, in the Redis its ``redis_url`` names."""
+        target = parse_redis_url(settings.redis_url, setting="redis_url")
+        return cls.for_relay(settings.key_prefix, settings.relay_name, cluster=target.cluster)
 
 
 class Lease:
     """This process's claim on a relay name's leadership."""
 
     def __init__(
-        self, client: aioredis.Redis, keys: LeaseKeys, *, ttl_ms: int, holder: str | None = None
+        self,
+        client: AsyncClient,
+        keys: LeaseKeys,
+        *,
+        ttl_ms: int,
+        holder: str | None = None,
+        target: RedisTarget | None = None,
     ) -> None:
         self._client = client
+        # Checked before the first attempt (then forgotten): the server is what the URL says.
+        self._target = target
         self.keys = keys
         self.ttl_ms = ttl_ms
         self.holder = holder or uuid.uuid4().hex[:12]
@@ -120,7 +148,14 @@ class Lease:
         return self.token is not None and time.monotonic() < self.valid_until
 
     async def try_acquire(self) -> bool:
-        """Take the lease if it is free (or already ours); True if we hold it now."""
+        """Take the lease if it is free (or already ours); True if we hold it now.
+
+        The first call checks the server against the URL (:func:`probe`): a
+        :class:`ConfigurationError` naming ``redis_url`` when they do not match.
+        """
+        if self._target is not None:
+            await probe(self._client, self._target)
+            self._target = None
         started = time.monotonic()
         token = await self._client.eval(
             _ACQUIRE, 2, self.keys.lease, self.keys.fence, self.holder, self.ttl_ms

@@ -19,9 +19,9 @@ import time
 from functools import partial
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from .._redis_client import async_client, parse_redis_url
 from ..exceptions import LeadershipLostError
 from .canary import Canary
 from .checkpoint import RedisCheckpointStore
@@ -110,9 +110,10 @@ class Relay:
                 health=self.stats.health,
                 loop_tick=lambda: self._loop_tick,
             )
-        rds = aioredis.from_url(s.redis_url)
-        keys = LeaseKeys.for_relay(s.key_prefix, s.relay_name)
-        lease = Lease(rds, keys, ttl_ms=s.lease_ttl_ms)
+        target = parse_redis_url(s.redis_url, setting="redis_url")
+        rds = async_client(target)  # one server, a Sentinel service or a cluster
+        keys = LeaseKeys.for_relay(s.key_prefix, s.relay_name, cluster=target.cluster)
+        lease = Lease(rds, keys, ttl_ms=s.lease_ttl_ms, target=target)
         store = CheckpointStores(
             RedisCheckpointStore(rds, key=keys.checkpoint),
             kafka_copy,

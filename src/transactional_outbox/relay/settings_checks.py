@@ -110,12 +110,13 @@ def validate(s: RelaySettings) -> None:
         value = getattr(s, name)
         if value != -1 and not 1 <= value <= 32_767:
             raise ConfigurationError(name, f"{value} must be -1 (the broker's default) or 1..32767")
-    scheme = s.redis_url.partition("://")[0]
-    if scheme not in ("redis", "rediss", "unix"):
-        raise ConfigurationError(
-            "redis_url",
-            f"{mask_url(s.redis_url)!r} is not a redis://, rediss:// or unix:// URL",
-        )
+    from .._redis_client import parse_redis_url, tagged_base  # imports redis: not in the reader
+
+    target = parse_redis_url(s.redis_url, setting="redis_url")
+    try:
+        tagged_base(s.key_prefix, s.relay_name, cluster=target.cluster)
+    except ValueError as exc:
+        raise ConfigurationError("key_prefix", str(exc)) from None
     _check_tables(s)
     if database_kind(s.database_url) == "postgresql":
         check_postgres_settings(s)
