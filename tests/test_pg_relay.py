@@ -229,13 +229,15 @@ async def test_leader_sigkilled_mid_stream_the_standby_resumes_losing_nothing(
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
         a.start()
-        await wait_until(lambda: "leader of relay" in a.log(), what="a leads")
+        await wait_until(lambda: "leader of relay" in a.log(), what=lambda: f"a leads: {a.log()}")
         b.start()
-        await wait_until(lambda: "standby" in b.log(), what="b waits")
+        await wait_until(lambda: "standby" in b.log(), what=lambda: f"b waits: {b.log()}")
         writer.start()
         await col.wait_for(500, within=60)
         assert a.kill(signal.SIGKILL) == -signal.SIGKILL
-        await wait_until(lambda: "leader of relay" in b.log(), within=30, what="b leads")
+        await wait_until(
+            lambda: "leader of relay" in b.log(), within=30, what=lambda: f"b leads: {b.log()}"
+        )
         await asyncio.to_thread(writer.join, 120)
         assert done.is_set()
         want = {str(e.id) for e in events}
