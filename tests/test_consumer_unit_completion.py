@@ -45,15 +45,54 @@ async def test_a_failing_call_is_retried_then_reported_without_marking_done() ->
     async def complete_many(claims: list[Claim]) -> None:
         nonlocal attempts
         attempts += 1
-        raise ConnectionError("redis down")
+        raise RuntimeError("the store refused the call")
 
     completer: Completer[int] = Completer(
         complete_many, done.append, attempts=3, backoff=lambda n: 0
     )
     completer.add(claim(1), 1)
-    with pytest.raises(ConnectionError):
+    with pytest.raises(RuntimeError):
         await completer.drain()
     assert attempts == 3 and done == []
+
+
+async def test_an_unreachable_store_is_waited_for_beyond_the_attempts() -> None:
+    # A failover outlasts any retry budget: stopping the runner would gain nothing.
+    down = 10
+    done: list[int] = []
+
+    async def complete_many(claims: list[Claim]) -> None:
+        nonlocal down
+        if down:
+            down -= 1
+            raise ConnectionError("redis down")
+
+    completer: Completer[int] = Completer(
+        complete_many, done.append, attempts=3, backoff=lambda n: 0
+    )
+    completer.add(claim(1), 1)
+    await completer.drain()
+    assert down == 0 and done == [1]
+
+
+async def test_stopping_ends_the_wait_for_an_unreachable_store() -> None:
+    stopping = asyncio.Event()
+    calls = 0
+
+    async def complete_many(claims: list[Claim]) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 5:
+            stopping.set()
+        raise ConnectionError("redis down")
+
+    completer: Completer[int] = Completer(
+        complete_many, lambda item: None, attempts=3, backoff=lambda n: 0, stopping=stopping
+    )
+    completer.add(claim(1), 1)
+    with pytest.raises(ConnectionError):
+        await completer.drain()
+    assert calls == 5
 
 
 async def test_a_call_that_recovers_marks_done() -> None:

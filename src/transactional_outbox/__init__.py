@@ -22,6 +22,7 @@ from .exceptions import (
     PublishError,
     SerializationError,
     ServerConfigurationError,
+    StoreUnavailableError,
 )
 from .kafka import KafkaConnection
 
@@ -64,6 +65,7 @@ __all__ = [
     "SerializationError",
     "Serializer",
     "ServerConfigurationError",
+    "StoreUnavailableError",
     "enable_outbox",
     "outbox_table",
     "uuid7",

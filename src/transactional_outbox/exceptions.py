@@ -6,14 +6,15 @@ Every exception the library raises on purpose derives from :class:`OutboxError`:
     ├── InvalidEventError         an event field fails validation (names field and value)
     │   └── SerializationError    the payload could not be turned into bytes
     ├── ConfigurationError        a setting is missing or invalid (names the setting)
-    │   └── ServerConfigurationError   MySQL/MariaDB is not set up for the relay
-    ├── CheckpointError           the saved binlog position cannot be used
+    │   └── ServerConfigurationError   the database is not set up for the relay
+    ├── CheckpointError           the saved position (binlog, LSN) cannot be used
     │   └── BinlogPurgedError     the checkpoint's binlog is gone: events may be lost
     ├── PublishError              Kafka refused an event for good (names the event id)
     ├── LeadershipLostError       this relay no longer holds the lease
     └── ConsumerError             a consumed record cannot be handled
         ├── InvalidRecordError    a Kafka record lacks a valid ``id`` header
-        └── EventInProgressError  another worker holds the event's claim (retry later)
+        ├── EventInProgressError  another worker holds the event's claim (retry later)
+        └── StoreUnavailableError the dedup store cannot be reached (retry later)
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ __all__ = [
     "PublishError",
     "SerializationError",
     "ServerConfigurationError",
+    "StoreUnavailableError",
 ]
 
 
@@ -113,3 +115,14 @@ class EventInProgressError(ConsumerError):
     def __init__(self, key: str) -> None:
         self.key = key
         super().__init__(f"event {key!r} is being processed by another worker; retry later")
+
+
+class StoreUnavailableError(ConsumerError):
+    """The deduplication store cannot be reached (a lost connection, a Redis failover in
+    progress, a cluster slot moving) while claiming or completing an event.
+
+    Raised by ``@idempotent_consumer`` around the store's own calls, never for the
+    handler's errors. The event is neither done nor failed: retry it later (the runner
+    waits for the store, however long, without counting an attempt: an outage must not
+    dead-letter events that never ran). ``__cause__`` is the store's error.
+    """

@@ -20,7 +20,12 @@ set up, each handled event runs in a CONSUMER span continuing its ``traceparent`
 from typing import TYPE_CHECKING
 
 from .._lazy import lazy_attributes
-from ..exceptions import ConsumerError, EventInProgressError, InvalidRecordError
+from ..exceptions import (
+    ConsumerError,
+    EventInProgressError,
+    InvalidRecordError,
+    StoreUnavailableError,
+)
 from ..kafka import KafkaConnection
 from .dead_letter import DLQ_HEADER_PREFIX, dead_letter_headers
 from .decorator import (
@@ -91,6 +96,7 @@ __all__ = [
     "RunnerSettings",
     "SqlStore",
     "Store",
+    "StoreUnavailableError",
     "SyncConsumer",
     "dead_letter_headers",
     "idempotent_consumer",

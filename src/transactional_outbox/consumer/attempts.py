@@ -10,7 +10,12 @@ from typing import Any
 
 from aiokafka.structs import ConsumerRecord
 
-from ..exceptions import ConsumerError, EventInProgressError, InvalidRecordError
+from ..exceptions import (
+    ConsumerError,
+    EventInProgressError,
+    InvalidRecordError,
+    StoreUnavailableError,
+)
 from .dead_letter import dead_letter_headers
 from .received import ReceivedEvent
 from .settings import RunnerSettings
@@ -59,7 +64,7 @@ class Attempts:
         failure: Exception | None = None,
     ) -> bool:
         """Handle ``event``; ``failure``: its first attempt already failed with this."""
-        failures = 0
+        failures = outage = 0
         state = current_event_span(event.id)  # None without OpenTelemetry
         while True:
             if failure is None:
@@ -76,6 +81,21 @@ class Attempts:
                     # TTL bounds how long; it must not use up attempts.
                     delay = self.backoff(failures + 1)
                     logger.info("%s; retrying in %.2fs", exc, delay)
+                    if await self._wait_stopping(delay):
+                        return False
+                    continue
+                except StoreUnavailableError as exc:
+                    # Not the handler's failure either: wait for the store however long
+                    # (a failover takes seconds to minutes), or dead letters would hold
+                    # events that never ran. Stopping ends the wait; nothing is committed.
+                    outage += 1
+                    delay = self.backoff(outage)
+                    logger.warning(
+                        "store unavailable for event %s (%r); waiting %.2fs for it",
+                        event.id,
+                        exc.__cause__ or exc,
+                        delay,
+                    )
                     if await self._wait_stopping(delay):
                         return False
                     continue
@@ -136,6 +156,11 @@ class Attempts:
         delay = min(s.backoff_max_ms, s.backoff_initial_ms * 2.0 ** (attempt - 1)) / 1000
         # Jitter spreads retries of many consumers hitting the same broken dependency.
         return delay * random.uniform(0.5, 1.0)
+
+    @property
+    def stopping(self) -> asyncio.Event:
+        """Set once the runner began stopping."""
+        return self._stopping
 
     async def _wait_stopping(self, delay: float) -> bool:
         try:

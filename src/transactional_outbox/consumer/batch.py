@@ -103,6 +103,7 @@ class BatchHandler:
             self.mark_done,
             attempts=attempts.settings.max_attempts,
             backoff=attempts.backoff,
+            stopping=attempts.stopping,
         )
         # Batches overlap (the runner fetches and plans the next one while this
         # one runs): a lane waits for the same key's lane of earlier batches.
@@ -195,8 +196,7 @@ class BatchHandler:
                 for event_id in done:
                     leaders[event_id].plan = _SKIP
         except Exception as exc:
-            # The store is unreachable: each record goes the per-record way, whose
-            # retries and dead letter apply as they did before batching.
+            # The store is unreachable: each record goes the per-record way (it waits).
             logger.warning("batch deduplication failed, going record by record: %r", exc)
             for item in leaders.values():
                 item.plan = _SLOW

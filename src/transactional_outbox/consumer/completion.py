@@ -7,7 +7,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Generic, TypeVar
 
-from .store import Claim
+from .store import Claim, store_unavailable
 
 __all__ = ["Completer"]
 
@@ -23,6 +23,9 @@ class Completer(Generic[T]):
     that fails is retried with ``backoff(n)`` up to ``attempts`` times, then
     :meth:`drain` raises: the events were handled but are not marked done, so
     they must not be committed (their claims expire and they are redelivered).
+    A store that cannot be reached (:func:`.store.store_unavailable`) is waited
+    for beyond ``attempts``, until it answers or ``stopping`` is set: stopping the
+    runner for a failover would gain nothing.
     """
 
     def __init__(
@@ -32,11 +35,13 @@ class Completer(Generic[T]):
         *,
         attempts: int,
         backoff: Callable[[int], float],
+        stopping: asyncio.Event | None = None,
     ) -> None:
         self._complete_many = complete_many
         self._on_done = on_done
         self._attempts = attempts
         self._backoff = backoff
+        self._stopping = stopping or asyncio.Event()
         self._waiting: list[tuple[Claim, T]] = []
         self._task: asyncio.Task[None] | None = None
         self._error: BaseException | None = None
@@ -78,7 +83,8 @@ class Completer(Generic[T]):
                 # processing_ttl_ms); give up and stop rather than dead-letter
                 # events that were handled.
                 failures += 1
-                if failures >= self._attempts:
+                waiting = store_unavailable(exc) and not self._stopping.is_set()
+                if failures >= self._attempts and not waiting:
                     raise
                 logger.warning("marking %d events done failed, retrying: %r", len(claims), exc)
-                await asyncio.sleep(self._backoff(failures))
+                await asyncio.sleep(self._backoff(min(failures, self._attempts)))

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeAlias, overload
 
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, StoreUnavailableError
 from .received import ReceivedEvent, RecordLike
-from .store import AsyncDedupStore, AsyncInboxStore, DedupStore, InboxStore
+from .store import AsyncDedupStore, AsyncInboxStore, DedupStore, InboxStore, store_unavailable
 from .tracing import DUPLICATE, HANDLED, EventSpan, consumer_tracer, current_event_span
 
 if TYPE_CHECKING:  # SQLAlchemy is only needed by SQL stores' users
@@ -78,7 +79,8 @@ class AsyncIdempotentHandler(_Idempotent):
                 event.id, self.consumer_name, functools.partial(self.fn, event)
             )
         store: AsyncDedupStore = self.store  # type: ignore[assignment]
-        claim = await store.claim(event.id, self.consumer_name)
+        with _store_calls():
+            claim = await store.claim(event.id, self.consumer_name)
         if claim is None:
             return False
         try:
@@ -87,7 +89,8 @@ class AsyncIdempotentHandler(_Idempotent):
             # Also on cancellation: free the claim now rather than after its TTL.
             await store.release(claim)
             raise
-        await store.complete(claim)
+        with _store_calls():
+            await store.complete(claim)
         return True
 
 
@@ -111,7 +114,8 @@ class IdempotentHandler(_Idempotent):
             inbox: InboxStore = self.store  # type: ignore[assignment]
             return inbox.run_once(event.id, self.consumer_name, functools.partial(self.fn, event))
         store: DedupStore = self.store  # type: ignore[assignment]
-        claim = store.claim(event.id, self.consumer_name)
+        with _store_calls():
+            claim = store.claim(event.id, self.consumer_name)
         if claim is None:
             return False
         try:
@@ -119,7 +123,8 @@ class IdempotentHandler(_Idempotent):
         except BaseException:
             store.release(claim)
             raise
-        store.complete(claim)
+        with _store_calls():
+            store.complete(claim)
         return True
 
 
@@ -217,3 +222,15 @@ def _outcome(state: EventSpan, ran: bool) -> bool:
 
 def _event(item: ReceivedEvent | RecordLike) -> ReceivedEvent:
     return item if isinstance(item, ReceivedEvent) else ReceivedEvent.from_record(item)
+
+
+@contextlib.contextmanager
+def _store_calls() -> Iterator[None]:
+    """A store that cannot be reached raises :class:`StoreUnavailableError`: not the
+    handler's failure (the runner waits for the store without counting an attempt)."""
+    try:
+        yield
+    except Exception as exc:
+        if store_unavailable(exc):
+            raise StoreUnavailableError(f"the dedup store cannot be reached: {exc!r}") from exc
+        raise

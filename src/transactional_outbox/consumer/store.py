@@ -37,7 +37,27 @@ __all__ = [
     "ClaimStatus",
     "DedupStore",
     "InboxStore",
+    "store_unavailable",
 ]
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the store cannot be reached for now (a lost connection, a
+    timeout, a Redis failover or cluster slot move), not that a call was wrong."""
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return True
+    try:
+        from redis import exceptions as redis_errors
+    except ImportError:  # pragma: no cover - the stores that raise these need redis
+        return False
+    return isinstance(
+        exc,
+        redis_errors.ConnectionError  # MasterNotFoundError, BusyLoadingError among them
+        | redis_errors.TimeoutError
+        | redis_errors.ReadOnlyError  # a demoted primary, before the client moves on
+        | redis_errors.ClusterDownError
+        | redis_errors.TryAgainError,
+    )
 
 
 @dataclass(frozen=True, slots=True)
