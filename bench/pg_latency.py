@@ -197,7 +197,8 @@ async def run_mode(schema: BenchSchema, args: argparse.Namespace) -> list[dict[s
                     "load": (load_before, load()),
                 }
             )
-            await asyncio.sleep(0.5)
+            if rate != args.rates[-1]:
+                await asyncio.sleep(0.5)
     finally:
         relay.stop()
         await receiver.stop()
@@ -267,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: unknown {', '.join(sorted(bad))}")
     args.rates = [int(r) for r in args.rates.split(",")]
     if args.quick:
-        args.rates, args.seconds = [200], 1.0
+        args.rates, args.seconds = [200], 0.5
     print(
         f"PostgreSQL end-to-end latency (commit returned → consumer received), one event per "
         f"transaction: {args.seconds:g} s per rate, {os.cpu_count()} cores, {load()}"
