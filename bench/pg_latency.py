@@ -19,6 +19,10 @@ bench/latency.py's (same pacing, consumer and percentiles), on PostgreSQL:
 * Consumer (this process): aiokafka, no group, every partition assigned,
   ``fetch_max_wait_ms=5``; receive time = wall clock when ``getmany`` returned the
   record. Latency = receive time - commit time (commit → consumed), one machine clock.
+* Probe (this process, unless ``--no-probe``): the relay's reader (``PgSource``) on a
+  second slot, recording when it hands each event over: commit → read, the part of the
+  latency before the relay's publishing (it costs a second WAL sender, decoding the
+  same WAL).
 
 Prints per mode and rate: achieved rate, p50/p95/p99/max in ms, events missing, and the
 machine's load averages; writes a latency-over-time plot (PNG).
@@ -51,6 +55,7 @@ from _pg_bench import (
     BenchSchema,
     load,
     new_schema,
+    params,
     relay_env,
 )
 from _relay import RelayChild
@@ -58,6 +63,8 @@ from latency import CATCH_UP, HEADER, Receiver, default_writers, percentile
 
 from transactional_outbox import OutboxEvent
 from transactional_outbox._pg_message import encode_message
+from transactional_outbox.relay.postgres import PgBatch, PgSource, PgSourceSettings
+from transactional_outbox.relay.routing import TopicRouter
 
 PARTITIONS = 4
 
@@ -85,6 +92,38 @@ def txn_sql(schema: str, mode: str, seq: int) -> tuple[bytes, str]:
         f"'{event.aggregate_id}', 'OrderPlaced', '\\x{body}', '{HEADERS}', '{ts}'); "
         f"DELETE FROM {schema}.outbox WHERE id = '\\x{eid}'; COMMIT"
     )
+
+
+class Probe:
+    """The relay's reader alone on a second slot of the same WAL, in this process: when
+    each event is handed over (commit → read, the database's share of the latency)."""
+
+    def __init__(self, schema: BenchSchema) -> None:
+        self.read: dict[bytes, float] = {}
+        self.error: BaseException | None = None
+        settings = PgSourceSettings(
+            connect=params(),
+            slot=schema.add_slot(),
+            publication=schema.publication,
+            tables=tuple(schema.tables),
+            prefixes=(PREFIX,) if schema.mode == "message" else (),
+            status_interval_seconds=0.2,
+        )
+        self.source = PgSource(settings, self, 0, router=TopicRouter())
+
+    def put(self, batch: PgBatch) -> bool:
+        now = time.time()
+        for r in batch.records:
+            headers = getattr(r, "headers", None)
+            if headers:
+                self.read.setdefault(uuid.UUID(dict(headers)["id"].decode()).bytes, now)
+        return True
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+
+    def close(self) -> None:
+        pass
 
 
 def connect() -> Any:
@@ -145,9 +184,12 @@ async def run_mode(schema: BenchSchema, args: argparse.Namespace) -> list[dict[s
     receiver = Receiver(topic)
     await receiver.start()
     relay = RelayChild(env, log)
+    probe = Probe(schema) if args.probe else None
     phases: list[dict[str, Any]] = []
     try:
         relay.start()
+        if probe is not None:
+            probe.source.start()
         conn = connect()
         for k in range(5):  # warm up: the relay streams once these arrive
             warm, _ = write_one(conn, schema.name, schema.mode, -1 - k)
@@ -177,12 +219,15 @@ async def run_mode(schema: BenchSchema, args: argparse.Namespace) -> list[dict[s
             await receiver.wait_for([i for i, _ in commits], args.drain)
             t0 = commits[0][1]
             span = commits[-1][1] - t0
-            latencies, points = [], []
+            latencies, points, reads = [], [], []
             for eid, committed in commits:
                 got = receiver.received.get(eid)
                 if got is not None:
                     latencies.append((got - committed) * 1000)
                     points.append((committed - t0, (got - committed) * 1000))
+                read = probe.read.get(eid) if probe is not None else None
+                if read is not None:
+                    reads.append((read - committed) * 1000)
             phases.append(
                 {
                     "mode": schema.mode,
@@ -191,6 +236,7 @@ async def run_mode(schema: BenchSchema, args: argparse.Namespace) -> list[dict[s
                     "writers": writers,
                     "events": len(commits),
                     "latencies": sorted(latencies),
+                    "reads": sorted(reads),
                     "missing": len(commits) - len(latencies),
                     "late": late,
                     "points": points,
@@ -202,6 +248,11 @@ async def run_mode(schema: BenchSchema, args: argparse.Namespace) -> list[dict[s
     finally:
         relay.stop()
         await receiver.stop()
+        if probe is not None:
+            probe.source.stop()
+            probe.source.join(10)
+            if probe.error is not None:
+                raise SystemExit(f"the probe's reader failed: {probe.error!r}")
     return phases
 
 
@@ -262,6 +313,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--drain", type=float, default=30.0, help="seconds to wait for the last")
     parser.add_argument("--plot", type=Path, default=ROOT / "bench" / "out" / "pg_latency.png")
+    parser.add_argument(
+        "--no-probe",
+        dest="probe",
+        action="store_false",
+        help="no second reader (commit → read from a slot of its own) in this process",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny run (smoke test)")
     args = parser.parse_args(argv)
     if bad := set(args.modes) - set(MODES):
@@ -288,6 +345,14 @@ def main(argv: list[str] | None = None) -> int:
             f"{ph['mode']:>7} {ph['target']:>8} {ph['achieved']:>10.0f} {ph['writers']:>7} "
             f"{ph['events']:>7}" + "".join(f" {v:>7.1f}" for v in stats) + f" {ph['missing']:>7}"
         )
+    for ph in phases:
+        if ph["reads"]:
+            r = ph["reads"]
+            print(
+                f"{ph['mode']:>7} {ph['target']:>8}: commit → read by the relay's reader on a "
+                f"slot of its own: p50 {percentile(r, 50):.1f}, p95 {percentile(r, 95):.1f}, "
+                f"p99 {percentile(r, 99):.1f}, max {r[-1]:.1f} ms ({len(r)} events)"
+            )
     for ph in phases:
         before, after = ph["load"]
         print(f"machine, {ph['mode']} at {ph['target']}/s: {before} before, {after} after")

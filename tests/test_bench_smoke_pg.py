@@ -88,6 +88,8 @@ def test_latency_both_modes(stack: Stack, tmp_path: Path) -> None:
         assert r[4] == "100" and r[-1] == "0"  # every event committed and received
         assert all(float(v) > 0 for v in r[5:9])
     assert sum(x.startswith("machine, ") for x in lines) == 2
+    probes = [x for x in lines if "commit → read by the relay's reader" in x]
+    assert len(probes) == 2 and all("(100 events)" in x for x in probes)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
