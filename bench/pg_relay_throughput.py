@@ -370,7 +370,7 @@ def plot(path: Path, cells: list[dict[str, Any]]) -> None:
         f"(bars: min-max), {os.cpu_count()} cores",
         fontsize=10,
     )
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.98))  # room for the title
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
