@@ -1,5 +1,6 @@
 """The relay as a benchmark's child process: start and stop it, read its checkpoint,
-and the CPU time and peak RSS of it and its binlog reader process."""
+and the CPU time and peak RSS of it and its binlog reader process (on PostgreSQL the
+reader is a thread: one process)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import redis
 from _common import REDIS_URL
 
 from transactional_outbox.relay.config import RelaySettings
-from transactional_outbox.relay.position import decode_checkpoint
+from transactional_outbox.relay.position import Position, decode_checkpoint
 
 
 def _stat(pid: int) -> list[str]:
@@ -103,6 +104,12 @@ class RelayChild:
             return None
         cp = decode_checkpoint(raw)
         return cp.file, cp.pos
+
+    def saved(self) -> Position | None:
+        """The saved checkpoint (a binlog position or, on PostgreSQL, an LSN), or None
+        before the first save."""
+        raw = self.redis.get(self.key)
+        return None if raw is None else decode_checkpoint(raw)
 
     def cpu(self) -> dict[int, float]:
         """CPU seconds so far per process: the relay first, then its reader."""
