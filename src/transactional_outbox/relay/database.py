@@ -16,9 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 from .channel import Channel
 from .position import Position
@@ -28,7 +29,11 @@ if TYPE_CHECKING:
     from .checkpoints import CheckpointStores
     from .stats import RelayStats
 
-__all__ = ["Database", "Head", "Source", "follow_head"]
+__all__ = ["Database", "Head", "Source", "follow_head", "until_reachable"]
+
+log = logging.getLogger("transactional_outbox.relay")
+
+T = TypeVar("T")
 
 
 class Source(Protocol):
@@ -132,3 +137,36 @@ async def follow_head(
     finally:
         report(None)
         await asyncio.to_thread(head.close)
+
+
+async def until_reachable(
+    attempt: Callable[[], Awaitable[T]],
+    *,
+    retried: tuple[type[BaseException], ...],
+    verdict: Callable[[BaseException], BaseException | None],
+    stopping: asyncio.Event,
+    max_delay: float,
+) -> T | None:
+    """``await attempt()`` until it returns, waiting out servers that cannot be reached yet.
+
+    A ``retried`` error is judged by ``verdict``: ``None`` retries it (0.5 s, doubling up
+    to ``max_delay``), the error itself is raised again, another one is raised in its
+    place (a misconfiguration naming the setting). ``None`` if ``stopping`` is set while
+    waiting.
+    """
+    delay = 0.5
+    while True:
+        try:
+            return await attempt()
+        except retried as exc:
+            error = verdict(exc)
+            if error is exc:
+                raise
+            if error is not None:
+                raise error from None
+            log.warning("cannot reach a server yet (%s); retrying in %.1fs", exc, delay)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), delay)
+        if stopping.is_set():
+            return None
+        delay = min(delay * 2, max_delay)

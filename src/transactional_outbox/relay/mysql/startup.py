@@ -7,7 +7,6 @@ retry cannot fix (a misconfigured server, a refused login).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import logging
 import os
@@ -22,6 +21,7 @@ from ..._fields import mask_url
 from ...exceptions import CheckpointError, ConfigurationError, ServerConfigurationError
 from ..checkpoints import CheckpointStores
 from ..config import RelaySettings
+from ..database import until_reachable
 from ..faults import mysql_misconfiguration, redis_misconfiguration
 from ..position import BinlogPosition
 from ..stats import RelayStats
@@ -95,23 +95,23 @@ async def prepare_start(
 ) -> Start | None:
     """Check the servers and resolve the start; ``None`` if stopped while waiting for them."""
     s = settings
-    delay = 0.5
-    while True:
-        try:
-            info, start, why, matched = await _resolve(s, store, stats)
-            break
-        except (pymysql.err.OperationalError, RedisError, OSError) as exc:
-            fatal = mysql_misconfiguration(exc, s) or redis_misconfiguration(exc)
-            if fatal is not None:
-                raise fatal from None
-            if isinstance(exc, pymysql.err.OperationalError) and exc.args[0] not in _UNREACHABLE:
-                raise
-            log.warning("cannot reach a server yet (%s); retrying in %.1fs", exc, delay)
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stopping.wait(), delay)
-            if stopping.is_set():
-                return None
-            delay = min(delay * 2, s.reconnect_max_ms / 1000)
+
+    def verdict(exc: BaseException) -> BaseException | None:
+        fatal = mysql_misconfiguration(exc, s) or redis_misconfiguration(exc)
+        if fatal is None and isinstance(exc, pymysql.err.OperationalError):
+            return None if exc.args[0] in _UNREACHABLE else exc
+        return fatal
+
+    resolved = await until_reachable(
+        lambda: _resolve(s, store, stats),
+        retried=(pymysql.err.OperationalError, RedisError, OSError),
+        verdict=verdict,
+        stopping=stopping,
+        max_delay=s.reconnect_max_ms / 1000,
+    )
+    if resolved is None:
+        return None
+    info, start, why, matched = resolved
     server_id = choose_server_id(s, info, server_id)
     if s.multi_table:
         for sch, tab in (*s.tables, *matched):

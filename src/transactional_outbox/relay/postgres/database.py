@@ -15,7 +15,7 @@ from redis.exceptions import RedisError
 from ..._fields import mask_url
 from ...exceptions import CheckpointError
 from ..channel import Channel, SourceBatch
-from ..database import Database, Head, Source
+from ..database import Database, Head, Source, until_reachable
 from ..faults import redis_misconfiguration
 from ..position import Position
 from ..routing import TopicRouter
@@ -54,37 +54,36 @@ class PostgresDatabase(Database):
         """Check the server, the publication and the slot; start at the greater of the
         checkpoint and the slot (:mod:`.startup`). Retries while a server is unreachable."""
         s = self.settings
-        delay = 0.5
-        while True:
-            try:
-                # Both copies lost: the slot holds the place (acknowledged events only).
-                checkpoint = await store.load_start(s, stats, server_keeps_place=True)
-                start = await asyncio.to_thread(
-                    resolve_start,
-                    self.params,
-                    tables=list(s.tables),
-                    table_setting="outbox_tables" if s.multi_table else "outbox_table",
-                    publication=s.publication_name,
-                    slot_name=s.slot_name,
-                    create=s.pg_create,
-                    checkpoint=checkpoint,
-                    ran_before=store.ran_before and not s.ignore_checkpoint,
-                )
-                break
-            except (PgServerError, RedisError, OSError) as exc:
-                fatal = (
-                    login_error(exc) if isinstance(exc, PgServerError) else None
-                ) or redis_misconfiguration(exc)
-                if fatal is not None:
-                    raise fatal from None
-                if isinstance(exc, PgServerError) and exc.code not in TRANSIENT:
-                    raise
-                log.warning("cannot reach a server yet (%s); retrying in %.1fs", exc, delay)
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(stopping.wait(), delay)
-                if stopping.is_set():
-                    return None
-                delay = min(delay * 2, s.reconnect_max_ms / 1000)
+
+        async def attempt() -> PgStart:
+            # Both copies lost: the slot holds the place (acknowledged events only).
+            checkpoint = await store.load_start(s, stats, server_keeps_place=True)
+            return await asyncio.to_thread(
+                resolve_start,
+                self.params,
+                tables=list(s.tables),
+                table_setting="outbox_tables" if s.multi_table else "outbox_table",
+                publication=s.publication_name,
+                slot_name=s.slot_name,
+                create=s.pg_create,
+                checkpoint=checkpoint,
+                ran_before=store.ran_before and not s.ignore_checkpoint,
+            )
+
+        def verdict(exc: BaseException) -> BaseException | None:
+            if isinstance(exc, PgServerError):
+                return login_error(exc) or (None if exc.code in TRANSIENT else exc)
+            return redis_misconfiguration(exc)
+
+        start = await until_reachable(
+            attempt,
+            retried=(PgServerError, RedisError, OSError),
+            verdict=verdict,
+            stopping=stopping,
+            max_delay=s.reconnect_max_ms / 1000,
+        )
+        if start is None:
+            return None
         self._start = start
         self.server = start
         p = self.params
