@@ -17,6 +17,7 @@ import redis
 import sqlalchemy as sa
 from sqlalchemy.orm import sessionmaker
 
+from outbox_dev.tcp_proxy import TcpProxy
 from tests._pg import OUTBOX_DDL, PgDb, db, pg
 from tests.conftest import Stack
 from tests.polling import wait_until
@@ -483,3 +484,34 @@ async def test_a_clean_stop_leaves_the_slot_at_the_final_checkpoint(
     saved = _checkpoint(stack, settings)
     assert saved.lsn >= current
     assert db.confirmed_flush() == saved.lsn
+
+
+async def test_an_unreachable_postgresql_is_waited_for_then_used(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    _outbox(db)
+    event = _event("u", 0)
+    with TcpProxy(db.params.port) as proxy:
+        proxy.cut()
+        url = db.server.url(db.name).replace(f":{db.params.port}/", f":{proxy.port}/")
+        settings = _settings(db, stack, topic_prefix, redis_prefix, database_url=url)
+        async with Collector(stack.kafka_bootstrap) as col:
+            await col.watch([topic_prefix + "order"])
+            relay = Relay(settings)
+            task = asyncio.create_task(relay.run())
+            try:
+                await wait_until(
+                    lambda: any(
+                        "cannot reach a server yet" in r.getMessage() for r in caplog.records
+                    ),
+                    what="a retry",
+                )
+                assert not task.done()
+                proxy.restore()
+                await wait_until(lambda: relay.stats.database == "ok", within=30, what="streaming")
+                _write(db, [event])
+                await col.wait_for(1)
+            finally:
+                relay.stop()
+                await asyncio.wait_for(task, 30)
+    assert col.ids() == [str(event.id)]
