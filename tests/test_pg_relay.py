@@ -515,3 +515,66 @@ async def test_an_unreachable_postgresql_is_waited_for_then_used(
                 relay.stop()
                 await asyncio.wait_for(task, 30)
     assert col.ids() == [str(event.id)]
+
+
+BAD_OUTBOX_DDL = "CREATE TABLE bad_outbox (id integer PRIMARY KEY, payload bytea)"
+
+
+async def test_a_pattern_reads_matching_tables_also_created_later_and_skips_the_rest(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    _outbox(db)
+    pattern = r"public\..*outbox"
+    # Not a superuser: the relay cannot create the FOR ALL TABLES publication a pattern
+    # needs, and says who can (exit 2 naming pg_publication).
+    refused = _settings(
+        db, stack, topic_prefix, redis_prefix, outbox_table_pattern=pattern, pg_publication="own"
+    )
+    with pytest.raises(ConfigurationError) as info:
+        await asyncio.wait_for(Relay(refused).run(), 30)
+    assert info.value.setting == "pg_publication" and "FOR ALL TABLES" in str(info.value)
+    # Created by a superuser, as the message says.
+    db.server.psql(
+        f"CREATE PUBLICATION {db.publication} FOR ALL TABLES WITH (publish = 'insert')",
+        database=db.name,
+    )
+    dlq = topic_prefix + "dlq"
+    settings = _settings(
+        db,
+        stack,
+        topic_prefix,
+        redis_prefix,
+        outbox_table_pattern=pattern,
+        topic_template=topic_prefix + "{table}.{aggregatetype}",
+        on_rejected="dead-letter",
+        dead_letter_topic=dlq,
+    )
+    first, later = [_event("p", i) for i in range(2)], [_event("q", i) for i in range(2)]
+    topics = [topic_prefix + "outbox.order", topic_prefix + "billing_outbox.order", dlq]
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch(topics)
+        relay = Relay(settings)
+        task = asyncio.create_task(relay.run())
+        try:
+            await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+            _write(db, first, noise=2)
+            _outbox(db, "billing_outbox")  # created while the relay runs
+            with db.engine.begin() as conn:
+                conn.exec_driver_sql(BAD_OUTBOX_DDL)
+                conn.exec_driver_sql("INSERT INTO bad_outbox VALUES (1, 'x')")
+            table = outbox_table(sa.MetaData(), name="billing_outbox")
+            factory = sessionmaker(db.engine, class_=OutboxSession, outbox_table=table)
+            with factory() as session:
+                session.add_events(later)
+                session.commit()
+            await col.wait_for(5)
+        finally:
+            relay.stop()
+            await asyncio.wait_for(task, 30)
+    by_topic: dict[str, list[str]] = {}
+    for r in col.records:
+        by_topic.setdefault(r.topic, []).append(dict(r.headers).get("id", b"").decode())
+    assert by_topic[topics[0]] == [str(e.id) for e in first]
+    assert by_topic[topics[1]] == [str(e.id) for e in later]
+    [letter] = [json.loads(r.value) for r in col.records if r.topic == dlq]
+    assert letter["table"] == "public.bad_outbox"

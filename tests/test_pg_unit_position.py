@@ -86,7 +86,6 @@ def test_the_old_mysql_url_works_with_one_warning(caplog: pytest.LogCaptureFixtu
     [
         ({"database_url": "oracle://h/x"}, "database_url"),
         ({"database_url": "postgresql://h/"}, "database_url"),
-        ({"database_url": PG, "outbox_table_pattern": r".*\.outbox"}, "outbox_table_pattern"),
         ({"database_url": PG, "start_position": "mysql-bin.000001:4"}, "start_position"),
         ({"database_url": PG, "canary_interval_ms": 1000}, "canary_interval_ms"),
         ({"database_url": PG, "pg_slot": "Bad-Name"}, "pg_slot"),

@@ -68,6 +68,8 @@ class PostgresDatabase(Database):
                 create=s.pg_create,
                 checkpoint=checkpoint,
                 ran_before=store.ran_before and not s.ignore_checkpoint,
+                pattern=s.outbox_table_pattern or None,
+                stop_on_bad=s.on_rejected == "stop",
             )
 
         def verdict(exc: BaseException) -> BaseException | None:
@@ -87,7 +89,12 @@ class PostgresDatabase(Database):
         self._start = start
         self.server = start
         p = self.params
-        names = ", ".join(f"{a}.{b}" for a, b in s.tables) or "no table"
+        if s.multi_table:
+            for sch, tab in (*s.tables, *start.matched):
+                stats.by_table.setdefault(f"{sch}.{tab}", 0)
+        names = ", ".join(f"{a}.{b}" for a, b in (*s.tables, *start.matched)) or "no table"
+        if s.outbox_table_pattern:
+            names += f" and tables matching {s.outbox_table_pattern!r}"
         if s.pg_message_prefixes:
             names += f" and messages prefixed {', '.join(s.pg_message_prefixes)}"
         log.info(
@@ -127,6 +134,7 @@ class PostgresDatabase(Database):
             publication=s.publication_name,
             tables=s.tables,
             prefixes=s.pg_message_prefixes,
+            table_pattern=s.outbox_table_pattern or None,
             status_interval_seconds=min(1.0, s.checkpoint_interval_ms / 1000),
             idle_commit_seconds=min(1.0, s.checkpoint_interval_ms / 1000),
             max_reconnect_delay_seconds=s.reconnect_max_ms / 1000,

@@ -20,6 +20,7 @@ end``) skips it and nothing after it.
 
 from __future__ import annotations
 
+import re
 import struct
 from typing import Any
 
@@ -57,7 +58,10 @@ class PgOutputParser:
     ``records[:committed]`` belong to committed transactions, the last ending
     at ``commit_lsn``; the rest to the open one. ``tables``: the outbox
     tables (``schema.table``) whose inserts are events; a change of another
-    table stops the relay (the publication was changed under it).
+    table stops the relay (the publication was changed under it), unless
+    ``pattern`` is set: then a table it full-matches is an outbox table too
+    (also one created while the relay runs) and the others' changes are
+    skipped (a publication of all tables, or of schemas, sends them).
     ``prefixes``: the message prefixes that are outboxes (``{table}`` of
     their topics; ``database`` is their ``{schema}``).
     """
@@ -70,9 +74,12 @@ class PgOutputParser:
         prefixes: frozenset[str] = frozenset(),
         database: str = "",
         cap: int = 2000,
+        pattern: re.Pattern[str] | None = None,
     ) -> None:
         self.router = router
         self.tables = tables
+        self.pattern = pattern
+        self.skipped: set[int] = set()  # relations of other tables (with a pattern)
         self.cap = cap
         self.records: list[KafkaRecord | RejectedRow] = []
         self.committed = 0
@@ -194,7 +201,13 @@ class PgOutputParser:
             columns.append((name, _U32.unpack_from(buf, z + 1)[0]))
             pos = z + 9
         name = f"{schema}.{table}"
-        if name not in self.tables:
+        self.skipped.discard(relid)
+        if name not in self.tables and self.pattern is not None:
+            if not self.pattern.fullmatch(name):
+                self.skipped.add(relid)
+                self.relations.pop(relid, None)  # renamed away from the pattern
+                return
+        elif name not in self.tables:
             raise UnexpectedRelationError(
                 f"the publication sends changes of {name}, which is no outbox table of this "
                 "relay: the publication was changed; drop it (the relay creates it again) "
@@ -211,6 +224,8 @@ class PgOutputParser:
         relid = _U32.unpack_from(buf, p + 1)[0]
         entry = self.relations.get(relid)
         if entry is None:
+            if relid in self.skipped:
+                return  # another table of the publication
             raise OutboxError(f"pgoutput sent a change of relation {relid} before describing it")
         layout, reason, memo = entry
         ncols = _U16.unpack_from(buf, p + 6)[0]

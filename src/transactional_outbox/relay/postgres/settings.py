@@ -23,12 +23,6 @@ _NAME = re.compile(r"[a-z0-9_]{1,63}")
 def check_postgres_settings(s: RelaySettings) -> None:
     """Raise :class:`ConfigurationError` for a setting a PostgreSQL relay cannot use."""
     PgConnectParams.from_url(s.database_url, setting="database_url")
-    if s.outbox_table_pattern:
-        raise ConfigurationError(
-            "outbox_table_pattern",
-            "is for MySQL/MariaDB relays so far: a PostgreSQL publication lists its tables; "
-            "name them in outbox_tables",
-        )
     if s.start_position not in ("latest", "earliest"):
         raise ConfigurationError(
             "start_position",
@@ -44,7 +38,7 @@ def check_postgres_settings(s: RelaySettings) -> None:
             raise ConfigurationError(
                 name, f"{value!r} is no valid name (1-63 of lower-case letters, digits, _)"
             )
-    if not s.tables and not s.pg_message_prefixes:
+    if not (s.tables or s.pg_message_prefixes or s.outbox_table_pattern):
         raise ConfigurationError(
             "outbox_table", "is empty and pg_message_prefixes is not set: nothing to read"
         )

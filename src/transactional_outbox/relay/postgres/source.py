@@ -21,6 +21,7 @@ had already handed over.
 from __future__ import annotations
 
 import logging
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -81,6 +82,7 @@ class PgSourceSettings:
     publication: str
     tables: tuple[tuple[str, str], ...]
     prefixes: tuple[str, ...] = ()
+    table_pattern: str | None = None  # schema.table full-matched: outbox tables too
     chunk_events: int = 2000
     status_interval_seconds: float = 1.0
     idle_commit_seconds: float = 1.0
@@ -213,6 +215,7 @@ class PgSource:
             prefixes=frozenset(s.prefixes),
             database=s.connect.database,
             cap=s.chunk_events,
+            pattern=re.compile(s.table_pattern) if s.table_pattern else None,
         )
         skip = self._pushed_in_txn  # rows of the open transaction handed over before
         self.connected = True

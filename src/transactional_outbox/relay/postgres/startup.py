@@ -14,10 +14,11 @@ identifier differs) or beyond the server's WAL is a ``CheckpointError``.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from dataclasses import dataclass
 
-from ...exceptions import CheckpointError, ConfigurationError
+from ...exceptions import CheckpointError, ConfigurationError, ServerConfigurationError
 from ..position import Position
 from .checks import (
     SlotState,
@@ -28,6 +29,7 @@ from .checks import (
     ensure_publication,
     ensure_slot,
 )
+from .pattern import ensure_all_tables_publication, matching_tables
 from .position import LsnPosition
 from .wire import PgConnectParams, PgServerError, PgWire, format_lsn, parse_lsn, quote_literal
 
@@ -49,6 +51,7 @@ class PgStart:
     why: str
     slot: SlotState
     version: str
+    matched: tuple[tuple[str, str], ...] = ()  # tables outbox_table_pattern matched
 
 
 def login_error(exc: PgServerError) -> ConfigurationError | None:
@@ -78,11 +81,16 @@ def resolve_start(
     create: bool,
     checkpoint: Position | None,
     ran_before: bool = False,
+    pattern: str | None = None,
+    stop_on_bad: bool = True,
 ) -> PgStart:
     """Run the startup checks, create what is missing (``create``), pick the start LSN.
 
     ``ran_before``: a store shows this relay saved before, even with no checkpoint
     left; then a missing slot is :class:`.checks.SlotLostError`, never a new one.
+    ``pattern`` (``outbox_table_pattern``): the publication must publish every table
+    (:mod:`.pattern`); a matching table that cannot hold events stops the relay
+    (``stop_on_bad``) or is named in a WARNING (its rows will be rejected).
 
     Blocking. Raises :class:`ConfigurationError` (exit 2) naming the setting to
     change, :class:`CheckpointError` (exit 3) for a checkpoint or slot that
@@ -112,7 +120,22 @@ def resolve_start(
         check_tables(conn, tables, setting=table_setting)
         if checkpoint is not None:
             check_start_lsn(conn, checkpoint.lsn)
-        ensure_publication(conn, publication, tables, create=create)
+        matched: list[tuple[str, str]] = []
+        if pattern:
+            ensure_all_tables_publication(conn, publication, create=create)
+            matched, bad = matching_tables(conn, re.compile(pattern), listed=tuple(tables))
+            for problem in bad:
+                if stop_on_bad:
+                    raise ServerConfigurationError(
+                        "outbox_table_pattern",
+                        f"{problem}; it matches {pattern!r} and on_rejected=stop (narrow the "
+                        "pattern, fix the table, or use on_rejected=dead-letter)",
+                    )
+                log.warning(
+                    "%s; it matches outbox_table_pattern: its rows will be rejected", problem
+                )
+        else:
+            ensure_publication(conn, publication, tables, create=create)
         ran = ran_before or checkpoint is not None
         slot = ensure_slot(conn, slot_name, ran_before=ran, create=create)
     finally:
@@ -133,7 +156,8 @@ def resolve_start(
             "until PostgreSQL lets it go (wal_sender_timeout)",
             slot_name,
         )
-    return PgStart(LsnPosition(lsn=lsn, system=system, timeline=timeline), why, slot, version)
+    position = LsnPosition(lsn=lsn, system=system, timeline=timeline)
+    return PgStart(position, why, slot, version, tuple(matched))
 
 
 def advance_slot(params: PgConnectParams, slot: str, lsn: int) -> None:

@@ -1,0 +1,88 @@
+"""``outbox_table_pattern`` on PostgreSQL: a publication of every table, and the tables
+the pattern matches at startup.
+
+A publication sends only the tables it names, so one that lists the matching tables
+would miss a matching table created while the relay runs, and every event written to it
+until a restart: the silent loss a pattern must not have. Only ``FOR ALL TABLES``
+publishes tables created later wherever they are (``FOR TABLES IN SCHEMA`` covers only
+its schemas, and which schemas a regular expression can match is not known), so that is
+what the relay asks for; creating it takes a superuser. The relay then skips the other
+tables' inserts (PostgreSQL still decodes and sends them: a cost, measured in
+BENCHMARKS "The relay on PostgreSQL" as noise).
+"""
+
+from __future__ import annotations
+
+import re
+
+from ...exceptions import ConfigurationError
+from .checks import check_tables
+from .wire import PgServerError, PgWire, quote_ident, quote_literal
+
+__all__ = ["ensure_all_tables_publication", "matching_tables"]
+
+
+def _create_sql(name: str) -> str:
+    return f"CREATE PUBLICATION {quote_ident(name)} FOR ALL TABLES WITH (publish = 'insert')"
+
+
+def ensure_all_tables_publication(conn: PgWire, name: str, *, create: bool) -> bool:
+    """The publication ``name`` publishes INSERTs of every table, also future ones;
+    created when missing and ``create``. True if this call created it."""
+    rows = conn.query(
+        f"SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = {quote_literal(name)}"
+    )
+    advice = f"{_create_sql(name)} (as a superuser), or list the tables in outbox_tables"
+    if rows:
+        all_tables, inserts = rows[0]
+        if all_tables == "t" and inserts == "t":
+            return False
+        raise ConfigurationError(
+            "pg_publication",
+            f"publication {name} exists but does not publish inserts of every table, which "
+            "outbox_table_pattern needs (a matching table created later must be published "
+            f"too): DROP PUBLICATION {quote_ident(name)}; {advice}",
+        )
+    if not create:
+        raise ConfigurationError(
+            "pg_publication", f"publication {name} does not exist and pg_create is off: {advice}"
+        )
+    try:
+        conn.query(_create_sql(name))
+    except PgServerError as exc:
+        if exc.code == "42501":  # insufficient_privilege: FOR ALL TABLES takes a superuser
+            raise ConfigurationError(
+                "pg_publication",
+                f"outbox_table_pattern needs publication {name} FOR ALL TABLES, which only a "
+                f"superuser may create ({exc.message}): have one run {advice}",
+            ) from None
+        if exc.code != "42710":  # duplicate_object: another relay created it meanwhile
+            raise
+    return True
+
+
+def matching_tables(
+    conn: PgWire, pattern: re.Pattern[str], *, listed: tuple[tuple[str, str], ...]
+) -> tuple[list[tuple[str, str]], list[str]]:
+    """The tables ``pattern`` full-matches now (beyond ``listed``): those that can hold
+    outbox events, and a problem line for each that cannot."""
+    rows = conn.query(
+        "SELECT n.nspname, c.relname FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', "
+        "'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+        "ORDER BY n.nspname, c.relname"
+    )
+    good: list[tuple[str, str]] = []
+    bad: list[str] = []
+    for schema, table in rows:
+        assert schema is not None and table is not None
+        if (schema, table) in listed or not pattern.fullmatch(f"{schema}.{table}"):
+            continue
+        try:
+            check_tables(conn, [(schema, table)], setting="outbox_table_pattern")
+        except ConfigurationError as exc:
+            bad.append(exc.message)
+            continue
+        good.append((schema, table))
+    return good, bad
