@@ -227,6 +227,24 @@ async def test_leader_sigkilled_mid_stream_the_standby_resumes_losing_nothing(
     done = threading.Event()
     writer, events = _writer(db, 2_000, done)
     a, b = RelayProcess(settings, tmp_path / "a.log"), RelayProcess(settings, tmp_path / "b.log")
+    try:
+        await _kill_the_leader_mid_stream(a, b, stack, topic_prefix, writer, done, events)
+    finally:  # a failed wait must not leave relays behind
+        for proc in (a.proc, b.proc):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+
+
+async def _kill_the_leader_mid_stream(
+    a: RelayProcess,
+    b: RelayProcess,
+    stack: Stack,
+    topic_prefix: str,
+    writer: threading.Thread,
+    done: threading.Event,
+    events: list[OutboxEvent],
+) -> None:
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
         a.start()
