@@ -22,7 +22,8 @@ content, version 1 (all integers big-endian)::
     ..      rest  payload: the bytes to the end of the message, unchanged
 
 A reader refuses any other version (the event is rejected, never skipped).
-Pure, except :func:`emit_events`, which runs the statement.
+Pure, except :func:`emit_events`, which runs the statement (:func:`statements` gives it
+to a pipeline at commit instead).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ __all__ = [
     "emit_events",
     "emit_params",
     "encode_message",
+    "statements",
     "unix_micros",
 ]
 
@@ -126,6 +128,26 @@ def emit_events(
 
 PER_STATEMENT = 500
 """Events per SELECT at most (PostgreSQL allows 1,664 entries in a SELECT list)."""
+
+
+def statements(
+    events: Sequence[OutboxEvent], prefix: str = DEFAULT_PREFIX
+) -> list[tuple[str, dict[str, Any]]]:
+    """What :func:`emit_events` runs, as psycopg statements (``%(name)s`` parameters):
+    for a pipeline at commit (:mod:`._pg_commit`)."""
+    out = []
+    for start in range(0, len(events), PER_STATEMENT):
+        chunk = events[start : start + PER_STATEMENT]
+        params: dict[str, Any] = {f"c{i}": encode_message(e) for i, e in enumerate(chunk)}
+        params["prefix"] = prefix
+        out.append((_select_sql(len(chunk)), params))
+    return out
+
+
+@functools.lru_cache(maxsize=32)
+def _select_sql(n: int) -> str:
+    calls = ", ".join(f"pg_logical_emit_message(true, %(prefix)s, %(c{i})s)" for i in range(n))
+    return f"SELECT {calls}"
 
 
 @functools.lru_cache(maxsize=32)

@@ -23,9 +23,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from ._otel import trace_headers
 from ._outbox_sql import TablePlan, table_plan, write_rows
+from ._pg_commit import defer, left_over
 from ._pg_message import DEFAULT_PREFIX, check_dialect, emit_events
 from .event import OutboxEvent, Serializer
-from .exceptions import ConfigurationError, InvalidEventError
+from .exceptions import ConfigurationError, InvalidEventError, OutboxError
 from .record_format import encode_headers
 from .table import outbox_table
 
@@ -118,6 +119,8 @@ class OutboxSession(Session):
             bind,
         )
         self._outbox_pending: list[OutboxEvent] = []
+        # The connection info whose COMMIT carries this transaction's messages (psycopg).
+        self._outbox_carrier: dict[Any, Any] | None = None
 
     def add_event(
         self,
@@ -173,7 +176,7 @@ class OutboxSession(Session):
             self._autobegin_t()
             self._outbox_pending.extend(events)
 
-    def _outbox_write(self) -> None:
+    def _outbox_write(self, *, at_commit: bool = False) -> None:
         events = self._outbox_pending
         if not events:
             return
@@ -184,7 +187,11 @@ class OutboxSession(Session):
             prefix = self._outbox.message_prefix
             if prefix is not None:
                 check_dialect(conn.dialect)
-                emit_events(conn, events, prefix)
+                carrier = at_commit and defer(self, plan.table, conn, events, prefix)
+                if carrier:
+                    self._outbox_carrier = carrier
+                else:
+                    emit_events(conn, events, prefix)
             else:
                 # Rows in list order, which is the binlog order.
                 rows = [_row(e) for e in events]
@@ -329,7 +336,7 @@ def _write_before_commit(session: Session) -> None:
     # commit() only flushes a session with ORM changes; a session that only
     # added events would otherwise commit without them.
     if isinstance(session, OutboxSession):
-        session._outbox_write()
+        session._outbox_write(at_commit=True)
 
 
 @sa_event.listens_for(OutboxSession, "after_rollback")
@@ -345,6 +352,14 @@ def _discard_on_rollback(session: Session) -> None:
 
 @sa_event.listens_for(OutboxSession, "after_commit")
 def _check_nothing_left(session: Session) -> None:
+    carrier = session._outbox_carrier if isinstance(session, OutboxSession) else None
+    if carrier is not None and isinstance(session, OutboxSession):
+        session._outbox_carrier = None
+        if lost := left_over(carrier):
+            raise OutboxError(
+                f"{lost} outbox message statement(s) were handed to the COMMIT, which did not "
+                "send them: the transaction committed without its events (a bug: report it)"
+            )
     pending = _pending(session)
     if pending and not session.in_nested_transaction():
         warnings.warn(
