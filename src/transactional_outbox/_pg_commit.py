@@ -55,6 +55,13 @@ def defer(
     raw: Any = conn.connection.dbapi_connection
     if raw is None or getattr(raw, "autocommit", True) or not hasattr(raw, "pipeline"):
         return None
+    engine = conn.engine
+    if not sa_event.contains(engine, "commit", _send_with_commit):
+        # Per engine, on first use: a class-wide listener would put every engine of
+        # the application on SQLAlchemy's slower with-events path. A connection joins
+        # its engine's listeners at each event, so this one's COMMIT sees it already.
+        sa_event.listen(engine, "commit", _send_with_commit)
+        sa_event.listen(engine, "rollback", _forget_at_rollback)
     info = conn.info
     info.setdefault(_KEY, []).extend(statements(events, prefix))
     return info
@@ -66,7 +73,6 @@ def left_over(info: dict[Any, Any]) -> int:
     return len(pending) if pending else 0
 
 
-@sa_event.listens_for(sa.Engine, "commit")
 def _send_with_commit(conn: sa.Connection) -> None:
     pending: list[tuple[str, dict[str, Any]]] | None = conn.info.pop(_KEY, None)
     if not pending:
@@ -80,6 +86,5 @@ def _send_with_commit(conn: sa.Connection) -> None:
         cur.execute("COMMIT")
 
 
-@sa_event.listens_for(sa.Engine, "rollback")
 def _forget_at_rollback(conn: sa.Connection) -> None:
     conn.info.pop(_KEY, None)
