@@ -36,12 +36,12 @@ from transactional_outbox.session import _row
 
 
 class NotSent(OutboxSession):
-    def _outbox_write(self) -> None:
+    def _outbox_write(self, *, at_commit: bool = False) -> None:
         self._outbox_pending = []
 
 
 class EmptyStatement(OutboxSession):
-    def _outbox_write(self) -> None:
+    def _outbox_write(self, *, at_commit: bool = False) -> None:
         if self._outbox_pending:
             self._outbox_pending = []
             self.connection().exec_driver_sql("DO 1")
@@ -60,7 +60,7 @@ class _CursorConnection:
 
 
 class RawCursor(OutboxSession):
-    def _outbox_write(self) -> None:
+    def _outbox_write(self, *, at_commit: bool = False) -> None:
         events, self._outbox_pending = self._outbox_pending, []
         if events:
             plan = self._outbox.plan
