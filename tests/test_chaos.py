@@ -31,7 +31,8 @@ from .relay_harness import (
 
 
 def test_quick_chaos_run_loses_nothing(stack: Stack) -> None:
-    """Each fault kind three times under load: nothing lost, invented or misordered."""
+    """Each fault kind twice under load: nothing lost, invented or misordered (twice to
+    keep the suite's time; longer runs: bench/chaos.py)."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "chaos.py"), "--quick"],
         stdout=subprocess.PIPE,
@@ -57,7 +58,7 @@ def test_quick_chaos_run_loses_nothing(stack: Stack) -> None:
         "kafka_stall",
         "broker_pause",
     }
-    assert all(summary["faults"][k] >= 3 for k in summary["faults"])
+    assert all(summary["faults"][k] >= 2 for k in summary["faults"])
 
 
 # -- found by chaos runs -------------------------------------------------------------
