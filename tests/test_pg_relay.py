@@ -21,7 +21,7 @@ from outbox_dev.tcp_proxy import TcpProxy
 from tests._pg import OUTBOX_DDL, PgDb, db, pg
 from tests.conftest import Stack
 from tests.polling import wait_until
-from tests.relay_harness import Collector, RelayProcess
+from tests.relay_harness import Collector, RelayProcess, running_relay
 from transactional_outbox import (
     CheckpointError,
     ConfigurationError,
@@ -127,9 +127,7 @@ async def test_rows_and_messages_are_published_byte_for_byte_and_the_slot_follow
     messages = [_event("b", i) for i in range(5)]
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(settings) as relay:
             await wait_until(lambda: relay.stats.database == "ok", what="streaming")
             _write(db, rows[:2], noise=3)
             _write(db, messages, mode="message", noise=2)
@@ -151,9 +149,6 @@ async def test_rows_and_messages_are_published_byte_for_byte_and_the_slot_follow
             text = relay.metrics.render().decode()
             assert 'outbox_relay_server_up{server="postgresql"} 1.0' in text
             assert "outbox_relay_slot_retained_bytes" in text
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     table, message_table = "public.outbox", f"{db.name}.outbox"
     want = sorted(
         [_expected(e, table, topic_prefix) for e in rows]
@@ -194,13 +189,8 @@ async def test_an_event_kafka_refuses_stops_the_relay_and_the_slot_stays_before_
         assert db.confirmed_flush() <= before_big
         # Told to send larger records, a restart publishes it, then the next one.
         bigger = _settings(db, stack, topic_prefix, redis_prefix, max_request_size=1_000_000)
-        relay = Relay(bigger)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(bigger) as relay:
             await col.wait_for(3)
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     assert _first_seen(col) == {"a": [str(small.id), str(big.id), str(after.id)]}
 
 
@@ -280,9 +270,7 @@ async def test_postgres_restarted_under_the_relay_loses_nothing(
     before, during = [_event("r", i) for i in range(20)], [_event("r", 100 + i) for i in range(20)]
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(settings) as relay:
             await wait_until(lambda: relay.stats.database == "ok", what="streaming")
             _write(db, before)
             await col.wait_for(20)
@@ -291,9 +279,6 @@ async def test_postgres_restarted_under_the_relay_loses_nothing(
             db.engine.dispose()
             _write(db, during)
             await col.wait_for(40, within=60)
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     assert _first_seen(col) == {"r": [str(e.id) for e in before + during]}
 
 
@@ -321,15 +306,10 @@ async def test_a_lost_slot_stops_with_exit_3_and_the_advice_works(
     env_settings = _settings(db, stack, topic_prefix, redis_prefix, ignore_checkpoint=True)
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
-        relay = Relay(env_settings)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(env_settings) as relay:
             await wait_until(lambda: relay.stats.database == "ok", what="streaming")
             _write(db, [after])
             await col.wait_for(1)
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     assert col.ids() == [str(after.id)]
 
 
@@ -376,13 +356,8 @@ async def test_redis_losing_the_checkpoint_resumes_from_the_slot_and_a_lost_slot
         finally:
             client.close()
         _write(db, [meanwhile])
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(settings) as relay:
             await col.wait_for(2)
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     assert _first_seen(col) == {"k": [str(first.id), str(meanwhile.id)]}
     # Checkpoint and slot both gone: the relay ran before (the token key says so), so a
     # new slot would skip what was committed meanwhile: exit 3, never a silent start.
@@ -413,9 +388,7 @@ async def test_many_outbox_tables_one_publication_and_counts_per_table(
     shop, billing = [_event("s", i) for i in range(3)], [_event("b", i) for i in range(2)]
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "outbox.order", topic_prefix + "billing_outbox.order"])
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(settings) as relay:
             await wait_until(lambda: relay.stats.database == "ok", what="streaming")
             _write(db, shop)
             table = outbox_table(sa.MetaData(), name="billing_outbox")
@@ -428,9 +401,6 @@ async def test_many_outbox_tables_one_publication_and_counts_per_table(
                 lambda: relay.stats.by_table == {"public.outbox": 3, "public.billing_outbox": 2},
                 what=lambda: f"counts per table {relay.stats.by_table}",
             )
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     by_topic = {r.topic: [] for r in col.records}
     for r in col.records:
         by_topic[r.topic].append(dict(r.headers)["id"].decode())
@@ -457,17 +427,12 @@ async def test_dead_letter_policy_sends_the_refused_event_aside_and_goes_on(
     small, big, after = _event("d", 1), _event("d", 2, size=50_000), _event("d", 3)
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order", dlq])
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(settings) as relay:
             await wait_until(lambda: relay.stats.database == "ok", what="streaming")
             for e in (small, big, after):
                 _write(db, [e])
             await col.wait_for(3)
             await wait_until(lambda: relay.stats.dead_lettered == 1, what="one dead letter")
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     published = [dict(r.headers)["id"].decode() for r in col.records if r.topic != dlq]
     letters = [json.loads(r.value) for r in col.records if r.topic == dlq]
     assert published == [str(small.id), str(after.id)]
@@ -485,9 +450,7 @@ async def test_a_clean_stop_leaves_the_slot_at_the_final_checkpoint(
     events = [_event("f", i) for i in range(3)]
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(settings) as relay:
             await wait_until(lambda: relay.stats.database == "ok", what="streaming")
             _write(db, events)
             await col.wait_for(3)
@@ -496,9 +459,6 @@ async def test_a_clean_stop_leaves_the_slot_at_the_final_checkpoint(
                 lambda: (relay.checkpoint_position or LsnPosition(lsn=0)).lsn >= current,
                 what="the watermark past the events",
             )
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     saved = _checkpoint(stack, settings)
     assert saved.lsn >= current
     assert db.confirmed_flush() == saved.lsn
@@ -515,23 +475,18 @@ async def test_an_unreachable_postgresql_is_waited_for_then_used(
         settings = _settings(db, stack, topic_prefix, redis_prefix, database_url=url)
         async with Collector(stack.kafka_bootstrap) as col:
             await col.watch([topic_prefix + "order"])
-            relay = Relay(settings)
-            task = asyncio.create_task(relay.run())
-            try:
+            async with running_relay(settings) as relay:
                 await wait_until(
                     lambda: any(
                         "cannot reach a server yet" in r.getMessage() for r in caplog.records
                     ),
                     what="a retry",
                 )
-                assert not task.done()
+                assert relay.stats.database != "ok"  # still waiting (an exit fails the block)
                 proxy.restore()
                 await wait_until(lambda: relay.stats.database == "ok", within=30, what="streaming")
                 _write(db, [event])
                 await col.wait_for(1)
-            finally:
-                relay.stop()
-                await asyncio.wait_for(task, 30)
     assert col.ids() == [str(event.id)]
 
 
@@ -571,9 +526,7 @@ async def test_a_pattern_reads_matching_tables_also_created_later_and_skips_the_
     topics = [topic_prefix + "outbox.order", topic_prefix + "billing_outbox.order", dlq]
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch(topics)
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        try:
+        async with running_relay(settings) as relay:
             await wait_until(lambda: relay.stats.database == "ok", what="streaming")
             _write(db, first, noise=2)
             _outbox(db, "billing_outbox")  # created while the relay runs
@@ -586,9 +539,6 @@ async def test_a_pattern_reads_matching_tables_also_created_later_and_skips_the_
                 session.add_events(later)
                 session.commit()
             await col.wait_for(5)
-        finally:
-            relay.stop()
-            await asyncio.wait_for(task, 30)
     by_topic: dict[str, list[str]] = {}
     for r in col.records:
         by_topic.setdefault(r.topic, []).append(dict(r.headers).get("id", b"").decode())
