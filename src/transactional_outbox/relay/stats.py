@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -78,6 +79,12 @@ class RelayStats:
     # With many outbox tables: each table's events acknowledged (or dead-lettered),
     # counted as their batch is, by "schema.table". Empty with one table.
     by_table: dict[str, int] = field(default_factory=dict)
+
+    def count_tables(self, tables: Iterable[tuple[str, str]]) -> None:
+        """List each ``(schema, table)`` in :attr:`by_table` from the start (0 until its
+        first event), as the many-tables metrics and ``/readyz`` show them."""
+        for schema, table in tables:
+            self.by_table.setdefault(f"{schema}.{table}", 0)
 
     @property
     def outstanding(self) -> int:

@@ -114,8 +114,7 @@ async def prepare_start(
     info, start, why, matched = resolved
     server_id = choose_server_id(s, info, server_id)
     if s.multi_table:
-        for sch, tab in (*s.tables, *matched):
-            stats.by_table.setdefault(f"{sch}.{tab}", 0)
+        stats.count_tables((*s.tables, *matched))
     args = s.mysql_connection_args()
     names = ", ".join(f"`{sch}`.`{tab}`" for sch, tab in (*s.tables, *matched))
     if s.outbox_table_pattern:

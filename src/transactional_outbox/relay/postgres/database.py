@@ -43,7 +43,6 @@ class PostgresDatabase(Database):
     def __init__(self, settings: RelaySettings) -> None:
         self.settings = settings
         self.params = PgConnectParams.from_url(settings.database_url)
-        self._start: PgStart | None = None
 
     def __repr__(self) -> str:
         return f"PostgresDatabase(slot={self.settings.slot_name!r})"
@@ -86,12 +85,10 @@ class PostgresDatabase(Database):
         )
         if start is None:
             return None
-        self._start = start
         self.server = start
         p = self.params
         if s.multi_table:
-            for sch, tab in (*s.tables, *start.matched):
-                stats.by_table.setdefault(f"{sch}.{tab}", 0)
+            stats.count_tables((*s.tables, *start.matched))
         names = ", ".join(f"{a}.{b}" for a, b in (*s.tables, *start.matched)) or "no table"
         if s.outbox_table_pattern:
             names += f" and tables matching {s.outbox_table_pattern!r}"
