@@ -26,6 +26,23 @@ def med(runs: list[dict[str, float]], key: str) -> float:
     return statistics.median(r[key] for r in runs)
 
 
+def print_measures(
+    runs: list[dict[str, float]], k: int, labels: dict[str, str], cpu_keys: dict[str, str]
+) -> None:
+    """The measures table of one cell: txn/s median, min, max, events/s (``k`` events
+    per transaction) and CPU per transaction, for each measure the runs have."""
+    header = f"{'measure':42} {'txn/s':>8} {'min':>8} {'max':>8} {'events/s':>9} {'CPU µs/txn':>10}"
+    print(header)
+    print("-" * len(header))
+    for key, label in labels.items():
+        if key not in runs[0]:
+            continue
+        values = [r[key] for r in runs]
+        m = med(runs, key)
+        cpu = f"{med(runs, cpu_keys[key]):>10.1f}" if key in cpu_keys else f"{'':>10}"
+        print(f"{label:42} {m:>8.0f} {min(values):>8.0f} {max(values):>8.0f} {m * k:>9.0f} {cpu}")
+
+
 def report_cell(cell: dict[str, Any]) -> None:
     w: Written = cell["written"]
     k, runs = cell["per_txn"], cell["runs"]
@@ -40,16 +57,7 @@ def report_cell(cell: dict[str, Any]) -> None:
         f"written in {w.write_seconds:.1f} s ({w.txns / w.write_seconds:.0f} outbox txn/s, "
         f"{w.retries} deadlock retries); counted in {w.count_seconds:.1f} s"
     )
-    header = f"{'measure':42} {'txn/s':>8} {'min':>8} {'max':>8} {'events/s':>9} {'CPU µs/txn':>10}"
-    print(header)
-    print("-" * len(header))
-    for key, label in LABELS.items():
-        if key not in runs[0]:
-            continue
-        values = [r[key] for r in runs]
-        m = med(runs, key)
-        cpu = f"{med(runs, CPU_KEYS[key]):>10.1f}" if key in CPU_KEYS else f"{'':>10}"
-        print(f"{label:42} {m:>8.0f} {min(values):>8.0f} {max(values):>8.0f} {m * k:>9.0f} {cpu}")
+    print_measures(runs, k, LABELS, CPU_KEYS)
     if "steady" in runs[0]:
         print(
             f"relay while steady: {med(runs, 'relay_us'):.1f} µs CPU per transaction "

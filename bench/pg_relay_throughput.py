@@ -50,7 +50,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import statistics
 import threading
 import time
 import uuid
@@ -72,6 +71,7 @@ from _pg_bench import (
     relay_env,
 )
 from _relay import RelayChild
+from _throughput_report import med, print_measures
 from aiokafka import AIOKafkaConsumer
 from relay_throughput import cpu_seconds, kafka_alone
 
@@ -257,10 +257,6 @@ def run_cell(mode: str, per_txn: int, noise: int, args: argparse.Namespace) -> d
     return cell
 
 
-def med(runs: list[dict[str, float]], key: str) -> float:
-    return statistics.median(x[key] for x in runs)
-
-
 def report_cell(cell: dict[str, Any], args: argparse.Namespace) -> None:
     r: Range = cell["range"]
     k, runs = cell["per_txn"], cell["runs"]
@@ -274,16 +270,7 @@ def report_cell(cell: dict[str, Any], args: argparse.Namespace) -> None:
         f"{changes}; not outbox: {100 * r.noise_fraction:.1f}%; written in "
         f"{r.write_seconds:.1f} s ({r.txns / r.write_seconds:.0f} outbox txn/s)"
     )
-    header = f"{'measure':42} {'txn/s':>8} {'min':>8} {'max':>8} {'events/s':>9} {'CPU µs/txn':>10}"
-    print(header)
-    print("-" * len(header))
-    for key, label in LABELS.items():
-        if key not in runs[0]:
-            continue
-        values = [x[key] for x in runs]
-        m = med(runs, key)
-        cpu = f"{med(runs, CPU_KEYS[key]):>10.1f}" if key in CPU_KEYS else f"{'':>10}"
-        print(f"{label:42} {m:>8.0f} {min(values):>8.0f} {max(values):>8.0f} {m * k:>9.0f} {cpu}")
+    print_measures(runs, k, LABELS, CPU_KEYS)
     if "steady" in runs[0]:
         print(
             f"relay while steady: {med(runs, 'relay_us'):.1f} µs CPU per transaction, "
