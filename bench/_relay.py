@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import redis
@@ -114,6 +115,32 @@ class RelayChild:
     def cpu(self) -> dict[int, float]:
         """CPU seconds so far per process: the relay first, then its reader."""
         return cpu_by_process(self.pid)
+
+    def follow(
+        self, acked: Callable[[], float | None], *, limit: float = 900
+    ) -> tuple[float, list[tuple[float, float, dict[int, float]]]]:
+        """Poll ``acked()`` (the fraction of the range acknowledged, None before the
+        first checkpoint) until it reaches 1: the seconds since start, and the (time,
+        fraction, CPU by process) marks at 10% and 90% (both at the start and the end
+        when everything was acknowledged at once: a tiny run)."""
+        marks: list[tuple[float, float, dict[int, float]]] = []
+        while True:
+            fraction = acked()
+            if fraction is not None:
+                if len(marks) < 2 and fraction >= (0.1, 0.9)[len(marks)]:
+                    now, cpu = time.perf_counter(), self.cpu()
+                    while len(marks) < 2 and fraction >= (0.1, 0.9)[len(marks)]:
+                        marks.append((now, fraction, cpu))  # both at once: a tiny run
+                if fraction >= 1.0:
+                    break
+            self.check_alive()
+            if time.perf_counter() - self.started_at > limit:
+                raise SystemExit(f"relay did not finish in {limit:.0f} s")
+            time.sleep(0.01)
+        elapsed = time.perf_counter() - self.started_at
+        if marks[1][0] <= marks[0][0]:  # all acknowledged at once (a tiny run)
+            marks = [(self.started_at, 0.0, {}), (self.started_at + elapsed, 1.0, self.cpu())]
+        return elapsed, marks
 
     def peak_rss_mb(self) -> float:
         """Peak RSS of the relay and its reader process, summed."""

@@ -176,26 +176,16 @@ def relay_run(schema: BenchSchema, slot: str, r: Range, run_id: str) -> dict[str
     env["OUTBOX_CHECKPOINT_INTERVAL_MS"] = "50"
     relay = RelayChild(env, Path(f"/tmp/bench-pg-throughput-{run_id}-relay.log"))
     lo, hi = r.start, r.end - ALIGN
-    marks: list[tuple[float, float, dict[int, float]]] = []  # (time, fraction acked, CPU)
     relay.start()
+
+    def acked() -> float | None:
+        cp = relay.saved()
+        if not isinstance(cp, LsnPosition):
+            return None
+        return min(max(cp.lsn - lo, 0) / (hi - lo), 1.0)
+
     try:
-        while True:
-            cp = relay.saved()
-            if isinstance(cp, LsnPosition):
-                fraction = min(max(cp.lsn - lo, 0) / (hi - lo), 1.0)
-                if len(marks) < 2 and fraction >= (0.1, 0.9)[len(marks)]:
-                    now, cpu = time.perf_counter(), relay.cpu()
-                    while len(marks) < 2 and fraction >= (0.1, 0.9)[len(marks)]:
-                        marks.append((now, fraction, cpu))  # both at once: a tiny run
-                if fraction >= 1.0:
-                    break
-            relay.check_alive()
-            if time.perf_counter() - relay.started_at > 900:
-                raise SystemExit("relay did not finish in 900 s")
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - relay.started_at
-        if marks[1][0] <= marks[0][0]:  # all acknowledged at once (a tiny run)
-            marks = [(relay.started_at, 0.0, {}), (relay.started_at + elapsed, 1.0, relay.cpu())]
+        elapsed, marks = relay.follow(acked)
         (t1, f1, cpu1), (t2, f2, cpu2) = marks
         steady_cpu = sum(cpu2[pid] - cpu1.get(pid, 0.0) for pid in cpu2)
         rss = relay.peak_rss_mb()

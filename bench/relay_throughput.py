@@ -219,26 +219,14 @@ def relay_run(db: str, w: Written, run_id: str, relay_src: str | None) -> dict[s
     env = relay_env(db, w.start, f"bench-{run_id}", f"bench{run_id}.relay.{{aggregatetype}}")
     env["OUTBOX_CHECKPOINT_INTERVAL_MS"] = "50"
     relay = RelayChild(env, Path(f"/tmp/bench-throughput-{run_id}-relay.log"), relay_src)
-    marks: list[tuple[float, float, dict[int, float]]] = []  # (time, fraction acked, CPU)
     relay.start()
+
+    def acked() -> float | None:
+        cp = relay.checkpoint()
+        return None if cp is None else min((offsets(*cp) - lo) / (hi - lo), 1.0)
+
     try:
-        while True:
-            cp = relay.checkpoint()
-            if cp is not None:
-                fraction = min((offsets(*cp) - lo) / (hi - lo), 1.0)
-                if len(marks) < 2 and fraction >= (0.1, 0.9)[len(marks)]:
-                    now, cpu = time.perf_counter(), relay.cpu()
-                    while len(marks) < 2 and fraction >= (0.1, 0.9)[len(marks)]:
-                        marks.append((now, fraction, cpu))  # both at once: a tiny run
-                if fraction >= 1.0:
-                    break
-            relay.check_alive()
-            if time.perf_counter() - relay.started_at > 900:
-                raise SystemExit("relay did not finish in 900 s")
-            time.sleep(0.01)
-        elapsed = time.perf_counter() - relay.started_at
-        if marks[1][0] <= marks[0][0]:  # all acknowledged at once (a tiny run)
-            marks = [(relay.started_at, 0.0, {}), (relay.started_at + elapsed, 1.0, relay.cpu())]
+        elapsed, marks = relay.follow(acked)
         (t1, f1, cpu1), (t2, f2, cpu2) = marks
         steady_cpu = [cpu2[pid] - cpu1.get(pid, 0.0) for pid in cpu2]  # relay, then reader
         rss = relay.peak_rss_mb()
