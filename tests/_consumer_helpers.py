@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.structs import ConsumerRecord
+from aiokafka.structs import ConsumerRecord, RecordMetadata
 
 from transactional_outbox.event import OutboxEvent, kafka_headers
 
@@ -59,6 +59,13 @@ async def publish(
     bootstrap: str, topic: str, events: Sequence[OutboxEvent], *, partition: int | None = 0
 ) -> list[int]:
     """Publish ``events`` as the relay would (DESIGN §2); return their offsets."""
+    return [m.offset for m in await publish_sent(bootstrap, topic, events, partition=partition)]
+
+
+async def publish_sent(
+    bootstrap: str, topic: str, events: Sequence[OutboxEvent], *, partition: int | None = 0
+) -> list[RecordMetadata]:
+    """Publish ``events`` as the relay would (DESIGN §2); the broker's answer for each."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
@@ -73,7 +80,7 @@ async def publish(
             )
             for e in events
         ]
-        return [(await f).offset for f in futures]
+        return [await f for f in futures]
     finally:
         await producer.stop()
 

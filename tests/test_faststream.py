@@ -17,17 +17,16 @@ from collections import Counter
 
 import redis.asyncio
 import sqlalchemy as sa
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from sqlalchemy.orm import Session, sessionmaker
 
 from transactional_outbox import OutboxEvent
 from transactional_outbox.consumer import AsyncRedisStore, ReceivedEvent, SqlStore, inbox_table
-from transactional_outbox.event import kafka_headers
 from transactional_outbox.faststream import exactly_once
 
-from ._consumer_helpers import order_event
+from ._consumer_helpers import order_event, publish_sent
 from .conftest import ROOT, Stack
 from .relay_harness import ensure_topics, wait_until
 
@@ -41,28 +40,11 @@ async def publish_storm(bootstrap: str, topic: str, events: list[OutboxEvent], c
     (From the producer's answers: tansu's ListOffsets answers the end of a partition
     written in batches wrongly, 1 where 20 records were written.)
     """
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
-    await producer.start()
-    try:
-        futures = [
-            await producer.send(
-                topic,
-                value=e.payload,
-                key=e.aggregate_id.encode(),
-                headers=kafka_headers(e),
-                timestamp_ms=int(e.timestamp.timestamp() * 1000),
-            )
-            for _ in range(copies)
-            for e in events
-        ]
-        ends: Ends = {}
-        for future in futures:
-            meta = await future
-            tp = TopicPartition(topic, meta.partition)
-            ends[tp] = max(ends.get(tp, 0), meta.offset + 1)
-        return ends
-    finally:
-        await producer.stop()
+    ends: Ends = {}
+    for meta in await publish_sent(bootstrap, topic, events * copies, partition=None):
+        tp = TopicPartition(topic, meta.partition)
+        ends[tp] = max(ends.get(tp, 0), meta.offset + 1)
+    return ends
 
 
 async def all_committed(bootstrap: str, group: str, ends: Ends) -> bool:
