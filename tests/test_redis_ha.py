@@ -124,6 +124,20 @@ def write_in_txns(conn: Any, events: list[Any], per_txn: int = 3) -> None:
 # -- startup checks on real servers ------------------------------------------------------
 
 
+async def write_while(conn: Any, fault: asyncio.Future[Any], during: list[Any]) -> None:
+    """Write one event at a time into ``during`` until ``fault`` is done: writes spread
+    over the fault."""
+    while not fault.done():
+        during.append(make_event(aggregate_id=str(len(during) % 3)))
+        write_events(conn, during[-1:])
+        await asyncio.sleep(0.05)
+
+
+async def checkpoint_past(url: str, key: str, end: Any, *, what: str, within: float = 20) -> None:
+    """Wait until the relay's checkpoint under ``key`` in the Redis at ``url`` is past ``end``."""
+    await wait_until(lambda: (checkpoint_of(url, key) or ("", 0)) >= end, within=within, what=what)
+
+
 async def test_startup_names_redis_url_for_a_server_of_another_kind(
     sentinel: ScratchSentinel, cluster: ScratchCluster, settings_kw: dict[str, Any]
 ) -> None:
@@ -223,26 +237,26 @@ async def test_relay_through_a_sentinel_failover_loses_nothing(
             write_in_txns(conn, before)
             end = _binlog.position(stack)
             await wait_for_ids(col, before)
-            await wait_until(
-                lambda: (checkpoint_of(sentinel.url, key) or ("", 0)) >= end,
-                what="the checkpoint past the first events",
+            await checkpoint_past(
+                sentinel.url, key, end, what="the checkpoint past the first events"
             )
             # Replicated before the crash (asynchronous replication could lose it otherwise;
             # this test is about the failover, not about a lost write).
             primary = client_for(f"redis://127.0.0.1:{sentinel.master_port()}/0")
             assert primary.wait(1, 5000) == 1
             failover = asyncio.ensure_future(asyncio.to_thread(sentinel.kill_primary_and_promote))
-            while not failover.done():  # writes spread over the failover: the relay goes on
-                during.append(make_event(aggregate_id=str(len(during) % 3)))
-                write_events(conn, during[-1:])
-                await asyncio.sleep(0.05)
+            await write_while(
+                conn, failover, during
+            )  # writes spread over the failover: the relay goes on
             await failover
             write_in_txns(conn, after)
             end = _binlog.position(stack)
             await wait_for_ids(col, during + after, within=60)
             # The relay saves to the promoted replica: its term survived or was retaken.
-            await wait_until(
-                lambda: (checkpoint_of(sentinel.url, key) or ("", 0)) >= end,
+            await checkpoint_past(
+                sentinel.url,
+                key,
+                end,
                 within=60,
                 what="the checkpoint on the promoted replica past every event",
             )
@@ -275,23 +289,21 @@ async def test_relay_through_a_cluster_primary_failover_loses_nothing(
             write_in_txns(conn, before)
             end = _binlog.position(stack)
             await wait_for_ids(col, before)
-            await wait_until(
-                lambda: (checkpoint_of(cluster.url, key) or ("", 0)) >= end,
-                what="the checkpoint past the first events",
+            await checkpoint_past(
+                cluster.url, key, end, what="the checkpoint past the first events"
             )
             primary = client_for(f"redis://127.0.0.1:{cluster.primary_of(key).port}/0")
             assert primary.wait(1, 5000) == 1  # on its replica before the crash
             failover = asyncio.ensure_future(asyncio.to_thread(cluster.kill_primary_of, key))
-            while not failover.done():  # writes spread over the failover
-                during.append(make_event(aggregate_id=str(len(during) % 3)))
-                write_events(conn, during[-1:])
-                await asyncio.sleep(0.05)
+            await write_while(conn, failover, during)  # writes spread over the failover
             await failover
             write_in_txns(conn, after)
             end = _binlog.position(stack)
             await wait_for_ids(col, during + after, within=60)
-            await wait_until(
-                lambda: (checkpoint_of(cluster.url, key) or ("", 0)) >= end,
+            await checkpoint_past(
+                cluster.url,
+                key,
+                end,
                 within=60,
                 what="the checkpoint on the promoted replica past every event",
             )
@@ -315,22 +327,20 @@ async def test_relay_through_a_cluster_slot_migration_loses_nothing(
             write_in_txns(conn, before)
             end = _binlog.position(stack)
             await wait_for_ids(col, before)
-            await wait_until(
-                lambda: (checkpoint_of(cluster.url, key) or ("", 0)) >= end,
-                what="the checkpoint past the first events",
+            await checkpoint_past(
+                cluster.url, key, end, what="the checkpoint past the first events"
             )
             old = cluster.primary_of(key)
             moving = asyncio.ensure_future(asyncio.to_thread(cluster.move_slot_of, key))
-            while not moving.done():  # writes spread over the migration
-                during.append(make_event(aggregate_id=str(len(during) % 3)))
-                write_events(conn, during[-1:])
-                await asyncio.sleep(0.05)
+            await write_while(conn, moving, during)  # writes spread over the migration
             new = await moving
             write_in_txns(conn, after)
             end = _binlog.position(stack)
             await wait_for_ids(col, during + after, within=60)
-            await wait_until(
-                lambda: (checkpoint_of(cluster.url, key) or ("", 0)) >= end,
+            await checkpoint_past(
+                cluster.url,
+                key,
+                end,
                 within=60,
                 what="the checkpoint on the slot's new node past every event",
             )
