@@ -32,7 +32,7 @@ from transactional_outbox import (
 from transactional_outbox.exceptions import PublishError
 from transactional_outbox.relay import Relay, RelaySettings
 from transactional_outbox.relay.position import BinlogPosition, decode_checkpoint
-from transactional_outbox.relay.postgres import parse_lsn
+from transactional_outbox.relay.postgres import PublicationGoneError, parse_lsn
 from transactional_outbox.relay.postgres.position import LsnPosition
 from transactional_outbox.relay.routing import KafkaRecord
 from transactional_outbox.testing import to_record
@@ -546,3 +546,67 @@ async def test_a_pattern_reads_matching_tables_also_created_later_and_skips_the_
     assert by_topic[topics[1]] == [str(e.id) for e in later]
     [letter] = [json.loads(r.value) for r in col.records if r.topic == dlq]
     assert letter["table"] == "public.bad_outbox"
+
+
+async def test_a_publication_changed_under_the_relay_stops_it_with_exit_2_and_the_fix_works(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str, tmp_path: Path
+) -> None:
+    _outbox(db)
+    settings = _settings(db, stack, topic_prefix, redis_prefix)
+    before, hidden, after = _event("p", 0), _event("p", 1), _event("p", 2)
+    proc = RelayProcess(settings, tmp_path / "changed.log")
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        proc.start()
+        assert proc.proc is not None
+        try:
+            streaming = f"SELECT active FROM pg_replication_slots WHERE slot_name = '{db.slot}'"
+            await wait_until(lambda: db.sql(streaming) == [("t",)], what=proc.log)
+            _write(db, [before])
+            await col.wait_for(1)
+            # Out of the publication: PostgreSQL leaves the outbox's rows out, no error.
+            db.sql(f"ALTER PUBLICATION {db.publication} DROP TABLE outbox")
+            _write(db, [hidden])
+            assert await asyncio.to_thread(proc.proc.wait, 30) == 2, proc.log()
+        finally:
+            if proc.proc.poll() is None:
+                proc.proc.kill()
+        errors = [line for line in proc.log().splitlines() if "ERROR" in line]
+        assert len(errors) == 1 and "pg_publication" in errors[0], proc.log()
+        assert "Traceback" not in proc.log() and "left out" in errors[0]
+        fix = errors[0][errors[0].index("Fix it (") + 8 : errors[0].index("), then ")]
+        db.sql(fix)  # as written
+        async with running_relay(settings) as relay:
+            await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+            _write(db, [after])
+            await col.wait_for(2)
+    # The error said so: the hidden event's transaction is decoded without it, for good.
+    assert col.ids() == [str(before.id), str(after.id)]
+
+
+async def test_a_dropped_publication_stops_with_exit_3_at_once_and_at_start_and_the_advice_works(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    _outbox(db)
+    settings = _settings(db, stack, topic_prefix, redis_prefix)
+    relay = Relay(settings)
+    task = asyncio.create_task(relay.run())
+    await wait_until(lambda: relay.stats.checkpoints_saved >= 1, what="a checkpoint")
+    db.sql(f"DROP PUBLICATION {db.publication}")
+    with pytest.raises(PublicationGoneError, match="--ignore-checkpoint"):
+        await asyncio.wait_for(task, 30)
+    # Started again, the relay creates the publication, which cannot decode the slot's
+    # WAL from before: the same error at start, not a stream that fails later.
+    with pytest.raises(PublicationGoneError) as info:
+        await asyncio.wait_for(Relay(settings).run(), 30)
+    drop = str(info.value).split("SELECT ")[1].split(", then")[0]
+    db.sql(f"SELECT {drop}")  # as written, then --ignore-checkpoint
+    after = _event("g", 0)
+    async with Collector(stack.kafka_bootstrap) as col:
+        await col.watch([topic_prefix + "order"])
+        restarted = _settings(db, stack, topic_prefix, redis_prefix, ignore_checkpoint=True)
+        async with running_relay(restarted) as relay:
+            await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+            _write(db, [after])
+            await col.wait_for(1)
+    assert col.ids() == [str(after.id)]

@@ -112,6 +112,15 @@ class Database(ABC):
         Never raises; nothing to do for MySQL."""
         return None
 
+    def watch(
+        self, start: Position, fail: Callable[[BaseException], None]
+    ) -> asyncio.Future[None] | None:
+        """While a session streams from ``start``: check now and then what its stream
+        cannot show (a PostgreSQL publication that stops covering an outbox table);
+        ``fail`` stops the session. Cancelled when the session ends; None when there
+        is nothing to watch (MySQL: what could hide rows is in the binlog itself)."""
+        return None
+
     def recheck(self, fail: Callable[[BaseException], None]) -> asyncio.Future[None] | None:
         """After a source reconnected: check again that the outbox rows reach what it
         reads (``fail`` stops the session); None when there is nothing to check."""

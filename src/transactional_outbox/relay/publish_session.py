@@ -148,6 +148,7 @@ class PublishSession:
         if self._stopped:
             channel.close()
         source.start()
+        watch = self._database.watch(self.start, channel.fail)
         try:
             await self._pump(channel, publisher)
         except ChannelClosed:
@@ -157,6 +158,8 @@ class PublishSession:
                 raise  # the source's own error: fatal
             # else a publish failure woke the pump; handled below
         finally:
+            if watch is not None:
+                watch.cancel()
             source.stop()
             await asyncio.to_thread(source.join, s.heartbeat_ms * 3 / 1000 + 5)
             self._source = None

@@ -12,11 +12,11 @@ from .checks import (
     check_server,
     check_start_lsn,
     check_tables,
-    ensure_publication,
     ensure_slot,
     slot_lag_bytes,
 )
 from .pgoutput import PgOutputParser, StreamEnded, UnexpectedRelationError
+from .publication import PublicationGoneError, ensure_publication
 from .source import PgBatch, PgBatchSink, PgSource, PgSourceSettings
 from .wire import PgConnectParams, PgServerError, PgWire, format_lsn, parse_lsn
 
@@ -29,6 +29,7 @@ __all__ = [
     "PgSource",
     "PgSourceSettings",
     "PgWire",
+    "PublicationGoneError",
     "SlotLostError",
     "SlotState",
     "StreamEnded",

@@ -1,5 +1,5 @@
 """Startup checks and the replication objects on PostgreSQL: server, role, tables,
-publication, slot; and the slot's retained WAL.
+slot; and the slot's retained WAL (the publication: :mod:`.publication`).
 
 Every check raises one error naming the setting to change (exit 2:
 :class:`~transactional_outbox.exceptions.ConfigurationError`), or, for a slot
@@ -25,7 +25,6 @@ __all__ = [
     "check_server",
     "check_start_lsn",
     "check_tables",
-    "ensure_publication",
     "ensure_slot",
     "slot_lag_bytes",
 ]
@@ -101,7 +100,7 @@ def check_tables(conn: PgWire, tables: list[tuple[str, str]], *, setting: str) -
     """Each ``(schema, table)`` exists and has the columns the relay reads."""
     for schema, table in tables:
         rows = conn.query(
-            "SELECT a.attname, a.atttypid FROM pg_attribute a "
+            "SELECT a.attname, a.atttypid, c.relpersistence FROM pg_attribute a "
             "JOIN pg_class c ON c.oid = a.attrelid JOIN pg_namespace n ON n.oid = c.relnamespace "
             f"WHERE n.nspname = {quote_literal(schema)} AND c.relname = {quote_literal(table)} "
             "AND c.relkind IN ('r', 'p') AND a.attnum > 0 AND NOT a.attisdropped "
@@ -109,68 +108,16 @@ def check_tables(conn: PgWire, tables: list[tuple[str, str]], *, setting: str) -
         )
         if not rows:
             raise ConfigurationError(setting, f"the outbox table {schema}.{table} does not exist")
+        if rows[0][2] == "u":  # no publication can carry it (PostgreSQL refuses to add one)
+            raise ConfigurationError(
+                setting,
+                f"the outbox table {schema}.{table} is UNLOGGED: its rows never reach the WAL, "
+                f"so no relay can read them: ALTER TABLE {quote_ident(schema)}."
+                f"{quote_ident(table)} SET LOGGED",
+            )
         layout = layout_of(schema, table, [(str(r[0]), int(r[1] or 0)) for r in rows])
         if isinstance(layout, str):
             raise ConfigurationError(setting, layout)
-
-
-def ensure_publication(
-    conn: PgWire, name: str, tables: list[tuple[str, str]], *, create: bool
-) -> bool:
-    """The publication ``name`` publishes INSERTs of exactly ``tables``; created when
-    missing and ``create``. True if this call created it."""
-    want = {f"{s}.{t}" for s, t in tables}
-    row = _one(
-        conn,
-        f"SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = {quote_literal(name)}",
-    )
-    if row is not None:
-        have = {
-            f"{r[0]}.{r[1]}"
-            for r in conn.query(
-                "SELECT schemaname, tablename FROM pg_publication_tables "
-                f"WHERE pubname = {quote_literal(name)}"
-            )
-        }
-        if row[0] == "t" or have != want or row[1] != "t":
-            what = "all tables" if row[0] == "t" else ", ".join(sorted(have)) or "no table"
-            raise ConfigurationError(
-                "pg_publication",
-                f"publication {name} exists and publishes {what}"
-                + ("" if row[1] == "t" else " without inserts")
-                + f", not the outbox tables ({', '.join(sorted(want))}): name another "
-                "publication, or DROP PUBLICATION " + quote_ident(name),
-            )
-        return False
-    if not create:
-        raise ConfigurationError(
-            "pg_publication",
-            f"publication {name} does not exist and pg_create is off: "
-            + _create_publication(name, tables),
-        )
-    for schema, table in tables:
-        owner = _one(
-            conn,
-            "SELECT pg_has_role(current_user, c.relowner, 'USAGE') FROM pg_class c "
-            "JOIN pg_namespace n ON n.oid = c.relnamespace "
-            f"WHERE n.nspname = {quote_literal(schema)} AND c.relname = {quote_literal(table)}",
-        )
-        if owner is None or owner[0] != "t":
-            raise ConfigurationError(
-                "pg_publication",
-                f"the relay's role does not own {schema}.{table}, so it cannot create "
-                f"publication {name}: let the table's owner create it (pg_create off)",
-            )
-    conn.query(_create_publication(name, tables))
-    return True
-
-
-def _create_publication(name: str, tables: list[tuple[str, str]]) -> str:
-    # No tables (only table-less outboxes): a publication of nothing still lets
-    # pgoutput send the messages; "FOR TABLE" with an empty list is a syntax error.
-    targets = ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in tables)
-    of = f" FOR TABLE {targets}" if tables else ""
-    return f"CREATE PUBLICATION {quote_ident(name)}{of} WITH (publish = 'insert')"
 
 
 def ensure_slot(conn: PgWire, name: str, *, ran_before: bool, create: bool) -> SlotState:

@@ -21,6 +21,7 @@ from ..position import Position
 from ..routing import TopicRouter
 from .checks import slot_lag_bytes
 from .position import LsnPosition
+from .publication import WATCH_SECONDS, PublicationWatch
 from .source import PgBatch, PgSource, PgSourceSettings
 from .startup import TRANSIENT, PgStart, advance_slot, login_error, resolve_start
 from .wire import PgConnectParams, PgServerError, PgWire
@@ -145,9 +146,43 @@ class PostgresDatabase(Database):
             slot = self.settings.slot_name
             await asyncio.to_thread(advance_slot, self.params, slot, position.lsn)
 
+    def watch(
+        self, start: Position, fail: Callable[[BaseException], None]
+    ) -> asyncio.Future[None] | None:
+        """Check the publication again every :data:`.publication.WATCH_SECONDS` while the
+        session streams; a change that could hide outbox rows fails it (:mod:`.publication`)."""
+        server = self.server
+        if not isinstance(server, PgStart) or not isinstance(start, LsnPosition):
+            return None
+        s = self.settings
+        watch = PublicationWatch(
+            self.params,
+            name=s.publication_name,
+            slot=s.slot_name,
+            tables=tuple(s.tables),
+            pattern=s.outbox_table_pattern or None,
+            oid=server.publication,
+            after=start.lsn,
+        )
+        return asyncio.ensure_future(_watch_publication(watch, fail))
+
     def head(self, stats: RelayStats) -> Head:
         """The server's WAL end and the slot's retained WAL, over a connection of its own."""
         return WalHead(self.params, self.settings.slot_name, stats)
+
+
+async def _watch_publication(
+    watch: PublicationWatch, fail: Callable[[BaseException], None]
+) -> None:
+    try:
+        while True:
+            error = await asyncio.to_thread(watch.poll)
+            if error is not None:
+                fail(error)
+                return
+            await asyncio.sleep(WATCH_SECONDS)
+    finally:
+        watch.close()
 
 
 class _LsnSink:

@@ -9,6 +9,10 @@ its schemas, and which schemas a regular expression can match is not known), so 
 what the relay asks for; creating it takes a superuser. The relay then skips the other
 tables' inserts (PostgreSQL still decodes and sends them: a cost, measured in
 BENCHMARKS "The relay on PostgreSQL" as noise).
+
+A FOR ALL TABLES publication leaves out UNLOGGED tables (their rows never reach the
+WAL): a matching one stops the relay, at start and (:mod:`.publication`'s watch) when
+one appears later. Temporary tables are no outbox tables: not matched.
 """
 
 from __future__ import annotations
@@ -19,10 +23,17 @@ from ...exceptions import ConfigurationError
 from .checks import check_tables
 from .wire import PgServerError, PgWire, quote_ident, quote_literal
 
-__all__ = ["ensure_all_tables_publication", "matching_tables"]
+__all__ = [
+    "ensure_all_tables_publication",
+    "matching_tables",
+    "pattern_create_sql",
+    "pattern_problem",
+    "unlogged_matches",
+]
 
 
-def _create_sql(name: str) -> str:
+def pattern_create_sql(name: str) -> str:
+    """The CREATE PUBLICATION a pattern needs."""
     return f"CREATE PUBLICATION {quote_ident(name)} FOR ALL TABLES WITH (publish = 'insert')"
 
 
@@ -32,7 +43,7 @@ def ensure_all_tables_publication(conn: PgWire, name: str, *, create: bool) -> b
     rows = conn.query(
         f"SELECT puballtables, pubinsert FROM pg_publication WHERE pubname = {quote_literal(name)}"
     )
-    advice = f"{_create_sql(name)} (as a superuser), or list the tables in outbox_tables"
+    advice = f"{pattern_create_sql(name)} (as a superuser), or list the tables in outbox_tables"
     if rows:
         all_tables, inserts = rows[0]
         if all_tables == "t" and inserts == "t":
@@ -48,7 +59,7 @@ def ensure_all_tables_publication(conn: PgWire, name: str, *, create: bool) -> b
             "pg_publication", f"publication {name} does not exist and pg_create is off: {advice}"
         )
     try:
-        conn.query(_create_sql(name))
+        conn.query(pattern_create_sql(name))
     except PgServerError as exc:
         if exc.code == "42501":  # insufficient_privilege: FOR ALL TABLES takes a superuser
             raise ConfigurationError(
@@ -66,17 +77,17 @@ def matching_tables(
 ) -> tuple[list[tuple[str, str]], list[str]]:
     """The tables ``pattern`` full-matches now (beyond ``listed``): those that can hold
     outbox events, and a problem line for each that cannot."""
-    rows = conn.query(
-        "SELECT n.nspname, c.relname FROM pg_class c "
-        "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p') AND n.nspname NOT IN ('pg_catalog', "
-        "'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
-        "ORDER BY n.nspname, c.relname"
-    )
     good: list[tuple[str, str]] = []
     bad: list[str] = []
-    for schema, table in rows:
-        assert schema is not None and table is not None
+    unlogged = unlogged_matches(conn, pattern)
+    if unlogged:
+        raise ConfigurationError(
+            "outbox_table_pattern",
+            f"{', '.join(unlogged)} match(es) {pattern.pattern!r} but UNLOGGED tables never "
+            "reach the WAL, so their events could not be read: ALTER TABLE ... SET LOGGED, "
+            "or narrow the pattern",
+        )
+    for schema, table, _ in _tables(conn):
         if (schema, table) in listed or not pattern.fullmatch(f"{schema}.{table}"):
             continue
         try:
@@ -86,3 +97,31 @@ def matching_tables(
             continue
         good.append((schema, table))
     return good, bad
+
+
+def _tables(conn: PgWire) -> list[tuple[str, str, str]]:
+    # Ordinary and partitioned tables outside the system schemas, not temporary.
+    rows = conn.query(
+        "SELECT n.nspname, c.relname, c.relpersistence FROM pg_class c "
+        "JOIN pg_namespace n ON n.oid = c.relnamespace "
+        "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND n.nspname NOT IN "
+        "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+        "ORDER BY n.nspname, c.relname"
+    )
+    return [(str(s), str(t), str(p)) for s, t, p in rows]
+
+
+def unlogged_matches(conn: PgWire, pattern: re.Pattern[str]) -> list[str]:
+    """The UNLOGGED tables ``pattern`` full-matches (``schema.table``)."""
+    return [f"{s}.{t}" for s, t, p in _tables(conn) if p == "u" and pattern.fullmatch(f"{s}.{t}")]
+
+
+def pattern_problem(conn: PgWire, publishes_all: bool, pattern: re.Pattern[str]) -> str | None:
+    """Why the pattern's publication would miss a matching table's inserts (None: it
+    would not); ``publishes_all``: the publication is FOR ALL TABLES with inserts."""
+    if not publishes_all:
+        return "no longer publishes the inserts of every table (outbox_table_pattern needs that)"
+    unlogged = unlogged_matches(conn, pattern)
+    if unlogged:
+        return f"cannot publish {', '.join(unlogged)}: UNLOGGED tables never reach the WAL"
+    return None

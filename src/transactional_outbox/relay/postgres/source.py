@@ -33,7 +33,8 @@ from ..routing import KafkaRecord, TopicRouter
 from ..rowrecord import RejectedRow
 from .checks import SlotLostError
 from .pgoutput import PgOutputParser, StreamEnded
-from .wire import RECV_BYTES, PgConnectParams, PgServerError, PgWire, format_lsn
+from .publication import publication_gone
+from .wire import RECV_BYTES, PgConnectParams, PgServerError, PgWire, format_lsn, quote_literal
 
 __all__ = ["PgBatch", "PgBatchSink", "PgSource", "PgSourceSettings"]
 
@@ -170,7 +171,7 @@ class PgSource:
                 if self._stop.is_set():
                     return
                 if isinstance(exc, PgServerError) and exc.code not in _TRANSIENT_CODES:
-                    self._sink.fail(_fatal(exc, s.slot))
+                    self._sink.fail(_fatal(exc, s, self._position))
                     return
                 if self.connected:
                     delay = s.reconnect_delay_seconds
@@ -300,7 +301,12 @@ def _now_pg_micros() -> int:
     return time.time_ns() // 1000 - _PG_EPOCH_US
 
 
-def _fatal(exc: PgServerError, slot: str) -> OutboxError:
+def _fatal(exc: PgServerError, s: PgSourceSettings, position: int) -> OutboxError:
+    slot = s.slot
+    if exc.code == "42704" and _slot_exists(s) is True:
+        # undefined_object, the slot still there: pgoutput found no publication at this
+        # place in the WAL (dropped, or created after it).
+        return publication_gone(s.publication, slot, position)
     if exc.code == "42704":  # undefined_object: the slot is gone
         return SlotLostError(
             f"replication slot {slot} disappeared while the relay read it ({exc.message}); "
@@ -310,3 +316,20 @@ def _fatal(exc: PgServerError, slot: str) -> OutboxError:
     if exc.code.startswith("28"):
         return ConfigurationError("database_url", f"login refused: {exc.message}")
     return exc
+
+
+def _slot_exists(s: PgSourceSettings) -> bool | None:
+    """Whether the slot exists (None: could not ask)."""
+    try:
+        conn = PgWire(s.connect)
+    except (OSError, PgServerError):
+        return None
+    try:
+        rows = conn.query(
+            f"SELECT 1 FROM pg_replication_slots WHERE slot_name = {quote_literal(s.slot)}"
+        )
+        return bool(rows)
+    except (OSError, PgServerError):
+        return None
+    finally:
+        conn.close()

@@ -26,11 +26,11 @@ from .checks import (
     check_server,
     check_start_lsn,
     check_tables,
-    ensure_publication,
     ensure_slot,
 )
 from .pattern import ensure_all_tables_publication, matching_tables
 from .position import LsnPosition
+from .publication import ensure_publication, publication_gone, publication_state
 from .wire import PgConnectParams, PgServerError, PgWire, format_lsn, parse_lsn, quote_literal
 
 __all__ = ["TRANSIENT", "PgStart", "advance_slot", "login_error", "resolve_start"]
@@ -52,6 +52,7 @@ class PgStart:
     slot: SlotState
     version: str
     matched: tuple[tuple[str, str], ...] = ()  # tables outbox_table_pattern matched
+    publication: int = 0  # the publication's oid (the watch notices another one)
 
 
 def login_error(exc: PgServerError) -> ConfigurationError | None:
@@ -122,7 +123,7 @@ def resolve_start(
             check_start_lsn(conn, checkpoint.lsn)
         matched: list[tuple[str, str]] = []
         if pattern:
-            ensure_all_tables_publication(conn, publication, create=create)
+            created = ensure_all_tables_publication(conn, publication, create=create)
             matched, bad = matching_tables(conn, re.compile(pattern), listed=tuple(tables))
             for problem in bad:
                 if stop_on_bad:
@@ -135,9 +136,13 @@ def resolve_start(
                     "%s; it matches outbox_table_pattern: its rows will be rejected", problem
                 )
         else:
-            ensure_publication(conn, publication, tables, create=create)
+            created = ensure_publication(conn, publication, tables, create=create)
         ran = ran_before or checkpoint is not None
         slot = ensure_slot(conn, slot_name, ran_before=ran, create=create)
+        if created and not slot.created:
+            # The slot's WAL up to now cannot be decoded through a publication made now.
+            raise publication_gone(publication, slot_name, None)
+        pub_oid = publication_state(conn, publication).oid
     finally:
         conn.close()
     at = checkpoint.lsn if checkpoint is not None else 0
@@ -157,7 +162,7 @@ def resolve_start(
             slot_name,
         )
     position = LsnPosition(lsn=lsn, system=system, timeline=timeline)
-    return PgStart(position, why, slot, version, tuple(matched))
+    return PgStart(position, why, slot, version, tuple(matched), pub_oid)
 
 
 def advance_slot(params: PgConnectParams, slot: str, lsn: int) -> None:
