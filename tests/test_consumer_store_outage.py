@@ -1,6 +1,7 @@
-"""A dedup store that cannot be reached (a Redis failover, a network cut) is neither a
-handler failure nor a reason to stop: the runner waits for it, however long, and every
-event is then handled once; none is dead-lettered for an outage."""
+"""A dedup store that cannot be reached (a Redis failover, a network cut, the SQL inbox's
+database gone) is neither a handler failure nor a reason to stop: the runner waits for
+it, however long, and every event is then handled once; none is dead-lettered for an
+outage."""
 
 from __future__ import annotations
 
@@ -10,11 +11,20 @@ from collections.abc import AsyncIterator
 
 import pytest
 import redis.asyncio
+import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker, create_async_engine
 
 from outbox_dev.tcp_proxy import TcpProxy
-from transactional_outbox.consumer import AsyncRedisStore, ReceivedEvent, idempotent_consumer
+from transactional_outbox.consumer import (
+    AsyncRedisStore,
+    AsyncSqlStore,
+    ReceivedEvent,
+    idempotent_consumer,
+    inbox_table,
+)
 
 from ._consumer_helpers import order_event, publish
 from .conftest import Stack
@@ -76,3 +86,57 @@ async def test_an_outage_longer_than_the_retry_budget_stops_nothing_and_loses_no
         assert not task.done()
         assert await _dead_letters(kafka) == 0
         await client.aclose()
+
+
+_sql = sa.MetaData()
+_inbox = inbox_table(_sql)
+_effects = sa.Table(
+    "outage_effects",
+    _sql,
+    sa.Column("n", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("event_id", sa.String(36), nullable=False),
+)
+
+
+@pytest.mark.parametrize("batch_transactions", [False, True], ids=["per-event", "batch"])
+async def test_an_inbox_database_outage_is_waited_for_and_dead_letters_nothing(
+    kafka: Harness,
+    async_mysql_url: URL,
+    caplog: pytest.LogCaptureFixture,
+    batch_transactions: bool,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="transactional_outbox.consumer")
+    with TcpProxy(async_mysql_url.port or 3306) as proxy:
+        engine = create_async_engine(async_mysql_url.set(port=proxy.port))
+        async with engine.begin() as conn:
+            await conn.run_sync(_sql.create_all)
+        store = AsyncSqlStore(
+            async_sessionmaker(engine), table=_inbox, batch_transactions=batch_transactions
+        )
+
+        @idempotent_consumer(store=store, consumer_name="sql-outage")
+        async def handler(event: ReceivedEvent, session: AsyncSession) -> None:
+            await session.execute(sa.insert(_effects).values(event_id=str(event.id)))
+
+        events = [order_event(i) for i in range(6)]
+        # One handled first: the pool then holds a connection that the cut breaks
+        # mid-use (a lost connection), and later ones cannot connect at all.
+        await publish(kafka.bootstrap, kafka.topic, events[:1])
+        task = kafka.start(handler)
+        await wait_until(kafka.committed_is(1, total=True), what="the first event done")
+        proxy.cut()
+        await publish(kafka.bootstrap, kafka.topic, events[1:])
+
+        def waits() -> int:
+            return sum("store unavailable" in r.getMessage() for r in caplog.records)
+
+        # max_attempts 3 with 10-50 ms backoff: the old behaviour dead-lettered at once.
+        await wait_until(lambda: waits() >= 10 or task.done(), what="the runner waiting")
+        assert not task.done(), task.exception()
+        proxy.restore()
+        await wait_until(kafka.committed_is(len(events), total=True), what="every event done")
+        async with engine.connect() as conn:
+            rows = (await conn.execute(sa.select(_effects.c.event_id))).scalars().all()
+        await engine.dispose()
+    assert Counter(rows) == {str(e.id): 1 for e in events}
+    assert await _dead_letters(kafka) == 0

@@ -9,22 +9,32 @@ same database therefore happen exactly once.
 For the runner, :meth:`AsyncSqlStore.done_ids` checks a whole batch in one query
 before any handler runs, and with ``batch_transactions=True`` a batch runs in
 one transaction with a savepoint per event (:meth:`AsyncSqlStore.run_batch`).
+
+A database that cannot be reached is the store being unavailable, not the
+handler failing: ``run_once`` raises :class:`StoreUnavailableError` when it
+cannot connect, or when SQLAlchemy reports the connection lost (its dialect's
+disconnect check: ``DBAPIError.connection_invalidated``) anywhere in the
+transaction, the handler's statements included (they run on the same
+connection). The runner then waits without counting an attempt. A commit cut
+off that had in fact been applied is found as a duplicate when the event runs
+again: still exactly once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.dialects import mysql
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 from sqlalchemy.orm import Session
 
-from ..exceptions import ConfigurationError
+from ..exceptions import ConfigurationError, StoreUnavailableError
 
 __all__ = ["DEFAULT_INBOX_TABLE", "AsyncSqlStore", "SqlStore", "inbox_table"]
 
@@ -116,6 +126,31 @@ class _SqlBase:
         return f"{type(self).__name__}(table={self.table.fullname!r})"
 
 
+@contextlib.contextmanager
+def _connecting() -> Iterator[None]:
+    # No connection at all: whatever the driver says (refused, timed out, a login
+    # the server turned away), the store cannot be used now; the runner's warnings
+    # carry the cause while it waits.
+    try:
+        yield
+    except DBAPIError as exc:
+        raise StoreUnavailableError(
+            f"the inbox's database cannot be reached: {exc.orig!r}"
+        ) from exc
+
+
+@contextlib.contextmanager
+def _outage() -> Iterator[None]:
+    try:
+        yield
+    except DBAPIError as exc:
+        if exc.connection_invalidated:
+            raise StoreUnavailableError(
+                f"the inbox's database connection was lost: {exc.orig!r}"
+            ) from exc
+        raise
+
+
 def _now() -> datetime:
     # DATETIME holds no zone: store UTC, as the outbox table does.
     return datetime.now(UTC).replace(tzinfo=None)
@@ -148,9 +183,11 @@ class SqlStore(_SqlBase):
 
         ``False`` (``call`` not made, or rolled back) if the row existed already.
         """
-        with self._session_factory() as session:
+        with _outage(), self._session_factory() as session:
             try:
                 with session.begin():
+                    with _connecting():
+                        session.connection()
                     session.execute(self._insert(event_id, consumer_name))
                     call(session)
             except IntegrityError:
@@ -204,9 +241,20 @@ class AsyncSqlStore(_SqlBase):
         call: Callable[[AsyncSession], Awaitable[object]],
     ) -> bool:
         """See :meth:`SqlStore.run_once`."""
+        with _outage():
+            return await self._run_once(event_id, consumer_name, call)
+
+    async def _run_once(
+        self,
+        event_id: uuid.UUID,
+        consumer_name: str | None,
+        call: Callable[[AsyncSession], Awaitable[object]],
+    ) -> bool:
         async with self._session_factory() as session:
             try:
                 async with session.begin():
+                    with _connecting():
+                        await session.connection()
                     await session.execute(self._insert(event_id, consumer_name))
                     await call(session)
             except IntegrityError:
