@@ -15,7 +15,7 @@ from .checks import (
     ensure_slot,
     slot_lag_bytes,
 )
-from .pgoutput import PgOutputParser, StreamEnded, UnexpectedRelationError
+from .pgoutput import PgOutputParser, StreamEnded
 from .publication import PublicationGoneError, ensure_publication
 from .source import PgBatch, PgBatchSink, PgSource, PgSourceSettings
 from .wire import PgConnectParams, PgServerError, PgWire, format_lsn, parse_lsn
@@ -33,7 +33,6 @@ __all__ = [
     "SlotLostError",
     "SlotState",
     "StreamEnded",
-    "UnexpectedRelationError",
     "check_role",
     "check_server",
     "check_start_lsn",

@@ -31,7 +31,7 @@ from .layout import OutboxLayout, layout_of
 from .records import PG_EPOCH_MICROS, OutboxMemo, record_of, record_of_message, rejected_row
 from .wire import error_of
 
-__all__ = ["PgOutputParser", "StreamEnded", "UnexpectedRelationError"]
+__all__ = ["PgOutputParser", "StreamEnded"]
 
 _U16 = struct.Struct("!H")
 _U32 = struct.Struct("!I")
@@ -48,20 +48,16 @@ class StreamEnded(OutboxError):
     """The server ended the replication stream (CopyDone): a shutdown, say."""
 
 
-class UnexpectedRelationError(OutboxError):
-    """A change of a table that is no outbox table of this relay reached the stream."""
-
-
 class PgOutputParser:
     """Turns replication stream bytes into records, transaction by transaction.
 
     ``records[:committed]`` belong to committed transactions, the last ending
     at ``commit_lsn``; the rest to the open one. ``tables``: the outbox
-    tables (``schema.table``) whose inserts are events; a change of another
-    table stops the relay (the publication was changed under it), unless
-    ``pattern`` is set: then a table it full-matches is an outbox table too
-    (also one created while the relay runs) and the others' changes are
-    skipped (a publication of all tables, or of schemas, sends them).
+    tables (``schema.table``) whose inserts are events, and with ``pattern``
+    also a table it full-matches (also one created while the relay runs). The
+    changes of other tables are skipped: a FOR ALL TABLES publication sends
+    them, a partitioned outbox table's partitions are described too, and a
+    table added to the publication is the watch's to report (:mod:`.publication`).
     ``prefixes``: the message prefixes that are outboxes (``{table}`` of
     their topics; ``database`` is their ``{schema}``).
     """
@@ -202,17 +198,14 @@ class PgOutputParser:
             pos = z + 9
         name = f"{schema}.{table}"
         self.skipped.discard(relid)
-        if name not in self.tables and self.pattern is not None:
-            if not self.pattern.fullmatch(name):
-                self.skipped.add(relid)
-                self.relations.pop(relid, None)  # renamed away from the pattern
-                return
-        elif name not in self.tables:
-            raise UnexpectedRelationError(
-                f"the publication sends changes of {name}, which is no outbox table of this "
-                "relay: the publication was changed; drop it (the relay creates it again) "
-                "or remove the table from it"
-            )
+        if name not in self.tables and (self.pattern is None or not self.pattern.fullmatch(name)):
+            # Not an outbox table: a partition of one (pgoutput describes it too when it
+            # publishes through the root), or a table the publication gained. The
+            # publication watch stops the relay for the latter; skipping its rows here
+            # also lets a restarted relay pass transactions decoded with it.
+            self.skipped.add(relid)
+            self.relations.pop(relid, None)  # renamed away
+            return
         layout = layout_of(schema, table, columns)
         memo = self.memo(schema, table)
         if isinstance(layout, str):

@@ -65,6 +65,10 @@ unnoticed. Two catalog queries on an idle connection (well under a millisecond).
 
 Tables = tuple[tuple[str, str], ...]
 
+# Through the root: a partitioned outbox table's rows arrive under its own name
+# (pg_publication_tables then lists it, not its partitions). No effect on others.
+_OPTIONS = "publish = 'insert', publish_via_partition_root = true"
+
 
 class PublicationGoneError(CheckpointError):
     """The relay's publication did not exist for part of the WAL it must read: PostgreSQL
@@ -167,7 +171,7 @@ def fix_sql(name: str, tables: Tables, state: PublicationState) -> str:
         change = f"ALTER PUBLICATION {pub} DROP TABLE {have}; "
     else:
         change = ""
-    return f"{change}ALTER PUBLICATION {pub} SET (publish = 'insert')"
+    return f"{change}ALTER PUBLICATION {pub} SET ({_OPTIONS})"
 
 
 def ensure_publication(
@@ -215,7 +219,7 @@ def create_sql(name: str, tables: Tables) -> str:
     # pgoutput send the messages; "FOR TABLE" with an empty list is a syntax error.
     targets = ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in tables)
     of = f" FOR TABLE {targets}" if tables else ""
-    return f"CREATE PUBLICATION {quote_ident(name)}{of} WITH (publish = 'insert')"
+    return f"CREATE PUBLICATION {quote_ident(name)}{of} WITH ({_OPTIONS})"
 
 
 class PublicationWatch:
