@@ -278,6 +278,7 @@ class RelayProcess:
             "pg_slot",
             "pg_publication",
             "pg_message_prefixes",
+            "pg_other_message_prefixes",
             "ignore_checkpoint",
         ):
             value = getattr(s, name)

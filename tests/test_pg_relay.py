@@ -302,11 +302,18 @@ async def test_a_lost_slot_stops_with_exit_3_and_the_advice_works(
     assert len(lines) == 1 and "--ignore-checkpoint" in lines[0], proc.log()
     assert "Traceback" not in proc.log()
     # Followed as written: the relay starts with a new slot and publishes what comes next.
+    await _starts_over_and_publishes(db, stack, topic_prefix, redis_prefix)
+
+
+async def _starts_over_and_publishes(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    """Started once with --ignore-checkpoint, the relay publishes what comes next, only."""
     after = _event("x", 1)
-    env_settings = _settings(db, stack, topic_prefix, redis_prefix, ignore_checkpoint=True)
+    settings = _settings(db, stack, topic_prefix, redis_prefix, ignore_checkpoint=True)
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
-        async with running_relay(env_settings) as relay:
+        async with running_relay(settings) as relay:
             await wait_until(lambda: relay.stats.database == "ok", what="streaming")
             _write(db, [after])
             await col.wait_for(1)
@@ -601,12 +608,30 @@ async def test_a_dropped_publication_stops_with_exit_3_at_once_and_at_start_and_
         await asyncio.wait_for(Relay(settings).run(), 30)
     drop = str(info.value).split("SELECT ")[1].split(", then")[0]
     db.sql(f"SELECT {drop}")  # as written, then --ignore-checkpoint
-    after = _event("g", 0)
+    await _starts_over_and_publishes(db, stack, topic_prefix, redis_prefix)
+
+
+async def test_events_written_as_messages_under_an_unlisted_prefix_stop_the_relay_losing_none(
+    db: PgDb, stack: Stack, topic_prefix: str, redis_prefix: str
+) -> None:
+    # The app switched to outbox_mode="message"; the relay was only told of the table.
+    _outbox(db)
+    settings = _settings(db, stack, topic_prefix, redis_prefix)
+    before, as_message = _event("m", 0), _event("m", 1)
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
-        restarted = _settings(db, stack, topic_prefix, redis_prefix, ignore_checkpoint=True)
-        async with running_relay(restarted) as relay:
-            await wait_until(lambda: relay.stats.database == "ok", what="streaming")
-            _write(db, [after])
-            await col.wait_for(1)
-    assert col.ids() == [str(after.id)]
+        relay = Relay(settings)
+        task = asyncio.create_task(relay.run())
+        await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+        _write(db, [before])
+        await col.wait_for(1)
+        _write(db, [as_message], mode="message")
+        with pytest.raises(ConfigurationError) as info:
+            await asyncio.wait_for(task, 30)
+        assert info.value.setting == "pg_message_prefixes"
+        assert f"'outbox' holds an outbox event (id {as_message.id}" in str(info.value)
+        # Followed as written: the prefix listed, the relay publishes the event it stopped at.
+        listed = _settings(db, stack, topic_prefix, redis_prefix, pg_message_prefixes=("outbox",))
+        async with running_relay(listed) as relay:
+            await col.wait_for(2)
+    assert col.ids() == [str(before.id), str(as_message.id)]

@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import pytest
 
-from transactional_outbox import OutboxEvent
+from transactional_outbox import ConfigurationError, OutboxEvent
 from transactional_outbox._pg_message import encode_message
 from transactional_outbox.record_format import encode_headers
 from transactional_outbox.relay.postgres import PgOutputParser
@@ -243,8 +243,9 @@ def test_changes_of_other_tables_are_skipped_and_a_partition_described_too_is_ha
 
 def test_messages_of_other_prefixes_are_ignored_and_bad_ones_rejected() -> None:
     e = event(6)
-    p = parser()
+    p = parser(other_prefixes=frozenset({"someone-else"}))
     stream = begin() + message(encode_message(e), b"someone-else") + message(b"\x02junk")
+    stream += message(b"not an event", b"pglogical") + message(encode_message(e)[:40], b"x")
     stream += message(encode_message(e)[:30]) + message(encode_message(e)) + commit(77)
     p.feed(stream)
     records, lsn, _ = p.take_committed()
@@ -252,6 +253,18 @@ def test_messages_of_other_prefixes_are_ignored_and_bad_ones_rejected() -> None:
     assert isinstance(records[0], RejectedRow) and "version 1" in records[0].reason
     assert isinstance(records[1], RejectedRow) and "truncated" in records[1].reason
     assert records[2] == expected(e, "app.outbox")
+
+
+def test_an_outbox_event_under_an_unlisted_prefix_stops_before_its_transaction() -> None:
+    e = event(11)
+    p = parser()
+    with pytest.raises(ConfigurationError, match="pg_message_prefixes") as info:
+        p.feed(begin() + message(encode_message(e), b"orders") + commit(99))
+    assert f"'orders' holds an outbox event (id {e.id}" in str(info.value)
+    assert "pg_other_message_prefixes" in str(info.value)
+    assert p.take_committed() == ([], None, {})  # nothing of that transaction handed over
+    # Written outside a transaction it was never an SDK event: not this check's.
+    parser().feed(message(encode_message(e), b"orders", transactional=False))
 
 
 def test_a_non_transactional_message_is_rejected() -> None:

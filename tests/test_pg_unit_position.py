@@ -94,6 +94,11 @@ def test_the_old_mysql_url_works_with_one_warning(caplog: pytest.LogCaptureFixtu
             {"database_url": "mysql+pymysql://h/db", "pg_message_prefixes": "x"},
             "pg_message_prefixes",
         ),
+        ({"database_url": "mysql+pymysql://h/db", "pg_publication": "p"}, "pg_publication"),
+        (
+            {"database_url": PG, "pg_message_prefixes": "a,b", "pg_other_message_prefixes": "b"},
+            "pg_other_message_prefixes",
+        ),
     ],
 )
 def test_settings_a_postgres_relay_cannot_use_name_themselves(

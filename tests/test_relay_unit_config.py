@@ -514,7 +514,12 @@ def test_help_lists_every_field_flag_env_var_and_default(monkeypatch: pytest.Mon
         assert f"[env {env_var(name)}]" in text
         if f.metadata.get(SECRET):  # kafka_sasl_password, canary_mysql_url
             default = "(unset)"
-        elif name in ("topic_overrides", "outbox_tables", "pg_message_prefixes"):
+        elif name in (
+            "topic_overrides",
+            "outbox_tables",
+            "pg_message_prefixes",
+            "pg_other_message_prefixes",
+        ):
             default = "(none)"
         elif name in CONN:
             default = "(required)"

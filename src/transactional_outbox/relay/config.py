@@ -94,6 +94,12 @@ class RelaySettings:
         "PostgreSQL: prefixes of table-less outboxes (add_event with outbox_mode='message'), "
         "comma-separated; with --outbox-table '' only these are read",
     )
+    pg_other_message_prefixes: tuple[str, ...] = option(
+        (),
+        "PostgreSQL: prefixes of other relays' table-less outboxes in the same database, "
+        "comma-separated; an outbox event in a message of a prefix in neither list stops "
+        "the relay (exit 2)",
+    )
     kafka: KafkaConnection = nested(
         KafkaConnection,
         prefix="kafka_",

@@ -129,10 +129,10 @@ def validate(s: RelaySettings) -> None:
             raise ConfigurationError("database_url", f"{mask_url(s.database_url)} has no host")
         if not (s.multi_table or s.outbox_schema or url.database):
             raise ConfigurationError("outbox_schema", "not set and database_url names no database")
-        if s.pg_message_prefixes or s.pg_slot or s.pg_publication:
+        pg_only = ("pg_message_prefixes", "pg_other_message_prefixes", "pg_slot", "pg_publication")
+        if given := [name for name in pg_only if getattr(s, name)]:
             raise ConfigurationError(
-                "pg_message_prefixes" if s.pg_message_prefixes else "pg_slot",
-                "is for PostgreSQL relays; database_url is a MySQL/MariaDB URL",
+                given[0], "is for PostgreSQL relays; database_url is a MySQL/MariaDB URL"
             )
         if not s.tables and not s.outbox_table_pattern:
             raise ConfigurationError("outbox_table", "is empty: name the outbox table")
@@ -167,10 +167,17 @@ def _check_tables(s: RelaySettings) -> None:
     if isinstance(tables, str):  # a keyword given as text, like from_env would
         tables = tuple(filter(None, (t.strip() for t in tables.split(","))))
     object.__setattr__(s, "outbox_tables", tuple(tables))
-    prefixes = s.pg_message_prefixes
-    if isinstance(prefixes, str):
-        prefixes = tuple(filter(None, (p.strip() for p in prefixes.split(","))))
-    object.__setattr__(s, "pg_message_prefixes", tuple(prefixes))
+    for name in ("pg_message_prefixes", "pg_other_message_prefixes"):
+        prefixes = getattr(s, name)
+        if isinstance(prefixes, str):
+            prefixes = tuple(filter(None, (p.strip() for p in prefixes.split(","))))
+        object.__setattr__(s, name, tuple(prefixes))
+    if both := sorted(set(s.pg_message_prefixes) & set(s.pg_other_message_prefixes)):
+        raise ConfigurationError(
+            "pg_other_message_prefixes",
+            f"lists {', '.join(both)}, which pg_message_prefixes lists too: a prefix is this "
+            "relay's or another's",
+        )
     for name in s.outbox_tables:
         schema, dot, table = name.partition(".")
         if not (dot and schema and table) or "." in table:

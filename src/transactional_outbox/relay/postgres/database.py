@@ -132,6 +132,7 @@ class PostgresDatabase(Database):
             publication=s.publication_name,
             tables=s.tables,
             prefixes=s.pg_message_prefixes,
+            other_prefixes=s.pg_other_message_prefixes,
             table_pattern=s.outbox_table_pattern or None,
             status_interval_seconds=min(1.0, s.checkpoint_interval_ms / 1000),
             idle_commit_seconds=min(1.0, s.checkpoint_interval_ms / 1000),

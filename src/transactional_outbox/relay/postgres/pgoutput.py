@@ -22,13 +22,21 @@ from __future__ import annotations
 
 import re
 import struct
+import uuid
 from typing import Any
 
-from ...exceptions import InvalidEventError, OutboxError
+from ...exceptions import ConfigurationError, InvalidEventError, OutboxError
 from ..routing import KafkaRecord, TopicRouter
 from ..rowrecord import RejectedRow
 from .layout import OutboxLayout, layout_of
-from .records import PG_EPOCH_MICROS, OutboxMemo, record_of, record_of_message, rejected_row
+from .records import (
+    PG_EPOCH_MICROS,
+    OutboxMemo,
+    outbox_message_id,
+    record_of,
+    record_of_message,
+    rejected_row,
+)
 from .wire import error_of
 
 __all__ = ["PgOutputParser", "StreamEnded"]
@@ -59,7 +67,10 @@ class PgOutputParser:
     them, a partitioned outbox table's partitions are described too, and a
     table added to the publication is the watch's to report (:mod:`.publication`).
     ``prefixes``: the message prefixes that are outboxes (``{table}`` of
-    their topics; ``database`` is their ``{schema}``).
+    their topics; ``database`` is their ``{schema}``). A transactional message
+    under another prefix that holds an outbox event stops the parser
+    (:class:`ConfigurationError` naming ``pg_message_prefixes``) unless its
+    prefix is in ``other_prefixes`` (another relay's).
     """
 
     def __init__(
@@ -71,6 +82,7 @@ class PgOutputParser:
         database: str = "",
         cap: int = 2000,
         pattern: re.Pattern[str] | None = None,
+        other_prefixes: frozenset[str] = frozenset(),
     ) -> None:
         self.router = router
         self.tables = tables
@@ -90,6 +102,7 @@ class PgOutputParser:
         self.prefixes: dict[bytes, OutboxMemo] = {
             p.encode(): self.memo(database, p) for p in prefixes
         }
+        self.other_prefixes = frozenset(p.encode() for p in other_prefixes)
         self.open_tables: dict[str, int] = {}
         self.committed_tables: dict[str, int] = {}
 
@@ -270,11 +283,14 @@ class PgOutputParser:
     def _message(self, buf: bytes, p: int, end: int) -> None:
         transactional = buf[p + 1] & 1
         q = buf.index(b"\0", p + 10)
-        memo = self.prefixes.get(buf[p + 10 : q])
-        if memo is None:
-            return  # another application's message
+        prefix = buf[p + 10 : q]
+        memo = self.prefixes.get(prefix)
         (n,) = _U32.unpack_from(buf, q + 1)
         content = buf[q + 5 : q + 5 + n]
+        if memo is None:
+            if transactional and prefix not in self.other_prefixes:
+                self._unlisted(prefix, content, _U64.unpack_from(buf, p + 2)[0])
+            return  # another application's message
         if q + 5 + n > end:
             raise OutboxError(f"pgoutput Message of {memo.name} is truncated")
         self.open_tables[memo.name] = self.open_tables.get(memo.name, 0) + 1
@@ -290,6 +306,25 @@ class PgOutputParser:
         if not self.in_txn:
             self.committed = len(self.records)
             self._close_tables()
+
+    def _unlisted(self, prefix: bytes, content: bytes, lsn: int) -> None:
+        # An app writing events as messages under a prefix this relay was not given
+        # (outbox_mode="message" switched on, or another outbox_message_prefix) would
+        # lose them in silence: stop before the transaction instead.
+        raw_id = outbox_message_id(content)
+        if raw_id is None:
+            return
+        name = prefix.decode(errors="replace")
+        listed = ", ".join(sorted(p.decode() for p in self.prefixes)) or "none"
+        raise ConfigurationError(
+            "pg_message_prefixes",
+            f"a transaction's message prefixed {name!r} holds an outbox event (id "
+            f"{uuid.UUID(bytes=raw_id)}, LSN {lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}), and that "
+            f"prefix is not listed (pg_message_prefixes: {listed}). The relay stopped "
+            "before that transaction, so nothing is lost: add the prefix to "
+            "pg_message_prefixes if this relay publishes its events, or to "
+            "pg_other_message_prefixes if another relay does, and start the relay again",
+        )
 
 
 def _jsonb_text(value: bytes, column: str) -> bytes:

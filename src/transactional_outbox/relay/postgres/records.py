@@ -18,7 +18,13 @@ from ...record_format import id_text, own_headers, timestamp_text
 from ..routing import KafkaRecord, TopicRouter
 from ..rowrecord import RejectedRow, RowMemo, rejected
 
-__all__ = ["PG_EPOCH_MICROS", "OutboxMemo", "record_of", "record_of_message"]
+__all__ = [
+    "PG_EPOCH_MICROS",
+    "OutboxMemo",
+    "outbox_message_id",
+    "record_of",
+    "record_of_message",
+]
 
 PG_EPOCH_MICROS = 946_684_800_000_000
 """PostgreSQL's timestamp epoch (2000-01-01 UTC) in Unix microseconds."""
@@ -135,6 +141,27 @@ def record_of_message(content: bytes, memo: OutboxMemo) -> KafkaRecord | Rejecte
     except struct.error:
         short = InvalidEventError("message", len(content), "is truncated")
         return rejected_row(short, raw_id, agg_id, memo)
+
+
+def outbox_message_id(content: bytes) -> bytes | None:
+    """The event id if ``content`` is, field by field, an outbox message of the SDK
+    (version 1: lengths in bounds, UTF-8 names, headers absent or a JSON object);
+    None for anything else (another application's message)."""
+    if len(content) < _HEAD_SIZE or content[0] != VERSION:
+        return None
+    try:
+        pos = _HEAD_SIZE
+        for _ in range(3):
+            (n,) = _U16.unpack_from(content, pos)
+            content[pos + 2 : pos + 2 + n].decode()
+            pos += 2 + n
+        (n,) = _U32.unpack_from(content, pos)
+        headers = content[pos + 4 : pos + 4 + n]
+    except (struct.error, UnicodeDecodeError):
+        return None
+    if pos + 4 + n > len(content) or (n and not headers.startswith(b"{")):
+        return None
+    return content[1:17]
 
 
 def rejected_row(exc: InvalidEventError, raw_id: Any, agg_id: Any, memo: OutboxMemo) -> RejectedRow:

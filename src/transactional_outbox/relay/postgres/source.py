@@ -83,6 +83,7 @@ class PgSourceSettings:
     publication: str
     tables: tuple[tuple[str, str], ...]
     prefixes: tuple[str, ...] = ()
+    other_prefixes: tuple[str, ...] = ()  # another relay's: not an unlisted outbox
     table_pattern: str | None = None  # schema.table full-matched: outbox tables too
     chunk_events: int = 2000
     status_interval_seconds: float = 1.0
@@ -205,7 +206,9 @@ class PgSource:
             "proto_version": "1",
             "publication_names": s.publication,
             "binary": "true",
-            "messages": "true" if s.prefixes else "false",
+            # Always: a message of an outbox under a prefix not listed must be seen
+            # to stop the relay (pgoutput.py), not left unread.
+            "messages": "true",
         }
         wire.start_replication(s.slot, self._position, options)
         # Wake at least every status interval: updates go out even on a silent stream.
@@ -214,6 +217,7 @@ class PgSource:
             router=self._router,
             tables=frozenset(f"{a}.{b}" for a, b in s.tables),
             prefixes=frozenset(s.prefixes),
+            other_prefixes=frozenset(s.other_prefixes),
             database=s.connect.database,
             cap=s.chunk_events,
             pattern=re.compile(s.table_pattern) if s.table_pattern else None,
