@@ -361,8 +361,11 @@ def storm_sync(store: RedisStore, ids: list[uuid.UUID], workers: int = 4) -> Cou
     fail_once = set(ids[::5])
     lock = threading.Lock()
     errors: list[BaseException] = []
-    # The batch workers all claim before any of them completes: they really race.
-    raced = threading.Barrier(workers - 1, timeout=30)
+    # The batch workers all claim before any of them completes: they really race. The
+    # single worker starts after that, or on a slow connection it could finish every id
+    # before the first claim_many and no worker would meet another's claim.
+    raced = threading.Barrier(workers - 1, timeout=30, action=lambda: go.set())
+    go = threading.Event()
     busy = 0
 
     def handle(event_id: uuid.UUID) -> bool:
@@ -399,6 +402,7 @@ def storm_sync(store: RedisStore, ids: list[uuid.UUID], workers: int = 4) -> Cou
             pending = again
 
     def single_worker() -> None:
+        go.wait(30)
         for event_id in random.sample(ids, len(ids)):
             while (claim := store.claim(event_id, "billing")) is not None:
                 if handle(event_id):
