@@ -250,23 +250,34 @@ class PublicationWatch:
         self.pattern = re.compile(pattern) if pattern else None
         self.oid = oid
         self.after = after
+        self._failing = False
 
     def poll(self) -> BaseException | None:
         """Check once: the error to stop with, or None."""
         try:
             if self._conn is None:
                 self._conn = PgWire(self._params)
-            return self.check(self._conn)
+            error = self.check(self._conn)
         except (PgServerError, OSError, IndexError, ValueError) as exc:
-            log.debug("publication check skipped: %s", exc)
+            # A server that is down is the source's to report; one that answers with an
+            # error would switch this check off unseen: say so, once a streak.
+            if isinstance(exc, PgServerError) and not self._failing:
+                log.warning("cannot check publication %s (retrying): %s", self.name, exc)
+            self._failing = True
             self.close()
             return None
+        self._failing = False
+        return error
 
     def check(self, conn: PgWire) -> BaseException | None:
         """One round on ``conn``: the error to stop with, or None (``after`` moves on)."""
-        rows = conn.query("SELECT pg_current_wal_lsn()")
+        rows = conn.query(
+            "SELECT CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+            "ELSE pg_current_wal_lsn() END"  # a standby (PostgreSQL 16+ decodes there)
+        )
         now = parse_lsn(str(rows[0][0]))
         state = publication_state(conn, self.name)
+        self.oid = self.oid or state.oid
         if not state.oid or state.oid != self.oid:  # dropped, perhaps created again
             return publication_gone(self.name, self.slot, self.after)
         if self.pattern is not None:
