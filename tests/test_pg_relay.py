@@ -105,6 +105,18 @@ def _as_record(r: Any) -> KafkaRecord:
     return KafkaRecord(r.topic, r.key, r.value, list(r.headers), r.timestamp)
 
 
+async def _streaming_past(
+    settings: RelaySettings, db: PgDb, col: Collector, event: OutboxEvent
+) -> tuple[Relay, asyncio.Task[None]]:
+    """A relay running in a task, streaming, that has published ``event``."""
+    relay = Relay(settings)
+    task = asyncio.create_task(relay.run())
+    await wait_until(lambda: relay.stats.database == "ok", what="streaming")
+    _write(db, [event])
+    await col.wait_for(1)
+    return relay, task
+
+
 def _first_seen(col: Collector) -> dict[str, list[str]]:
     seen: set[str] = set()
     out: dict[str, list[str]] = {}
@@ -349,11 +361,7 @@ async def test_redis_losing_the_checkpoint_resumes_from_the_slot_and_a_lost_slot
     first, meanwhile = _event("k", 0), _event("k", 1)
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        await wait_until(lambda: relay.stats.database == "ok", what="streaming")
-        _write(db, [first])
-        await col.wait_for(1)
+        relay, task = await _streaming_past(settings, db, col, first)
         await wait_until(lambda: db.confirmed_flush() > 0, what="slot confirmed")
         relay.stop()
         await asyncio.wait_for(task, 30)
@@ -620,11 +628,7 @@ async def test_events_written_as_messages_under_an_unlisted_prefix_stop_the_rela
     before, as_message = _event("m", 0), _event("m", 1)
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
-        relay = Relay(settings)
-        task = asyncio.create_task(relay.run())
-        await wait_until(lambda: relay.stats.database == "ok", what="streaming")
-        _write(db, [before])
-        await col.wait_for(1)
+        _, task = await _streaming_past(settings, db, col, before)
         _write(db, [as_message], mode="message")
         with pytest.raises(ConfigurationError) as info:
             await asyncio.wait_for(task, 30)
@@ -632,6 +636,6 @@ async def test_events_written_as_messages_under_an_unlisted_prefix_stop_the_rela
         assert f"'outbox' holds an outbox event (id {as_message.id}" in str(info.value)
         # Followed as written: the prefix listed, the relay publishes the event it stopped at.
         listed = _settings(db, stack, topic_prefix, redis_prefix, pg_message_prefixes=("outbox",))
-        async with running_relay(listed) as relay:
+        async with running_relay(listed):
             await col.wait_for(2)
     assert col.ids() == [str(before.id), str(as_message.id)]
