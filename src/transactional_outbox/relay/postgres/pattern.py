@@ -87,7 +87,7 @@ def matching_tables(
             "reach the WAL, so their events could not be read: ALTER TABLE ... SET LOGGED, "
             "or narrow the pattern",
         )
-    for schema, table, _ in _tables(conn):
+    for schema, table in _tables(conn, "p"):
         if (schema, table) in listed or not pattern.fullmatch(f"{schema}.{table}"):
             continue
         try:
@@ -99,21 +99,23 @@ def matching_tables(
     return good, bad
 
 
-def _tables(conn: PgWire) -> list[tuple[str, str, str]]:
-    # Ordinary and partitioned tables outside the system schemas, not temporary.
+def _tables(conn: PgWire, persistence: str = "pu") -> list[tuple[str, str]]:
+    # Ordinary and partitioned tables outside the system schemas, of the given
+    # persistence (p: permanent, u: unlogged; temporary ones are no outbox tables).
+    kinds = ", ".join(f"'{k}'" for k in persistence)
     rows = conn.query(
-        "SELECT n.nspname, c.relname, c.relpersistence FROM pg_class c "
+        "SELECT n.nspname, c.relname FROM pg_class c "
         "JOIN pg_namespace n ON n.oid = c.relnamespace "
-        "WHERE c.relkind IN ('r', 'p') AND c.relpersistence <> 't' AND n.nspname NOT IN "
-        "('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
+        f"WHERE c.relkind IN ('r', 'p') AND c.relpersistence IN ({kinds}) AND n.nspname "
+        "NOT IN ('pg_catalog', 'information_schema') AND n.nspname NOT LIKE 'pg\\_toast%' "
         "ORDER BY n.nspname, c.relname"
     )
-    return [(str(s), str(t), str(p)) for s, t, p in rows]
+    return [(str(s), str(t)) for s, t in rows]
 
 
 def unlogged_matches(conn: PgWire, pattern: re.Pattern[str]) -> list[str]:
     """The UNLOGGED tables ``pattern`` full-matches (``schema.table``)."""
-    return [f"{s}.{t}" for s, t, p in _tables(conn) if p == "u" and pattern.fullmatch(f"{s}.{t}")]
+    return [f"{s}.{t}" for s, t in _tables(conn, "u") if pattern.fullmatch(f"{s}.{t}")]
 
 
 def pattern_problem(conn: PgWire, publishes_all: bool, pattern: re.Pattern[str]) -> str | None:

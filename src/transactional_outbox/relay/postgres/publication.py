@@ -109,13 +109,13 @@ def publication_state(conn: PgWire, name: str) -> PublicationState:
     if not rows:
         return PublicationState(oid=0)
     oid, all_tables, inserts, version = rows[0]
-    tables = frozenset(
-        f"{r[0]}.{r[1]}"
-        for r in conn.query(
+    tables: frozenset[str] = frozenset()
+    if all_tables != "t":  # FOR ALL TABLES lists every table of the database: not read
+        listed = conn.query(
             "SELECT schemaname, tablename FROM pg_publication_tables "
             f"WHERE pubname = {quote_literal(name)}"
         )
-    )
+        tables = frozenset(f"{schema}.{table}" for schema, table in listed)
     filtered: list[str] = []
     if int(version or 0) >= 150000:  # row filters and column lists came with 15
         for schema, table, has_filter, has_columns in conn.query(
