@@ -1,20 +1,22 @@
 """``transactional_outbox.faststream`` with FastStream's Kafka broker on the stack (tansu, Redis,
 MariaDB): each event handled once through a duplicate storm, duplicates acked without a
 handler call, a failure not marked done and delivered again by FastStream
-(``AckPolicy.NACK_ON_ERROR``), with an async Redis store and a sync SQL inbox; and the
-example app's ``--once`` mode.
+(``AckPolicy.NACK_ON_ERROR``), with an async Redis store and a sync SQL inbox; a store
+outage waited for, never committed past; and the example app's ``--once`` mode.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import subprocess
 import sys
 import uuid
 from collections import Counter
 
+import pytest
 import redis.asyncio
 import sqlalchemy as sa
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -22,6 +24,7 @@ from faststream import AckPolicy
 from faststream.kafka import KafkaBroker
 from sqlalchemy.orm import Session, sessionmaker
 
+from outbox_dev.tcp_proxy import TcpProxy
 from transactional_outbox import OutboxEvent
 from transactional_outbox.consumer import AsyncRedisStore, ReceivedEvent, SqlStore, inbox_table
 from transactional_outbox.faststream import exactly_once
@@ -191,3 +194,59 @@ def test_example_app_once_counts_each_event_once(
     )
     assert out.returncode == 0, out.stderr
     assert json.loads(out.stdout.strip().splitlines()[-1]) == {"c-1": 2, "c-2": 3}
+
+
+async def test_a_store_outage_is_waited_for_not_committed_past(
+    kafka_bootstrap: str,
+    stack: Stack,
+    topic_prefix: str,
+    redis_prefix: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # AckPolicy.ACK (on Kafka what REJECT_ON_ERROR does too) commits past a record whose
+    # handler raised: an outage must not be that, or every event read while the store is
+    # down would be skipped unhandled.
+    caplog.set_level(logging.WARNING, logger="transactional_outbox.faststream")
+    topic = topic_prefix + "outbox.event.order"
+    await ensure_topics(kafka_bootstrap, [topic], partitions=1)
+    events = [order_event(n) for n in range(5)]
+    ends = await publish_storm(kafka_bootstrap, topic, events, 1)
+    handled: Counter[uuid.UUID] = Counter()
+    redis_port = int(stack.redis_url.rsplit(":", 1)[1].split("/")[0])
+    with TcpProxy(redis_port) as proxy:
+        client = redis.asyncio.Redis.from_url(
+            f"redis://127.0.0.1:{proxy.port}/0", socket_timeout=1, socket_connect_timeout=1
+        )
+        broker = KafkaBroker(kafka_bootstrap)
+
+        @broker.subscriber(
+            topic,
+            group_id=topic_prefix + "g",
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.ACK,
+            **FAST,
+        )
+        @exactly_once(store=AsyncRedisStore(client, prefix=redis_prefix), consumer_name="o")
+        async def on_order(event: ReceivedEvent) -> None:
+            handled[event.id] += 1
+
+        proxy.cut()
+        await broker.start()
+        try:
+
+            def waits() -> int:
+                return sum("store unavailable" in r.getMessage() for r in caplog.records)
+
+            await wait_until(lambda: waits() >= 3, what="the subscriber waiting for Redis")
+            assert not handled
+            assert not await all_committed(kafka_bootstrap, topic_prefix + "g", ends)
+            proxy.restore()
+
+            async def everything_acked() -> bool:
+                return await all_committed(kafka_bootstrap, topic_prefix + "g", ends)
+
+            await wait_until(everything_acked, what=lambda: f"{len(handled)} handled")
+        finally:
+            await broker.stop()
+            await client.aclose()
+    assert handled == {e.id: 1 for e in events}

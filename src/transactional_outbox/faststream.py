@@ -26,6 +26,11 @@
   ``NACK_ON_ERROR`` seeks back and the record is delivered again (retried),
   ``REJECT_ON_ERROR`` commits past it. A record without a valid ``id`` header raises
   :class:`~transactional_outbox.InvalidRecordError` the same way, without a call.
+- A store that cannot be reached (:class:`~transactional_outbox.StoreUnavailableError`:
+  a lost connection, a Redis failover, the SQL inbox's database gone) is waited for
+  here, with backoff from 0.1 s to 5 s, however long: whatever the ``ack_policy``, the
+  record is neither committed past unhandled nor redelivered in a tight loop while the
+  outage lasts. Stopping the app ends the wait; the record is not acked.
 - :data:`OutboxEventDep` gives a handler of your own the decoded event
   (``async def h(event: OutboxEventDep)``), to call an ``@idempotent_consumer`` yourself.
 
@@ -37,6 +42,7 @@ continued the same trace. Needs the ``faststream`` extra (``faststream[kafka]``)
 """
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -45,9 +51,13 @@ from faststream.kafka.annotations import KafkaMessage
 
 from .consumer.decorator import AsyncIdempotentHandler, Store, idempotent_consumer
 from .consumer.received import ReceivedEvent
-from .exceptions import ConfigurationError
+from .exceptions import ConfigurationError, StoreUnavailableError
 
 __all__ = ["OutboxEventDep", "exactly_once", "received_event"]
+
+logger = logging.getLogger("transactional_outbox.faststream")
+
+_WAIT_FIRST, _WAIT_MAX = 0.1, 5.0  # seconds between tries while the store is unreachable
 
 
 def received_event(message: KafkaMessage) -> ReceivedEvent:
@@ -81,14 +91,14 @@ def exactly_once(
         if isinstance(once, AsyncIdempotentHandler):
 
             async def subscriber(event: OutboxEventDep) -> None:
-                await once(event)
+                await _until_the_store_answers(lambda: once(event), event)
 
         else:
 
             async def subscriber(event: OutboxEventDep) -> None:
                 # A sync store and handler would block the event loop, and FastStream's
                 # consumer with it.
-                await asyncio.to_thread(once, event)
+                await _until_the_store_answers(lambda: asyncio.to_thread(once, event), event)
 
         # Name and docs for FastStream's AsyncAPI schema; not __wrapped__, whose
         # signature FastStream would read instead of ours.
@@ -98,3 +108,24 @@ def exactly_once(
         return subscriber
 
     return wrap
+
+
+async def _until_the_store_answers(
+    call: Callable[[], Awaitable[object]], event: ReceivedEvent
+) -> None:
+    # An outage is not the handler's failure: left to FastStream's ack_policy, it would
+    # commit past the record (REJECT_ON_ERROR) or redeliver it at once, again and again.
+    delay = _WAIT_FIRST
+    while True:
+        try:
+            await call()
+            return
+        except StoreUnavailableError as exc:
+            logger.warning(
+                "store unavailable for event %s (%r); waiting %.2fs for it",
+                event.id,
+                exc.__cause__ or exc,
+                delay,
+            )
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _WAIT_MAX)
