@@ -105,6 +105,14 @@ def _as_record(r: Any) -> KafkaRecord:
     return KafkaRecord(r.topic, r.key, r.value, list(r.headers), r.timestamp)
 
 
+async def _checkpointed(settings: RelaySettings) -> tuple[Relay, asyncio.Task[None]]:
+    """A relay running in a task that has saved a checkpoint."""
+    relay = Relay(settings)
+    task = asyncio.create_task(relay.run())
+    await wait_until(lambda: relay.stats.checkpoints_saved >= 1, what="a checkpoint")
+    return relay, task
+
+
 async def _streaming_past(
     settings: RelaySettings, db: PgDb, col: Collector, event: OutboxEvent
 ) -> tuple[Relay, asyncio.Task[None]]:
@@ -299,9 +307,7 @@ async def test_a_lost_slot_stops_with_exit_3_and_the_advice_works(
 ) -> None:
     _outbox(db)
     settings = _settings(db, stack, topic_prefix, redis_prefix)
-    relay = Relay(settings)
-    task = asyncio.create_task(relay.run())
-    await wait_until(lambda: relay.stats.checkpoints_saved >= 1, what="a checkpoint")
+    relay, task = await _checkpointed(settings)
     relay.stop()
     await asyncio.wait_for(task, 30)
     db.sql(f"SELECT pg_drop_replication_slot('{db.slot}')")
@@ -604,9 +610,7 @@ async def test_a_dropped_publication_stops_with_exit_3_at_once_and_at_start_and_
 ) -> None:
     _outbox(db)
     settings = _settings(db, stack, topic_prefix, redis_prefix)
-    relay = Relay(settings)
-    task = asyncio.create_task(relay.run())
-    await wait_until(lambda: relay.stats.checkpoints_saved >= 1, what="a checkpoint")
+    _, task = await _checkpointed(settings)
     db.sql(f"DROP PUBLICATION {db.publication}")
     with pytest.raises(PublicationGoneError, match="--ignore-checkpoint"):
         await asyncio.wait_for(task, 30)
