@@ -68,13 +68,13 @@ def summary(out: str) -> list[list[str]]:
     return rows
 
 
-def test_both_ends_of_the_shapes_with_and_without_noise(stack: Stack, tmp_path: Path) -> None:
-    # The smallest and the largest shape (the middle one, 5, runs the same code: left out
-    # for the suite's time, ~5 s a cell here).
+def test_a_shape_with_and_without_noise(stack: Stack, tmp_path: Path) -> None:
+    # The largest shape (the smallest runs in the next test; every shape runs the same
+    # code, and a cell costs 5-8 s here: the others are left out for the suite's time).
     png = tmp_path / "throughput.png"
-    out = run("--shapes", "1,1000", "--noise", "0,90", "--plot", str(png))
+    out = run("--shapes", "1000", "--noise", "0,90", "--plot", str(png))
     found = cells(out)
-    assert sorted(found) == [(1, 0), (1, 90), (1000, 0), (1000, 90)]
+    assert sorted(found) == [(1000, 0), (1000, 90)]
     for (_, noise), lines in found.items():
         m = re.search(r"row events not outbox: ([\d.]+)%", lines[1])
         assert m, lines[1]
@@ -89,7 +89,7 @@ def test_both_ends_of_the_shapes_with_and_without_noise(stack: Stack, tmp_path: 
             assert all(v > 0 for v in values[:4])
         assert any(line.startswith("relay while steady: ") and "peak RSS" in line for line in lines)
     rows = summary(out)
-    assert [(r[0], r[1]) for r in rows] == [(k, n) for k in ("1", "1000") for n in ("0%", "90%")]
+    assert [(r[0], r[1]) for r in rows] == [("1000", "0%"), ("1000", "90%")]
     for row in rows:
         assert len(row) == 10
         assert all(float(v) >= 0 for v in row[2:])

@@ -31,7 +31,7 @@ from .relay_harness import (
 
 
 def test_quick_chaos_run_loses_nothing(stack: Stack) -> None:
-    """Each fault kind twice under load: nothing lost, invented or misordered (twice to
+    """Each fault kind once under load: nothing lost, invented or misordered (once to
     keep the suite's time; longer runs: bench/chaos.py)."""
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "bench" / "chaos.py"), "--quick"],
@@ -58,7 +58,7 @@ def test_quick_chaos_run_loses_nothing(stack: Stack) -> None:
         "kafka_stall",
         "broker_pause",
     }
-    assert all(summary["faults"][k] >= 2 for k in summary["faults"])
+    assert all(summary["faults"][k] >= 1 for k in summary["faults"])
 
 
 # -- found by chaos runs -------------------------------------------------------------

@@ -100,7 +100,7 @@ async def test_sigkill_at_random_points_loses_nothing(
     async with Collector(stack.kafka_bootstrap) as col:
         await col.watch([topic_prefix + "order"])
         writer.start()
-        for kill in range(5):
+        for kill in range(3):  # random points each run (the seed is in the messages)
             proc = RelayProcess(settings, tmp_path / "relay.log")
             proc.start()
             target = len(col.records) + rng.randint(20, 300)
