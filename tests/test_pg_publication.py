@@ -27,7 +27,10 @@ from transactional_outbox.relay.postgres import (
     format_lsn,
     parse_lsn,
 )
-from transactional_outbox.relay.postgres.pattern import matching_tables
+from transactional_outbox.relay.postgres.pattern import (
+    ensure_all_tables_publication,
+    matching_tables,
+)
 from transactional_outbox.relay.postgres.publication import PublicationWatch, publication_state
 
 __all__ = ["db", "pg"]  # fixtures
@@ -162,6 +165,21 @@ def test_the_watch_of_a_pattern_names_an_unlogged_match_and_a_narrowed_publicati
         )
         error = watch.poll()
         assert isinstance(error, ConfigurationError) and "every table" in str(error)
+        # The fix keeps the publication (one created again could not decode the WAL
+        # before it): as written, by its owner; the start's check gives the same.
+        conn = db.wire()
+        try:
+            with pytest.raises(ConfigurationError, match="every table") as start:
+                ensure_all_tables_publication(conn, db.publication, create=True)
+        finally:
+            conn.close()
+        assert (
+            _advice(start.value)
+            == _advice(error)
+            == (f"ALTER PUBLICATION \"{db.publication}\" SET (publish = 'insert')")
+        )
+        db.server.psql(_advice(error), database=db.name)
+        assert watch.poll() is None
     finally:
         watch.close()
 

@@ -27,6 +27,7 @@ __all__ = [
     "ensure_all_tables_publication",
     "matching_tables",
     "pattern_create_sql",
+    "pattern_fix",
     "pattern_problem",
     "unlogged_matches",
 ]
@@ -52,7 +53,7 @@ def ensure_all_tables_publication(conn: PgWire, name: str, *, create: bool) -> b
             "pg_publication",
             f"publication {name} exists but does not publish inserts of every table, which "
             "outbox_table_pattern needs (a matching table created later must be published "
-            f"too): DROP PUBLICATION {quote_ident(name)}; {advice}",
+            f"too): {pattern_fix(name, all_tables == 't')}",
         )
     if not create:
         raise ConfigurationError(
@@ -118,12 +119,33 @@ def unlogged_matches(conn: PgWire, pattern: re.Pattern[str]) -> list[str]:
     return [f"{s}.{t}" for s, t in _tables(conn, "u") if pattern.fullmatch(f"{s}.{t}")]
 
 
-def pattern_problem(conn: PgWire, publishes_all: bool, pattern: re.Pattern[str]) -> str | None:
-    """Why the pattern's publication would miss a matching table's inserts (None: it
-    would not); ``publishes_all``: the publication is FOR ALL TABLES with inserts."""
-    if not publishes_all:
-        return "no longer publishes the inserts of every table (outbox_table_pattern needs that)"
+def pattern_fix(name: str, all_tables: bool) -> str:
+    """What makes publication ``name`` publish the inserts of every table. One FOR ALL
+    TABLES keeps its identity (``publish`` only: a publication created again cannot
+    decode the WAL before it); another kind cannot be altered into one."""
+    if all_tables:
+        return f"ALTER PUBLICATION {quote_ident(name)} SET (publish = 'insert')"
+    return (
+        f"DROP PUBLICATION {quote_ident(name)}; {pattern_create_sql(name)} (as a superuser), "
+        "or list the tables in outbox_tables"
+    )
+
+
+def pattern_problem(
+    conn: PgWire, name: str, all_tables: bool, inserts: bool, pattern: re.Pattern[str]
+) -> tuple[str, str] | None:
+    """Why the pattern's publication ``name`` (FOR ALL TABLES? publishing inserts?) would
+    miss a matching table's inserts, and the fix; None: it would not."""
+    if not (all_tables and inserts):
+        return (
+            "no longer publishes the inserts of every table (outbox_table_pattern needs that)",
+            pattern_fix(name, all_tables),
+        )
     unlogged = unlogged_matches(conn, pattern)
     if unlogged:
-        return f"cannot publish {', '.join(unlogged)}: UNLOGGED tables never reach the WAL"
+        tables = ", ".join(unlogged)
+        return (
+            f"cannot publish {tables}: UNLOGGED tables never reach the WAL",
+            f"ALTER TABLE ... SET LOGGED for {tables}, or narrow outbox_table_pattern",
+        )
     return None

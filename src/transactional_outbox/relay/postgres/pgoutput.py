@@ -37,7 +37,7 @@ from .records import (
     record_of_message,
     rejected_row,
 )
-from .wire import error_of
+from .wire import error_of, format_lsn
 
 __all__ = ["PgOutputParser", "StreamEnded"]
 
@@ -319,7 +319,7 @@ class PgOutputParser:
         raise ConfigurationError(
             "pg_message_prefixes",
             f"a transaction's message prefixed {name!r} holds an outbox event (id "
-            f"{uuid.UUID(bytes=raw_id)}, LSN {lsn >> 32:X}/{lsn & 0xFFFFFFFF:X}), and that "
+            f"{uuid.UUID(bytes=raw_id)}, LSN {format_lsn(lsn)}), and that "
             f"prefix is not listed (pg_message_prefixes: {listed}). The relay stopped "
             "before that transaction, so nothing is lost: add the prefix to "
             "pg_message_prefixes if this relay publishes its events, or to "

@@ -30,10 +30,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ...exceptions import CheckpointError, ConfigurationError
-from .pattern import pattern_create_sql, pattern_problem
+from .pattern import pattern_problem
 from .wire import (
     PgConnectParams,
     PgServerError,
@@ -96,7 +97,7 @@ class PublicationState:
     oid: int
     all_tables: bool = False
     inserts: bool = False
-    tables: frozenset[str] = frozenset()  # schema.table, as pg_publication_tables lists them
+    tables: frozenset[tuple[str, str]] = frozenset()  # as pg_publication_tables lists them
     filtered: tuple[str, ...] = ()  # problem lines: row filters, column lists
 
 
@@ -109,13 +110,13 @@ def publication_state(conn: PgWire, name: str) -> PublicationState:
     if not rows:
         return PublicationState(oid=0)
     oid, all_tables, inserts, version = rows[0]
-    tables: frozenset[str] = frozenset()
+    tables: frozenset[tuple[str, str]] = frozenset()
     if all_tables != "t":  # FOR ALL TABLES lists every table of the database: not read
         listed = conn.query(
             "SELECT schemaname, tablename FROM pg_publication_tables "
             f"WHERE pubname = {quote_literal(name)}"
         )
-        tables = frozenset(f"{schema}.{table}" for schema, table in listed)
+        tables = frozenset((str(schema), str(table)) for schema, table in listed)
     filtered: list[str] = []
     if int(version or 0) >= 150000:  # row filters and column lists came with 15
         for schema, table, has_filter, has_columns in conn.query(
@@ -140,12 +141,12 @@ def publication_state(conn: PgWire, name: str) -> PublicationState:
 def publication_problem(state: PublicationState, tables: Tables) -> str | None:
     """Why a publication in ``state`` would not stream every INSERT of ``tables``
     (None: it does). Only for an existing one, listing its tables (not FOR ALL TABLES)."""
-    want = {f"{s}.{t}" for s, t in tables}
+    want = set(tables)
     problems: list[str] = []
     if state.all_tables:
         problems.append("publishes all tables")
     elif state.tables != want:
-        problems.append(f"publishes {', '.join(sorted(state.tables)) or 'no table'}")
+        problems.append(f"publishes {_names(state.tables) or 'no table'}")
     if not state.inserts:
         problems.append("does not publish inserts")
     problems.extend(f"has {f}" for f in state.filtered)
@@ -154,8 +155,7 @@ def publication_problem(state: PublicationState, tables: Tables) -> str | None:
     if not want:
         return f"{' and '.join(problems)}, and the relay reads no table (only messages)"
     return (
-        f"{' and '.join(problems)}, and the relay needs the inserts of "
-        f"{', '.join(sorted(want))}, unfiltered"
+        f"{' and '.join(problems)}, and the relay needs the inserts of {_names(want)}, unfiltered"
     )
 
 
@@ -164,11 +164,9 @@ def fix_sql(name: str, tables: Tables, state: PublicationState) -> str:
     and keep it: it must have existed all along for the WAL before to be decodable."""
     pub = quote_ident(name)
     if tables:
-        targets = ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in tables)
-        change = f"ALTER PUBLICATION {pub} SET TABLE {targets}; "
+        change = f"ALTER PUBLICATION {pub} SET TABLE {_quoted(tables)}; "
     elif state.tables:
-        have = ", ".join(".".join(map(quote_ident, t.split(".", 1))) for t in sorted(state.tables))
-        change = f"ALTER PUBLICATION {pub} DROP TABLE {have}; "
+        change = f"ALTER PUBLICATION {pub} DROP TABLE {_quoted(sorted(state.tables))}; "
     else:
         change = ""
     return f"{change}ALTER PUBLICATION {pub} SET ({_OPTIONS})"
@@ -217,9 +215,16 @@ def create_sql(name: str, tables: Tables) -> str:
     """The CREATE PUBLICATION of the relay's publication of ``tables``."""
     # No tables (only table-less outboxes): a publication of nothing still lets
     # pgoutput send the messages; "FOR TABLE" with an empty list is a syntax error.
-    targets = ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in tables)
-    of = f" FOR TABLE {targets}" if tables else ""
+    of = f" FOR TABLE {_quoted(tables)}" if tables else ""
     return f"CREATE PUBLICATION {quote_ident(name)}{of} WITH ({_OPTIONS})"
+
+
+def _names(tables: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{s}.{t}" for s, t in sorted(tables))
+
+
+def _quoted(tables: Iterable[tuple[str, str]]) -> str:
+    return ", ".join(f"{quote_ident(s)}.{quote_ident(t)}" for s, t in tables)
 
 
 class PublicationWatch:
@@ -281,18 +286,14 @@ class PublicationWatch:
         if not state.oid or state.oid != self.oid:  # dropped, perhaps created again
             return publication_gone(self.name, self.slot, self.after)
         if self.pattern is not None:
-            problem = pattern_problem(conn, state.all_tables and state.inserts, self.pattern)
-            fix = (
-                f"DROP PUBLICATION {quote_ident(self.name)}; {pattern_create_sql(self.name)}"
-                if problem and not (state.all_tables and state.inserts)
-                else "ALTER TABLE ... SET LOGGED, or narrow outbox_table_pattern"
-            )
+            found = pattern_problem(conn, self.name, state.all_tables, state.inserts, self.pattern)
         else:
             problem = publication_problem(state, self.tables)
-            fix = fix_sql(self.name, self.tables, state)
-        if problem is None:
+            found = None if problem is None else (problem, fix_sql(self.name, self.tables, state))
+        if found is None:
             self.after = now
             return None
+        problem, fix = found
         return ConfigurationError(
             "pg_publication",
             f"publication {self.name} changed while the relay read it: it {problem}. "

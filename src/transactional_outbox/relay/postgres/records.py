@@ -121,14 +121,7 @@ def record_of_message(content: bytes, memo: OutboxMemo) -> KafkaRecord | Rejecte
                 "message", version, f"is not an outbox message of version {VERSION}"
             )
         _, raw_id, micros = HEAD.unpack_from(content)
-        pos = _HEAD_SIZE
-        fields = []
-        for _ in range(3):
-            (n,) = _U16.unpack_from(content, pos)
-            pos += 2
-            fields.append(content[pos : pos + n])
-            pos += n
-        agg_type, agg_id, event_type = fields
+        (agg_type, agg_id, event_type), pos = _names(content)
         (n,) = _U32.unpack_from(content, pos)
         pos += 4
         headers = content[pos : pos + n]
@@ -150,11 +143,9 @@ def outbox_message_id(content: bytes) -> bytes | None:
     if len(content) < _HEAD_SIZE or content[0] != VERSION:
         return None
     try:
-        pos = _HEAD_SIZE
-        for _ in range(3):
-            (n,) = _U16.unpack_from(content, pos)
-            content[pos + 2 : pos + 2 + n].decode()
-            pos += 2 + n
+        names, pos = _names(content)
+        for name in names:
+            name.decode()
         (n,) = _U32.unpack_from(content, pos)
         headers = content[pos + 4 : pos + 4 + n]
     except (struct.error, UnicodeDecodeError):
@@ -162,6 +153,20 @@ def outbox_message_id(content: bytes) -> bytes | None:
     if pos + 4 + n > len(content) or (n and not headers.startswith(b"{")):
         return None
     return content[1:17]
+
+
+def _names(content: bytes) -> tuple[list[bytes], int]:
+    # A message's aggregatetype, aggregateid and type (length-prefixed, after the
+    # head), and the offset after them; struct.error if it ends inside a length. A
+    # name running past the end shows as an offset past it.
+    pos = _HEAD_SIZE
+    names = []
+    for _ in range(3):
+        (n,) = _U16.unpack_from(content, pos)
+        pos += 2
+        names.append(content[pos : pos + n])
+        pos += n
+    return names, pos
 
 
 def rejected_row(exc: InvalidEventError, raw_id: Any, agg_id: Any, memo: OutboxMemo) -> RejectedRow:
