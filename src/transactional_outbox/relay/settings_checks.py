@@ -163,15 +163,11 @@ def validate(s: RelaySettings) -> None:
 
 
 def _check_tables(s: RelaySettings) -> None:
-    tables = s.outbox_tables
-    if isinstance(tables, str):  # a keyword given as text, like from_env would
-        tables = tuple(filter(None, (t.strip() for t in tables.split(","))))
-    object.__setattr__(s, "outbox_tables", tuple(tables))
-    for name in ("pg_message_prefixes", "pg_other_message_prefixes"):
-        prefixes = getattr(s, name)
-        if isinstance(prefixes, str):
-            prefixes = tuple(filter(None, (p.strip() for p in prefixes.split(","))))
-        object.__setattr__(s, name, tuple(prefixes))
+    for field in ("outbox_tables", "pg_message_prefixes", "pg_other_message_prefixes"):
+        items = getattr(s, field)
+        if isinstance(items, str):  # a keyword given as text, like from_env would
+            items = tuple(filter(None, (i.strip() for i in items.split(","))))
+        object.__setattr__(s, field, tuple(items))
     if both := sorted(set(s.pg_message_prefixes) & set(s.pg_other_message_prefixes)):
         raise ConfigurationError(
             "pg_other_message_prefixes",

@@ -307,11 +307,11 @@ def _now_pg_micros() -> int:
 
 def _fatal(exc: PgServerError, s: PgSourceSettings, position: int) -> OutboxError:
     slot = s.slot
-    if exc.code == "42704" and _slot_exists(s) is True:
-        # undefined_object, the slot still there: pgoutput found no publication at this
-        # place in the WAL (dropped, or created after it).
-        return publication_gone(s.publication, slot, position)
-    if exc.code == "42704":  # undefined_object: the slot is gone
+    if exc.code == "42704":  # undefined_object: the slot, or the publication here
+        if _slot_exists(s):
+            # pgoutput found no publication at this place in the WAL (dropped, or
+            # created after it).
+            return publication_gone(s.publication, slot, position)
         return SlotLostError(
             f"replication slot {slot} disappeared while the relay read it ({exc.message}); "
             "events committed since may be lost. To accept that, start the relay once with "
