@@ -18,11 +18,15 @@ Only the standard library and psycopg (3) are used, no pytest and no SDK import.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -320,14 +324,43 @@ def _children(pid: int) -> list[int]:
         if not entry.name.isdigit():
             continue
         try:
-            stat = (entry / "stat").read_text()
+            line = (entry / "stat").read_text()
         except OSError:
             continue
         # pid (comm) state ppid ...: comm may hold spaces, so split after ")".
-        fields = stat.rsplit(")", 1)[-1].split()
+        fields = line.rsplit(")", 1)[-1].split()
         if len(fields) > 1 and fields[1] == str(pid):
             out.append(int(entry.name))
     return out
+
+
+def _reachable(path: Path) -> bool:
+    """Whether the ``postgres`` OS user may pass through every directory above ``path``
+    (one not made yet will be, with the default umask's search bits: not counted)."""
+    user = pwd.getpwnam(OS_USER)
+    for parent in Path(path).resolve().parents:
+        if not parent.exists():
+            continue
+        st = parent.stat()
+        if st.st_uid == user.pw_uid:
+            bit = stat.S_IXUSR
+        elif st.st_gid == user.pw_gid:
+            bit = stat.S_IXGRP
+        else:
+            bit = stat.S_IXOTH
+        if not st.st_mode & bit:
+            return False
+    return True
+
+
+def stack_pg_dir(state_dir: Path) -> Path:
+    """Where the stack's PostgreSQL lives: ``state_dir``, unless the ``postgres`` user
+    cannot reach it (a checkout in a private folder: ``mktemp -d``, a 0700 home), then
+    a folder of the system's temporary directory named after it (the same every time)."""
+    if _reachable(state_dir):
+        return Path(state_dir)
+    key = hashlib.sha1(str(Path(state_dir).resolve()).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir()) / f"outbox-stack-pg-{key}"
 
 
 def start_stack_pg(state_dir: Path, port: int = STACK_PORT) -> ScratchPostgres:
@@ -337,7 +370,7 @@ def start_stack_pg(state_dir: Path, port: int = STACK_PORT) -> ScratchPostgres:
     detached from us (its own session): ``stop_stack_pg`` ends it by the pid
     file PostgreSQL writes.
     """
-    server = ScratchPostgres(state_dir, port)
+    server = ScratchPostgres(stack_pg_dir(state_dir), port)
     if _port_open(port) and (server.data / "postmaster.pid").exists():
         return server
     if _port_open(port):
@@ -351,7 +384,7 @@ def start_stack_pg(state_dir: Path, port: int = STACK_PORT) -> ScratchPostgres:
 
 def stop_stack_pg(state_dir: Path) -> bool:
     """Stop the stack's PostgreSQL (fast shutdown); False if it was not running."""
-    pid_file = Path(state_dir) / "data" / "postmaster.pid"
+    pid_file = stack_pg_dir(state_dir) / "data" / "postmaster.pid"
     try:
         pid = int(pid_file.read_text().split()[0])
     except (OSError, ValueError, IndexError):

@@ -361,7 +361,7 @@ class Postgres(Service):
 
     @property
     def pid_file(self) -> Path:
-        return self.dir / "data" / "postmaster.pid"
+        return _pg().stack_pg_dir(self.dir) / "data" / "postmaster.pid"
 
     def pid(self) -> int | None:
         try:  # postmaster.pid: the pid on the first line, then more lines
