@@ -360,8 +360,13 @@ class Postgres(Service):
     """PostgreSQL 15, detached: PostgreSQL's own ``postmaster.pid`` is the pid file."""
 
     @property
+    def pg_dir(self) -> Path:
+        """The server's own folder: ``dir``, or one its OS user can reach (``outbox_dev.pg``)."""
+        return _pg().stack_pg_dir(self.dir)
+
+    @property
     def pid_file(self) -> Path:
-        return _pg().stack_pg_dir(self.dir) / "data" / "postmaster.pid"
+        return self.pg_dir / "data" / "postmaster.pid"
 
     def pid(self) -> int | None:
         try:  # postmaster.pid: the pid on the first line, then more lines

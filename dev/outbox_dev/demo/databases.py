@@ -113,7 +113,7 @@ class PostgresDatabase(DemoDatabase):
         import psycopg
 
         service = next(svc for svc in stack.SERVICES if isinstance(svc, stack.Postgres))
-        sock = ScratchPostgres(service.dir, service.port).socket_dir
+        sock = ScratchPostgres(service.pg_dir, service.port).socket_dir
         return psycopg.connect(
             host=str(sock),
             port=self.server.port,
